@@ -1,0 +1,516 @@
+//! The TUF client workflow (specification §5): refresh of the top-level roles, lazy pre-order
+//! delegation search, enumeration of every target for a catalog, and verified target reads.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+use crate::error::{Error, Result, TransportError};
+use crate::metadata::{self, TargetFile};
+use crate::reader::TargetReader;
+use crate::trusted::TrustedSet;
+
+/// Limits against endless data, endless rotation and endless delegation graphs. Every
+/// default is generous for real repositories and small enough to stop an attack.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Root versions accepted in one refresh (stops a repository that serves root versions
+    /// forever). Default 32.
+    pub max_root_rotations: u64,
+    /// Delegated roles visited while looking up one target (stops cyclic and very deep
+    /// graphs). Default 32.
+    pub max_delegations: usize,
+    /// Roles loaded while enumerating the whole catalog (hashed bins count one each).
+    /// Default 100,000.
+    pub max_catalog_roles: usize,
+    /// Bytes read for a root version (stops an endless root). Default 512 KiB.
+    pub root_max_length: u64,
+    /// Bytes read for the timestamp, which has no signed length. Default 16 KiB.
+    pub timestamp_max_length: u64,
+    /// Bytes read for a snapshot without a signed length. Default 32 MiB.
+    pub snapshot_max_length: u64,
+    /// Bytes read for a targets role without a signed length. Default 64 MiB.
+    pub targets_max_length: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_root_rotations: 32,
+            max_delegations: 32,
+            max_catalog_roles: 100_000,
+            root_max_length: 512 * 1024,
+            timestamp_max_length: 16 * 1024,
+            snapshot_max_length: 32 << 20,
+            targets_max_length: 64 << 20,
+        }
+    }
+}
+
+/// Fetches files from a repository. Object-safe, so sessions can share one.
+pub trait Transport: Send + Sync {
+    /// Opens `url` for reading. A missing file must be [`TransportError::NotFound`]: root
+    /// rotation stops there.
+    fn fetch(&self, url: &str) -> std::result::Result<Box<dyn Read + Send + '_>, TransportError>;
+}
+
+/// Characters escaped in URL path segments and in local file names (everything but
+/// `A-Za-z0-9-._~`, as Python's `quote(s, safe='')`).
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Encodes a role name for a URL or a file name; `/`, `?`, `#` and `%` are escaped, so a name
+/// can never leave its directory.
+pub fn encode_role(name: &str) -> String {
+    let enc = utf8_percent_encode(name, SEGMENT).to_string();
+    // "." and ".." are unreserved but must not be a whole file name.
+    match enc.as_str() {
+        "." => "%2E".into(),
+        ".." => "%2E%2E".into(),
+        _ => enc,
+    }
+}
+
+/// How a [`Client`] reaches its repository and where it keeps trusted metadata.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Directory of trusted metadata (`root.json`, `timestamp.json`, …). It must already hold
+    /// a trusted `root.json`.
+    pub metadata_dir: PathBuf,
+    /// Base URL of the metadata (a trailing `/` is added if missing).
+    pub metadata_url: String,
+    /// Limits.
+    pub limits: Limits,
+    /// Use only local metadata: no request is made, and missing or expired local metadata
+    /// is an error.
+    pub offline: bool,
+}
+
+/// A TUF client for one repository and one update cycle.
+pub struct Client {
+    cfg: ClientConfig,
+    transport: Arc<dyn Transport>,
+    trusted: TrustedSet,
+    refreshed: bool,
+    failed_roles: HashSet<String>,
+}
+
+/// Every target of the repository, each from the role the delegation rules trust for it.
+#[derive(Debug, Default)]
+pub struct CatalogTargets {
+    /// Target path → signed description.
+    pub targets: BTreeMap<String, TargetFile>,
+    /// Roles that could not be loaded; their targets are left out.
+    pub warnings: Vec<(String, Error)>,
+    /// Number of targets roles loaded.
+    pub roles_loaded: usize,
+}
+
+impl Client {
+    /// Writes `root_bytes` as the trusted root of `metadata_dir`. With `verify`, the root
+    /// must parse and be signed by its own threshold.
+    pub fn init_trusted_root(metadata_dir: &Path, root_bytes: &[u8], verify: bool) -> Result<()> {
+        if verify {
+            TrustedSet::new(root_bytes, jiff::Timestamp::now())?;
+        }
+        std::fs::create_dir_all(metadata_dir).map_err(|e| Error::io(metadata_dir, e))?;
+        write_atomic(&metadata_dir.join("root.json"), root_bytes)
+    }
+
+    /// Opens the client on the trusted root in `cfg.metadata_dir`. The reference time for
+    /// expiry is now.
+    pub fn new(cfg: ClientConfig, transport: Arc<dyn Transport>) -> Result<Client> {
+        Self::with_time(cfg, transport, jiff::Timestamp::now())
+    }
+
+    /// As [`Client::new`] with an explicit reference time.
+    pub fn with_time(
+        mut cfg: ClientConfig,
+        transport: Arc<dyn Transport>,
+        now: jiff::Timestamp,
+    ) -> Result<Client> {
+        if !cfg.metadata_url.ends_with('/') {
+            cfg.metadata_url.push('/');
+        }
+        let path = cfg.metadata_dir.join("root.json");
+        let root = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let trusted = TrustedSet::new(&root, now)?;
+        Ok(Client {
+            cfg,
+            transport,
+            trusted,
+            refreshed: false,
+            failed_roles: HashSet::new(),
+        })
+    }
+
+    /// The trusted metadata so far.
+    pub fn trusted(&self) -> &TrustedSet {
+        &self.trusted
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ClientConfig {
+        &self.cfg
+    }
+
+    /// Runs the top-level workflow: root rotation, timestamp, snapshot, targets. Can run once
+    /// per client; later calls do nothing.
+    pub fn refresh(&mut self) -> Result<()> {
+        if self.refreshed {
+            return Ok(());
+        }
+        if !self.cfg.offline {
+            self.load_root()?;
+        }
+        self.load_timestamp()?;
+        self.load_snapshot()?;
+        self.load_targets("targets", "root")?;
+        self.refreshed = true;
+        Ok(())
+    }
+
+    fn fetch_metadata(&self, role: &str, max_len: u64, version: Option<u64>) -> Result<Vec<u8>> {
+        if self.cfg.offline {
+            return Err(Error::State(format!(
+                "{role}: no valid local copy, and the search is offline"
+            )));
+        }
+        let name = encode_role(role);
+        let url = match version {
+            Some(v) => format!("{}{v}.{name}.json", self.cfg.metadata_url),
+            None => format!("{}{name}.json", self.cfg.metadata_url),
+        };
+        tracing::debug!(%url, "fetching metadata");
+        let reader = self.transport.fetch(&url)?;
+        read_limited(reader, max_len, &url)
+    }
+
+    fn local_path(&self, role: &str) -> PathBuf {
+        self.cfg
+            .metadata_dir
+            .join(format!("{}.json", encode_role(role)))
+    }
+
+    fn read_local(&self, role: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.local_path(role)).ok()
+    }
+
+    fn persist(&self, role: &str, data: &[u8]) -> Result<()> {
+        write_atomic(&self.local_path(role), data)
+    }
+
+    fn load_root(&mut self) -> Result<()> {
+        let lower = self.trusted.root().common.version + 1;
+        let upper = lower + self.cfg.limits.max_root_rotations;
+        for version in lower..upper {
+            let data =
+                match self.fetch_metadata("root", self.cfg.limits.root_max_length, Some(version)) {
+                    Ok(d) => d,
+                    Err(Error::Transport(TransportError::NotFound { .. })) => return Ok(()),
+                    Err(e) => return Err(e),
+                };
+            self.trusted.update_root(&data)?;
+            self.persist("root", &data)?;
+        }
+        Ok(())
+    }
+
+    fn load_timestamp(&mut self) -> Result<()> {
+        if let Some(local) = self.read_local("timestamp") {
+            if let Err(e) = self.trusted.update_timestamp(&local) {
+                tracing::debug!("local timestamp not valid as final: {e}");
+            }
+        }
+        if self.cfg.offline {
+            return match self.trusted.timestamp() {
+                Some(ts) => {
+                    let common = ts.common.clone();
+                    let expires = common
+                        .expires_at()
+                        .map_err(|e| Error::parse("timestamp", e))?;
+                    if expires <= self.trusted.reference_time() {
+                        return Err(Error::Expired {
+                            role: "timestamp".into(),
+                            expires,
+                        });
+                    }
+                    Ok(())
+                }
+                None => Err(Error::State(
+                    "no trusted local timestamp for an offline search".into(),
+                )),
+            };
+        }
+        let data = self.fetch_metadata("timestamp", self.cfg.limits.timestamp_max_length, None)?;
+        match self.trusted.update_timestamp(&data) {
+            Ok(()) => {}
+            Err(Error::EqualVersion { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        self.persist("timestamp", &data)
+    }
+
+    fn load_snapshot(&mut self) -> Result<()> {
+        if let Some(local) = self.read_local("snapshot") {
+            match self.trusted.update_snapshot(&local, true) {
+                Ok(()) => return Ok(()),
+                Err(e) => tracing::debug!("local snapshot not valid as final: {e}"),
+            }
+        }
+        let ts = self
+            .trusted
+            .timestamp()
+            .ok_or_else(|| Error::State("timestamp not loaded".into()))?;
+        let meta = ts.snapshot_meta().clone();
+        let max = meta.length.unwrap_or(self.cfg.limits.snapshot_max_length);
+        let version = self
+            .trusted
+            .root()
+            .consistent_snapshot
+            .then_some(meta.version);
+        let data = self.fetch_metadata("snapshot", max, version)?;
+        self.trusted.update_snapshot(&data, false)?;
+        self.persist("snapshot", &data)
+    }
+
+    fn load_targets(&mut self, role: &str, delegator: &str) -> Result<()> {
+        if self.trusted.check_loaded_through(role, delegator)? {
+            return Ok(());
+        }
+        if self.failed_roles.contains(role) {
+            return Err(Error::State(format!("{role} failed to load earlier")));
+        }
+        if let Some(local) = self.read_local(role) {
+            match self.trusted.update_targets(&local, role, delegator) {
+                Ok(()) => return Ok(()),
+                Err(e) => tracing::debug!("local {role} not usable: {e}"),
+            }
+        }
+        let meta = self.trusted.meta_for(role)?;
+        let max = meta.length.unwrap_or(self.cfg.limits.targets_max_length);
+        let version = self
+            .trusted
+            .root()
+            .consistent_snapshot
+            .then_some(meta.version);
+        let data = self.fetch_metadata(role, max, version)?;
+        self.trusted.update_targets(&data, role, delegator)?;
+        self.persist(role, &data)
+    }
+
+    /// Finds the signed description of `path` by the lazy pre-order delegation search,
+    /// refreshing first if needed. `None` if no trusted role lists it.
+    pub fn target_info(&mut self, path: &str) -> Result<Option<TargetFile>> {
+        self.refresh()?;
+        Ok(self.walk(path)?.map(|(_, t)| t))
+    }
+
+    /// The pre-order walk; returns the role that listed the target, too.
+    fn walk(&mut self, path: &str) -> Result<Option<(String, TargetFile)>> {
+        let mut stack: Vec<(String, String)> = vec![("targets".into(), "root".into())];
+        let mut visited: HashSet<String> = HashSet::new();
+        while visited.len() <= self.cfg.limits.max_delegations {
+            let Some((role, parent)) = stack.pop() else {
+                break;
+            };
+            if visited.contains(&role) {
+                continue;
+            }
+            self.load_targets(&role, &parent)?;
+            let targets = self.trusted.targets(&role).expect("just loaded");
+            if let Some(t) = targets.targets.get(path) {
+                return Ok(Some((role, t.clone())));
+            }
+            visited.insert(role.clone());
+            if let Some(d) = &targets.delegations {
+                let mut children = Vec::new();
+                for (child, terminating) in d.roles_for_target(path) {
+                    children.push((child, role.clone()));
+                    if terminating {
+                        stack.clear();
+                        break;
+                    }
+                }
+                stack.extend(children.into_iter().rev());
+            }
+        }
+        if !stack.is_empty() {
+            tracing::debug!(
+                "{} roles left unvisited for {path}: max_delegations {} reached",
+                stack.len(),
+                self.cfg.limits.max_delegations
+            );
+        }
+        Ok(None)
+    }
+
+    /// Loads every targets role reachable from the top-level targets (pre-order, each bin of
+    /// a hashed-bin delegation included) and returns every target from the role trusted for
+    /// it. A role that fails to load is reported in `warnings` and its targets — and any
+    /// target whose lookup passes through it — are left out; a failure of the top-level
+    /// roles is an error.
+    pub fn all_targets(&mut self) -> Result<CatalogTargets> {
+        self.refresh()?;
+        let mut out = CatalogTargets::default();
+        let mut stack: Vec<(String, String)> = vec![("targets".into(), "root".into())];
+        let mut seen: HashSet<(String, String)> = HashSet::new();
+        let mut candidates: HashSet<String> = HashSet::new();
+        while let Some((role, parent)) = stack.pop() {
+            if !seen.insert((role.clone(), parent.clone())) {
+                continue;
+            }
+            if seen.len() > self.cfg.limits.max_catalog_roles {
+                return Err(Error::Limit(format!(
+                    "more than {} delegated roles (Limits::max_catalog_roles)",
+                    self.cfg.limits.max_catalog_roles
+                )));
+            }
+            if let Err(e) = self.load_targets(&role, &parent) {
+                if role == "targets" {
+                    return Err(e);
+                }
+                if self.failed_roles.insert(role.clone()) {
+                    out.warnings.push((role.clone(), e));
+                }
+                continue;
+            }
+            let t = self.trusted.targets(&role).expect("just loaded");
+            candidates.extend(t.targets.keys().cloned());
+            if let Some(d) = &t.delegations {
+                let children: Vec<(String, String)> = d
+                    .all_role_names()
+                    .into_iter()
+                    .map(|c| (c, role.clone()))
+                    .collect();
+                stack.extend(children.into_iter().rev());
+            }
+        }
+        let mut paths: Vec<String> = candidates.into_iter().collect();
+        paths.sort_unstable();
+        for path in paths {
+            match self.walk(&path) {
+                Ok(Some((_, t))) => {
+                    out.targets.insert(path, t);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::debug!("{path} left out of the catalog: {e}"),
+            }
+        }
+        out.roles_loaded = self.trusted.loaded_targets_count();
+        Ok(out)
+    }
+
+    /// The URL of a target under `base`, with the hash prefix of consistent snapshots.
+    pub fn target_url(&self, base: &str, path: &str, info: &TargetFile) -> String {
+        let mut url = base.to_string();
+        if !url.ends_with('/') {
+            url.push('/');
+        }
+        let (dir, name) = match path.rsplit_once('/') {
+            Some((d, n)) => (Some(d), n),
+            None => (None, path),
+        };
+        if let Some(d) = dir {
+            for seg in d.split('/') {
+                url.push_str(&utf8_percent_encode(seg, SEGMENT).to_string());
+                url.push('/');
+            }
+        }
+        if self.trusted.root().consistent_snapshot {
+            if let Some(h) = info.hashes.values().next() {
+                url.push_str(h);
+                url.push('.');
+            }
+        }
+        url.push_str(&utf8_percent_encode(name, SEGMENT).to_string());
+        url
+    }
+
+    /// Opens a target for a verified read: the reader stops at the signed length and fails
+    /// at the end if the hashes do not match. Do not use data from a reader that failed.
+    pub fn open_target(
+        &self,
+        base: &str,
+        path: &str,
+        info: &TargetFile,
+    ) -> Result<TargetReader<Box<dyn Read + Send + '_>>> {
+        let url = self.target_url(base, path, info);
+        let inner = self.transport.fetch(&url)?;
+        TargetReader::new(path, info, inner)
+    }
+
+    /// Downloads a target into `dest` (written to a temporary file, verified, then renamed).
+    pub fn download_target(
+        &self,
+        base: &str,
+        path: &str,
+        info: &TargetFile,
+        dest: &Path,
+    ) -> Result<()> {
+        let mut reader = self.open_target(base, path, info)?;
+        let dir = dest.parent().unwrap_or(Path::new("."));
+        let tmp = dir.join(format!(
+            ".{}.part",
+            dest.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("target")
+        ));
+        let result = (|| {
+            let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            reader.copy_to(&mut f)?;
+            f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+            std::fs::rename(&tmp, dest).map_err(|e| Error::io(dest, e))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+/// Reads at most `max` bytes; more is an error, so endless data cannot exhaust memory.
+pub fn read_limited(mut reader: impl Read, max: u64, what: &str) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    (&mut reader)
+        .take(max + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| {
+            Error::Transport(TransportError::Connection {
+                url: what.to_string(),
+                message: e.to_string(),
+            })
+        })?;
+    if buf.len() as u64 > max {
+        return Err(Error::TooLarge {
+            what: what.to_string(),
+            limit: max,
+        });
+    }
+    Ok(buf)
+}
+
+/// Writes a file by temporary file and rename, so readers see the old or the new bytes.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let r = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_data()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = r {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    Ok(())
+}

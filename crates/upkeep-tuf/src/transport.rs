@@ -1,0 +1,99 @@
+//! HTTP transport for metadata and targets over a pooled `reqwest` blocking client.
+
+use std::io::Read;
+use std::time::Duration;
+
+use crate::client::Transport;
+use crate::error::TransportError;
+
+/// Fetches over HTTP(S) with one pooled, keep-alive client. 403 and 404 are "not found".
+#[derive(Clone)]
+pub struct HttpTransport {
+    client: reqwest::blocking::Client,
+}
+
+impl std::fmt::Debug for HttpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HttpTransport")
+    }
+}
+
+impl HttpTransport {
+    /// A transport with a 10 s connect timeout and a 60 s timeout per request.
+    pub fn new() -> Result<HttpTransport, TransportError> {
+        let client = reqwest::blocking::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .user_agent(concat!("upkeep/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| TransportError::Connection {
+                url: String::new(),
+                message: format!("cannot build an HTTP client: {e}"),
+            })?;
+        Ok(HttpTransport { client })
+    }
+}
+
+impl Transport for HttpTransport {
+    fn fetch(&self, url: &str) -> Result<Box<dyn Read + Send + '_>, TransportError> {
+        let parsed = reqwest::Url::parse(url).map_err(|_| TransportError::InvalidUrl {
+            url: url.to_string(),
+        })?;
+        let resp = self
+            .client
+            .get(parsed)
+            .send()
+            .map_err(|e| TransportError::Connection {
+                url: url.to_string(),
+                message: describe(&e),
+            })?;
+        let status = resp.status().as_u16();
+        match status {
+            200 => Ok(Box::new(resp)),
+            403 | 404 => Err(TransportError::NotFound {
+                url: url.to_string(),
+                status,
+            }),
+            _ => Err(TransportError::Status {
+                url: url.to_string(),
+                status,
+            }),
+        }
+    }
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
+/// Reads files from a local directory (`file://`-style repositories and tests).
+#[derive(Clone, Debug)]
+pub struct FileTransport;
+
+impl Transport for FileTransport {
+    fn fetch(&self, url: &str) -> Result<Box<dyn Read + Send + '_>, TransportError> {
+        let path = url.strip_prefix("file://").unwrap_or(url);
+        let decoded = percent_encoding::percent_decode_str(path)
+            .decode_utf8()
+            .map_err(|_| TransportError::InvalidUrl { url: url.into() })?
+            .into_owned();
+        match std::fs::File::open(&decoded) {
+            Ok(f) => Ok(Box::new(f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(TransportError::NotFound {
+                url: url.into(),
+                status: 404,
+            }),
+            Err(e) => Err(TransportError::Connection {
+                url: url.into(),
+                message: e.to_string(),
+            }),
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! The set of metadata trusted so far in one update, and the rules that let new metadata in.
+//!
+//! Every `update_*` method takes unverified bytes and either adds verified metadata or
+//! leaves the set as it was. Expiry is judged against the time the update started, fixed when
+//! the set is created, so a clock that moves during an update cannot change a decision.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::error::{Error, Result};
+use crate::metadata::{self, Envelope, RoleKeys, Root, Snapshot, Targets, Timestamp};
+
+/// A delegated or top-level targets role that has been verified, with the delegators it was
+/// verified against (a role reached through another delegator is verified again).
+#[derive(Debug, Clone)]
+pub struct LoadedTargets {
+    /// The verified envelope.
+    pub envelope: Envelope<Targets>,
+    /// Delegators whose keys verified it.
+    pub verified_by: HashSet<String>,
+}
+
+/// Trusted metadata of one update.
+#[derive(Debug)]
+pub struct TrustedSet {
+    reference_time: jiff::Timestamp,
+    root: Envelope<Root>,
+    timestamp: Option<Envelope<Timestamp>>,
+    snapshot: Option<Envelope<Snapshot>>,
+    targets: HashMap<String, LoadedTargets>,
+}
+
+fn expired(role: &str, common: &metadata::Common, now: jiff::Timestamp) -> Result<()> {
+    let expires = common.expires_at().map_err(|e| Error::parse(role, e))?;
+    if expires <= now {
+        return Err(Error::Expired {
+            role: role.to_string(),
+            expires,
+        });
+    }
+    Ok(())
+}
+
+impl TrustedSet {
+    /// Starts from trusted root bytes, which must be signed by their own threshold.
+    pub fn new(root_bytes: &[u8], reference_time: jiff::Timestamp) -> Result<TrustedSet> {
+        let root: Envelope<Root> = metadata::parse("root", root_bytes)?;
+        let rk = root_role(&root.signed, "root")?;
+        root.verify("root", &root.signed.keys, &rk)?;
+        Ok(TrustedSet {
+            reference_time,
+            root,
+            timestamp: None,
+            snapshot: None,
+            targets: HashMap::new(),
+        })
+    }
+
+    /// The time expiry is judged against.
+    pub fn reference_time(&self) -> jiff::Timestamp {
+        self.reference_time
+    }
+    /// The trusted root.
+    pub fn root(&self) -> &Root {
+        &self.root.signed
+    }
+    /// The trusted timestamp, if loaded.
+    pub fn timestamp(&self) -> Option<&Timestamp> {
+        self.timestamp.as_ref().map(|e| &e.signed)
+    }
+    /// The trusted snapshot, if loaded.
+    pub fn snapshot(&self) -> Option<&Snapshot> {
+        self.snapshot.as_ref().map(|e| &e.signed)
+    }
+    /// A loaded targets role.
+    pub fn targets(&self, role: &str) -> Option<&Targets> {
+        self.targets.get(role).map(|l| &l.envelope.signed)
+    }
+    /// Number of loaded targets roles.
+    pub fn loaded_targets_count(&self) -> usize {
+        self.targets.len()
+    }
+
+    /// Accepts root version N+1, signed by the threshold of both the trusted and the new root.
+    /// An expired intermediate root is fine; expiry is checked on the final one.
+    pub fn update_root(&mut self, data: &[u8]) -> Result<()> {
+        if self.timestamp.is_some() {
+            return Err(Error::State("cannot update root after timestamp".into()));
+        }
+        let new: Envelope<Root> = metadata::parse("root", data)?;
+        let old_rk = root_role(&self.root.signed, "root")?;
+        new.verify("root", &self.root.signed.keys, &old_rk)?;
+        let expected = self.root.signed.common.version + 1;
+        if new.signed.common.version != expected {
+            return Err(Error::Version {
+                role: "root".into(),
+                expected: expected.to_string(),
+                got: new.signed.common.version,
+            });
+        }
+        let new_rk = root_role(&new.signed, "root")?;
+        new.verify("root", &new.signed.keys, &new_rk)?;
+        self.root = new;
+        Ok(())
+    }
+
+    /// Accepts a timestamp. A version equal to the trusted one yields
+    /// [`Error::EqualVersion`] and keeps the trusted one. An expired timestamp is loaded
+    /// (for rollback protection) and then reported as expired.
+    pub fn update_timestamp(&mut self, data: &[u8]) -> Result<()> {
+        if self.snapshot.is_some() {
+            return Err(Error::State(
+                "cannot update timestamp after snapshot".into(),
+            ));
+        }
+        expired("root", &self.root.signed.common, self.reference_time)?;
+        let new: Envelope<Timestamp> = metadata::parse("timestamp", data)?;
+        let rk = root_role(&self.root.signed, "timestamp")?;
+        new.verify("timestamp", &self.root.signed.keys, &rk)?;
+        if let Some(old) = &self.timestamp {
+            let (ov, nv) = (old.signed.common.version, new.signed.common.version);
+            if nv < ov {
+                return Err(Error::Version {
+                    role: "timestamp".into(),
+                    expected: format!(">= {ov}"),
+                    got: nv,
+                });
+            }
+            if nv == ov {
+                return Err(Error::EqualVersion {
+                    role: "timestamp".into(),
+                });
+            }
+            let (osv, nsv) = (
+                old.signed.snapshot_meta().version,
+                new.signed.snapshot_meta().version,
+            );
+            if nsv < osv {
+                return Err(Error::Version {
+                    role: "snapshot (in timestamp)".into(),
+                    expected: format!(">= {osv}"),
+                    got: nsv,
+                });
+            }
+        }
+        self.timestamp = Some(new);
+        self.check_final_timestamp()
+    }
+
+    fn check_final_timestamp(&self) -> Result<()> {
+        let ts = self.timestamp.as_ref().expect("checked by caller");
+        expired("timestamp", &ts.signed.common, self.reference_time)
+    }
+
+    /// Accepts a snapshot. `trusted` skips the length and hash check for a local copy that
+    /// was verified before. Rollback of any listed role's version is refused.
+    pub fn update_snapshot(&mut self, data: &[u8], trusted: bool) -> Result<()> {
+        let Some(ts) = &self.timestamp else {
+            return Err(Error::State(
+                "cannot update snapshot before timestamp".into(),
+            ));
+        };
+        if !self.targets.is_empty() {
+            return Err(Error::State("cannot update snapshot after targets".into()));
+        }
+        self.check_final_timestamp()?;
+        let meta = ts.signed.snapshot_meta().clone();
+        if !trusted {
+            meta.verify("snapshot", data)?;
+        }
+        let new: Envelope<Snapshot> = metadata::parse("snapshot", data)?;
+        let rk = root_role(&self.root.signed, "snapshot")?;
+        new.verify("snapshot", &self.root.signed.keys, &rk)?;
+        if let Some(old) = &self.snapshot {
+            for (name, info) in &old.signed.meta {
+                match new.signed.meta.get(name) {
+                    None => {
+                        return Err(Error::parse(
+                            "snapshot",
+                            format!("new snapshot no longer lists {name}"),
+                        ))
+                    }
+                    Some(n) if n.version < info.version => {
+                        return Err(Error::Version {
+                            role: name.trim_end_matches(".json").to_string(),
+                            expected: format!(">= {}", info.version),
+                            got: n.version,
+                        })
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        self.snapshot = Some(new);
+        self.check_final_snapshot()
+    }
+
+    fn check_final_snapshot(&self) -> Result<()> {
+        let snap = self
+            .snapshot
+            .as_ref()
+            .ok_or_else(|| Error::State("snapshot not loaded".into()))?;
+        expired("snapshot", &snap.signed.common, self.reference_time)?;
+        let ts = self.timestamp.as_ref().expect("snapshot implies timestamp");
+        let want = ts.signed.snapshot_meta().version;
+        if snap.signed.common.version != want {
+            return Err(Error::Version {
+                role: "snapshot".into(),
+                expected: want.to_string(),
+                got: snap.signed.common.version,
+            });
+        }
+        Ok(())
+    }
+
+    /// The snapshot's file info for a targets role.
+    pub fn meta_for(&self, role: &str) -> Result<metadata::MetaFile> {
+        let snap = self
+            .snapshot
+            .as_ref()
+            .ok_or_else(|| Error::State("snapshot not loaded".into()))?;
+        snap.signed
+            .meta
+            .get(&format!("{role}.json"))
+            .cloned()
+            .ok_or_else(|| Error::MissingMeta { role: role.into() })
+    }
+
+    /// Keys and threshold `delegator` gives `role`.
+    fn delegation_keys(
+        &self,
+        role: &str,
+        delegator: &str,
+    ) -> Result<(HashMap<String, crate::keys::Key>, RoleKeys)> {
+        if delegator == "root" {
+            return Ok((
+                self.root.signed.keys.clone(),
+                root_role(&self.root.signed, role)?,
+            ));
+        }
+        let parent = self
+            .targets(delegator)
+            .ok_or_else(|| Error::State(format!("delegator {delegator} not loaded")))?;
+        let d = parent
+            .delegations
+            .as_ref()
+            .ok_or_else(|| Error::State(format!("{delegator} delegates nothing")))?;
+        let rk = d
+            .role_keys(role)
+            .ok_or_else(|| Error::State(format!("{delegator} does not delegate to {role}")))?;
+        Ok((d.keys.clone(), rk))
+    }
+
+    /// Accepts targets metadata for `role`, delegated by `delegator` (`"root"` for the
+    /// top-level targets role).
+    pub fn update_targets(&mut self, data: &[u8], role: &str, delegator: &str) -> Result<()> {
+        if self.snapshot.is_none() {
+            return Err(Error::State("cannot load targets before snapshot".into()));
+        }
+        self.check_final_snapshot()?;
+        let meta = self.meta_for(role)?;
+        meta.verify(role, data)?;
+        let new: Envelope<Targets> = metadata::parse(role, data)?;
+        let (keys, rk) = self.delegation_keys(role, delegator)?;
+        new.verify(role, &keys, &rk)?;
+        if new.signed.common.version != meta.version {
+            return Err(Error::Version {
+                role: role.into(),
+                expected: meta.version.to_string(),
+                got: new.signed.common.version,
+            });
+        }
+        expired(role, &new.signed.common, self.reference_time)?;
+        let mut verified_by = HashSet::new();
+        verified_by.insert(delegator.to_string());
+        self.targets.insert(
+            role.to_string(),
+            LoadedTargets {
+                envelope: new,
+                verified_by,
+            },
+        );
+        Ok(())
+    }
+
+    /// True if `role` is loaded and trusted through `delegator`; verifies it against that
+    /// delegator's keys the first time it is reached through it.
+    pub fn check_loaded_through(&mut self, role: &str, delegator: &str) -> Result<bool> {
+        let Some(loaded) = self.targets.get(role) else {
+            return Ok(false);
+        };
+        if loaded.verified_by.contains(delegator) {
+            return Ok(true);
+        }
+        let (keys, rk) = self.delegation_keys(role, delegator)?;
+        loaded.envelope.verify(role, &keys, &rk)?;
+        self.targets
+            .get_mut(role)
+            .expect("present")
+            .verified_by
+            .insert(delegator.to_string());
+        Ok(true)
+    }
+}
+
+fn root_role(root: &Root, role: &str) -> Result<RoleKeys> {
+    root.roles
+        .get(role)
+        .cloned()
+        .ok_or_else(|| Error::parse("root", format!("no role {role}")))
+}

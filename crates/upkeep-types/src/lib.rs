@@ -1,0 +1,15 @@
+//! Value types shared by every upkeep crate.
+//!
+//! This crate owns the vocabulary of the Windows Update Agent model as Rust values:
+//! [`HResult`] and the table of WUA result codes, the WUA enumerations
+//! ([`OperationResultCode`], [`UpdateType`], [`InstallationImpact`], …), the signed update
+//! metadata schema ([`UpdateMetadata`]) and the caller-facing [`Update`] and
+//! [`UpdateCollection`]. It does no I/O.
+
+mod enums;
+mod hresult;
+mod update;
+
+pub use enums::*;
+pub use hresult::*;
+pub use update::*;

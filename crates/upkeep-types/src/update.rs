@@ -1,0 +1,694 @@
+//! The signed update metadata schema, and the caller-facing `Update` and `UpdateCollection`.
+//!
+//! [`UpdateMetadata`] is what a publisher writes into the `custom.upkeep` field of an update's
+//! first content target (see `docs/repository-format.md`). [`Update`] wraps it together with
+//! the verified content files and the per-machine state seen when the search ran, behind an
+//! `Arc`, so cloning is cheap.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{DeploymentAction, InstallationImpact, InstallationRebootBehavior, UpdateType};
+
+/// The schema version this build writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// WUA's `IUpdateIdentity`: the update's id and its revision number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct UpdateIdentity {
+    /// The update id (a UUID).
+    pub update_id: Uuid,
+    /// The revision number; a larger revision replaces a smaller one.
+    pub revision_number: u32,
+}
+
+impl fmt::Display for UpdateIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} r{}", self.update_id, self.revision_number)
+    }
+}
+
+/// A category an update belongs to (WUA's `ICategory`: id and name).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Category {
+    /// The category id (a UUID).
+    pub id: Uuid,
+    /// The display name.
+    pub name: String,
+}
+
+/// WUA's `IInstallationBehavior`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InstallationBehavior {
+    /// How much the installation affects the machine.
+    pub impact: InstallationImpact,
+    /// Whether a restart is needed afterwards.
+    pub reboot_behavior: InstallationRebootBehavior,
+    /// Whether the installation may ask the user for input.
+    pub can_request_user_input: bool,
+    /// Whether the installation needs the network.
+    pub requires_network_connectivity: bool,
+}
+
+/// How an update's content is applied to the machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Handler {
+    /// A tar, tar.zst or tar.gz payload whose entries are placed under the install root.
+    Files,
+    /// An executable from the payload, run with declared arguments.
+    Command {
+        /// Arguments for installation.
+        #[serde(default)]
+        arguments: Vec<String>,
+        /// Arguments for uninstallation; an update without them cannot be uninstalled by
+        /// this handler.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uninstall_arguments: Option<Vec<String>>,
+        /// How long the command may run, in seconds.
+        #[serde(default = "default_timeout")]
+        timeout_secs: u64,
+    },
+}
+
+fn default_timeout() -> u64 {
+    3600
+}
+
+impl Handler {
+    /// The handler id as WUA's `HandlerID` reports it.
+    pub fn id(&self) -> &'static str {
+        match self {
+            Handler::Files => "files",
+            Handler::Command { .. } => "command",
+        }
+    }
+}
+
+/// One update's signed metadata: everything a search needs, with no content download.
+///
+/// Serialised into `custom.upkeep` of the update's first content target. Unknown fields are
+/// rejected so that a typo in a manifest is an error, not a silently ignored setting.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateMetadata {
+    /// Schema version; this build reads [`SCHEMA_VERSION`].
+    pub schema: u32,
+    /// The update id.
+    pub id: Uuid,
+    /// The revision number.
+    pub revision: u32,
+    /// Short title.
+    pub title: String,
+    /// Longer description.
+    #[serde(default)]
+    pub description: String,
+    /// Knowledge-base article ids, without a "KB" prefix.
+    #[serde(default)]
+    pub kb_article_ids: Vec<String>,
+    /// Categories.
+    #[serde(default)]
+    pub categories: Vec<Category>,
+    /// Software or Driver.
+    #[serde(rename = "type", default)]
+    pub update_type: UpdateType,
+    /// MSRC-style severity: "Critical", "Important", "Moderate", "Low" or empty.
+    #[serde(default)]
+    pub severity: String,
+    /// Ids of the updates this one supersedes.
+    #[serde(default)]
+    pub supersedes: Vec<Uuid>,
+    /// Whether installation is mandatory.
+    #[serde(default)]
+    pub mandatory: bool,
+    /// Whether a user can uninstall it.
+    #[serde(default = "yes")]
+    pub uninstallable: bool,
+    /// Target path of the license text, if the update has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eula: Option<String>,
+    /// Behaviour when installing.
+    #[serde(default)]
+    pub installation_behavior: InstallationBehavior,
+    /// Behaviour when uninstalling (defaults to the installation behaviour).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uninstallation_behavior: Option<InstallationBehavior>,
+    /// How content is applied.
+    pub handler: Handler,
+    /// Target paths of the content, the first one carrying this record.
+    pub content: Vec<String>,
+    /// Target path of a bootstrapper, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrapper: Option<String>,
+    /// Release date (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_date: Option<jiff::Timestamp>,
+    /// Install-by date (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<jiff::Timestamp>,
+    /// The action the update is deployed for.
+    #[serde(default)]
+    pub deployment_action: DeploymentAction,
+    /// Discoverable only by browsing (optional update).
+    #[serde(default)]
+    pub browse_only: bool,
+    /// Flagged for automatic selection.
+    #[serde(default)]
+    pub auto_select_on_web_sites: bool,
+    /// Intended for automatic deployment.
+    #[serde(default = "yes")]
+    pub is_assigned: bool,
+    /// More-information URLs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_info_urls: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A field of [`UpdateMetadata`] that is not acceptable, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("update {id}: {field}: {reason}")]
+pub struct MetadataError {
+    /// The update id (or `?` when it could not be read).
+    pub id: String,
+    /// The offending field.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl UpdateMetadata {
+    /// A minimal valid record: the given id, revision 1, a `files` handler and one content path.
+    pub fn new(id: Uuid, title: impl Into<String>, content_path: impl Into<String>) -> Self {
+        UpdateMetadata {
+            schema: SCHEMA_VERSION,
+            id,
+            revision: 1,
+            title: title.into(),
+            description: String::new(),
+            kb_article_ids: Vec::new(),
+            categories: Vec::new(),
+            update_type: UpdateType::Software,
+            severity: String::new(),
+            supersedes: Vec::new(),
+            mandatory: false,
+            uninstallable: true,
+            eula: None,
+            installation_behavior: InstallationBehavior::default(),
+            uninstallation_behavior: None,
+            handler: Handler::Files,
+            content: vec![content_path.into()],
+            bootstrapper: None,
+            release_date: None,
+            deadline: None,
+            deployment_action: DeploymentAction::Installation,
+            browse_only: false,
+            auto_select_on_web_sites: false,
+            is_assigned: true,
+            more_info_urls: Vec::new(),
+        }
+    }
+
+    /// Checks what serde cannot: schema version, non-empty title and content, sane target
+    /// paths, a known severity, no self-supersedence.
+    pub fn validate(&self) -> Result<(), MetadataError> {
+        let err = |field: &'static str, reason: String| MetadataError {
+            id: self.id.to_string(),
+            field,
+            reason,
+        };
+        if self.schema != SCHEMA_VERSION {
+            return Err(err(
+                "schema",
+                format!(
+                    "version {} is not supported (this build reads {SCHEMA_VERSION})",
+                    self.schema
+                ),
+            ));
+        }
+        if self.title.trim().is_empty() {
+            return Err(err("title", "must not be empty".into()));
+        }
+        if self.revision == 0 {
+            return Err(err("revision", "must be at least 1".into()));
+        }
+        if self.content.is_empty() {
+            return Err(err("content", "must name at least one target".into()));
+        }
+        let paths = self
+            .content
+            .iter()
+            .map(|p| ("content", p))
+            .chain(self.eula.iter().map(|p| ("eula", p)))
+            .chain(self.bootstrapper.iter().map(|p| ("bootstrapper", p)));
+        for (field, p) in paths {
+            if !is_valid_target_path(p) {
+                return Err(err(
+                    field,
+                    format!("{p:?} is not a valid relative target path"),
+                ));
+            }
+        }
+        if !["", "Critical", "Important", "Moderate", "Low"].contains(&self.severity.as_str()) {
+            return Err(err(
+                "severity",
+                format!(
+                    "{:?} is not one of Critical, Important, Moderate, Low",
+                    self.severity
+                ),
+            ));
+        }
+        if self.supersedes.contains(&self.id) {
+            return Err(err(
+                "supersedes",
+                "an update cannot supersede itself".into(),
+            ));
+        }
+        if let Handler::Command { timeout_secs, .. } = &self.handler {
+            if *timeout_secs == 0 {
+                return Err(err("handler.timeout_secs", "must be at least 1".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The identity (id and revision).
+    pub fn identity(&self) -> UpdateIdentity {
+        UpdateIdentity {
+            update_id: self.id,
+            revision_number: self.revision,
+        }
+    }
+}
+
+/// True for a relative, `/`-separated path without empty, `.` or `..` segments.
+pub fn is_valid_target_path(p: &str) -> bool {
+    !p.is_empty()
+        && !p.starts_with('/')
+        && !p.contains('\\')
+        && !p.contains('\0')
+        && p.split('/').all(|s| !s.is_empty() && s != "." && s != "..")
+}
+
+/// A content file of an update, as signed in the repository.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentFile {
+    /// The TUF target path.
+    pub path: String,
+    /// The signed length in bytes.
+    pub length: u64,
+    /// Signed hashes, algorithm → lowercase hex.
+    pub hashes: BTreeMap<String, String>,
+}
+
+/// Per-machine facts about an update, as they were when the search ran.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct UpdateState {
+    /// Installed at search time.
+    pub is_installed: bool,
+    /// Hidden by a user.
+    pub is_hidden: bool,
+    /// All content cached and verified.
+    pub is_downloaded: bool,
+    /// License accepted.
+    pub eula_accepted: bool,
+    /// A restart is needed to finish its install or uninstall.
+    pub reboot_required: bool,
+    /// Installed for at least one product (equals `is_installed` here).
+    pub is_present: bool,
+}
+
+#[derive(Debug)]
+struct UpdateInner {
+    metadata: UpdateMetadata,
+    content: Vec<ContentFile>,
+    eula_file: Option<ContentFile>,
+    bootstrapper: Option<ContentFile>,
+    state: UpdateState,
+}
+
+/// An update found by a search (WUA's `IUpdate`), cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Update(Arc<UpdateInner>);
+
+impl PartialEq for Update {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.identity() == other.identity()
+    }
+}
+
+impl Update {
+    /// Builds an update from verified metadata, its resolved content files and its state.
+    pub fn new(
+        metadata: UpdateMetadata,
+        content: Vec<ContentFile>,
+        eula_file: Option<ContentFile>,
+        bootstrapper: Option<ContentFile>,
+        state: UpdateState,
+    ) -> Update {
+        Update(Arc::new(UpdateInner {
+            metadata,
+            content,
+            eula_file,
+            bootstrapper,
+            state,
+        }))
+    }
+
+    /// A copy of this update with other per-machine state.
+    pub fn with_state(&self, state: UpdateState) -> Update {
+        Update::new(
+            self.0.metadata.clone(),
+            self.0.content.clone(),
+            self.0.eula_file.clone(),
+            self.0.bootstrapper.clone(),
+            state,
+        )
+    }
+
+    /// The whole signed record.
+    pub fn metadata(&self) -> &UpdateMetadata {
+        &self.0.metadata
+    }
+    /// Per-machine state at search time.
+    pub fn state(&self) -> &UpdateState {
+        &self.0.state
+    }
+    /// `Title`.
+    pub fn title(&self) -> &str {
+        &self.0.metadata.title
+    }
+    /// `Description`.
+    pub fn description(&self) -> &str {
+        &self.0.metadata.description
+    }
+    /// `Identity`.
+    pub fn identity(&self) -> UpdateIdentity {
+        self.0.metadata.identity()
+    }
+    /// `KBArticleIDs`.
+    pub fn kb_article_ids(&self) -> &[String] {
+        &self.0.metadata.kb_article_ids
+    }
+    /// `Categories`.
+    pub fn categories(&self) -> &[Category] {
+        &self.0.metadata.categories
+    }
+    /// `Type`.
+    pub fn update_type(&self) -> UpdateType {
+        self.0.metadata.update_type
+    }
+    /// `MsrcSeverity`.
+    pub fn msrc_severity(&self) -> &str {
+        &self.0.metadata.severity
+    }
+    /// `SupersededUpdateIDs`.
+    pub fn superseded_update_ids(&self) -> &[Uuid] {
+        &self.0.metadata.supersedes
+    }
+    /// `IsMandatory`.
+    pub fn is_mandatory(&self) -> bool {
+        self.0.metadata.mandatory
+    }
+    /// `IsUninstallable`.
+    pub fn is_uninstallable(&self) -> bool {
+        self.0.metadata.uninstallable
+    }
+    /// `InstallationBehavior`.
+    pub fn installation_behavior(&self) -> &InstallationBehavior {
+        &self.0.metadata.installation_behavior
+    }
+    /// `UninstallationBehavior`.
+    pub fn uninstallation_behavior(&self) -> &InstallationBehavior {
+        self.0
+            .metadata
+            .uninstallation_behavior
+            .as_ref()
+            .unwrap_or(&self.0.metadata.installation_behavior)
+    }
+    /// `HandlerID`.
+    pub fn handler_id(&self) -> &'static str {
+        self.0.metadata.handler.id()
+    }
+    /// The handler and its arguments.
+    pub fn handler(&self) -> &Handler {
+        &self.0.metadata.handler
+    }
+    /// `DeploymentAction`.
+    pub fn deployment_action(&self) -> DeploymentAction {
+        self.0.metadata.deployment_action
+    }
+    /// `BrowseOnly`.
+    pub fn browse_only(&self) -> bool {
+        self.0.metadata.browse_only
+    }
+    /// `AutoSelectOnWebSites`.
+    pub fn auto_select_on_web_sites(&self) -> bool {
+        self.0.metadata.auto_select_on_web_sites
+    }
+    /// Whether the update is assigned for automatic deployment (`IsAssigned` criterion).
+    pub fn is_assigned(&self) -> bool {
+        self.0.metadata.is_assigned
+    }
+    /// `Deadline`.
+    pub fn deadline(&self) -> Option<jiff::Timestamp> {
+        self.0.metadata.deadline
+    }
+    /// `LastDeploymentChangeTime` (the release date).
+    pub fn release_date(&self) -> Option<jiff::Timestamp> {
+        self.0.metadata.release_date
+    }
+    /// `MoreInfoUrls`.
+    pub fn more_info_urls(&self) -> &[String] {
+        &self.0.metadata.more_info_urls
+    }
+    /// `DownloadContents`: the content files with their signed lengths and hashes.
+    pub fn download_contents(&self) -> &[ContentFile] {
+        &self.0.content
+    }
+    /// The license text's target, if the update has a EULA.
+    pub fn eula_file(&self) -> Option<&ContentFile> {
+        self.0.eula_file.as_ref()
+    }
+    /// The bootstrapper's target, if any.
+    pub fn bootstrapper(&self) -> Option<&ContentFile> {
+        self.0.bootstrapper.as_ref()
+    }
+    /// `MaxDownloadSize`: all content plus the bootstrapper.
+    pub fn max_download_size(&self) -> u64 {
+        self.min_download_size() + self.0.bootstrapper.as_ref().map_or(0, |b| b.length)
+    }
+    /// `MinDownloadSize`: the content files.
+    pub fn min_download_size(&self) -> u64 {
+        self.0.content.iter().map(|c| c.length).sum()
+    }
+    /// `IsInstalled` (as seen when the search ran).
+    pub fn is_installed(&self) -> bool {
+        self.0.state.is_installed
+    }
+    /// `IsPresent`.
+    pub fn is_present(&self) -> bool {
+        self.0.state.is_present
+    }
+    /// `IsHidden`.
+    pub fn is_hidden(&self) -> bool {
+        self.0.state.is_hidden
+    }
+    /// `IsDownloaded`: all content is cached and verified.
+    pub fn is_downloaded(&self) -> bool {
+        self.0.state.is_downloaded
+    }
+    /// `EulaAccepted`; true for an update without a EULA.
+    pub fn eula_accepted(&self) -> bool {
+        self.0.metadata.eula.is_none() || self.0.state.eula_accepted
+    }
+    /// `RebootRequired`.
+    pub fn reboot_required(&self) -> bool {
+        self.0.state.reboot_required
+    }
+}
+
+/// WUA's `IUpdateCollection`: an ordered list of updates, cheap to clone (copy on write).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UpdateCollection(Arc<Vec<Update>>);
+
+impl UpdateCollection {
+    /// An empty collection.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// `Count`.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    /// True when `Count` is 0.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    /// `Item(i)`; `None` past the end.
+    pub fn get(&self, i: usize) -> Option<&Update> {
+        self.0.get(i)
+    }
+    /// `Add`: appends and returns the new item's index.
+    pub fn push(&mut self, update: Update) -> usize {
+        let v = Arc::make_mut(&mut self.0);
+        v.push(update);
+        v.len() - 1
+    }
+    /// `Insert(i, u)`; fails with the index when `i > len()`.
+    pub fn insert(&mut self, i: usize, update: Update) -> Result<(), IndexError> {
+        if i > self.len() {
+            return Err(IndexError {
+                index: i,
+                len: self.len(),
+            });
+        }
+        Arc::make_mut(&mut self.0).insert(i, update);
+        Ok(())
+    }
+    /// `RemoveAt(i)`; fails with the index when out of range.
+    pub fn remove(&mut self, i: usize) -> Result<Update, IndexError> {
+        if i >= self.len() {
+            return Err(IndexError {
+                index: i,
+                len: self.len(),
+            });
+        }
+        Ok(Arc::make_mut(&mut self.0).remove(i))
+    }
+    /// `Clear`.
+    pub fn clear(&mut self) {
+        Arc::make_mut(&mut self.0).clear();
+    }
+    /// Iterates in order.
+    pub fn iter(&self) -> std::slice::Iter<'_, Update> {
+        self.0.iter()
+    }
+    /// The updates as a slice.
+    pub fn as_slice(&self) -> &[Update] {
+        &self.0
+    }
+}
+
+/// An index outside a collection (WUA's `WU_E_INVALIDINDEX`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("index {index} is out of range for a collection of {len}")]
+pub struct IndexError {
+    /// The index asked for.
+    pub index: usize,
+    /// The collection's length.
+    pub len: usize,
+}
+
+impl IndexError {
+    /// The WUA code for this error.
+    pub fn hresult(&self) -> crate::HResult {
+        crate::HResult::WU_E_INVALIDINDEX
+    }
+}
+
+impl FromIterator<Update> for UpdateCollection {
+    fn from_iter<I: IntoIterator<Item = Update>>(iter: I) -> Self {
+        UpdateCollection(Arc::new(iter.into_iter().collect()))
+    }
+}
+
+impl<'a> IntoIterator for &'a UpdateCollection {
+    type Item = &'a Update;
+    type IntoIter = std::slice::Iter<'a, Update>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl Extend<Update> for UpdateCollection {
+    fn extend<I: IntoIterator<Item = Update>>(&mut self, iter: I) {
+        Arc::make_mut(&mut self.0).extend(iter);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upd(n: u128) -> Update {
+        let id = Uuid::from_u128(n);
+        Update::new(
+            UpdateMetadata::new(id, format!("u{n}"), format!("updates/{id}/p.tar")),
+            vec![],
+            None,
+            None,
+            UpdateState::default(),
+        )
+    }
+
+    #[test]
+    fn collection_is_copy_on_write() {
+        let mut a: UpdateCollection = (1..=3).map(upd).collect();
+        let b = a.clone();
+        assert_eq!(a.push(upd(4)), 3);
+        assert_eq!(a.len(), 4);
+        assert_eq!(b.len(), 3);
+        a.insert(0, upd(9)).unwrap();
+        assert_eq!(a.get(0).unwrap().title(), "u9");
+        assert_eq!(a.remove(1).unwrap().title(), "u1");
+        assert_eq!(
+            a.insert(99, upd(5)).unwrap_err().hresult(),
+            crate::HResult::WU_E_INVALIDINDEX
+        );
+        assert!(a.remove(4).is_err());
+        a.clear();
+        assert!(a.is_empty());
+        assert_eq!(
+            b.iter().map(|u| u.title()).collect::<Vec<_>>(),
+            ["u1", "u2", "u3"]
+        );
+    }
+
+    #[test]
+    fn metadata_rejects_unknown_fields_and_bad_paths() {
+        let m = UpdateMetadata::new(Uuid::from_u128(1), "t", "a/b.tar");
+        let mut v = serde_json::to_value(&m).unwrap();
+        v["colour"] = "blue".into();
+        assert!(serde_json::from_value::<UpdateMetadata>(v).is_err());
+
+        for bad in ["", "/abs", "a/../b", "a//b", "./a", "a\\b"] {
+            let mut m2 = m.clone();
+            m2.content = vec![bad.to_string()];
+            assert_eq!(m2.validate().unwrap_err().field, "content", "{bad:?}");
+        }
+        let mut m3 = m.clone();
+        m3.supersedes = vec![m.id];
+        assert_eq!(m3.validate().unwrap_err().field, "supersedes");
+        assert!(m.validate().is_ok());
+    }
+
+    #[test]
+    fn metadata_defaults_are_documented_ones() {
+        let json = r#"{"schema":1,"id":"00000000-0000-0000-0000-000000000001","revision":2,
+            "title":"x","handler":{"kind":"command","arguments":["-q"]},"content":["a"]}"#;
+        let m: UpdateMetadata = serde_json::from_str(json).unwrap();
+        assert!(m.uninstallable && m.is_assigned && !m.mandatory);
+        assert_eq!(m.update_type, UpdateType::Software);
+        assert_eq!(m.deployment_action, DeploymentAction::Installation);
+        match m.handler {
+            Handler::Command {
+                timeout_secs,
+                uninstall_arguments,
+                ..
+            } => {
+                assert_eq!(timeout_secs, 3600);
+                assert_eq!(uninstall_arguments, None);
+            }
+            _ => panic!("wrong handler"),
+        }
+    }
+}
