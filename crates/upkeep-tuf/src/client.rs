@@ -9,7 +9,7 @@ use std::sync::Arc;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::error::{Error, Result, TransportError};
-use crate::metadata::{self, TargetFile};
+use crate::metadata::TargetFile;
 use crate::reader::TargetReader;
 use crate::trusted::TrustedSet;
 

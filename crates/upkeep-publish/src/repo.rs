@@ -1,0 +1,725 @@
+//! The publisher: `Repository::init`, `add_updates`, `remove_update`, `publish`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use upkeep_tuf::keys::SigningKey;
+use upkeep_tuf::metadata::{
+    self, Common, Delegations, MetaFile, RoleKeys, Root, Snapshot, SuccinctRoles,
+    TargetFile, Targets, Timestamp, SPEC_VERSION,
+};
+use upkeep_types::{is_valid_target_path, UpdateMetadata};
+use uuid::Uuid;
+
+/// What went wrong while publishing. Nothing visible to clients has changed when one of
+/// these is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The repository directory is not in the expected shape.
+    #[error("{path}: {reason}")]
+    Repository {
+        /// The offending file or directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The update or manifest is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// The update id is not in the repository.
+    #[error("update {0} is not in the repository")]
+    UnknownUpdate(Uuid),
+    /// Another publisher holds the lock.
+    #[error("{0}: another publisher is working on this repository")]
+    Locked(PathBuf),
+}
+
+fn io(path: &Path, source: std::io::Error) -> PublishError {
+    PublishError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn repo_err(path: &Path, reason: impl Into<String>) -> PublishError {
+    PublishError::Repository {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// Expiry periods in seconds and the hashed-bin setting, kept in `repository.toml`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfig {
+    /// Number of hashed bins (a power of two, 2–65536), or 0 for one flat targets role.
+    #[serde(default)]
+    pub bins: u32,
+    /// Root lifetime, seconds.
+    pub root_expiry_secs: u64,
+    /// Targets (and bins) lifetime, seconds.
+    pub targets_expiry_secs: u64,
+    /// Snapshot lifetime, seconds.
+    pub snapshot_expiry_secs: u64,
+    /// Timestamp lifetime, seconds.
+    pub timestamp_expiry_secs: u64,
+}
+
+const DAY: u64 = 86_400;
+
+impl Default for RepositoryConfig {
+    fn default() -> Self {
+        RepositoryConfig {
+            bins: 0,
+            root_expiry_secs: 365 * DAY,
+            targets_expiry_secs: 90 * DAY,
+            snapshot_expiry_secs: 30 * DAY,
+            timestamp_expiry_secs: 7 * DAY,
+        }
+    }
+}
+
+/// Options for [`Repository::init`].
+#[derive(Clone, Debug, Default)]
+pub struct InitOptions {
+    /// Settings to write.
+    pub config: RepositoryConfig,
+}
+
+/// Where a content file comes from.
+#[derive(Clone, Debug)]
+pub enum ContentSource {
+    /// A file on disk; the target takes its file name.
+    File(PathBuf),
+    /// Bytes in memory with a file name.
+    Bytes {
+        /// File name of the target.
+        name: String,
+        /// The content.
+        data: Vec<u8>,
+    },
+}
+
+impl ContentSource {
+    fn name(&self) -> Result<String, PublishError> {
+        let name = match self {
+            ContentSource::File(p) => p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| PublishError::Invalid(format!("{}: no usable file name", p.display())))?
+                .to_string(),
+            ContentSource::Bytes { name, .. } => name.clone(),
+        };
+        if name.contains('/') || !is_valid_target_path(&name) {
+            return Err(PublishError::Invalid(format!("{name:?} is not a usable file name")));
+        }
+        Ok(name)
+    }
+
+    fn read(&self) -> Result<Vec<u8>, PublishError> {
+        match self {
+            ContentSource::File(p) => std::fs::read(p).map_err(|e| io(p, e)),
+            ContentSource::Bytes { data, .. } => Ok(data.clone()),
+        }
+    }
+}
+
+/// An update to add: its metadata (content paths are filled in by the publisher) and its
+/// files.
+#[derive(Clone, Debug)]
+pub struct NewUpdate {
+    /// The record; `content`, `eula` and `bootstrapper` are overwritten with target paths.
+    pub metadata: UpdateMetadata,
+    /// The payload (first content file; it carries the record).
+    pub payload: ContentSource,
+    /// More content files.
+    pub extra_content: Vec<ContentSource>,
+    /// The license text.
+    pub eula: Option<ContentSource>,
+    /// A bootstrapper.
+    pub bootstrapper: Option<ContentSource>,
+}
+
+/// An update manifest (`update.toml`): every field of the metadata schema plus the files.
+/// Relative file paths are relative to the manifest.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// The metadata fields, as in `docs/repository-format.md` (without `schema` and
+    /// `content`, which the publisher fills in).
+    #[serde(flatten)]
+    pub fields: toml::Table,
+    /// The payload file.
+    pub payload: PathBuf,
+    /// More content files.
+    #[serde(default)]
+    pub extra_content: Vec<PathBuf>,
+    /// The license text file.
+    #[serde(default)]
+    pub eula_file: Option<PathBuf>,
+    /// The bootstrapper file.
+    #[serde(default)]
+    pub bootstrapper_file: Option<PathBuf>,
+}
+
+impl Manifest {
+    /// Reads a manifest and turns it into a [`NewUpdate`].
+    pub fn load(path: &Path) -> Result<NewUpdate, PublishError> {
+        let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
+        let m: Manifest = toml::from_str(&text)
+            .map_err(|e| PublishError::Invalid(format!("{}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut fields = m.fields.clone();
+        for reserved in ["schema", "content", "eula", "bootstrapper"] {
+            if fields.contains_key(reserved) {
+                return Err(PublishError::Invalid(format!(
+                    "{}: `{reserved}` is filled in by the publisher; use payload, eula_file, bootstrapper_file",
+                    path.display()
+                )));
+            }
+        }
+        fields.insert("schema".into(), (upkeep_types::SCHEMA_VERSION as i64).into());
+        fields.insert("content".into(), toml::Value::Array(vec!["placeholder".into()]));
+        let json = serde_json::to_value(&fields)
+            .map_err(|e| PublishError::Invalid(format!("{}: {e}", path.display())))?;
+        let metadata: UpdateMetadata = serde_json::from_value(json)
+            .map_err(|e| PublishError::Invalid(format!("{}: {e}", path.display())))?;
+        let file = |p: &PathBuf| ContentSource::File(base.join(p));
+        Ok(NewUpdate {
+            metadata,
+            payload: file(&m.payload),
+            extra_content: m.extra_content.iter().map(file).collect(),
+            eula: m.eula_file.as_ref().map(file),
+            bootstrapper: m.bootstrapper_file.as_ref().map(file),
+        })
+    }
+}
+
+/// What a publish changed.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PublishReport {
+    /// Roles re-signed, with their new versions.
+    pub roles: Vec<(String, u64)>,
+    /// Number of targets in the repository.
+    pub targets: usize,
+    /// Number of updates in the repository.
+    pub updates: usize,
+}
+
+const TOP_ROLES: [&str; 4] = ["root", "timestamp", "snapshot", "targets"];
+const BINS_ROLE: &str = "bins";
+const BIN_PREFIX: &str = "bin";
+
+/// A repository directory opened for publishing.
+pub struct Repository {
+    dir: PathBuf,
+    config: RepositoryConfig,
+    keys: HashMap<String, SigningKey>,
+    _lock: File,
+}
+
+struct Current {
+    timestamp_version: u64,
+    snapshot_version: u64,
+    targets: Targets,
+    bins: BTreeMap<String, Targets>,
+}
+
+impl Repository {
+    /// Creates a repository in `dir` (which must not exist or be empty): keys, settings,
+    /// root version 1 and an empty, signed catalog.
+    pub fn init(dir: &Path, opts: InitOptions) -> Result<Repository, PublishError> {
+        let c = &opts.config;
+        if c.bins != 0 && (!c.bins.is_power_of_two() || !(2..=65536).contains(&c.bins)) {
+            return Err(PublishError::Invalid(format!(
+                "bins must be a power of two from 2 to 65536, not {}",
+                c.bins
+            )));
+        }
+        if let Ok(mut entries) = std::fs::read_dir(dir) {
+            if entries.next().is_some() {
+                return Err(repo_err(dir, "exists and is not empty"));
+            }
+        }
+        for sub in ["keys", "metadata", "targets"] {
+            let p = dir.join(sub);
+            std::fs::create_dir_all(&p).map_err(|e| io(&p, e))?;
+        }
+        set_mode(&dir.join("keys"), 0o700)?;
+        let mut keys = HashMap::new();
+        let mut roles: Vec<&str> = TOP_ROLES.to_vec();
+        if c.bins != 0 {
+            roles.push(BINS_ROLE);
+        }
+        for role in roles {
+            let k = SigningKey::generate();
+            let path = dir.join("keys").join(format!("{role}.json"));
+            write_private(&path, k.to_json().as_bytes())?;
+            keys.insert(role.to_string(), k);
+        }
+        let cfg_path = dir.join("repository.toml");
+        let cfg_text = toml::to_string_pretty(c).map_err(|e| PublishError::Invalid(e.to_string()))?;
+        std::fs::write(&cfg_path, cfg_text).map_err(|e| io(&cfg_path, e))?;
+        let lock = lock(dir)?;
+        let mut repo = Repository {
+            dir: dir.to_path_buf(),
+            config: c.clone(),
+            keys,
+            _lock: lock,
+        };
+        let root = repo.new_root(1)?;
+        let bytes = repo.sign_role(&root, "root")?;
+        let md = repo.metadata_dir();
+        write_file(&md.join("1.root.json"), &bytes)?;
+        write_file(&md.join("root.json"), &bytes)?;
+        repo.commit(None, BTreeMap::new(), true)?;
+        Ok(repo)
+    }
+
+    /// Opens an existing repository for publishing, taking its lock.
+    pub fn open(dir: &Path) -> Result<Repository, PublishError> {
+        let cfg_path = dir.join("repository.toml");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| io(&cfg_path, e))?;
+        let config: RepositoryConfig = toml::from_str(&text)
+            .map_err(|e| repo_err(&cfg_path, e.to_string()))?;
+        let lock = lock(dir)?;
+        let mut keys = HashMap::new();
+        let mut roles: Vec<&str> = TOP_ROLES.to_vec();
+        if config.bins != 0 {
+            roles.push(BINS_ROLE);
+        }
+        for role in roles {
+            let path = dir.join("keys").join(format!("{role}.json"));
+            let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
+            let k = SigningKey::from_json(&text).map_err(|e| repo_err(&path, e))?;
+            keys.insert(role.to_string(), k);
+        }
+        Ok(Repository {
+            dir: dir.to_path_buf(),
+            config,
+            keys,
+            _lock: lock,
+        })
+    }
+
+    /// The repository directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    /// The settings.
+    pub fn config(&self) -> &RepositoryConfig {
+        &self.config
+    }
+    /// The metadata directory (served at `<base>/metadata/`).
+    pub fn metadata_dir(&self) -> PathBuf {
+        self.dir.join("metadata")
+    }
+    /// The content directory (served at `<base>/targets/`).
+    pub fn targets_dir(&self) -> PathBuf {
+        self.dir.join("targets")
+    }
+    /// The current root, to hand to clients as their trusted root.
+    pub fn root_path(&self) -> PathBuf {
+        self.metadata_dir().join("root.json")
+    }
+
+    fn key(&self, role: &str) -> &SigningKey {
+        &self.keys[role]
+    }
+
+    fn new_root(&self, version: u64) -> Result<Root, PublishError> {
+        let mut keys = HashMap::new();
+        let mut roles = HashMap::new();
+        for role in TOP_ROLES {
+            let k = self.key(role);
+            keys.insert(k.key_id().to_string(), k.public().clone());
+            roles.insert(
+                role.to_string(),
+                RoleKeys {
+                    keyids: vec![k.key_id().to_string()],
+                    threshold: 1,
+                },
+            );
+        }
+        Ok(Root {
+            common: self.common("root", version, self.config.root_expiry_secs)?,
+            consistent_snapshot: true,
+            keys,
+            roles,
+            unrecognized: BTreeMap::new(),
+        })
+    }
+
+    fn common(&self, role: &str, version: u64, secs: u64) -> Result<Common, PublishError> {
+        let now = jiff::Timestamp::now();
+        let expires = now
+            .checked_add(jiff::SignedDuration::from_secs(secs as i64))
+            .map_err(|e| PublishError::Invalid(format!("expiry of {secs} s: {e}")))?;
+        Ok(Common {
+            role_type: role.to_string(),
+            spec_version: SPEC_VERSION.to_string(),
+            version,
+            expires: metadata::format_expires(expires),
+        })
+    }
+
+    fn sign_role<T: Serialize>(&self, payload: &T, key_role: &str) -> Result<Vec<u8>, PublishError> {
+        metadata::sign(payload, &[self.key(key_role)]).map_err(PublishError::Invalid)
+    }
+
+    fn read_meta<T: metadata::Role>(&self, name: &str) -> Result<T, PublishError> {
+        let path = self.metadata_dir().join(name);
+        let data = std::fs::read(&path).map_err(|e| io(&path, e))?;
+        let env = metadata::parse::<T>(name, &data).map_err(|e| repo_err(&path, e.to_string()))?;
+        Ok(env.signed)
+    }
+
+    fn current(&self) -> Result<Current, PublishError> {
+        let ts: Timestamp = self.read_meta("timestamp.json")?;
+        let snap_v = ts.snapshot_meta().version;
+        let snap: Snapshot = self.read_meta(&format!("{snap_v}.snapshot.json"))?;
+        let tv = snap
+            .meta
+            .get("targets.json")
+            .ok_or_else(|| repo_err(&self.metadata_dir(), "snapshot does not list targets"))?
+            .version;
+        let targets: Targets = self.read_meta(&format!("{tv}.targets.json"))?;
+        let mut bins = BTreeMap::new();
+        for (name, info) in &snap.meta {
+            if let Some(role) = name.strip_suffix(".json") {
+                if role != "targets" {
+                    let t: Targets = self.read_meta(&format!("{}.{name}", info.version))?;
+                    bins.insert(role.to_string(), t);
+                }
+            }
+        }
+        Ok(Current {
+            timestamp_version: ts.common.version,
+            snapshot_version: snap_v,
+            targets,
+            bins,
+        })
+    }
+
+    /// Every target currently published.
+    pub fn targets(&self) -> Result<BTreeMap<String, TargetFile>, PublishError> {
+        let cur = self.current()?;
+        let mut all = cur.targets.targets.clone();
+        for b in cur.bins.values() {
+            all.extend(b.targets.clone());
+        }
+        Ok(all)
+    }
+
+    /// Every update record currently published, by id.
+    pub fn updates(&self) -> Result<BTreeMap<Uuid, UpdateMetadata>, PublishError> {
+        let mut out = BTreeMap::new();
+        for t in self.targets()?.values() {
+            if let Some(m) = record_of(t) {
+                out.insert(m.id, m);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds (or replaces by id) updates and publishes once. Content files are copied into
+    /// `targets/` under `updates/<id>/<revision>/`.
+    pub fn add_updates(&mut self, updates: Vec<NewUpdate>) -> Result<PublishReport, PublishError> {
+        let cur = self.current()?;
+        let mut targets = self.targets()?;
+        let mut seen = std::collections::HashSet::new();
+        for u in updates {
+            let id = u.metadata.id;
+            if !seen.insert(id) {
+                return Err(PublishError::Invalid(format!("update {id} is given twice")));
+            }
+            // Drop any earlier revision of the same update.
+            targets.retain(|path, _| !path.starts_with(&format!("updates/{id}/")));
+            for (path, info) in self.stage_update(u)? {
+                targets.insert(path, info);
+            }
+        }
+        self.commit(Some(&cur), targets, false)
+    }
+
+    /// Adds one update; see [`Repository::add_updates`].
+    pub fn add_update(&mut self, update: NewUpdate) -> Result<PublishReport, PublishError> {
+        self.add_updates(vec![update])
+    }
+
+    fn stage_update(&self, u: NewUpdate) -> Result<Vec<(String, TargetFile)>, PublishError> {
+        let mut m = u.metadata;
+        let prefix = format!("updates/{}/{}", m.id, m.revision);
+        let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut content = Vec::new();
+        for src in std::iter::once(&u.payload).chain(&u.extra_content) {
+            let path = format!("{prefix}/{}", src.name()?);
+            if content.contains(&path) {
+                return Err(PublishError::Invalid(format!("two content files are named {path}")));
+            }
+            content.push(path.clone());
+            files.push((path, src.read()?));
+        }
+        m.content = content;
+        if let Some(e) = &u.eula {
+            let path = format!("{prefix}/eula/{}", e.name()?);
+            let text = e.read()?;
+            if std::str::from_utf8(&text).is_err() {
+                return Err(PublishError::Invalid("the EULA must be UTF-8 text".into()));
+            }
+            m.eula = Some(path.clone());
+            files.push((path, text));
+        }
+        if let Some(b) = &u.bootstrapper {
+            let path = format!("{prefix}/bootstrapper/{}", b.name()?);
+            m.bootstrapper = Some(path.clone());
+            files.push((path, b.read()?));
+        }
+        m.validate().map_err(|e| PublishError::Invalid(e.to_string()))?;
+        let custom = serde_json::json!({ "upkeep": m });
+        let mut out = Vec::new();
+        for (i, (path, data)) in files.into_iter().enumerate() {
+            let info = TargetFile::from_data(&data, (i == 0).then(|| custom.clone()));
+            self.write_content(&path, &info, &data)?;
+            out.push((path, info));
+        }
+        Ok(out)
+    }
+
+    fn write_content(&self, path: &str, info: &TargetFile, data: &[u8]) -> Result<(), PublishError> {
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let d = self.targets_dir().join(dir);
+        std::fs::create_dir_all(&d).map_err(|e| io(&d, e))?;
+        let file = d.join(format!("{}.{name}", info.hashes["sha256"]));
+        if file.exists() {
+            return Ok(()); // content-addressed: same name, same bytes
+        }
+        write_file(&file, data)
+    }
+
+    /// Removes an update (every revision) and publishes. Its content files stay on disk for
+    /// clients that are mid-download; nothing refers to them any more.
+    pub fn remove_update(&mut self, id: Uuid) -> Result<PublishReport, PublishError> {
+        let cur = self.current()?;
+        let mut targets = self.targets()?;
+        let before = targets.len();
+        targets.retain(|path, _| !path.starts_with(&format!("updates/{id}/")));
+        if targets.len() == before {
+            return Err(PublishError::UnknownUpdate(id));
+        }
+        self.commit(Some(&cur), targets, false)
+    }
+
+    /// Re-signs every role with renewed expiry and new versions.
+    pub fn publish(&mut self) -> Result<PublishReport, PublishError> {
+        let cur = self.current()?;
+        let targets = self.targets()?;
+        self.commit(Some(&cur), targets, true)
+    }
+
+    /// Writes new metadata for `targets`: changed (or, with `renew`, all) targets roles, then
+    /// snapshot, then — after everything is on disk — the timestamp.
+    fn commit(
+        &mut self,
+        cur: Option<&Current>,
+        targets: BTreeMap<String, TargetFile>,
+        renew: bool,
+    ) -> Result<PublishReport, PublishError> {
+        let md = self.metadata_dir();
+        let mut report = PublishReport {
+            targets: targets.len(),
+            updates: targets.values().filter(|t| record_of(t).is_some()).count(),
+            ..Default::default()
+        };
+        let mut snapshot_meta = BTreeMap::new();
+        // Work out the roles' contents.
+        let mut roles: Vec<(String, BTreeMap<String, TargetFile>, Option<Delegations>, &str)> =
+            Vec::new();
+        if self.config.bins == 0 {
+            roles.push(("targets".into(), targets, None, "targets"));
+        } else {
+            let bits = self.config.bins.trailing_zeros();
+            let bins_key = self.key(BINS_ROLE);
+            let succinct = SuccinctRoles {
+                keyids: vec![bins_key.key_id().to_string()],
+                threshold: 1,
+                bit_length: bits,
+                name_prefix: BIN_PREFIX.into(),
+                unrecognized: BTreeMap::new(),
+            };
+            let mut per_bin: BTreeMap<String, BTreeMap<String, TargetFile>> = (0..succinct
+                .bin_count())
+                .map(|n| (succinct.bin_name(n), BTreeMap::new()))
+                .collect();
+            for (path, info) in targets {
+                let bin = succinct.role_for_target(&path);
+                per_bin.get_mut(&bin).expect("every bin exists").insert(path, info);
+            }
+            let mut dkeys = HashMap::new();
+            dkeys.insert(bins_key.key_id().to_string(), bins_key.public().clone());
+            let delegations = Delegations {
+                keys: dkeys,
+                roles: None,
+                succinct_roles: Some(succinct),
+                unrecognized: BTreeMap::new(),
+            };
+            roles.push(("targets".into(), BTreeMap::new(), Some(delegations), "targets"));
+            for (name, t) in per_bin {
+                roles.push((name, t, None, BINS_ROLE));
+            }
+        }
+        for (name, content, delegations, key_role) in roles {
+            let old: Option<&Targets> = cur.and_then(|c| {
+                if name == "targets" {
+                    Some(&c.targets)
+                } else {
+                    c.bins.get(&name)
+                }
+            });
+            let unchanged = old.is_some_and(|o| {
+                o.targets == content
+                    && delegations_equal(o.delegations.as_ref(), delegations.as_ref())
+            });
+            if unchanged && !renew {
+                let v = old.expect("unchanged implies old").common.version;
+                snapshot_meta.insert(format!("{name}.json"), meta_version(v));
+                continue;
+            }
+            let version = old.map_or(1, |o| o.common.version + 1);
+            let t = Targets {
+                common: self.common("targets", version, self.config.targets_expiry_secs)?,
+                targets: content,
+                delegations,
+                unrecognized: BTreeMap::new(),
+            };
+            let bytes = self.sign_role(&t, key_role)?;
+            write_file(&md.join(format!("{version}.{}.json", upkeep_tuf::encode_role(&name))), &bytes)?;
+            snapshot_meta.insert(format!("{name}.json"), meta_version(version));
+            report.roles.push((name, version));
+        }
+        let snap_v = cur.map_or(1, |c| c.snapshot_version + 1);
+        let snap = Snapshot {
+            common: self.common("snapshot", snap_v, self.config.snapshot_expiry_secs)?,
+            meta: snapshot_meta,
+            unrecognized: BTreeMap::new(),
+        };
+        let snap_bytes = self.sign_role(&snap, "snapshot")?;
+        write_file(&md.join(format!("{snap_v}.snapshot.json")), &snap_bytes)?;
+        report.roles.push(("snapshot".into(), snap_v));
+        let ts_v = cur.map_or(1, |c| c.timestamp_version + 1);
+        let mut hashes = BTreeMap::new();
+        hashes.insert(
+            "sha256".to_string(),
+            metadata::digest_bytes("sha256", &snap_bytes).expect("sha256 is supported"),
+        );
+        let mut ts_meta = BTreeMap::new();
+        ts_meta.insert(
+            "snapshot.json".to_string(),
+            MetaFile {
+                version: snap_v,
+                length: Some(snap_bytes.len() as u64),
+                hashes: Some(hashes),
+                unrecognized: BTreeMap::new(),
+            },
+        );
+        let ts = Timestamp {
+            common: self.common("timestamp", ts_v, self.config.timestamp_expiry_secs)?,
+            meta: ts_meta,
+            unrecognized: BTreeMap::new(),
+        };
+        let ts_bytes = self.sign_role(&ts, "timestamp")?;
+        // Everything the new timestamp refers to must be durable before it appears.
+        syncfs(&md)?;
+        upkeep_tuf::write_atomic(&md.join("timestamp.json"), &ts_bytes)
+            .map_err(|e| repo_err(&md, e.to_string()))?;
+        report.roles.push(("timestamp".into(), ts_v));
+        Ok(report)
+    }
+}
+
+fn delegations_equal(a: Option<&Delegations>, b: Option<&Delegations>) -> bool {
+    let to_v = |d: Option<&Delegations>| d.map(|d| serde_json::to_value(d).ok());
+    to_v(a) == to_v(b)
+}
+
+fn meta_version(version: u64) -> MetaFile {
+    MetaFile {
+        version,
+        length: None,
+        hashes: None,
+        unrecognized: BTreeMap::new(),
+    }
+}
+
+/// The update record carried by a target, if it carries one.
+pub(crate) fn record_of(t: &TargetFile) -> Option<UpdateMetadata> {
+    let v = t.custom.as_ref()?.get("upkeep")?;
+    serde_json::from_value(v.clone()).ok()
+}
+
+fn write_file(path: &Path, data: &[u8]) -> Result<(), PublishError> {
+    let tmp = path.with_extension("tmp-publish");
+    let r = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(data)?;
+        std::fs::rename(&tmp, path)
+    })();
+    r.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io(path, e)
+    })
+}
+
+fn write_private(path: &Path, data: &[u8]) -> Result<(), PublishError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io(path, e))?;
+    f.write_all(data).map_err(|e| io(path, e))?;
+    f.sync_all().map_err(|e| io(path, e))
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), PublishError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| io(path, e))
+}
+
+fn lock(dir: &Path) -> Result<File, PublishError> {
+    let path = dir.join(".lock");
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| io(&path, e))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(PublishError::Locked(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(&path, e)),
+    }
+}
+
+fn syncfs(dir: &Path) -> Result<(), PublishError> {
+    use std::os::fd::AsRawFd;
+    let f = File::open(dir).map_err(|e| io(dir, e))?;
+    // SAFETY: syncfs takes a valid open file descriptor and has no memory effects.
+    let rc = unsafe { libc::syncfs(f.as_raw_fd()) };
+    if rc != 0 {
+        return Err(io(dir, std::io::Error::last_os_error()));
+    }
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! The update catalog: every update record found in verified targets metadata, with its
+//! content files resolved. Records that do not make sense become warnings, not failures.
+
+use std::collections::{BTreeMap, HashMap};
+
+use upkeep_tuf::{CatalogTargets, TargetFile};
+use upkeep_types::{ContentFile, HResult, Update, UpdateMetadata, UpdateState};
+use uuid::Uuid;
+
+/// A non-fatal problem found while reading the catalog or searching (WUA's
+/// `IUpdateException`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct UpdateException {
+    /// What happened.
+    pub message: String,
+    /// Its code.
+    pub hresult: HResult,
+}
+
+/// All updates of one repository state.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    entries: Vec<Update>,
+    by_id: HashMap<Uuid, usize>,
+    warnings: Vec<UpdateException>,
+}
+
+fn content_file(path: &str, t: &TargetFile) -> ContentFile {
+    ContentFile {
+        path: path.to_string(),
+        length: t.length,
+        hashes: t.hashes.clone(),
+    }
+}
+
+impl Catalog {
+    /// Builds the catalog from every trusted target.
+    pub fn build(all: &CatalogTargets) -> Catalog {
+        let mut cat = Catalog::default();
+        for (role, e) in &all.warnings {
+            cat.warnings.push(UpdateException {
+                message: format!("role {role} left out: {e}"),
+                hresult: crate::error::tuf_hresult(e),
+            });
+        }
+        let mut chosen: BTreeMap<Uuid, Update> = BTreeMap::new();
+        for (path, t) in &all.targets {
+            let Some(value) = t.custom.as_ref().and_then(|c| c.get("upkeep")) else {
+                continue;
+            };
+            let warn = |cat: &mut Catalog, msg: String| {
+                cat.warnings.push(UpdateException {
+                    message: format!("target {path}: {msg}"),
+                    hresult: HResult::WU_E_INVALID_UPDATE,
+                })
+            };
+            let m: UpdateMetadata = match serde_json::from_value(value.clone()) {
+                Ok(m) => m,
+                Err(e) => {
+                    warn(&mut cat, format!("update record does not parse: {e}"));
+                    continue;
+                }
+            };
+            if let Err(e) = m.validate() {
+                warn(&mut cat, e.to_string());
+                continue;
+            }
+            if m.content.first().map(String::as_str) != Some(path.as_str()) {
+                warn(&mut cat, "the record must sit on its update's first content target".into());
+                continue;
+            }
+            let missing = m
+                .content
+                .iter()
+                .chain(m.eula.iter())
+                .chain(m.bootstrapper.iter())
+                .find(|p| !all.targets.contains_key(*p));
+            if let Some(p) = missing {
+                warn(&mut cat, format!("update {} refers to {p}, which no trusted role lists", m.id));
+                continue;
+            }
+            let resolve = |p: &String| content_file(p, &all.targets[p]);
+            let entry = Update::new(
+                m.clone(),
+                m.content.iter().map(resolve).collect(),
+                m.eula.as_ref().map(resolve),
+                m.bootstrapper.as_ref().map(resolve),
+                UpdateState::default(),
+            );
+            let (id, rev) = (m.id, m.revision);
+            match chosen.get(&id) {
+                Some(old) if old.identity().revision_number >= rev => {
+                    if old.identity().revision_number == rev {
+                        warn(&mut cat, format!("update {id} revision {rev} is published twice"));
+                    }
+                }
+                _ => {
+                    chosen.insert(id, entry);
+                }
+            }
+        }
+        // Newest release first, then title, so output is stable.
+        let mut entries: Vec<Update> = chosen.into_values().collect();
+        entries.sort_by(|a, b| {
+            b.release_date()
+                .cmp(&a.release_date())
+                .then_with(|| a.title().cmp(b.title()))
+                .then_with(|| a.identity().cmp(&b.identity()))
+        });
+        cat.by_id = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.identity().update_id, i))
+            .collect();
+        cat.entries = entries;
+        cat
+    }
+
+    /// Every entry.
+    pub fn entries(&self) -> &[Update] {
+        &self.entries
+    }
+    /// The entry for an id.
+    pub fn get(&self, id: &Uuid) -> Option<&Update> {
+        self.by_id.get(id).map(|&i| &self.entries[i])
+    }
+    /// Problems found while building.
+    pub fn warnings(&self) -> &[UpdateException] {
+        &self.warnings
+    }
+    /// Number of updates.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+    /// True when there are no updates.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}

@@ -1,0 +1,154 @@
+//! Configuration: a TOML file, `UPKEEP_*` environment variables, and builder calls, in
+//! rising precedence.
+//!
+//! ```toml
+//! repository = "http://127.0.0.1:8080/"   # <base>/metadata/ and <base>/targets/
+//! trusted_root = "/etc/upkeep/root.json"  # seeds state_dir/metadata/root.json once
+//! state_dir = "/var/lib/upkeep"
+//! install_root = "/"
+//! client_application_id = "my-app"
+//! ```
+//! Environment: `UPKEEP_REPOSITORY`, `UPKEEP_TRUSTED_ROOT`, `UPKEEP_STATE_DIR`,
+//! `UPKEEP_INSTALL_ROOT`, `UPKEEP_CLIENT_APPLICATION_ID`; `UPKEEP_CONFIG` names the file.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use upkeep_types::HResult;
+
+use crate::error::{Error, Result};
+
+/// Settings of a session. Every field is optional until [`Config::resolve`].
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Repository base URL.
+    pub repository: Option<String>,
+    /// File with the initially trusted root metadata.
+    pub trusted_root: Option<PathBuf>,
+    /// Directory for trusted metadata, the content cache and the state database.
+    pub state_dir: Option<PathBuf>,
+    /// Directory updates are installed under.
+    pub install_root: Option<PathBuf>,
+    /// Names the caller in history.
+    pub client_application_id: Option<String>,
+}
+
+impl Config {
+    /// Reads a TOML configuration file. Unknown keys are an error.
+    pub fn from_file(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::new(HResult::WU_E_INVALID_FILE, format!("{}: {e}", path.display()))
+        })?;
+        toml::from_str(&text).map_err(|e| {
+            Error::new(
+                HResult::WU_E_INVALID_FILE,
+                format!("{}: {}", path.display(), e.to_string().trim_end()),
+            )
+        })
+    }
+
+    /// Reads `UPKEEP_*` variables through `get` (so tests need not touch the process
+    /// environment).
+    pub fn from_env_with(get: impl Fn(&str) -> Option<String>) -> Config {
+        Config {
+            repository: get("UPKEEP_REPOSITORY"),
+            trusted_root: get("UPKEEP_TRUSTED_ROOT").map(PathBuf::from),
+            state_dir: get("UPKEEP_STATE_DIR").map(PathBuf::from),
+            install_root: get("UPKEEP_INSTALL_ROOT").map(PathBuf::from),
+            client_application_id: get("UPKEEP_CLIENT_APPLICATION_ID"),
+        }
+    }
+
+    /// Reads `UPKEEP_*` variables of this process.
+    pub fn from_env() -> Config {
+        Self::from_env_with(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+    }
+
+    /// Fields of `over` replace fields of `self`.
+    pub fn merge(self, over: Config) -> Config {
+        Config {
+            repository: over.repository.or(self.repository),
+            trusted_root: over.trusted_root.or(self.trusted_root),
+            state_dir: over.state_dir.or(self.state_dir),
+            install_root: over.install_root.or(self.install_root),
+            client_application_id: over.client_application_id.or(self.client_application_id),
+        }
+    }
+
+    /// Fills defaults: state in `/var/lib/upkeep` for root, else
+    /// `$XDG_STATE_HOME/upkeep` or `~/.local/state/upkeep`; install root `/`.
+    pub fn resolve(self) -> ResolvedConfig {
+        let state_dir = self.state_dir.unwrap_or_else(default_state_dir);
+        ResolvedConfig {
+            repository: self.repository,
+            trusted_root: self.trusted_root,
+            state_dir,
+            install_root: self.install_root.unwrap_or_else(|| PathBuf::from("/")),
+            client_application_id: self
+                .client_application_id
+                .unwrap_or_else(|| "Unknown".to_string()),
+        }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    let is_root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    if is_root {
+        return PathBuf::from("/var/lib/upkeep");
+    }
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("upkeep");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/state/upkeep"),
+        None => PathBuf::from("/var/lib/upkeep"),
+    }
+}
+
+/// Configuration with defaults applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedConfig {
+    /// Repository base URL, if one is configured (needed for online searches).
+    pub repository: Option<String>,
+    /// Initial trusted root.
+    pub trusted_root: Option<PathBuf>,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Install root.
+    pub install_root: PathBuf,
+    /// Caller name for history.
+    pub client_application_id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precedence_is_file_then_env_then_builder() {
+        let file: Config = toml::from_str("repository = 'http://a/'\nstate_dir = '/s'").unwrap();
+        let env = Config::from_env_with(|k| (k == "UPKEEP_REPOSITORY").then(|| "http://b/".into()));
+        let builder = Config {
+            install_root: Some("/r".into()),
+            ..Default::default()
+        };
+        let c = file.merge(env).merge(builder).resolve();
+        assert_eq!(c.repository.as_deref(), Some("http://b/"));
+        assert_eq!(c.state_dir, PathBuf::from("/s"));
+        assert_eq!(c.install_root, PathBuf::from("/r"));
+        assert_eq!(c.client_application_id, "Unknown");
+    }
+
+    #[test]
+    fn unknown_keys_are_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "repositry = 'x'").unwrap();
+        let e = Config::from_file(&p).unwrap_err();
+        assert_eq!(e.hresult(), HResult::WU_E_INVALID_FILE);
+        assert!(e.message().contains("repositry"), "{}", e.message());
+    }
+}

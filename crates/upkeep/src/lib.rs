@@ -1,0 +1,23 @@
+//! The upkeep update agent library.
+//!
+//! upkeep finds updates in a TUF-signed repository, downloads their content and installs
+//! them, with the programming model of the Windows Update Agent API: an [`UpdateSession`]
+//! creates an [`UpdateSearcher`] (and downloaders and installers), results carry WUA's
+//! result codes ([`HResult`], [`OperationResultCode`]).
+//!
+//! This crate owns the public API, the catalog built from verified metadata and WUA's
+//! search-criteria language ([`criteria`]). TUF lives in `upkeep-tuf`, value types in
+//! `upkeep-types`.
+
+pub mod catalog;
+pub mod config;
+pub mod criteria;
+mod error;
+mod session;
+
+pub use catalog::UpdateException;
+pub use config::{Config, ResolvedConfig};
+pub use error::{tuf_hresult, Error, Result};
+pub use session::{SearchResult, UpdateSearcher, UpdateSession, UpdateSessionBuilder};
+pub use upkeep_tuf::Limits;
+pub use upkeep_types::*;

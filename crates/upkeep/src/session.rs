@@ -1,0 +1,362 @@
+//! `UpdateSession` and its builder, and `UpdateSearcher` (WUA's `IUpdateSession` and
+//! `IUpdateSearcher`).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use upkeep_tuf::{Client, ClientConfig, HttpTransport, Limits, Transport};
+use upkeep_types::{HResult, OperationResultCode, Update, UpdateCollection};
+
+use crate::catalog::{Catalog, UpdateException};
+use crate::config::{Config, ResolvedConfig};
+use crate::criteria::{self, Criteria};
+use crate::error::{Error, Result};
+
+/// Builds an [`UpdateSession`]. Settings come from, in rising precedence: the configuration
+/// file (`config_file` or `UPKEEP_CONFIG`), `UPKEEP_*` environment variables (unless
+/// `env(false)`), and the builder's own calls.
+///
+/// ```no_run
+/// use upkeep::UpdateSession;
+/// let session = UpdateSession::builder()
+///     .repository("http://127.0.0.1:8080/")
+///     .trusted_root("root.json")
+///     .state_dir("state")
+///     .install_root("root")
+///     .build()?;
+/// let result = session.create_update_searcher().search("IsInstalled=0 and Type='Software'")?;
+/// for u in result.updates() {
+///     println!("{} {}", u.identity(), u.title());
+/// }
+/// # Ok::<(), upkeep::Error>(())
+/// ```
+#[derive(Default)]
+pub struct UpdateSessionBuilder {
+    over: Config,
+    config_file: Option<PathBuf>,
+    no_env: bool,
+    transport: Option<Arc<dyn Transport>>,
+    limits: Option<Limits>,
+}
+
+impl UpdateSessionBuilder {
+    /// Repository base URL (`<base>/metadata/`, `<base>/targets/`).
+    pub fn repository(mut self, url: impl Into<String>) -> Self {
+        self.over.repository = Some(url.into());
+        self
+    }
+    /// File with the initially trusted root; copied into the state directory the first time.
+    pub fn trusted_root(mut self, path: impl Into<PathBuf>) -> Self {
+        self.over.trusted_root = Some(path.into());
+        self
+    }
+    /// State directory.
+    pub fn state_dir(mut self, path: impl Into<PathBuf>) -> Self {
+        self.over.state_dir = Some(path.into());
+        self
+    }
+    /// Install root.
+    pub fn install_root(mut self, path: impl Into<PathBuf>) -> Self {
+        self.over.install_root = Some(path.into());
+        self
+    }
+    /// Caller name recorded in history (default "Unknown").
+    pub fn client_application_id(mut self, id: impl Into<String>) -> Self {
+        self.over.client_application_id = Some(id.into());
+        self
+    }
+    /// A TOML configuration file.
+    pub fn config_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config_file = Some(path.into());
+        self
+    }
+    /// Whether to read `UPKEEP_*` environment variables (default true).
+    pub fn env(mut self, read: bool) -> Self {
+        self.no_env = !read;
+        self
+    }
+    /// A transport other than HTTP (tests, custom schemes).
+    pub fn transport(mut self, t: Arc<dyn Transport>) -> Self {
+        self.transport = Some(t);
+        self
+    }
+    /// TUF limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+
+    /// Builds the session: resolves the configuration, creates the state directory, and
+    /// installs the trusted root there if it has none yet (verifying it is self-signed).
+    pub fn build(self) -> Result<UpdateSession> {
+        let env_file = if self.no_env {
+            None
+        } else {
+            std::env::var_os("UPKEEP_CONFIG").map(PathBuf::from)
+        };
+        let mut cfg = match self.config_file.or(env_file) {
+            Some(p) => Config::from_file(&p)?,
+            None => Config::default(),
+        };
+        if !self.no_env {
+            cfg = cfg.merge(Config::from_env());
+        }
+        let cfg = cfg.merge(self.over).resolve();
+        if let Some(url) = &cfg.repository {
+            if !(url.starts_with("http://") || url.starts_with("https://") || url.starts_with("file://")) {
+                return Err(Error::new(
+                    HResult::WU_E_PT_INVALID_URL,
+                    format!("repository {url:?} is not an http(s):// or file:// URL"),
+                ));
+            }
+        }
+        let md = cfg.state_dir.join("metadata");
+        std::fs::create_dir_all(&md).map_err(|e| {
+            Error::new(HResult::WU_E_DS_UNEXPECTED, format!("{}: {e}", md.display()))
+        })?;
+        if !md.join("root.json").exists() {
+            let Some(tr) = &cfg.trusted_root else {
+                return Err(Error::new(
+                    HResult::WU_E_NOT_INITIALIZED,
+                    format!(
+                        "{} has no trusted root yet: give one with --trusted-root or trusted_root",
+                        md.display()
+                    ),
+                ));
+            };
+            let bytes = std::fs::read(tr).map_err(|e| {
+                Error::new(HResult::WU_E_INVALID_FILE, format!("{}: {e}", tr.display()))
+            })?;
+            Client::init_trusted_root(&md, &bytes, true).map_err(|e| {
+                Error::new(
+                    HResult::WU_E_INVALID_FILE,
+                    format!("trusted root {}: {e}", tr.display()),
+                )
+            })?;
+        }
+        let transport: Arc<dyn Transport> = match self.transport {
+            Some(t) => t,
+            None => Arc::new(HttpTransport::new().map_err(upkeep_tuf::Error::from)?),
+        };
+        Ok(UpdateSession {
+            inner: Arc::new(SessionInner {
+                client_application_id: Mutex::new(cfg.client_application_id.clone()),
+                cfg,
+                transport,
+                limits: self.limits.unwrap_or_default(),
+                catalog: Mutex::new(None),
+            }),
+        })
+    }
+}
+
+type CatalogKey = (u64, u64);
+
+struct SessionInner {
+    cfg: ResolvedConfig,
+    transport: Arc<dyn Transport>,
+    limits: Limits,
+    client_application_id: Mutex<String>,
+    catalog: Mutex<Option<(CatalogKey, Arc<Catalog>)>>,
+}
+
+/// WUA's `IUpdateSession`: the entry point that creates searchers (and, later, downloaders
+/// and installers). Cheap to clone; clones share the catalog cache.
+#[derive(Clone)]
+pub struct UpdateSession {
+    inner: Arc<SessionInner>,
+}
+
+impl std::fmt::Debug for UpdateSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpdateSession").field("config", &self.inner.cfg).finish_non_exhaustive()
+    }
+}
+
+impl UpdateSession {
+    /// A builder.
+    pub fn builder() -> UpdateSessionBuilder {
+        UpdateSessionBuilder::default()
+    }
+
+    /// The resolved configuration.
+    pub fn config(&self) -> &ResolvedConfig {
+        &self.inner.cfg
+    }
+
+    /// `ClientApplicationID` ("Unknown" unless set).
+    pub fn client_application_id(&self) -> String {
+        self.inner.client_application_id.lock().expect("not poisoned").clone()
+    }
+
+    /// Sets `ClientApplicationID`.
+    pub fn set_client_application_id(&self, id: impl Into<String>) {
+        *self.inner.client_application_id.lock().expect("not poisoned") = id.into();
+    }
+
+    /// `ReadOnly`: sessions of this build are never read-only.
+    pub fn read_only(&self) -> bool {
+        false
+    }
+
+    /// `CreateUpdateSearcher`.
+    pub fn create_update_searcher(&self) -> UpdateSearcher {
+        UpdateSearcher {
+            session: self.clone(),
+            online: true,
+            include_superseded: false,
+        }
+    }
+
+    /// Refreshes the trusted metadata (online) or loads it (offline) and returns the catalog
+    /// for the current repository state, reusing the one in memory when the snapshot has
+    /// not changed.
+    pub(crate) fn catalog(&self, online: bool) -> Result<Arc<Catalog>> {
+        let mut cache = self.inner.catalog.lock().expect("not poisoned");
+        let url = match (&self.inner.cfg.repository, online) {
+            (Some(r), _) => metadata_url(r),
+            (None, false) => String::from("offline:"),
+            (None, true) => {
+                return Err(Error::new(
+                    HResult::WU_E_NOT_INITIALIZED,
+                    "no repository configured: give one with --repo or repository",
+                ))
+            }
+        };
+        let cfg = ClientConfig {
+            metadata_dir: self.inner.cfg.state_dir.join("metadata"),
+            metadata_url: url,
+            limits: self.inner.limits.clone(),
+            offline: !online,
+        };
+        let mut client = Client::new(cfg, self.inner.transport.clone())?;
+        client.refresh()?;
+        let t = client.trusted();
+        let key = (
+            t.root().common.version,
+            t.snapshot().map_or(0, |s| s.common.version),
+        );
+        if let Some((k, cat)) = cache.as_ref() {
+            if *k == key {
+                return Ok(cat.clone());
+            }
+        }
+        let all = client.all_targets()?;
+        tracing::debug!(targets = all.targets.len(), roles = all.roles_loaded, "catalog loaded");
+        let cat = Arc::new(Catalog::build(&all));
+        *cache = Some((key, cat.clone()));
+        Ok(cat)
+    }
+}
+
+fn metadata_url(repo: &str) -> String {
+    let mut u = repo.to_string();
+    if !u.ends_with('/') {
+        u.push('/');
+    }
+    u.push_str("metadata/");
+    u
+}
+
+/// WUA's `IUpdateSearcher`.
+#[derive(Clone, Debug)]
+pub struct UpdateSearcher {
+    session: UpdateSession,
+    online: bool,
+    include_superseded: bool,
+}
+
+impl UpdateSearcher {
+    /// `Online` (default true). Offline searches use only metadata already trusted locally
+    /// and make no request; missing or expired local metadata is `WU_E_NOT_INITIALIZED` or
+    /// `WU_E_INVALID_UPDATE`.
+    pub fn online(&self) -> bool {
+        self.online
+    }
+    /// Sets `Online`.
+    pub fn set_online(&mut self, online: bool) {
+        self.online = online;
+    }
+    /// `IncludePotentiallySupersededUpdates` (default false).
+    pub fn include_potentially_superseded_updates(&self) -> bool {
+        self.include_superseded
+    }
+    /// Sets `IncludePotentiallySupersededUpdates`.
+    pub fn set_include_potentially_superseded_updates(&mut self, include: bool) {
+        self.include_superseded = include;
+    }
+    /// `EscapeString`.
+    pub fn escape_string(&self, s: &str) -> String {
+        criteria::escape_string(s)
+    }
+
+    /// `Search`: parses `criteria` (an invalid string fails with `WU_E_INVALID_CRITERIA`
+    /// before any request), refreshes the metadata, and returns the matching updates.
+    /// Updates superseded by another update in the result are left out unless
+    /// [`set_include_potentially_superseded_updates`](Self::set_include_potentially_superseded_updates)
+    /// is set.
+    pub fn search(&self, criteria: &str) -> Result<SearchResult> {
+        let criteria = Criteria::parse(criteria)?;
+        let catalog = self.session.catalog(self.online)?;
+        let mut updates: Vec<Update> = catalog
+            .entries()
+            .iter()
+            .filter(|u| criteria.matches(u))
+            .cloned()
+            .collect();
+        if !self.include_superseded {
+            let superseded: HashSet<uuid::Uuid> = updates
+                .iter()
+                .flat_map(|u| u.superseded_update_ids().iter().copied())
+                .collect();
+            if !superseded.is_empty() {
+                updates.retain(|u| !superseded.contains(&u.identity().update_id));
+            }
+        }
+        let warnings = catalog.warnings().to_vec();
+        Ok(SearchResult {
+            result_code: if warnings.is_empty() {
+                OperationResultCode::Succeeded
+            } else {
+                OperationResultCode::SucceededWithErrors
+            },
+            updates: updates.into_iter().collect(),
+            warnings,
+        })
+    }
+}
+
+/// WUA's `ISearchResult`.
+#[derive(Clone, Debug)]
+pub struct SearchResult {
+    result_code: OperationResultCode,
+    updates: UpdateCollection,
+    warnings: Vec<UpdateException>,
+}
+
+impl SearchResult {
+    /// `ResultCode`: `Succeeded`, or `SucceededWithErrors` when parts of the catalog could
+    /// not be read (see `warnings`).
+    pub fn result_code(&self) -> OperationResultCode {
+        self.result_code
+    }
+    /// `Updates`.
+    pub fn updates(&self) -> &UpdateCollection {
+        &self.updates
+    }
+    /// `Warnings`.
+    pub fn warnings(&self) -> &[UpdateException] {
+        &self.warnings
+    }
+    /// `RootCategories`: the distinct categories of the updates found, in first-seen order.
+    pub fn root_categories(&self) -> Vec<upkeep_types::Category> {
+        let mut seen = HashSet::new();
+        self.updates
+            .iter()
+            .flat_map(|u| u.categories().iter())
+            .filter(|c| seen.insert(c.id))
+            .cloned()
+            .collect()
+    }
+}
