@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use upkeep_tuf::keys::SigningKey;
 use upkeep_tuf::metadata::{
-    self, Common, Delegations, MetaFile, RoleKeys, Root, Snapshot, SuccinctRoles,
-    TargetFile, Targets, Timestamp, SPEC_VERSION,
+    self, Common, Delegations, MetaFile, RoleKeys, Root, Snapshot, SuccinctRoles, TargetFile,
+    Targets, Timestamp, SPEC_VERSION,
 };
 use upkeep_types::{is_valid_target_path, UpdateMetadata};
 use uuid::Uuid;
@@ -117,12 +117,16 @@ impl ContentSource {
             ContentSource::File(p) => p
                 .file_name()
                 .and_then(|n| n.to_str())
-                .ok_or_else(|| PublishError::Invalid(format!("{}: no usable file name", p.display())))?
+                .ok_or_else(|| {
+                    PublishError::Invalid(format!("{}: no usable file name", p.display()))
+                })?
                 .to_string(),
             ContentSource::Bytes { name, .. } => name.clone(),
         };
         if name.contains('/') || !is_valid_target_path(&name) {
-            return Err(PublishError::Invalid(format!("{name:?} is not a usable file name")));
+            return Err(PublishError::Invalid(format!(
+                "{name:?} is not a usable file name"
+            )));
         }
         Ok(name)
     }
@@ -189,8 +193,14 @@ impl Manifest {
                 )));
             }
         }
-        fields.insert("schema".into(), (upkeep_types::SCHEMA_VERSION as i64).into());
-        fields.insert("content".into(), toml::Value::Array(vec!["placeholder".into()]));
+        fields.insert(
+            "schema".into(),
+            (upkeep_types::SCHEMA_VERSION as i64).into(),
+        );
+        fields.insert(
+            "content".into(),
+            toml::Value::Array(vec!["placeholder".into()]),
+        );
         let json = serde_json::to_value(&fields)
             .map_err(|e| PublishError::Invalid(format!("{}: {e}", path.display())))?;
         let metadata: UpdateMetadata = serde_json::from_value(json)
@@ -269,7 +279,8 @@ impl Repository {
             keys.insert(role.to_string(), k);
         }
         let cfg_path = dir.join("repository.toml");
-        let cfg_text = toml::to_string_pretty(c).map_err(|e| PublishError::Invalid(e.to_string()))?;
+        let cfg_text =
+            toml::to_string_pretty(c).map_err(|e| PublishError::Invalid(e.to_string()))?;
         std::fs::write(&cfg_path, cfg_text).map_err(|e| io(&cfg_path, e))?;
         let lock = lock(dir)?;
         let mut repo = Repository {
@@ -291,8 +302,8 @@ impl Repository {
     pub fn open(dir: &Path) -> Result<Repository, PublishError> {
         let cfg_path = dir.join("repository.toml");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| io(&cfg_path, e))?;
-        let config: RepositoryConfig = toml::from_str(&text)
-            .map_err(|e| repo_err(&cfg_path, e.to_string()))?;
+        let config: RepositoryConfig =
+            toml::from_str(&text).map_err(|e| repo_err(&cfg_path, e.to_string()))?;
         let lock = lock(dir)?;
         let mut keys = HashMap::new();
         let mut roles: Vec<&str> = TOP_ROLES.to_vec();
@@ -374,7 +385,11 @@ impl Repository {
         })
     }
 
-    fn sign_role<T: Serialize>(&self, payload: &T, key_role: &str) -> Result<Vec<u8>, PublishError> {
+    fn sign_role<T: Serialize>(
+        &self,
+        payload: &T,
+        key_role: &str,
+    ) -> Result<Vec<u8>, PublishError> {
         metadata::sign(payload, &[self.key(key_role)]).map_err(PublishError::Invalid)
     }
 
@@ -466,7 +481,9 @@ impl Repository {
         for src in std::iter::once(&u.payload).chain(&u.extra_content) {
             let path = format!("{prefix}/{}", src.name()?);
             if content.contains(&path) {
-                return Err(PublishError::Invalid(format!("two content files are named {path}")));
+                return Err(PublishError::Invalid(format!(
+                    "two content files are named {path}"
+                )));
             }
             content.push(path.clone());
             files.push((path, src.read()?));
@@ -486,7 +503,8 @@ impl Repository {
             m.bootstrapper = Some(path.clone());
             files.push((path, b.read()?));
         }
-        m.validate().map_err(|e| PublishError::Invalid(e.to_string()))?;
+        m.validate()
+            .map_err(|e| PublishError::Invalid(e.to_string()))?;
         let custom = serde_json::json!({ "upkeep": m });
         let mut out = Vec::new();
         for (i, (path, data)) in files.into_iter().enumerate() {
@@ -497,7 +515,12 @@ impl Repository {
         Ok(out)
     }
 
-    fn write_content(&self, path: &str, info: &TargetFile, data: &[u8]) -> Result<(), PublishError> {
+    fn write_content(
+        &self,
+        path: &str,
+        info: &TargetFile,
+        data: &[u8],
+    ) -> Result<(), PublishError> {
         let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
         let d = self.targets_dir().join(dir);
         std::fs::create_dir_all(&d).map_err(|e| io(&d, e))?;
@@ -544,8 +567,12 @@ impl Repository {
         };
         let mut snapshot_meta = BTreeMap::new();
         // Work out the roles' contents.
-        let mut roles: Vec<(String, BTreeMap<String, TargetFile>, Option<Delegations>, &str)> =
-            Vec::new();
+        let mut roles: Vec<(
+            String,
+            BTreeMap<String, TargetFile>,
+            Option<Delegations>,
+            &str,
+        )> = Vec::new();
         if self.config.bins == 0 {
             roles.push(("targets".into(), targets, None, "targets"));
         } else {
@@ -564,7 +591,10 @@ impl Repository {
                 .collect();
             for (path, info) in targets {
                 let bin = succinct.role_for_target(&path);
-                per_bin.get_mut(&bin).expect("every bin exists").insert(path, info);
+                per_bin
+                    .get_mut(&bin)
+                    .expect("every bin exists")
+                    .insert(path, info);
             }
             let mut dkeys = HashMap::new();
             dkeys.insert(bins_key.key_id().to_string(), bins_key.public().clone());
@@ -574,7 +604,12 @@ impl Repository {
                 succinct_roles: Some(succinct),
                 unrecognized: BTreeMap::new(),
             };
-            roles.push(("targets".into(), BTreeMap::new(), Some(delegations), "targets"));
+            roles.push((
+                "targets".into(),
+                BTreeMap::new(),
+                Some(delegations),
+                "targets",
+            ));
             for (name, t) in per_bin {
                 roles.push((name, t, None, BINS_ROLE));
             }
@@ -604,7 +639,10 @@ impl Repository {
                 unrecognized: BTreeMap::new(),
             };
             let bytes = self.sign_role(&t, key_role)?;
-            write_file(&md.join(format!("{version}.{}.json", upkeep_tuf::encode_role(&name))), &bytes)?;
+            write_file(
+                &md.join(format!("{version}.{}.json", upkeep_tuf::encode_role(&name))),
+                &bytes,
+            )?;
             snapshot_meta.insert(format!("{name}.json"), meta_version(version));
             report.roles.push((name, version));
         }

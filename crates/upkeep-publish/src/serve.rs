@@ -129,8 +129,12 @@ fn accept_loop(
             continue;
         }
         active.fetch_add(1, Ordering::SeqCst);
-        let (mounts, stop, active, requests) =
-            (mounts.clone(), stop.clone(), active.clone(), requests.clone());
+        let (mounts, stop, active, requests) = (
+            mounts.clone(),
+            stop.clone(),
+            active.clone(),
+            requests.clone(),
+        );
         let spawned = std::thread::Builder::new()
             .name("upkeep-serve-conn".into())
             .spawn(move || {
@@ -155,12 +159,18 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>
     let mut head = Vec::new();
     loop {
         let start = head.len();
-        let n = reader.by_ref().take((MAX_HEAD - head.len()) as u64 + 1).read_until(b'\n', &mut head)?;
+        let n = reader
+            .by_ref()
+            .take((MAX_HEAD - head.len()) as u64 + 1)
+            .read_until(b'\n', &mut head)?;
         if n == 0 {
             return Ok(None);
         }
         if head.len() > MAX_HEAD {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "request head too large"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "request head too large",
+            ));
         }
         let line = &head[start..];
         if line == b"\r\n" || line == b"\n" {
@@ -177,12 +187,17 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>
     let mut parts = request_line.split_whitespace();
     let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
     else {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "bad request line"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bad request line",
+        ));
     };
     let mut keep_alive = version == "HTTP/1.1";
     let (mut range, mut if_range) = (None, None);
     for line in lines {
-        let Some((name, value)) = line.split_once(':') else { continue };
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
         let value = value.trim();
         match name.trim().to_ascii_lowercase().as_str() {
             "connection" if value.eq_ignore_ascii_case("close") => keep_alive = false,
@@ -243,13 +258,17 @@ fn simple(w: &mut TcpStream, code: u16, reason: &str, keep: bool) -> io::Result<
 
 /// Maps a URL path to a file under one of the mounts, refusing traversal.
 fn resolve(mounts: &[Mount], url_path: &str) -> Option<PathBuf> {
-    let decoded = percent_encoding::percent_decode_str(url_path).decode_utf8().ok()?;
+    let decoded = percent_encoding::percent_decode_str(url_path)
+        .decode_utf8()
+        .ok()?;
     for m in mounts {
         if let Some(rest) = decoded.strip_prefix(m.prefix.as_str()) {
             let ok = !rest.is_empty()
                 && !rest.contains('\0')
                 && !rest.contains('\\')
-                && rest.split('/').all(|s| !s.is_empty() && s != "." && s != ".." && !s.starts_with('.'));
+                && rest
+                    .split('/')
+                    .all(|s| !s.is_empty() && s != "." && s != ".." && !s.starts_with('.'));
             return ok.then(|| m.dir.join(rest));
         }
     }
@@ -336,7 +355,11 @@ fn respond(w: &mut TcpStream, req: &Request, mounts: &[Mount]) -> io::Result<boo
         },
         _ => None,
     };
-    let conn = if req.keep_alive { "keep-alive" } else { "close" };
+    let conn = if req.keep_alive {
+        "keep-alive"
+    } else {
+        "close"
+    };
     let (status, start, count) = match range {
         Some((a, b)) => ("206 Partial Content", a, b - a + 1),
         None => ("200 OK", 0, len),
@@ -377,8 +400,14 @@ mod tests {
 
     #[test]
     fn traversal_is_refused() {
-        let m = vec![Mount { prefix: "/t/".into(), dir: "/srv".into() }];
-        assert_eq!(resolve(&m, "/t/a/b.json"), Some(PathBuf::from("/srv/a/b.json")));
+        let m = vec![Mount {
+            prefix: "/t/".into(),
+            dir: "/srv".into(),
+        }];
+        assert_eq!(
+            resolve(&m, "/t/a/b.json"),
+            Some(PathBuf::from("/srv/a/b.json"))
+        );
         assert_eq!(resolve(&m, "/t/../etc/passwd"), None);
         assert_eq!(resolve(&m, "/t/%2e%2e/x"), None);
         assert_eq!(resolve(&m, "/t/.lock"), None);

@@ -90,6 +90,12 @@ pub struct ClientConfig {
     /// Use only local metadata: no request is made, and missing or expired local metadata
     /// is an error.
     pub offline: bool,
+    /// Fetch the timestamp first; when it is byte-identical to the trusted one, nothing has
+    /// been published since the last refresh, so the root walk is skipped and a refresh of an
+    /// unchanged repository is one request. Publishers must publish a new timestamp with every
+    /// new root (upkeep's publisher always does). Off, the specification's exact order is
+    /// used (root versions first), as the conformance suite expects.
+    pub timestamp_first: bool,
 }
 
 /// A TUF client for one repository and one update cycle.
@@ -166,10 +172,20 @@ impl Client {
         if self.refreshed {
             return Ok(());
         }
-        if !self.cfg.offline {
+        let mut prefetched = None;
+        if !self.cfg.offline && self.cfg.timestamp_first {
+            let remote =
+                self.fetch_metadata("timestamp", self.cfg.limits.timestamp_max_length, None)?;
+            if self.read_local("timestamp").as_deref() == Some(remote.as_slice()) {
+                tracing::debug!("timestamp unchanged: skipping the root walk");
+            } else {
+                self.load_root()?;
+            }
+            prefetched = Some(remote);
+        } else if !self.cfg.offline {
             self.load_root()?;
         }
-        self.load_timestamp()?;
+        self.load_timestamp(prefetched)?;
         self.load_snapshot()?;
         self.load_targets("targets", "root")?;
         self.refreshed = true;
@@ -222,7 +238,7 @@ impl Client {
         Ok(())
     }
 
-    fn load_timestamp(&mut self) -> Result<()> {
+    fn load_timestamp(&mut self, prefetched: Option<Vec<u8>>) -> Result<()> {
         if let Some(local) = self.read_local("timestamp") {
             if let Err(e) = self.trusted.update_timestamp(&local) {
                 tracing::debug!("local timestamp not valid as final: {e}");
@@ -248,7 +264,10 @@ impl Client {
                 )),
             };
         }
-        let data = self.fetch_metadata("timestamp", self.cfg.limits.timestamp_max_length, None)?;
+        let data = match prefetched {
+            Some(d) => d,
+            None => self.fetch_metadata("timestamp", self.cfg.limits.timestamp_max_length, None)?,
+        };
         match self.trusted.update_timestamp(&data) {
             Ok(()) => {}
             Err(Error::EqualVersion { .. }) => return Ok(()),
@@ -275,7 +294,7 @@ impl Client {
             .root()
             .consistent_snapshot
             .then_some(meta.version);
-        let data = self.fetch_metadata("snapshot", max, version)?;
+        let data = signed_length(self.fetch_metadata("snapshot", max, version), meta.length)?;
         self.trusted.update_snapshot(&data, false)?;
         self.persist("snapshot", &data)
     }
@@ -300,7 +319,7 @@ impl Client {
             .root()
             .consistent_snapshot
             .then_some(meta.version);
-        let data = self.fetch_metadata(role, max, version)?;
+        let data = signed_length(self.fetch_metadata(role, max, version), meta.length)?;
         self.trusted.update_targets(&data, role, delegator)?;
         self.persist(role, &data)
     }
@@ -472,6 +491,17 @@ impl Client {
             let _ = std::fs::remove_file(&tmp);
         }
         result
+    }
+}
+
+/// Data longer than a signed length is a length mismatch, not endless data.
+fn signed_length(r: Result<Vec<u8>>, signed: Option<u64>) -> Result<Vec<u8>> {
+    match (r, signed) {
+        (Err(Error::TooLarge { what, limit }), Some(_)) => Err(Error::LengthOrHash {
+            what,
+            reason: format!("longer than the signed length {limit}"),
+        }),
+        (r, _) => r,
     }
 }
 

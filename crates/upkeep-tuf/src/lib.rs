@@ -15,6 +15,7 @@
 //!     metadata_url: "http://127.0.0.1:8080/metadata/".into(),
 //!     limits: Limits::default(),
 //!     offline: false,
+//!     timestamp_first: true,
 //! };
 //! let mut client = Client::new(cfg, Arc::new(HttpTransport::new()?))?;
 //! client.refresh()?;

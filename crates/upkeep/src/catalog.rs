@@ -66,7 +66,10 @@ impl Catalog {
                 continue;
             }
             if m.content.first().map(String::as_str) != Some(path.as_str()) {
-                warn(&mut cat, "the record must sit on its update's first content target".into());
+                warn(
+                    &mut cat,
+                    "the record must sit on its update's first content target".into(),
+                );
                 continue;
             }
             let missing = m
@@ -76,7 +79,10 @@ impl Catalog {
                 .chain(m.bootstrapper.iter())
                 .find(|p| !all.targets.contains_key(*p));
             if let Some(p) = missing {
-                warn(&mut cat, format!("update {} refers to {p}, which no trusted role lists", m.id));
+                warn(
+                    &mut cat,
+                    format!("update {} refers to {p}, which no trusted role lists", m.id),
+                );
                 continue;
             }
             let resolve = |p: &String| content_file(p, &all.targets[p]);
@@ -91,7 +97,10 @@ impl Catalog {
             match chosen.get(&id) {
                 Some(old) if old.identity().revision_number >= rev => {
                     if old.identity().revision_number == rev {
-                        warn(&mut cat, format!("update {id} revision {rev} is published twice"));
+                        warn(
+                            &mut cat,
+                            format!("update {id} revision {rev} is published twice"),
+                        );
                     }
                 }
                 _ => {

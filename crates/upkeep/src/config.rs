@@ -38,7 +38,10 @@ impl Config {
     /// Reads a TOML configuration file. Unknown keys are an error.
     pub fn from_file(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::new(HResult::WU_E_INVALID_FILE, format!("{}: {e}", path.display()))
+            Error::new(
+                HResult::WU_E_INVALID_FILE,
+                format!("{}: {e}", path.display()),
+            )
         })?;
         toml::from_str(&text).map_err(|e| {
             Error::new(

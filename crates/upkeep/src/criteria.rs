@@ -272,7 +272,13 @@ impl<'a> Parser<'a> {
         match self.tok {
             Tok::End => Ok(groups),
             Tok::RParen => Err(Lexer::err(self.pos, "unbalanced ')'")),
-            _ => Err(Lexer::err(self.pos, format!("expected 'and', 'or' or the end, found {}", describe(&self.tok)))),
+            _ => Err(Lexer::err(
+                self.pos,
+                format!(
+                    "expected 'and', 'or' or the end, found {}",
+                    describe(&self.tok)
+                ),
+            )),
         }
     }
 
@@ -293,10 +299,16 @@ impl<'a> Parser<'a> {
             self.bump()?;
             let inner = self.and_group(depth + 1)?;
             if self.is_word("or") {
-                return Err(Lexer::err(self.pos, "'or' is allowed only at the top level, not inside parentheses"));
+                return Err(Lexer::err(
+                    self.pos,
+                    "'or' is allowed only at the top level, not inside parentheses",
+                ));
             }
             if self.tok != Tok::RParen {
-                return Err(Lexer::err(self.pos, format!("expected ')', found {}", describe(&self.tok))));
+                return Err(Lexer::err(
+                    self.pos,
+                    format!("expected ')', found {}", describe(&self.tok)),
+                ));
             }
             self.bump()?;
             return Ok(inner);
@@ -307,19 +319,31 @@ impl<'a> Parser<'a> {
     fn criterion(&mut self) -> Result<Criterion, CriteriaError> {
         let name_pos = self.pos;
         let Tok::Word(name) = self.tok.clone() else {
-            return Err(Lexer::err(self.pos, format!("expected a property name, found {}", describe(&self.tok))));
+            return Err(Lexer::err(
+                self.pos,
+                format!("expected a property name, found {}", describe(&self.tok)),
+            ));
         };
         let prop = PROPERTIES
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(&name))
             .map(|(_, p)| *p)
             .ok_or_else(|| {
-                Lexer::err(name_pos, format!("unknown property {name:?}; known: {}", PROPERTIES.map(|p| p.0).join(", ")))
+                Lexer::err(
+                    name_pos,
+                    format!(
+                        "unknown property {name:?}; known: {}",
+                        PROPERTIES.map(|p| p.0).join(", ")
+                    ),
+                )
             })?;
         self.bump()?;
         let op_pos = self.pos;
         let Tok::Op(op) = self.tok else {
-            return Err(Lexer::err(self.pos, format!("expected =, != or contains, found {}", describe(&self.tok))));
+            return Err(Lexer::err(
+                self.pos,
+                format!("expected =, != or contains, found {}", describe(&self.tok)),
+            ));
         };
         self.bump()?;
         let val_pos = self.pos;
@@ -332,12 +356,23 @@ impl<'a> Parser<'a> {
         };
         if !allowed.contains(&op) {
             let names: Vec<String> = allowed.iter().map(|o| o.to_string()).collect();
-            return Err(Lexer::err(op_pos, format!("{name} takes {}, not {op}", names.join(" or "))));
+            return Err(Lexer::err(
+                op_pos,
+                format!("{name} takes {}, not {op}", names.join(" or ")),
+            ));
         }
-        let bad_value = |what: &str| Lexer::err(val_pos, format!("{name} needs {what}, found {}", describe(&value)));
+        let bad_value = |what: &str| {
+            Lexer::err(
+                val_pos,
+                format!("{name} needs {what}, found {}", describe(&value)),
+            )
+        };
         Ok(match prop {
             Property::Type => match &value {
-                Tok::Str(s) => Criterion::Type(op, UpdateType::from_name(s).ok_or_else(|| bad_value("'Software' or 'Driver'"))?),
+                Tok::Str(s) => Criterion::Type(
+                    op,
+                    UpdateType::from_name(s).ok_or_else(|| bad_value("'Software' or 'Driver'"))?,
+                ),
                 _ => return Err(bad_value("a string")),
             },
             Property::DeploymentAction => match &value {
@@ -352,15 +387,21 @@ impl<'a> Parser<'a> {
                 _ => return Err(bad_value("a string")),
             },
             Property::UpdateId => match &value {
-                Tok::Str(s) => Criterion::UpdateId(op, Uuid::parse_str(s).map_err(|_| bad_value("a GUID"))?),
+                Tok::Str(s) => {
+                    Criterion::UpdateId(op, Uuid::parse_str(s).map_err(|_| bad_value("a GUID"))?)
+                }
                 _ => return Err(bad_value("a GUID string")),
             },
             Property::CategoryIds => match &value {
-                Tok::Str(s) => Criterion::CategoryId(Uuid::parse_str(s).map_err(|_| bad_value("a GUID"))?),
+                Tok::Str(s) => {
+                    Criterion::CategoryId(Uuid::parse_str(s).map_err(|_| bad_value("a GUID"))?)
+                }
                 _ => return Err(bad_value("a GUID string")),
             },
             Property::RevisionNumber => match value {
-                Tok::Int(n) if (0..=u32::MAX as i64).contains(&n) => Criterion::RevisionNumber(n as u32),
+                Tok::Int(n) if (0..=u32::MAX as i64).contains(&n) => {
+                    Criterion::RevisionNumber(n as u32)
+                }
                 _ => return Err(bad_value("a non-negative integer")),
             },
             _ => match value {
@@ -393,7 +434,11 @@ pub fn escape_string(s: &str) -> String {
 impl Criteria {
     /// Parses and checks a criteria string.
     pub fn parse(src: &str) -> Result<Criteria, CriteriaError> {
-        let src = if src.trim().is_empty() { DEFAULT_CRITERIA } else { src };
+        let src = if src.trim().is_empty() {
+            DEFAULT_CRITERIA
+        } else {
+            src
+        };
         let mut p = Parser {
             lex: Lexer::new(src),
             tok: Tok::End,
@@ -402,16 +447,29 @@ impl Criteria {
         p.bump()?;
         let mut groups = p.criteria()?;
         for g in &mut groups {
-            let has_id_eq = g.iter().any(|c| matches!(c, Criterion::UpdateId(Op::Eq, _)));
-            let has_id_ne = g.iter().any(|c| matches!(c, Criterion::UpdateId(Op::Ne, _)));
-            if g.iter().any(|c| matches!(c, Criterion::RevisionNumber(_))) && (!has_id_eq || has_id_ne) {
+            let has_id_eq = g
+                .iter()
+                .any(|c| matches!(c, Criterion::UpdateId(Op::Eq, _)));
+            let has_id_ne = g
+                .iter()
+                .any(|c| matches!(c, Criterion::UpdateId(Op::Ne, _)));
+            if g.iter().any(|c| matches!(c, Criterion::RevisionNumber(_)))
+                && (!has_id_eq || has_id_ne)
+            {
                 return Err(CriteriaError {
                     position: src.to_ascii_lowercase().find("revisionnumber").unwrap_or(0),
-                    message: "RevisionNumber must be combined with UpdateID= (and not with UpdateID!=)".into(),
+                    message:
+                        "RevisionNumber must be combined with UpdateID= (and not with UpdateID!=)"
+                            .into(),
                 });
             }
-            if !g.iter().any(|c| matches!(c, Criterion::DeploymentAction(_))) {
-                g.push(Criterion::DeploymentAction(Some(DeploymentAction::Installation)));
+            if !g
+                .iter()
+                .any(|c| matches!(c, Criterion::DeploymentAction(_)))
+            {
+                g.push(Criterion::DeploymentAction(Some(
+                    DeploymentAction::Installation,
+                )));
             }
         }
         Ok(Criteria { groups })
@@ -474,8 +532,13 @@ mod tests {
         assert_eq!(Criteria::parse(wsus).unwrap().groups().len(), 4);
         assert!(Criteria::parse("(IsInstalled=0 and IsHidden=0) or (Type='Driver')").is_ok());
         assert!(Criteria::parse("( IsHidden = 1 )").is_ok());
-        assert!(Criteria::parse("UpdateID='6e1b7d4a-0000-4000-8000-000000000001' and RevisionNumber=100").is_ok());
-        assert!(Criteria::parse("CategoryIDs contains '6e1b7d4a-0000-4000-8000-000000000001'").is_ok());
+        assert!(Criteria::parse(
+            "UpdateID='6e1b7d4a-0000-4000-8000-000000000001' and RevisionNumber=100"
+        )
+        .is_ok());
+        assert!(
+            Criteria::parse("CategoryIDs contains '6e1b7d4a-0000-4000-8000-000000000001'").is_ok()
+        );
         assert!(Criteria::parse("DeploymentAction=*").is_ok());
         assert!(Criteria::parse("isinstalled=0 AND ishidden=0").is_ok());
         assert!(Criteria::parse("").is_ok());
@@ -483,7 +546,10 @@ mod tests {
 
     #[test]
     fn rejects_with_the_offending_position() {
-        assert_eq!(err_at("IsInstalled=0 and (IsHidden=0 or Type='Driver')"), 30);
+        assert_eq!(
+            err_at("IsInstalled=0 and (IsHidden=0 or Type='Driver')"),
+            30
+        );
         assert_eq!(err_at("Colour='red'"), 0);
         assert_eq!(err_at("IsInstalled=2"), 12);
         assert_eq!(err_at("IsInstalled!=0"), 11);
@@ -496,8 +562,14 @@ mod tests {
         assert_eq!(err_at("Type='Software"), 5);
         assert_eq!(err_at("UpdateID='not-a-guid'"), 9);
         assert!(Criteria::parse("RevisionNumber=3").is_err());
-        assert!(Criteria::parse("UpdateID!='6e1b7d4a-0000-4000-8000-000000000001' and RevisionNumber=3").is_err());
-        assert_eq!(Criteria::parse("x").unwrap_err().hresult(), HResult::WU_E_INVALID_CRITERIA);
+        assert!(Criteria::parse(
+            "UpdateID!='6e1b7d4a-0000-4000-8000-000000000001' and RevisionNumber=3"
+        )
+        .is_err());
+        assert_eq!(
+            Criteria::parse("x").unwrap_err().hresult(),
+            HResult::WU_E_INVALID_CRITERIA
+        );
     }
 
     #[test]

@@ -58,8 +58,8 @@ pub fn tuf_hresult(e: &upkeep_tuf::Error) -> HResult {
         | T::Expired { .. }
         | T::Version { .. }
         | T::EqualVersion { .. }
-        | T::MissingMeta { .. } => HResult::WU_E_INVALID_UPDATE,
-        T::LengthOrHash { .. } => HResult::WU_E_DM_INCORRECTFILEHASH,
+        | T::MissingMeta { .. }
+        | T::LengthOrHash { .. } => HResult::WU_E_INVALID_UPDATE,
         T::Io { .. } => HResult::WU_E_DS_UNEXPECTED,
         T::Limit(_) => HResult::WU_E_OUTOFRANGE,
         T::State(_) => HResult::WU_E_NOT_INITIALIZED,

@@ -104,7 +104,10 @@ impl UpdateSessionBuilder {
         }
         let cfg = cfg.merge(self.over).resolve();
         if let Some(url) = &cfg.repository {
-            if !(url.starts_with("http://") || url.starts_with("https://") || url.starts_with("file://")) {
+            if !(url.starts_with("http://")
+                || url.starts_with("https://")
+                || url.starts_with("file://"))
+            {
                 return Err(Error::new(
                     HResult::WU_E_PT_INVALID_URL,
                     format!("repository {url:?} is not an http(s):// or file:// URL"),
@@ -113,7 +116,10 @@ impl UpdateSessionBuilder {
         }
         let md = cfg.state_dir.join("metadata");
         std::fs::create_dir_all(&md).map_err(|e| {
-            Error::new(HResult::WU_E_DS_UNEXPECTED, format!("{}: {e}", md.display()))
+            Error::new(
+                HResult::WU_E_DS_UNEXPECTED,
+                format!("{}: {e}", md.display()),
+            )
         })?;
         if !md.join("root.json").exists() {
             let Some(tr) = &cfg.trusted_root else {
@@ -170,7 +176,9 @@ pub struct UpdateSession {
 
 impl std::fmt::Debug for UpdateSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpdateSession").field("config", &self.inner.cfg).finish_non_exhaustive()
+        f.debug_struct("UpdateSession")
+            .field("config", &self.inner.cfg)
+            .finish_non_exhaustive()
     }
 }
 
@@ -187,12 +195,20 @@ impl UpdateSession {
 
     /// `ClientApplicationID` ("Unknown" unless set).
     pub fn client_application_id(&self) -> String {
-        self.inner.client_application_id.lock().expect("not poisoned").clone()
+        self.inner
+            .client_application_id
+            .lock()
+            .expect("not poisoned")
+            .clone()
     }
 
     /// Sets `ClientApplicationID`.
     pub fn set_client_application_id(&self, id: impl Into<String>) {
-        *self.inner.client_application_id.lock().expect("not poisoned") = id.into();
+        *self
+            .inner
+            .client_application_id
+            .lock()
+            .expect("not poisoned") = id.into();
     }
 
     /// `ReadOnly`: sessions of this build are never read-only.
@@ -229,6 +245,7 @@ impl UpdateSession {
             metadata_url: url,
             limits: self.inner.limits.clone(),
             offline: !online,
+            timestamp_first: true,
         };
         let mut client = Client::new(cfg, self.inner.transport.clone())?;
         client.refresh()?;
@@ -243,7 +260,11 @@ impl UpdateSession {
             }
         }
         let all = client.all_targets()?;
-        tracing::debug!(targets = all.targets.len(), roles = all.roles_loaded, "catalog loaded");
+        tracing::debug!(
+            targets = all.targets.len(),
+            roles = all.roles_loaded,
+            "catalog loaded"
+        );
         let cat = Arc::new(Catalog::build(&all));
         *cache = Some((key, cat.clone()));
         Ok(cat)

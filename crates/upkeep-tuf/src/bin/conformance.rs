@@ -51,6 +51,7 @@ fn client(a: &Args) -> Result<Client, String> {
         metadata_url: a.metadata_url.clone().ok_or("--metadata-url is required")?,
         limits: Limits::default(),
         offline: false,
+        timestamp_first: false,
     };
     let transport = HttpTransport::new().map_err(|e| e.to_string())?;
     Client::new(cfg, Arc::new(transport)).map_err(|e| e.to_string())

@@ -1,0 +1,255 @@
+//! `upkeep demo`: a signed demo repository in a temporary directory, served on loopback,
+//! and the agent walked through it. Everything is removed at the end.
+
+use std::time::Instant;
+
+use upkeep::{Category, Handler, InstallationRebootBehavior, UpdateMetadata, UpdateSession};
+use upkeep_publish::serve::{repository_mounts, Server};
+use upkeep_publish::{ContentSource, InitOptions, NewUpdate, Repository};
+use uuid::Uuid;
+
+use crate::exit::Exit;
+use crate::output;
+
+const TOOLS: Uuid = Uuid::from_u128(0x6d1f1d2e_0b5c_4c62_9a54_1f0a5e2b0001);
+const TOOLS_NEW: Uuid = Uuid::from_u128(0x6d1f1d2e_0b5c_4c62_9a54_1f0a5e2b0002);
+const AGENT: Uuid = Uuid::from_u128(0x6d1f1d2e_0b5c_4c62_9a54_1f0a5e2b0003);
+const FONTS: Uuid = Uuid::from_u128(0x6d1f1d2e_0b5c_4c62_9a54_1f0a5e2b0004);
+const CAT_TOOLS: Uuid = Uuid::from_u128(0x0c47_0000_0000_4000_8000_000000000001);
+const CAT_SECURITY: Uuid = Uuid::from_u128(0x0c47_0000_0000_4000_8000_000000000002);
+
+fn tarball(files: &[(&str, &[u8], u32)]) -> std::io::Result<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data, mode) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(*mode);
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        b.append_data(&mut h, path, *data)?;
+    }
+    b.into_inner()
+}
+
+fn demo_updates() -> std::io::Result<Vec<NewUpdate>> {
+    let released = |days: i64| jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * days);
+    let tools_cat = Category {
+        id: CAT_TOOLS,
+        name: "Tools".into(),
+    };
+    let sec_cat = Category {
+        id: CAT_SECURITY,
+        name: "Security Updates".into(),
+    };
+
+    let mut tools = UpdateMetadata::new(TOOLS, "Acme Tools 2.1", "x");
+    tools.description = "Command-line tools for Acme devices.".into();
+    tools.kb_article_ids = vec!["5001001".into()];
+    tools.categories = vec![tools_cat.clone()];
+    tools.severity = "Moderate".into();
+    tools.release_date = Some(released(30));
+
+    let mut tools_new = tools.clone();
+    tools_new.id = TOOLS_NEW;
+    tools_new.title = "Acme Tools 2.2".into();
+    tools_new.kb_article_ids = vec!["5001002".into()];
+    tools_new.supersedes = vec![TOOLS];
+    tools_new.severity = "Important".into();
+    tools_new.release_date = Some(released(2));
+
+    let mut agent = UpdateMetadata::new(AGENT, "Acme Agent service 5.0", "x");
+    agent.description = "Replaces the device agent service; needs a restart.".into();
+    agent.categories = vec![sec_cat];
+    agent.severity = "Critical".into();
+    agent.mandatory = true;
+    agent.installation_behavior.reboot_behavior = InstallationRebootBehavior::AlwaysRequiresReboot;
+    agent.handler = Handler::Command {
+        arguments: vec!["install".into()],
+        uninstall_arguments: Some(vec!["uninstall".into()]),
+        timeout_secs: 120,
+    };
+    agent.release_date = Some(released(5));
+
+    let mut fonts = UpdateMetadata::new(FONTS, "Acme Fonts pack", "x");
+    fonts.description = "Licensed display fonts.".into();
+    fonts.categories = vec![tools_cat];
+    fonts.release_date = Some(released(10));
+
+    let tools_payload = |version: &str| {
+        let bin = format!("#!/bin/sh\necho acme-tools {version}\n");
+        tarball(&[
+            ("usr/local/bin/acme-tool", bin.as_bytes(), 0o755),
+            ("usr/local/share/acme/README", b"Acme Tools\n", 0o644),
+        ])
+    };
+    let agent_script = b"#!/bin/sh\n# upkeep demo: the command handler runs this with install|uninstall\necho \"acme-agent: $1\"\nexit 3010\n".to_vec();
+    Ok(vec![
+        NewUpdate {
+            metadata: tools,
+            payload: ContentSource::Bytes {
+                name: "acme-tools-2.1.tar".into(),
+                data: tools_payload("2.1")?,
+            },
+            extra_content: vec![],
+            eula: None,
+            bootstrapper: None,
+        },
+        NewUpdate {
+            metadata: tools_new,
+            payload: ContentSource::Bytes {
+                name: "acme-tools-2.2.tar".into(),
+                data: tools_payload("2.2")?,
+            },
+            extra_content: vec![],
+            eula: None,
+            bootstrapper: None,
+        },
+        NewUpdate {
+            metadata: agent,
+            payload: ContentSource::Bytes {
+                name: "acme-agent-setup.sh".into(),
+                data: agent_script,
+            },
+            extra_content: vec![],
+            eula: None,
+            bootstrapper: None,
+        },
+        NewUpdate {
+            metadata: fonts,
+            payload: ContentSource::Bytes {
+                name: "acme-fonts.tar".into(),
+                data: tarball(&[("usr/local/share/fonts/acme.otf", &[0u8; 4096], 0o644)])?,
+            },
+            extra_content: vec![],
+            eula: Some(ContentSource::Bytes {
+                name: "EULA.txt".into(),
+                data: b"Acme Fonts licence: you may use these fonts on Acme devices.\n".to_vec(),
+            }),
+            bootstrapper: None,
+        },
+    ])
+}
+
+fn step(n: u32, text: &str) {
+    println!();
+    println!("== {n}. {text}");
+}
+
+fn demo_err(e: impl std::fmt::Display) -> Exit {
+    eprintln!("upkeep: error: demo failed: {e}");
+    Exit::Failure
+}
+
+pub fn run() -> Result<Exit, Exit> {
+    let started = Instant::now();
+    let tmp = tempfile::Builder::new()
+        .prefix("upkeep-demo-")
+        .tempdir()
+        .map_err(demo_err)?;
+    let repo_dir = tmp.path().join("repository");
+
+    step(
+        1,
+        "Publish a signed repository (ed25519 keys, consistent snapshots)",
+    );
+    let mut repo = Repository::init(&repo_dir, InitOptions::default()).map_err(demo_err)?;
+    let report = repo
+        .add_updates(demo_updates().map_err(demo_err)?)
+        .map_err(demo_err)?;
+    println!(
+        "   {} updates, {} targets in {}",
+        report.updates,
+        report.targets,
+        repo_dir.display()
+    );
+
+    step(2, "Serve it on loopback");
+    let server = Server::start(
+        "127.0.0.1:0".parse().expect("address"),
+        repository_mounts(&repo_dir),
+    )
+    .map_err(demo_err)?;
+    println!("   {}", server.base_url());
+
+    step(
+        3,
+        "Open a session: trusted root, state directory and a sandbox install root",
+    );
+    let session = UpdateSession::builder()
+        .env(false)
+        .repository(server.base_url())
+        .trusted_root(repo.root_path())
+        .state_dir(tmp.path().join("state"))
+        .install_root(tmp.path().join("root"))
+        .client_application_id("upkeep-demo")
+        .build()
+        .map_err(demo_err)?;
+    let mut searcher = session.create_update_searcher();
+
+    step(
+        4,
+        "Search: IsInstalled=0 and IsHidden=0 (TUF refresh, then the catalog)",
+    );
+    let r = searcher
+        .search("IsInstalled=0 and IsHidden=0")
+        .map_err(demo_err)?;
+    output::print_search(&r, false);
+    println!("   (Acme Tools 2.1 is left out: 2.2 supersedes it)");
+
+    step(
+        5,
+        "Search again with superseded updates included, and only Critical security ones",
+    );
+    searcher.set_include_potentially_superseded_updates(true);
+    let all = searcher.search("IsInstalled=0").map_err(demo_err)?;
+    println!(
+        "   {} updates including superseded ones",
+        all.updates().len()
+    );
+    let sec = searcher
+        .search(&format!("CategoryIDs contains '{CAT_SECURITY}'"))
+        .map_err(demo_err)?;
+    for u in sec.updates() {
+        println!("   security: {} ({})", u.title(), u.msrc_severity());
+    }
+
+    step(6, "Show one update in full");
+    let agent = all
+        .updates()
+        .iter()
+        .find(|u| u.identity().update_id == AGENT)
+        .ok_or_else(|| demo_err("the agent update is missing"))?;
+    output::print_update(agent, false);
+
+    step(
+        7,
+        "Invalid criteria are refused with WU_E_INVALID_CRITERIA and the position",
+    );
+    match searcher.search("IsInstalled=0 and (IsHidden=0 or Type='Driver')") {
+        Err(e) => println!("   {} [{}]", e, e.hresult()),
+        Ok(_) => return Err(demo_err("invalid criteria were accepted")),
+    }
+
+    step(
+        8,
+        "Stop the server and search offline, from the metadata trusted locally",
+    );
+    let requests = server.request_count();
+    server.stop();
+    searcher.set_online(false);
+    searcher.set_include_potentially_superseded_updates(false);
+    let offline = searcher.search("").map_err(demo_err)?;
+    println!(
+        "   {} updates found offline (the server had answered {requests} requests)",
+        offline.updates().len()
+    );
+
+    step(9, "Clean up");
+    let path = tmp.path().to_path_buf();
+    drop(repo);
+    tmp.close().map_err(demo_err)?;
+    println!("   removed {}", path.display());
+    println!();
+    println!("Demo finished in {:.2} s.", started.elapsed().as_secs_f64());
+    Ok(Exit::Success)
+}

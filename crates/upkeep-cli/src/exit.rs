@@ -1,0 +1,85 @@
+//! Exit codes, documented in the README.
+
+use std::process::ExitCode;
+
+use upkeep::{Error, HResult, OperationResultCode};
+
+/// What the process exits with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// 0: everything succeeded.
+    Success,
+    /// 1: the operation failed.
+    Failure,
+    /// 2: bad usage or bad input (arguments, criteria, files).
+    Usage,
+    /// 3: partial success (`SucceededWithErrors`).
+    Partial,
+    /// 4: aborted.
+    Aborted,
+    /// 5: success, and a restart is required.
+    RebootRequired,
+}
+
+impl Exit {
+    /// The code for an operation result.
+    pub fn for_result(code: OperationResultCode) -> Exit {
+        match code {
+            OperationResultCode::Succeeded => Exit::Success,
+            OperationResultCode::SucceededWithErrors => Exit::Partial,
+            OperationResultCode::Aborted => Exit::Aborted,
+            _ => Exit::Failure,
+        }
+    }
+
+    /// Prints `e` to stderr (as JSON with `json`) and picks the exit code: bad input
+    /// (criteria, files, URLs, ids) is 2, everything else 1.
+    pub fn from_error(e: &Error, json: bool) -> Exit {
+        report(e, json);
+        let code = e.hresult();
+        let input = [
+            HResult::WU_E_INVALID_CRITERIA,
+            HResult::WU_E_INVALID_FILE,
+            HResult::WU_E_PT_INVALID_URL,
+            HResult::WU_E_UNKNOWN_ID,
+            HResult::E_INVALIDARG,
+        ];
+        if input.contains(&code) {
+            Exit::Usage
+        } else if code == HResult::WU_E_CALL_CANCELLED {
+            Exit::Aborted
+        } else {
+            Exit::Failure
+        }
+    }
+}
+
+/// Prints an error to stderr.
+pub fn report(e: &Error, json: bool) {
+    let code = e.hresult();
+    if json {
+        let v = serde_json::json!({
+            "error": {
+                "message": e.message(),
+                "hresult": format!("0x{:08X}", code.as_u32()),
+                "name": code.name(),
+            }
+        });
+        eprintln!("{v}");
+    } else {
+        eprintln!("upkeep: error: {} [{code}]", e.message());
+    }
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> ExitCode {
+        ExitCode::from(match e {
+            Exit::Success => 0,
+            Exit::Failure => 1,
+            Exit::Usage => 2,
+            Exit::Partial => 3,
+            Exit::Aborted => 4,
+            Exit::RebootRequired => 5,
+        })
+    }
+}

@@ -1,0 +1,176 @@
+//! The `upkeep` command: search, show and repository authoring (and, as the project grows,
+//! download, install, uninstall and history). This is the only crate that knows about
+//! terminals; libraries report through types and `tracing`.
+
+mod demo;
+mod exit;
+mod output;
+mod repo_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use upkeep::{Error, HResult, UpdateSession};
+
+use crate::exit::Exit;
+
+/// upkeep: an update agent with the Windows Update Agent's model over a TUF-signed
+/// repository.
+#[derive(Parser, Debug)]
+#[command(name = "upkeep", version, about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Settings shared by every agent command (they override the configuration file and
+/// `UPKEEP_*` variables).
+#[derive(Args, Debug, Clone, Default)]
+pub struct Global {
+    /// Repository base URL (serves <URL>/metadata/ and <URL>/targets/).
+    #[arg(long = "repo", global = true, value_name = "URL")]
+    pub repo: Option<String>,
+    /// Initially trusted root metadata (copied into the state directory on first use).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub trusted_root: Option<PathBuf>,
+    /// State directory (trusted metadata, cache, state database).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Install root.
+    #[arg(long = "root", global = true, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Configuration file (TOML).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Find updates matching WUA search criteria (default: IsInstalled=0 and IsHidden=0).
+    Search {
+        /// Criteria, e.g. "IsInstalled=0 and Type='Software'".
+        criteria: Option<String>,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+        /// Search only the metadata already trusted locally (no network).
+        #[arg(long)]
+        offline: bool,
+        /// Include updates superseded by others in the result.
+        #[arg(long)]
+        include_superseded: bool,
+    },
+    /// Show every field of one update.
+    Show {
+        /// The update id.
+        id: uuid::Uuid,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+        /// Use only local metadata.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Create, change, publish and serve repositories.
+    #[command(subcommand)]
+    Repo(repo_cmd::RepoCommand),
+    /// Build a signed demo repository, serve it on loopback and walk through the agent.
+    Demo,
+}
+
+impl Global {
+    /// A session from these settings.
+    pub fn session(&self) -> Result<UpdateSession, Error> {
+        let mut b = UpdateSession::builder().client_application_id("upkeep-cli");
+        if let Some(c) = &self.config {
+            b = b.config_file(c);
+        }
+        if let Some(r) = &self.repo {
+            b = b.repository(r);
+        }
+        if let Some(t) = &self.trusted_root {
+            b = b.trusted_root(t);
+        }
+        if let Some(s) = &self.state_dir {
+            b = b.state_dir(s);
+        }
+        if let Some(r) = &self.root {
+            b = b.install_root(r);
+        }
+        b.build()
+    }
+}
+
+fn run(cli: Cli) -> Result<Exit, Exit> {
+    match cli.command {
+        Command::Search {
+            criteria,
+            json,
+            offline,
+            include_superseded,
+        } => {
+            let session = cli
+                .global
+                .session()
+                .map_err(|e| Exit::from_error(&e, json))?;
+            let mut searcher = session.create_update_searcher();
+            searcher.set_online(!offline);
+            searcher.set_include_potentially_superseded_updates(include_superseded);
+            let result = searcher
+                .search(criteria.as_deref().unwrap_or(""))
+                .map_err(|e| Exit::from_error(&e, json))?;
+            output::print_search(&result, json);
+            Ok(Exit::for_result(result.result_code()))
+        }
+        Command::Show { id, json, offline } => {
+            let session = cli
+                .global
+                .session()
+                .map_err(|e| Exit::from_error(&e, json))?;
+            let mut searcher = session.create_update_searcher();
+            searcher.set_online(!offline);
+            searcher.set_include_potentially_superseded_updates(true);
+            let result = searcher
+                .search(&format!("UpdateID='{id}' and DeploymentAction=*"))
+                .map_err(|e| Exit::from_error(&e, json))?;
+            let Some(u) = result.updates().get(0) else {
+                let e = Error::new(
+                    HResult::WU_E_UNKNOWN_ID,
+                    format!("update {id} is not in the repository"),
+                );
+                return Err(Exit::from_error(&e, json));
+            };
+            output::print_update(u, json);
+            Ok(Exit::Success)
+        }
+        Command::Repo(cmd) => repo_cmd::run(cmd),
+        Command::Demo => demo::run(),
+    }
+}
+
+fn main() -> ExitCode {
+    let filter = std::env::var("UPKEEP_LOG").unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                Exit::Usage.into()
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match run(cli) {
+        Ok(code) | Err(code) => code.into(),
+    }
+}

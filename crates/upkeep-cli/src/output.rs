@@ -1,0 +1,204 @@
+//! Output for people (tables) and scripts (`--json`, documented in the README).
+
+use serde_json::{json, Value};
+use upkeep::{SearchResult, Update};
+
+/// The stable JSON form of an update.
+pub fn update_json(u: &Update) -> Value {
+    let m = u.metadata();
+    json!({
+        "id": m.id,
+        "revision": m.revision,
+        "title": m.title,
+        "description": m.description,
+        "type": m.update_type,
+        "severity": m.severity,
+        "kb_article_ids": m.kb_article_ids,
+        "categories": m.categories,
+        "supersedes": m.supersedes,
+        "mandatory": m.mandatory,
+        "uninstallable": m.uninstallable,
+        "deployment_action": m.deployment_action,
+        "browse_only": m.browse_only,
+        "installation_behavior": m.installation_behavior,
+        "uninstallation_behavior": u.uninstallation_behavior(),
+        "handler": m.handler,
+        "release_date": m.release_date,
+        "deadline": m.deadline,
+        "has_eula": m.eula.is_some(),
+        "has_bootstrapper": m.bootstrapper.is_some(),
+        "min_download_size": u.min_download_size(),
+        "max_download_size": u.max_download_size(),
+        "content": u.download_contents(),
+        "is_installed": u.is_installed(),
+        "is_hidden": u.is_hidden(),
+        "is_downloaded": u.is_downloaded(),
+        "eula_accepted": u.eula_accepted(),
+        "reboot_required": u.reboot_required(),
+    })
+}
+
+/// Human-readable byte count.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}
+
+/// Prints a search result.
+pub fn print_search(r: &SearchResult, json: bool) {
+    if json {
+        let v = json!({
+            "result_code": r.result_code(),
+            "updates": r.updates().iter().map(update_json).collect::<Vec<_>>(),
+            "warnings": r.warnings(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
+        return;
+    }
+    for w in r.warnings() {
+        eprintln!("upkeep: warning: {} [{}]", w.message, w.hresult);
+    }
+    if r.updates().is_empty() {
+        println!("No updates match.");
+        return;
+    }
+    let rows: Vec<[String; 6]> = r
+        .updates()
+        .iter()
+        .map(|u| {
+            [
+                u.identity().update_id.to_string(),
+                u.identity().revision_number.to_string(),
+                u.update_type().to_string(),
+                if u.msrc_severity().is_empty() {
+                    "-".into()
+                } else {
+                    u.msrc_severity().to_string()
+                },
+                human_bytes(u.max_download_size()),
+                u.title().to_string(),
+            ]
+        })
+        .collect();
+    print_table(&["ID", "REV", "TYPE", "SEVERITY", "SIZE", "TITLE"], &rows);
+    println!("{} update(s)", rows.len());
+}
+
+fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
+    let mut widths = header.map(|h| h.chars().count());
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == N {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+/// Prints one update in full.
+pub fn print_update(u: &Update, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&update_json(u)).expect("JSON")
+        );
+        return;
+    }
+    let m = u.metadata();
+    let b = &m.installation_behavior;
+    let yes = |v: bool| if v { "yes" } else { "no" };
+    println!("{}", m.title);
+    println!("  id:               {}", m.id);
+    println!("  revision:         {}", m.revision);
+    println!("  type:             {}", m.update_type);
+    if !m.severity.is_empty() {
+        println!("  severity:         {}", m.severity);
+    }
+    if !m.kb_article_ids.is_empty() {
+        println!(
+            "  KB articles:      {}",
+            m.kb_article_ids
+                .iter()
+                .map(|k| format!("KB{k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if !m.categories.is_empty() {
+        println!(
+            "  categories:       {}",
+            m.categories
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if let Some(d) = m.release_date {
+        println!("  released:         {}", d.strftime("%Y-%m-%d %H:%M UTC"));
+    }
+    if let Some(d) = m.deadline {
+        println!("  deadline:         {}", d.strftime("%Y-%m-%d %H:%M UTC"));
+    }
+    println!("  mandatory:        {}", yes(m.mandatory));
+    println!("  uninstallable:    {}", yes(m.uninstallable));
+    println!("  handler:          {}", m.handler.id());
+    println!("  impact:           {}", b.impact);
+    println!("  reboot behaviour: {}", b.reboot_behavior);
+    println!("  user input:       {}", yes(b.can_request_user_input));
+    println!(
+        "  EULA:             {}",
+        if m.eula.is_some() {
+            if u.eula_accepted() {
+                "accepted"
+            } else {
+                "not accepted"
+            }
+        } else {
+            "none"
+        }
+    );
+    if !m.supersedes.is_empty() {
+        println!(
+            "  supersedes:       {}",
+            m.supersedes
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    println!("  download size:    {}", human_bytes(u.max_download_size()));
+    for c in u.download_contents() {
+        println!("    {}  {}", c.path, human_bytes(c.length));
+    }
+    println!("  installed:        {}", yes(u.is_installed()));
+    println!("  hidden:           {}", yes(u.is_hidden()));
+    if !m.description.is_empty() {
+        println!();
+        println!("{}", m.description);
+    }
+}
