@@ -156,9 +156,9 @@ pub struct NewUpdate {
 }
 
 /// An update manifest (`update.toml`): every field of the metadata schema plus the files.
-/// Relative file paths are relative to the manifest.
+/// Relative file paths are relative to the manifest. Unknown keys are an error (they reach
+/// the metadata schema, which refuses them).
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// The metadata fields, as in `docs/repository-format.md` (without `schema` and
     /// `content`, which the publisher fills in).

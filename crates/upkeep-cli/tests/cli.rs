@@ -1,0 +1,317 @@
+//! The `upkeep` binary end to end: repository authoring, a real `repo serve` child process,
+//! search and show in both output forms, and the documented exit codes.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+fn upkeep(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .args(args)
+        .env_remove("UPKEEP_CONFIG")
+        .env_remove("UPKEEP_REPOSITORY")
+        .output()
+        .expect("run upkeep")
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// `upkeep repo serve` on a free loopback port; killed by PID on drop.
+struct Serve(Child, String);
+
+impl Serve {
+    fn start(dir: &Path) -> Serve {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+            .args([
+                "repo",
+                "serve",
+                dir.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stderr.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .expect("serve prints its URL")
+            .to_string();
+        Serve(child, url)
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn published_repo(tmp: &Path) -> std::path::PathBuf {
+    let dir = tmp.join("repo");
+    ok(&upkeep(&["repo", "init", dir.to_str().unwrap()]));
+    std::fs::write(tmp.join("tools.tar"), b"not really a tar").unwrap();
+    std::fs::write(tmp.join("setup.sh"), b"#!/bin/sh\nexit 3010\n").unwrap();
+    let d = dir.to_str().unwrap();
+    ok(&upkeep(&[
+        "repo",
+        "add",
+        d,
+        "--id",
+        "11111111-1111-4111-8111-111111111111",
+        "--title",
+        "Tools 1.0",
+        "--payload",
+        tmp.join("tools.tar").to_str().unwrap(),
+        "--handler",
+        "files",
+        "--severity",
+        "Important",
+        "--kb",
+        "123",
+    ]));
+    ok(&upkeep(&[
+        "repo",
+        "add",
+        d,
+        "--id",
+        "22222222-2222-4222-8222-222222222222",
+        "--title",
+        "Agent",
+        "--payload",
+        tmp.join("setup.sh").to_str().unwrap(),
+        "--handler",
+        "command",
+        "--arg",
+        "--install",
+        "--uninstall-arg",
+        "--remove",
+        "--reboot",
+        "always",
+        "--type",
+        "driver",
+    ]));
+    dir
+}
+
+#[test]
+fn repo_commands_and_search_through_a_served_repository() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = published_repo(tmp.path());
+    let list = ok(&upkeep(&["repo", "list", dir.to_str().unwrap()]));
+    assert!(
+        list.contains("Tools 1.0") && list.contains("Agent"),
+        "{list}"
+    );
+    let serve = Serve::start(&dir);
+    let root = dir.join("metadata/root.json");
+    let state = tmp.path().join("state");
+    let url = serve.1.clone();
+    let common = [
+        "--repo",
+        &url,
+        "--trusted-root",
+        root.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+
+    let table = ok(&upkeep(&[&common[..], &["search"]].concat()));
+    assert!(
+        table.contains("Tools 1.0") && table.contains("2 update(s)"),
+        "{table}"
+    );
+
+    let json = ok(&upkeep(
+        &[&common[..], &["search", "Type='Driver'", "--json"]].concat(),
+    ));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["result_code"], "Succeeded");
+    assert_eq!(v["updates"].as_array().unwrap().len(), 1);
+    let u = &v["updates"][0];
+    assert_eq!(u["id"], "22222222-2222-4222-8222-222222222222");
+    assert_eq!(u["type"], "Driver");
+    assert_eq!(u["handler"]["kind"], "command");
+    assert_eq!(u["handler"]["arguments"][0], "--install");
+    assert_eq!(
+        u["installation_behavior"]["reboot_behavior"],
+        "AlwaysRequiresReboot"
+    );
+    assert_eq!(u["is_installed"], false);
+
+    let show = ok(&upkeep(
+        &[
+            &common[..],
+            &["show", "11111111-1111-4111-8111-111111111111"],
+        ]
+        .concat(),
+    ));
+    assert!(
+        show.contains("KB123") && show.contains("Important"),
+        "{show}"
+    );
+
+    // Offline: works from the trusted metadata, even with the server gone.
+    drop(serve);
+    let off = ok(&upkeep(
+        &[&common[..], &["search", "--offline", "--json"]].concat(),
+    ));
+    let v: serde_json::Value = serde_json::from_str(&off).unwrap();
+    assert_eq!(v["updates"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn bad_input_exits_2_with_the_wua_code() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = published_repo(tmp.path());
+    let root = dir.join("metadata/root.json");
+    let state = tmp.path().join("state");
+    let common = [
+        "--repo",
+        "http://127.0.0.1:9/",
+        "--trusted-root",
+        root.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+
+    let o = upkeep(
+        &[
+            &common[..],
+            &["search", "IsInstalled=0 and (IsHidden=0 or Type='Driver')"],
+        ]
+        .concat(),
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("WU_E_INVALID_CRITERIA (0x80240032)") && err.contains("position 30"),
+        "{err}"
+    );
+
+    let o = upkeep(&[&common[..], &["search", "Colour='red'", "--json"]].concat());
+    assert_eq!(o.status.code(), Some(2));
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stderr).trim()).unwrap();
+    assert_eq!(v["error"]["hresult"], "0x80240032");
+
+    // Unreachable repository: failure (1) with the connection code.
+    let o = upkeep(&[&common[..], &["search"]].concat());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("0x80244004"));
+
+    // Unknown flag, and a bad manifest.
+    assert_eq!(upkeep(&["search", "--frobnicate"]).status.code(), Some(2));
+    std::fs::write(tmp.path().join("m.toml"), "title = 1").unwrap();
+    let o = upkeep(&[
+        "repo",
+        "add",
+        dir.to_str().unwrap(),
+        "--manifest",
+        tmp.path().join("m.toml").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    // A severity that does not exist changes nothing.
+    let before = std::fs::read(dir.join("metadata/timestamp.json")).unwrap();
+    let o = upkeep(&[
+        "repo",
+        "add",
+        dir.to_str().unwrap(),
+        "--id",
+        "33333333-3333-4333-8333-333333333333",
+        "--title",
+        "x",
+        "--payload",
+        tmp.path().join("tools.tar").to_str().unwrap(),
+        "--handler",
+        "files",
+        "--severity",
+        "Meh",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        std::fs::read(dir.join("metadata/timestamp.json")).unwrap(),
+        before
+    );
+}
+
+#[test]
+fn show_of_an_unknown_update_exits_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = published_repo(tmp.path());
+    let serve = Serve::start(&dir);
+    let root = dir.join("metadata/root.json");
+    let state = tmp.path().join("state");
+    let o = upkeep(&[
+        "--repo",
+        &serve.1,
+        "--trusted-root",
+        root.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "show",
+        "99999999-9999-4999-8999-999999999999",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("WU_E_UNKNOWN_ID"));
+}
+
+#[test]
+fn the_demo_runs_and_cleans_up() {
+    let o = upkeep(&["demo"]);
+    let out = ok(&o);
+    assert!(
+        out.contains("Acme Tools 2.2") && out.contains("Demo finished"),
+        "{out}"
+    );
+    let removed = out.lines().find(|l| l.contains("removed ")).unwrap();
+    let path = removed.trim().trim_start_matches("removed ");
+    assert!(!Path::new(path).exists(), "{path} still exists");
+}
+
+#[test]
+fn a_config_file_supplies_the_settings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = published_repo(tmp.path());
+    let serve = Serve::start(&dir);
+    let cfg = tmp.path().join("upkeep.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "repository = {:?}\ntrusted_root = {:?}\nstate_dir = {:?}\n",
+            serve.1,
+            dir.join("metadata/root.json"),
+            tmp.path().join("state")
+        ),
+    )
+    .unwrap();
+    let out = ok(&upkeep(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "search",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["updates"].as_array().unwrap().len(), 2);
+    std::fs::write(&cfg, "repository = 3\n").unwrap();
+    assert_eq!(
+        upkeep(&["--config", cfg.to_str().unwrap(), "search"])
+            .status
+            .code(),
+        Some(2)
+    );
+}
