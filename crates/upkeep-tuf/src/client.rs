@@ -403,6 +403,16 @@ impl Client {
             let t = self.trusted.targets(&role).expect("just loaded");
             candidates.extend(t.targets.keys().cloned());
             if let Some(d) = &t.delegations {
+                if d.role_count() > (self.cfg.limits.max_catalog_roles - seen.len()) as u64 {
+                    out.warnings.push((
+                        role.clone(),
+                        Error::Limit(format!(
+                            "{role} delegates to {} roles, more than Limits::max_catalog_roles allows",
+                            d.role_count()
+                        )),
+                    ));
+                    continue;
+                }
                 let children: Vec<(String, String)> = d
                     .all_role_names()
                     .into_iter()

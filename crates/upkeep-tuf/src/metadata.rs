@@ -585,7 +585,17 @@ impl Delegations {
         Vec::new()
     }
 
-    /// Every role this delegates to, in order (all bins for succinct roles).
+    /// How many roles this delegates to (bins count one each), without listing them.
+    pub fn role_count(&self) -> u64 {
+        match (&self.roles, &self.succinct_roles) {
+            (Some(r), _) => r.len() as u64,
+            (None, Some(s)) => s.bin_count(),
+            (None, None) => 0,
+        }
+    }
+
+    /// Every role this delegates to, in order (all bins for succinct roles). Check
+    /// [`Delegations::role_count`] first: a hostile `bit_length` asks for 2^32 names.
     pub fn all_role_names(&self) -> Vec<String> {
         if let Some(roles) = &self.roles {
             return roles.iter().map(|r| r.name.clone()).collect();

@@ -442,3 +442,29 @@ fn a_corrupted_trusted_root_file_is_refused_at_session_build() {
     assert_eq!(e.hresult(), HResult::WU_E_INVALID_FILE);
     assert!(!state.path().join("s/metadata/root.json").exists());
 }
+
+#[test]
+fn a_huge_hashed_bin_delegation_is_refused_without_allocating_it() {
+    let mut sim = with_one_update();
+    let k = upkeep_tuf::SigningKey::from_seed([90; 32]);
+    let mut keys = std::collections::HashMap::new();
+    keys.insert(k.key_id().to_string(), k.public().clone());
+    sim.targets.delegations = Some(upkeep_tuf::metadata::Delegations {
+        keys,
+        roles: None,
+        succinct_roles: Some(upkeep_tuf::metadata::SuccinctRoles {
+            keyids: vec![k.key_id().into()],
+            threshold: 1,
+            bit_length: 32,
+            name_prefix: "bin".into(),
+            unrecognized: BTreeMap::new(),
+        }),
+        unrecognized: BTreeMap::new(),
+    });
+    sim.publish();
+    let f = Fixture::new(sim);
+    let r = f.session().create_update_searcher().search("").unwrap();
+    assert_eq!(r.result_code(), OperationResultCode::SucceededWithErrors);
+    assert!(r.warnings()[0].message.contains("max_catalog_roles"), "{:?}", r.warnings());
+    assert_eq!(r.warnings()[0].hresult, HResult::WU_E_OUTOFRANGE);
+}
