@@ -15,8 +15,8 @@ const TOOLS: Uuid = Uuid::from_u128(0x6d1f1d2e_0b5c_4c62_9a54_1f0a5e2b0001);
 const TOOLS_NEW: Uuid = Uuid::from_u128(0x6d1f1d2e_0b5c_4c62_9a54_1f0a5e2b0002);
 const AGENT: Uuid = Uuid::from_u128(0x6d1f1d2e_0b5c_4c62_9a54_1f0a5e2b0003);
 const FONTS: Uuid = Uuid::from_u128(0x6d1f1d2e_0b5c_4c62_9a54_1f0a5e2b0004);
-const CAT_TOOLS: Uuid = Uuid::from_u128(0x0c47_0000_0000_4000_8000_000000000001);
-const CAT_SECURITY: Uuid = Uuid::from_u128(0x0c47_0000_0000_4000_8000_000000000002);
+const CAT_TOOLS: Uuid = Uuid::from_u128(0x0000_0c47_0000_4000_8000_0000_0000_0001);
+const CAT_SECURITY: Uuid = Uuid::from_u128(0x0000_0c47_0000_4000_8000_0000_0000_0002);
 
 fn tarball(files: &[(&str, &[u8], u32)]) -> std::io::Result<Vec<u8>> {
     let mut b = tar::Builder::new(Vec::new());

@@ -28,7 +28,7 @@ pub enum RepoCommand {
         timestamp_expiry: Option<u64>,
     },
     /// Add an update (replacing any earlier revision of the same id) and publish.
-    Add(AddArgs),
+    Add(Box<AddArgs>),
     /// Remove an update and publish.
     Remove {
         /// Repository directory.

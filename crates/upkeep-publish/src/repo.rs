@@ -567,14 +567,9 @@ impl Repository {
         };
         let mut snapshot_meta = BTreeMap::new();
         // Work out the roles' contents.
-        let mut roles: Vec<(
-            String,
-            BTreeMap<String, TargetFile>,
-            Option<Delegations>,
-            &str,
-        )> = Vec::new();
+        let mut roles: Vec<PlannedRole> = Vec::new();
         if self.config.bins == 0 {
-            roles.push(("targets".into(), targets, None, "targets"));
+            roles.push(PlannedRole::new("targets", targets, None, "targets"));
         } else {
             let bits = self.config.bins.trailing_zeros();
             let bins_key = self.key(BINS_ROLE);
@@ -604,17 +599,23 @@ impl Repository {
                 succinct_roles: Some(succinct),
                 unrecognized: BTreeMap::new(),
             };
-            roles.push((
-                "targets".into(),
+            roles.push(PlannedRole::new(
+                "targets",
                 BTreeMap::new(),
                 Some(delegations),
                 "targets",
             ));
             for (name, t) in per_bin {
-                roles.push((name, t, None, BINS_ROLE));
+                roles.push(PlannedRole::new(&name, t, None, BINS_ROLE));
             }
         }
-        for (name, content, delegations, key_role) in roles {
+        for PlannedRole {
+            name,
+            content,
+            delegations,
+            key_role,
+        } in roles
+        {
             let old: Option<&Targets> = cur.and_then(|c| {
                 if name == "targets" {
                     Some(&c.targets)
@@ -683,6 +684,30 @@ impl Repository {
             .map_err(|e| repo_err(&md, e.to_string()))?;
         report.roles.push(("timestamp".into(), ts_v));
         Ok(report)
+    }
+}
+
+/// A targets role as the next publish will write it.
+struct PlannedRole {
+    name: String,
+    content: BTreeMap<String, TargetFile>,
+    delegations: Option<Delegations>,
+    key_role: &'static str,
+}
+
+impl PlannedRole {
+    fn new(
+        name: &str,
+        content: BTreeMap<String, TargetFile>,
+        delegations: Option<Delegations>,
+        key_role: &'static str,
+    ) -> Self {
+        PlannedRole {
+            name: name.to_string(),
+            content,
+            delegations,
+            key_role,
+        }
     }
 }
 

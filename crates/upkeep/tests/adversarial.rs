@@ -465,6 +465,10 @@ fn a_huge_hashed_bin_delegation_is_refused_without_allocating_it() {
     let f = Fixture::new(sim);
     let r = f.session().create_update_searcher().search("").unwrap();
     assert_eq!(r.result_code(), OperationResultCode::SucceededWithErrors);
-    assert!(r.warnings()[0].message.contains("max_catalog_roles"), "{:?}", r.warnings());
+    assert!(
+        r.warnings()[0].message.contains("max_catalog_roles"),
+        "{:?}",
+        r.warnings()
+    );
     assert_eq!(r.warnings()[0].hresult, HResult::WU_E_OUTOFRANGE);
 }

@@ -7,13 +7,28 @@ use upkeep::criteria::Criteria;
 fn criterion() -> impl Strategy<Value = String> {
     let guid = "[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-8[0-9a-f]{3}-[0-9a-f]{12}";
     prop_oneof![
-        prop::sample::select(vec!["IsInstalled", "IsHidden", "IsPresent", "RebootRequired", "IsAssigned", "BrowseOnly", "AutoSelectOnWebSites"])
-            .prop_flat_map(|p| (Just(p), 0..2u8, "[ ]{0,2}"))
-            .prop_map(|(p, v, ws)| format!("{p}{ws}={ws}{v}")),
-        (prop::sample::select(vec!["=", "!="]), prop::sample::select(vec!["Software", "Driver", "software"]))
+        prop::sample::select(vec![
+            "IsInstalled",
+            "IsHidden",
+            "IsPresent",
+            "RebootRequired",
+            "IsAssigned",
+            "BrowseOnly",
+            "AutoSelectOnWebSites"
+        ])
+        .prop_flat_map(|p| (Just(p), 0..2u8, "[ ]{0,2}"))
+        .prop_map(|(p, v, ws)| format!("{p}{ws}={ws}{v}")),
+        (
+            prop::sample::select(vec!["=", "!="]),
+            prop::sample::select(vec!["Software", "Driver", "software"])
+        )
             .prop_map(|(op, t)| format!("Type{op}'{t}'")),
-        prop::sample::select(vec!["Installation", "Uninstallation", "OptionalInstallation"])
-            .prop_map(|a| format!("DeploymentAction='{a}'")),
+        prop::sample::select(vec![
+            "Installation",
+            "Uninstallation",
+            "OptionalInstallation"
+        ])
+        .prop_map(|a| format!("DeploymentAction='{a}'")),
         guid.prop_map(|g| format!("CategoryIDs contains '{g}'")),
         (guid, 0..1000u32).prop_map(|(g, r)| format!("(UpdateID='{g}' and RevisionNumber={r})")),
     ]

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Interop between upkeep and python-tuf 7.x, both ways, over nginx on loopback.
+#   1. upkeep publishes (flat and 16 hashed bins); python-tuf's ngclient refreshes and
+#      downloads every target.
+#   2. python-tuf's Metadata API publishes by docs/repository-format.md; upkeep searches it.
+# Needs: nginx, a python with tuf==7.x ($PYTHON), an upkeep binary ($UPKEEP).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+UPKEEP=${UPKEEP:-$PWD/target/release/upkeep}
+PY=${PYTHON:-python3}
+work=$(mktemp -d /tmp/upkeep-interop.XXXXXX)
+nginx_pid=""
+cleanup() {
+  if [ -n "$nginx_pid" ]; then kill "$nginx_pid" 2>/dev/null || true; wait "$nginx_pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+port=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+mkdir -p "$work/www" "$work/nginx/logs"
+user_line=""
+[ "$(id -u)" = 0 ] && user_line="user root;"
+cat > "$work/nginx/nginx.conf" <<CONF
+$user_line
+worker_processes 1;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/logs/error.log;
+events { worker_connections 64; }
+http {
+  access_log off;
+  sendfile on;
+  default_type application/octet-stream;
+  server {
+    listen 127.0.0.1:$port;
+    root $work/www;
+    location ~ /keys/ { return 404; }
+  }
+}
+CONF
+nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
+nginx_pid=$!
+for _ in $(seq 1 100); do
+  if "$PY" -c "import socket,sys; socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null; then break; fi
+  sleep 0.05
+done
+base="http://127.0.0.1:$port"
+
+echo "== interop 1: upkeep publishes, python-tuf ngclient consumes"
+src="$work/src"; mkdir -p "$src"
+head -c 200000 /dev/urandom > "$src/tools.tar"
+printf '#!/bin/sh\nexit 3010\n' > "$src/setup.sh"
+printf 'licence\n' > "$src/EULA.txt"
+for layout in flat bins; do
+  repo="$work/www/$layout"
+  if [ "$layout" = bins ]; then "$UPKEEP" repo init "$repo" --bins 16 >/dev/null; else "$UPKEEP" repo init "$repo" >/dev/null; fi
+  "$UPKEEP" repo add "$repo" --id 11111111-1111-4111-8111-111111111111 --title "Tools" \
+    --payload "$src/tools.tar" --handler files --eula "$src/EULA.txt" >/dev/null
+  "$UPKEEP" repo add "$repo" --id 22222222-2222-4222-8222-222222222222 --title "Agent" \
+    --payload "$src/setup.sh" --handler command --arg install --uninstall-arg remove --reboot always >/dev/null
+  "$UPKEEP" repo publish "$repo" >/dev/null
+  cat > "$work/expected-$layout.json" <<JSON
+{
+  "updates/11111111-1111-4111-8111-111111111111/1/tools.tar": "$src/tools.tar",
+  "updates/11111111-1111-4111-8111-111111111111/1/eula/EULA.txt": "$src/EULA.txt",
+  "updates/22222222-2222-4222-8222-222222222222/1/setup.sh": "$src/setup.sh"
+}
+JSON
+  "$PY" interop/python_client.py "$base/$layout/" "$repo/metadata/1.root.json" "$work/expected-$layout.json"
+done
+
+echo "== interop 2: python-tuf publishes, upkeep searches"
+"$PY" interop/python_publisher.py "$work/www/py"
+out=$("$UPKEEP" --repo "$base/py/" --trusted-root "$work/www/py/metadata/1.root.json" \
+  --state-dir "$work/state-py" search "DeploymentAction='Installation'" --json)
+echo "$out" | "$PY" -c '
+import json, sys
+got = json.load(sys.stdin)
+want = json.load(open(sys.argv[1]))
+assert got["result_code"] == "Succeeded", got
+ids = sorted(u["id"] for u in got["updates"])
+titles = sorted(u["title"] for u in got["updates"])
+assert ids == want["ids"], (ids, want)
+assert titles == want["titles"], titles
+a = next(u for u in got["updates"] if u["title"] == "Published by python-tuf")
+assert a["severity"] == "Critical" and a["has_eula"] and a["kb_article_ids"] == ["4242"], a
+assert a["installation_behavior"]["reboot_behavior"] == "CanRequestReboot", a
+b = next(u for u in got["updates"] if u["title"] == "Delegated driver")
+assert b["type"] == "Driver" and b["handler"]["kind"] == "command", b
+print("upkeep found both python-tuf-published updates with every field")
+' "$work/www/py/expected.json"
+
+drv=$("$UPKEEP" --repo "$base/py/" --state-dir "$work/state-py" search "Type='Driver'" --json)
+echo "$drv" | "$PY" -c 'import json,sys; d=json.load(sys.stdin); assert len(d["updates"]) == 1, d'
+echo "interop: all checks passed"
