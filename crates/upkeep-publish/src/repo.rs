@@ -453,14 +453,18 @@ impl Repository {
     pub fn add_updates(&mut self, updates: Vec<NewUpdate>) -> Result<PublishReport, PublishError> {
         let cur = self.current()?;
         let mut targets = self.targets()?;
-        let mut seen = std::collections::HashSet::new();
-        for u in updates {
-            let id = u.metadata.id;
-            if !seen.insert(id) {
-                return Err(PublishError::Invalid(format!("update {id} is given twice")));
+        let mut ids = std::collections::HashSet::new();
+        for u in &updates {
+            if !ids.insert(u.metadata.id.to_string()) {
+                return Err(PublishError::Invalid(format!(
+                    "update {} is given twice",
+                    u.metadata.id
+                )));
             }
-            // Drop any earlier revision of the same update.
-            targets.retain(|path, _| !path.starts_with(&format!("updates/{id}/")));
+        }
+        // Drop every earlier revision of the updates being replaced, in one pass.
+        targets.retain(|path, _| update_id_of(path).is_none_or(|id| !ids.contains(id)));
+        for u in updates {
             for (path, info) in self.stage_update(u)? {
                 targets.insert(path, info);
             }
@@ -725,10 +729,15 @@ fn meta_version(version: u64) -> MetaFile {
     }
 }
 
+/// The update id of a path under `updates/<id>/…`.
+fn update_id_of(path: &str) -> Option<&str> {
+    path.strip_prefix("updates/")?.split('/').next()
+}
+
 /// The update record carried by a target, if it carries one.
 pub(crate) fn record_of(t: &TargetFile) -> Option<UpdateMetadata> {
-    let v = t.custom.as_ref()?.get("upkeep")?;
-    serde_json::from_value(v.clone()).ok()
+    let raw = t.custom.as_ref()?.member("upkeep")?;
+    serde_json::from_str(raw.get()).ok()
 }
 
 fn write_file(path: &Path, data: &[u8]) -> Result<(), PublishError> {

@@ -218,8 +218,12 @@ impl Client {
         std::fs::read(self.local_path(role)).ok()
     }
 
+    /// Stores verified metadata by rename. Root and timestamp are also flushed: a lost root
+    /// would strand the client, a lost timestamp would weaken rollback protection. Other roles
+    /// are not flushed; one lost to a power cut is fetched again.
     fn persist(&self, role: &str, data: &[u8]) -> Result<()> {
-        write_atomic(&self.local_path(role), data)
+        let durable = role == "root" || role == "timestamp";
+        write_file(&self.local_path(role), data, durable)
     }
 
     fn load_root(&mut self) -> Result<()> {
@@ -328,11 +332,18 @@ impl Client {
     /// refreshing first if needed. `None` if no trusted role lists it.
     pub fn target_info(&mut self, path: &str) -> Result<Option<TargetFile>> {
         self.refresh()?;
-        Ok(self.walk(path)?.map(|(_, t)| t))
+        let Some(role) = self.walk(path)? else {
+            return Ok(None);
+        };
+        Ok(self
+            .trusted
+            .targets(&role)
+            .and_then(|t| t.targets.get(path))
+            .cloned())
     }
 
-    /// The pre-order walk; returns the role that listed the target, too.
-    fn walk(&mut self, path: &str) -> Result<Option<(String, TargetFile)>> {
+    /// The pre-order walk; returns the role trusted for `path` that lists it.
+    fn walk(&mut self, path: &str) -> Result<Option<String>> {
         let mut stack: Vec<(String, String)> = vec![("targets".into(), "root".into())];
         let mut visited: HashSet<String> = HashSet::new();
         while visited.len() <= self.cfg.limits.max_delegations {
@@ -344,8 +355,8 @@ impl Client {
             }
             self.load_targets(&role, &parent)?;
             let targets = self.trusted.targets(&role).expect("just loaded");
-            if let Some(t) = targets.targets.get(path) {
-                return Ok(Some((role, t.clone())));
+            if targets.targets.contains_key(path) {
+                return Ok(Some(role));
             }
             visited.insert(role.clone());
             if let Some(d) = &targets.delegations {
@@ -374,8 +385,9 @@ impl Client {
     /// a hashed-bin delegation included) and returns every target from the role trusted for
     /// it. A role that fails to load is reported in `warnings` and its targets — and any
     /// target whose lookup passes through it — are left out; a failure of the top-level
-    /// roles is an error.
-    pub fn all_targets(&mut self) -> Result<CatalogTargets> {
+    /// roles is an error. Consumes the client: the targets are moved out of the trusted set,
+    /// not copied, which matters for catalogs of 100,000 updates.
+    pub fn all_targets(mut self) -> Result<CatalogTargets> {
         self.refresh()?;
         let mut out = CatalogTargets::default();
         let mut stack: Vec<(String, String)> = vec![("targets".into(), "root".into())];
@@ -423,16 +435,20 @@ impl Client {
         }
         let mut paths: Vec<String> = candidates.into_iter().collect();
         paths.sort_unstable();
+        let mut chosen: Vec<(String, String)> = Vec::with_capacity(paths.len());
         for path in paths {
             match self.walk(&path) {
-                Ok(Some((_, t))) => {
-                    out.targets.insert(path, t);
-                }
+                Ok(Some(role)) => chosen.push((path, role)),
                 Ok(None) => {}
                 Err(e) => tracing::debug!("{path} left out of the catalog: {e}"),
             }
         }
         out.roles_loaded = self.trusted.loaded_targets_count();
+        for (path, role) in chosen {
+            if let Some(t) = self.trusted.take_target(&role, &path) {
+                out.targets.insert(path, t);
+            }
+        }
         Ok(out)
     }
 
@@ -536,8 +552,13 @@ pub fn read_limited(mut reader: impl Read, max: u64, what: &str) -> Result<Vec<u
     Ok(buf)
 }
 
-/// Writes a file by temporary file and rename, so readers see the old or the new bytes.
+/// Writes a file by temporary file, `fdatasync` and rename, so readers see the old or the
+/// new bytes, and the new bytes survive a power cut.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    write_file(path, data, true)
+}
+
+fn write_file(path: &Path, data: &[u8], durable: bool) -> Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
@@ -545,7 +566,9 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let r = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(data)?;
-        f.sync_data()?;
+        if durable {
+            f.sync_data()?;
+        }
         std::fs::rename(&tmp, path)
     })();
     if let Err(e) = r {

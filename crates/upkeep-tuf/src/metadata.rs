@@ -322,6 +322,47 @@ impl Role for Snapshot {
     }
 }
 
+/// A target's `custom` object, kept as the JSON text received: big catalogs carry a record
+/// per target, and text is a fraction of the memory of a parsed tree. It serialises as the
+/// JSON value it holds (so canonical output stays canonical).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Custom(Box<str>);
+
+impl Custom {
+    /// Wraps a JSON value.
+    pub fn from_value(v: &serde_json::Value) -> Custom {
+        Custom(v.to_string().into_boxed_str())
+    }
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// The parsed value.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_str(&self.0).unwrap_or(serde_json::Value::Null)
+    }
+    /// The raw JSON of member `name`, if `custom` is an object that has it.
+    pub fn member(&self, name: &str) -> Option<&RawValue> {
+        let map: HashMap<&str, &RawValue> = serde_json::from_str(&self.0).ok()?;
+        map.get(name).copied()
+    }
+}
+
+impl Serialize for Custom {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
+        v.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Custom {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let raw = Box::<RawValue>::deserialize(d)?;
+        Ok(Custom(raw.get().into()))
+    }
+}
+
 /// A target file's signed description.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TargetFile {
@@ -331,7 +372,7 @@ pub struct TargetFile {
     pub hashes: BTreeMap<String, String>,
     /// Application data (upkeep keeps update metadata here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub custom: Option<serde_json::Value>,
+    pub custom: Option<Custom>,
     /// Other fields.
     #[serde(flatten)]
     pub unrecognized: BTreeMap<String, serde_json::Value>,
@@ -340,6 +381,7 @@ pub struct TargetFile {
 impl TargetFile {
     /// A description of `data` with sha256 and sha512 hashes.
     pub fn from_data(data: &[u8], custom: Option<serde_json::Value>) -> TargetFile {
+        let custom = custom.as_ref().map(Custom::from_value);
         let mut hashes = BTreeMap::new();
         hashes.insert("sha256".into(), hex::encode(Sha256::digest(data)));
         hashes.insert("sha512".into(), hex::encode(Sha512::digest(data)));

@@ -75,6 +75,17 @@ impl TrustedSet {
     pub fn targets(&self, role: &str) -> Option<&Targets> {
         self.targets.get(role).map(|l| &l.envelope.signed)
     }
+    /// Moves a target's description out of a loaded role (used once the set is done with,
+    /// to build a catalog without copying it).
+    pub(crate) fn take_target(&mut self, role: &str, path: &str) -> Option<metadata::TargetFile> {
+        self.targets
+            .get_mut(role)?
+            .envelope
+            .signed
+            .targets
+            .remove(path)
+    }
+
     /// Number of loaded targets roles.
     pub fn loaded_targets_count(&self) -> usize {
         self.targets.len()

@@ -45,7 +45,7 @@ impl Catalog {
         }
         let mut chosen: BTreeMap<Uuid, Update> = BTreeMap::new();
         for (path, t) in &all.targets {
-            let Some(value) = t.custom.as_ref().and_then(|c| c.get("upkeep")) else {
+            let Some(raw) = t.custom.as_ref().and_then(|c| c.member("upkeep")) else {
                 continue;
             };
             let warn = |cat: &mut Catalog, msg: String| {
@@ -54,7 +54,7 @@ impl Catalog {
                     hresult: HResult::WU_E_INVALID_UPDATE,
                 })
             };
-            let m: UpdateMetadata = match serde_json::from_value(value.clone()) {
+            let m: UpdateMetadata = match serde_json::from_str(raw.get()) {
                 Ok(m) => m,
                 Err(e) => {
                     warn(&mut cat, format!("update record does not parse: {e}"));
