@@ -123,7 +123,10 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
                 .search(criteria.as_deref().unwrap_or(""))
                 .map_err(|e| Exit::from_error(&e, json))?;
             output::print_search(&result, json);
-            Ok(Exit::for_result(result.result_code()))
+            let code = Exit::for_result(result.result_code());
+            // The process exits next: skip freeing what may be a 100,000-update catalog.
+            std::mem::forget((session, searcher, result));
+            Ok(code)
         }
         Command::Show { id, json, offline } => {
             let session = cli

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::error::{Error, Result, TransportError};
-use crate::metadata::TargetFile;
+use crate::metadata::{Envelope, TargetFile, Targets};
 use crate::reader::TargetReader;
 use crate::trusted::TrustedSet;
 
@@ -34,6 +34,9 @@ pub struct Limits {
     pub snapshot_max_length: u64,
     /// Bytes read for a targets role without a signed length. Default 64 MiB.
     pub targets_max_length: u64,
+    /// Sibling roles (hashed bins) fetched and verified at once while enumerating the
+    /// catalog. Default 4; 1 loads them one by one.
+    pub parallel_fetches: usize,
 }
 
 impl Default for Limits {
@@ -46,6 +49,7 @@ impl Default for Limits {
             timestamp_max_length: 16 * 1024,
             snapshot_max_length: 32 << 20,
             targets_max_length: 64 << 20,
+            parallel_fetches: 4,
         }
     }
 }
@@ -310,9 +314,17 @@ impl Client {
         if self.failed_roles.contains(role) {
             return Err(Error::State(format!("{role} failed to load earlier")));
         }
+        let env = self.fetch_and_verify(role, delegator)?;
+        self.trusted.insert_verified(role, delegator, env);
+        Ok(())
+    }
+
+    /// The local copy of `role` if it is still valid, otherwise the remote one (persisted
+    /// once verified). Changes nothing in the trusted set, so it can run on several threads.
+    fn fetch_and_verify(&self, role: &str, delegator: &str) -> Result<Envelope<Targets>> {
         if let Some(local) = self.read_local(role) {
-            match self.trusted.update_targets(&local, role, delegator) {
-                Ok(()) => return Ok(()),
+            match self.trusted.verify_targets(&local, role, delegator) {
+                Ok(env) => return Ok(env),
                 Err(e) => tracing::debug!("local {role} not usable: {e}"),
             }
         }
@@ -324,8 +336,49 @@ impl Client {
             .consistent_snapshot
             .then_some(meta.version);
         let data = signed_length(self.fetch_metadata(role, max, version), meta.length)?;
-        self.trusted.update_targets(&data, role, delegator)?;
-        self.persist(role, &data)
+        let env = self.trusted.verify_targets(&data, role, delegator)?;
+        self.persist(role, &data)?;
+        Ok(env)
+    }
+
+    /// Loads many sibling roles at once (hashed bins) on a few threads: fetching overlaps
+    /// and verification uses both cores. Failures are left for the in-order walk to meet
+    /// and report, so errors and their order do not depend on this.
+    fn prefetch(&mut self, delegator: &str, children: &[String]) {
+        let todo: Vec<&String> = children
+            .iter()
+            .filter(|c| self.trusted.targets(c).is_none() && !self.failed_roles.contains(*c))
+            .collect();
+        if todo.len() < 2 || self.cfg.limits.parallel_fetches < 2 {
+            return;
+        }
+        let workers = self.cfg.limits.parallel_fetches.min(todo.len());
+        let this = &*self;
+        let loaded: Vec<(String, Envelope<Targets>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..workers)
+                .map(|w| {
+                    let todo = &todo;
+                    s.spawn(move || {
+                        todo.iter()
+                            .skip(w)
+                            .step_by(workers)
+                            .filter_map(|role| {
+                                this.fetch_and_verify(role, delegator)
+                                    .ok()
+                                    .map(|env| (role.to_string(), env))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        for (role, env) in loaded {
+            self.trusted.insert_verified(&role, delegator, env);
+        }
     }
 
     /// Finds the signed description of `path` by the lazy pre-order delegation search,
@@ -425,14 +478,15 @@ impl Client {
                     ));
                     continue;
                 }
-                let children: Vec<(String, String)> = d
-                    .all_role_names()
-                    .into_iter()
-                    .map(|c| (c, role.clone()))
-                    .collect();
-                stack.extend(children.into_iter().rev());
+                let names = d.all_role_names();
+                self.prefetch(&role, &names);
+                stack.extend(names.into_iter().rev().map(|c| (c, role.clone())));
             }
         }
+        tracing::debug!(
+            roles = self.trusted.loaded_targets_count(),
+            "every role loaded; resolving paths"
+        );
         let mut paths: Vec<String> = candidates.into_iter().collect();
         paths.sort_unstable();
         let mut chosen: Vec<(String, String)> = Vec::with_capacity(paths.len());
@@ -444,6 +498,7 @@ impl Client {
             }
         }
         out.roles_loaded = self.trusted.loaded_targets_count();
+        tracing::debug!(targets = chosen.len(), "paths resolved");
         for (path, role) in chosen {
             if let Some(t) = self.trusted.take_target(&role, &path) {
                 out.targets.insert(path, t);

@@ -754,11 +754,21 @@ pub fn parse<T: Role>(role: &str, data: &[u8]) -> Result<Envelope<T>> {
         return Err(Error::parse(role, "two signatures carry the same key id"));
     }
     let raw = env.signed.get().as_bytes();
-    // Check the type first so that a wrong role gives a clear message.
-    let common: Common =
-        serde_json::from_slice(raw).map_err(|e| Error::parse(role, e.to_string()))?;
-    common.check(T::TYPE).map_err(|e| Error::parse(role, e))?;
-    let signed: T = serde_json::from_slice(raw).map_err(|e| Error::parse(role, e.to_string()))?;
+    let signed: T = match serde_json::from_slice(raw) {
+        Ok(s) => s,
+        Err(e) => {
+            // Explain a wrong type or header before a field-level error (one more scan,
+            // only on failure).
+            let common: Common =
+                serde_json::from_slice(raw).map_err(|_| Error::parse(role, e.to_string()))?;
+            common.check(T::TYPE).map_err(|c| Error::parse(role, c))?;
+            return Err(Error::parse(role, e.to_string()));
+        }
+    };
+    signed
+        .common()
+        .check(T::TYPE)
+        .map_err(|e| Error::parse(role, e))?;
     signed.validate().map_err(|e| Error::parse(role, e))?;
     Ok(Envelope {
         signed,

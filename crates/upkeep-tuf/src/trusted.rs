@@ -264,6 +264,20 @@ impl TrustedSet {
     /// Accepts targets metadata for `role`, delegated by `delegator` (`"root"` for the
     /// top-level targets role).
     pub fn update_targets(&mut self, data: &[u8], role: &str, delegator: &str) -> Result<()> {
+        let env = self.verify_targets(data, role, delegator)?;
+        self.insert_verified(role, delegator, env);
+        Ok(())
+    }
+
+    /// Every check of [`TrustedSet::update_targets`] without changing the set, so several
+    /// roles can be verified at once on other threads; add the result with
+    /// [`TrustedSet::insert_verified`].
+    pub fn verify_targets(
+        &self,
+        data: &[u8],
+        role: &str,
+        delegator: &str,
+    ) -> Result<Envelope<Targets>> {
         if self.snapshot.is_none() {
             return Err(Error::State("cannot load targets before snapshot".into()));
         }
@@ -281,16 +295,21 @@ impl TrustedSet {
             });
         }
         expired(role, &new.signed.common, self.reference_time)?;
+        Ok(new)
+    }
+
+    /// Adds targets metadata that [`TrustedSet::verify_targets`] accepted for the same role
+    /// and delegator.
+    pub fn insert_verified(&mut self, role: &str, delegator: &str, envelope: Envelope<Targets>) {
         let mut verified_by = HashSet::new();
         verified_by.insert(delegator.to_string());
         self.targets.insert(
             role.to_string(),
             LoadedTargets {
-                envelope: new,
+                envelope,
                 verified_by,
             },
         );
-        Ok(())
     }
 
     /// True if `role` is loaded and trusted through `delegator`; verifies it against that

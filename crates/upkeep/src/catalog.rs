@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use upkeep_tuf::metadata::Custom;
 use upkeep_tuf::{CatalogTargets, TargetFile};
 use upkeep_types::{ContentFile, HResult, Update, UpdateMetadata, UpdateState};
 use uuid::Uuid;
@@ -34,8 +35,9 @@ fn content_file(path: &str, t: &TargetFile) -> ContentFile {
 }
 
 impl Catalog {
-    /// Builds the catalog from every trusted target.
-    pub fn build(all: &CatalogTargets) -> Catalog {
+    /// Builds the catalog from every trusted target. Records are parsed on all cores, and
+    /// each record's text is freed once parsed.
+    pub fn build(mut all: CatalogTargets) -> Catalog {
         let mut cat = Catalog::default();
         for (role, e) in &all.warnings {
             cat.warnings.push(UpdateException {
@@ -43,19 +45,24 @@ impl Catalog {
                 hresult: crate::error::tuf_hresult(e),
             });
         }
+        // Move the custom texts out; the targets stay for resolving content paths.
+        let records: Vec<(String, Custom)> = all
+            .targets
+            .iter_mut()
+            .filter_map(|(path, t)| t.custom.take().map(|c| (path.clone(), c)))
+            .collect();
+        let parsed = parse_records(records);
         let mut chosen: BTreeMap<Uuid, Update> = BTreeMap::new();
-        for (path, t) in &all.targets {
-            let Some(raw) = t.custom.as_ref().and_then(|c| c.member("upkeep")) else {
-                continue;
-            };
+        for (path, result) in parsed {
             let warn = |cat: &mut Catalog, msg: String| {
                 cat.warnings.push(UpdateException {
                     message: format!("target {path}: {msg}"),
                     hresult: HResult::WU_E_INVALID_UPDATE,
                 })
             };
-            let m: UpdateMetadata = match serde_json::from_str(raw.get()) {
-                Ok(m) => m,
+            let m = match result {
+                Ok(Some(m)) => m,
+                Ok(None) => continue,
                 Err(e) => {
                     warn(&mut cat, format!("update record does not parse: {e}"));
                     continue;
@@ -86,14 +93,11 @@ impl Catalog {
                 continue;
             }
             let resolve = |p: &String| content_file(p, &all.targets[p]);
-            let entry = Update::new(
-                m.clone(),
-                m.content.iter().map(resolve).collect(),
-                m.eula.as_ref().map(resolve),
-                m.bootstrapper.as_ref().map(resolve),
-                UpdateState::default(),
-            );
+            let content = m.content.iter().map(resolve).collect();
+            let eula = m.eula.as_ref().map(resolve);
+            let boot = m.bootstrapper.as_ref().map(resolve);
             let (id, rev) = (m.id, m.revision);
+            let entry = Update::new(m, content, eula, boot, UpdateState::default());
             match chosen.get(&id) {
                 Some(old) if old.identity().revision_number >= rev => {
                     if old.identity().revision_number == rev {
@@ -108,6 +112,10 @@ impl Catalog {
                 }
             }
         }
+        // 100,000 targets take a while to free; nobody waits for that.
+        let _ = std::thread::Builder::new()
+            .name("upkeep-free".into())
+            .spawn(move || drop(all));
         // Newest release first, then title, so output is stable.
         let mut entries: Vec<Update> = chosen.into_values().collect();
         entries.sort_by(|a, b| {
@@ -145,4 +153,47 @@ impl Catalog {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+}
+
+/// `custom` with an optional upkeep record; other members are the publisher's business.
+#[derive(serde::Deserialize)]
+struct WithRecord {
+    upkeep: Option<UpdateMetadata>,
+}
+
+type Parsed = (String, Result<Option<UpdateMetadata>, String>);
+
+/// Parses records on up to four threads, keeping their order.
+fn parse_records(records: Vec<(String, Custom)>) -> Vec<Parsed> {
+    let parse_one = |(path, custom): (String, Custom)| -> Parsed {
+        let r = serde_json::from_str::<WithRecord>(custom.as_str())
+            .map(|w| w.upkeep)
+            .map_err(|e| e.to_string());
+        (path, r)
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4);
+    if threads < 2 || records.len() < 1024 {
+        return records.into_iter().map(parse_one).collect();
+    }
+    let chunk = records.len().div_ceil(threads);
+    let mut chunks: Vec<Vec<(String, Custom)>> = Vec::with_capacity(threads);
+    let mut rest = records;
+    while rest.len() > chunk {
+        let tail = rest.split_off(chunk);
+        chunks.push(rest);
+        rest = tail;
+    }
+    chunks.push(rest);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|c| s.spawn(move || c.into_iter().map(parse_one).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("parsing a record does not panic"))
+            .collect()
+    })
 }

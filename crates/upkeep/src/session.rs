@@ -247,8 +247,10 @@ impl UpdateSession {
             offline: !online,
             timestamp_first: true,
         };
+        let started = std::time::Instant::now();
         let mut client = Client::new(cfg, self.inner.transport.clone())?;
         client.refresh()?;
+        tracing::debug!(elapsed = ?started.elapsed(), "top-level metadata refreshed");
         let t = client.trusted();
         let key = (
             t.root().common.version,
@@ -263,9 +265,11 @@ impl UpdateSession {
         tracing::debug!(
             targets = all.targets.len(),
             roles = all.roles_loaded,
-            "catalog loaded"
+            elapsed = ?started.elapsed(),
+            "every targets role loaded"
         );
-        let cat = Arc::new(Catalog::build(&all));
+        let cat = Arc::new(Catalog::build(all));
+        tracing::debug!(updates = cat.len(), elapsed = ?started.elapsed(), "catalog built");
         *cache = Some((key, cat.clone()));
         Ok(cat)
     }
