@@ -15,6 +15,11 @@ use upkeep::{Error, HResult, UpdateSession};
 
 use crate::exit::Exit;
 
+/// mimalloc instead of glibc malloc: glibc keeps a heap per thread, and the threads that load
+/// hashed bins left ~140 MB of freed memory stranded in theirs on a 100,000-update catalog.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// upkeep: an update agent with the Windows Update Agent's model over a TUF-signed
 /// repository.
 #[derive(Parser, Debug)]

@@ -528,7 +528,7 @@ impl Repository {
         let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
         let d = self.targets_dir().join(dir);
         std::fs::create_dir_all(&d).map_err(|e| io(&d, e))?;
-        let file = d.join(format!("{}.{name}", info.hashes["sha256"]));
+        let file = d.join(format!("{}.{name}", &info.hashes["sha256"]));
         if file.exists() {
             return Ok(()); // content-addressed: same name, same bytes
         }
@@ -661,9 +661,9 @@ impl Repository {
         write_file(&md.join(format!("{snap_v}.snapshot.json")), &snap_bytes)?;
         report.roles.push(("snapshot".into(), snap_v));
         let ts_v = cur.map_or(1, |c| c.timestamp_version + 1);
-        let mut hashes = BTreeMap::new();
+        let mut hashes = metadata::Hashes::new();
         hashes.insert(
-            "sha256".to_string(),
+            "sha256",
             metadata::digest_bytes("sha256", &snap_bytes).expect("sha256 is supported"),
         );
         let mut ts_meta = BTreeMap::new();

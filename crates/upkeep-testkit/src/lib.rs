@@ -289,7 +289,7 @@ impl RepoSim {
             let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
             let d = self.dir.path().join("targets").join(dir);
             std::fs::create_dir_all(&d).expect("mkdir");
-            std::fs::write(d.join(format!("{}.{name}", info.hashes["sha256"])), data)
+            std::fs::write(d.join(format!("{}.{name}", &info.hashes["sha256"])), data)
                 .expect("write");
             std::fs::write(d.join(name), data).expect("write");
         }
@@ -326,9 +326,9 @@ impl RepoSim {
 
     /// Points the timestamp at `snapshot_bytes`, signs and writes `timestamp.json`.
     pub fn write_timestamp_for(&mut self, snapshot_bytes: &[u8]) -> Vec<u8> {
-        let mut hashes = BTreeMap::new();
+        let mut hashes = metadata::Hashes::new();
         hashes.insert(
-            "sha256".to_string(),
+            "sha256",
             metadata::digest_bytes("sha256", snapshot_bytes).expect("sha256"),
         );
         self.timestamp.meta.insert(

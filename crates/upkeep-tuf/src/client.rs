@@ -308,23 +308,34 @@ impl Client {
     }
 
     fn load_targets(&mut self, role: &str, delegator: &str) -> Result<()> {
-        if self.trusted.check_loaded_through(role, delegator)? {
+        let path = self.local_path(role);
+        if self
+            .trusted
+            .check_loaded_through(role, delegator, || std::fs::read(&path).ok())?
+        {
             return Ok(());
         }
         if self.failed_roles.contains(role) {
             return Err(Error::State(format!("{role} failed to load earlier")));
         }
-        let env = self.fetch_and_verify(role, delegator)?;
-        self.trusted.insert_verified(role, delegator, env);
+        let (env, digest) = self.fetch_and_verify(role, delegator)?;
+        self.trusted.insert_verified(role, delegator, env, digest);
         Ok(())
     }
 
     /// The local copy of `role` if it is still valid, otherwise the remote one (persisted
     /// once verified). Changes nothing in the trusted set, so it can run on several threads.
-    fn fetch_and_verify(&self, role: &str, delegator: &str) -> Result<Envelope<Targets>> {
+    fn fetch_and_verify(
+        &self,
+        role: &str,
+        delegator: &str,
+    ) -> Result<(Envelope<Targets>, [u8; 32])> {
         if let Some(local) = self.read_local(role) {
             match self.trusted.verify_targets(&local, role, delegator) {
-                Ok(env) => return Ok(env),
+                Ok(mut env) => {
+                    env.release_raw();
+                    return Ok((env, crate::trusted::digest(&local)));
+                }
                 Err(e) => tracing::debug!("local {role} not usable: {e}"),
             }
         }
@@ -336,9 +347,10 @@ impl Client {
             .consistent_snapshot
             .then_some(meta.version);
         let data = signed_length(self.fetch_metadata(role, max, version), meta.length)?;
-        let env = self.trusted.verify_targets(&data, role, delegator)?;
+        let mut env = self.trusted.verify_targets(&data, role, delegator)?;
+        env.release_raw();
         self.persist(role, &data)?;
-        Ok(env)
+        Ok((env, crate::trusted::digest(&data)))
     }
 
     /// Loads many sibling roles at once (hashed bins) on a few threads: fetching overlaps
@@ -354,7 +366,7 @@ impl Client {
         }
         let workers = self.cfg.limits.parallel_fetches.min(todo.len());
         let this = &*self;
-        let loaded: Vec<(String, Envelope<Targets>)> = std::thread::scope(|s| {
+        let loaded: Vec<(String, (Envelope<Targets>, [u8; 32]))> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..workers)
                 .map(|w| {
                     let todo = &todo;
@@ -376,8 +388,8 @@ impl Client {
                 .flat_map(|h| h.join().unwrap_or_default())
                 .collect()
         });
-        for (role, env) in loaded {
-            self.trusted.insert_verified(&role, delegator, env);
+        for (role, (env, digest)) in loaded {
+            self.trusted.insert_verified(&role, delegator, env, digest);
         }
     }
 
@@ -524,7 +536,7 @@ impl Client {
             }
         }
         if self.trusted.root().consistent_snapshot {
-            if let Some(h) = info.hashes.values().next() {
+            if let Some((_, h)) = info.hashes.iter().next() {
                 url.push_str(h);
                 url.push('.');
             }

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256, Sha512};
 use crate::canonical::to_canonical;
 use crate::error::{Error, Result};
 use crate::keys::{Key, SigningKey};
+pub use upkeep_types::Hashes;
 
 /// The specification version this implementation writes.
 pub const SPEC_VERSION: &str = "1.0.31";
@@ -48,6 +49,7 @@ pub struct Envelope<T> {
     pub signatures: Vec<Signature>,
     /// The bytes of `signed` as received.
     raw_signed: Vec<u8>,
+    raw_released: bool,
 }
 
 /// What a role payload must provide for the generic checks.
@@ -194,7 +196,7 @@ pub struct MetaFile {
     pub length: Option<u64>,
     /// Its hashes, if listed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hashes: Option<BTreeMap<String, String>>,
+    pub hashes: Option<Hashes>,
     /// Other fields.
     #[serde(flatten)]
     pub unrecognized: BTreeMap<String, serde_json::Value>,
@@ -240,10 +242,10 @@ pub fn digest_bytes(alg: &str, data: &[u8]) -> Option<String> {
 /// Checks every listed hash; an algorithm this build does not support fails the check.
 pub fn verify_hashes(
     what: &str,
-    hashes: &BTreeMap<String, String>,
+    hashes: &Hashes,
     mut digest: impl FnMut(&str) -> Option<String>,
 ) -> Result<()> {
-    for (alg, expected) in hashes {
+    for (alg, expected) in hashes.iter() {
         match digest(alg) {
             None => {
                 return Err(Error::LengthOrHash {
@@ -369,7 +371,7 @@ pub struct TargetFile {
     /// Length in bytes.
     pub length: u64,
     /// Hashes, algorithm → hex.
-    pub hashes: BTreeMap<String, String>,
+    pub hashes: Hashes,
     /// Application data (upkeep keeps update metadata here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom: Option<Custom>,
@@ -382,9 +384,9 @@ impl TargetFile {
     /// A description of `data` with sha256 and sha512 hashes.
     pub fn from_data(data: &[u8], custom: Option<serde_json::Value>) -> TargetFile {
         let custom = custom.as_ref().map(Custom::from_value);
-        let mut hashes = BTreeMap::new();
-        hashes.insert("sha256".into(), hex::encode(Sha256::digest(data)));
-        hashes.insert("sha512".into(), hex::encode(Sha512::digest(data)));
+        let mut hashes = Hashes::new();
+        hashes.insert("sha256", hex::encode(Sha256::digest(data)));
+        hashes.insert("sha512", hex::encode(Sha512::digest(data)));
         TargetFile {
             length: data.len() as u64,
             hashes,
@@ -774,10 +776,18 @@ pub fn parse<T: Role>(role: &str, data: &[u8]) -> Result<Envelope<T>> {
         signed,
         signatures: env.signatures,
         raw_signed: raw.to_vec(),
+        raw_released: false,
     })
 }
 
 impl<T> Envelope<T> {
+    /// Frees the received bytes once they are verified (large catalogs hold thousands of
+    /// roles). A released envelope can no longer be verified.
+    pub fn release_raw(&mut self) {
+        self.raw_signed = Vec::new();
+        self.raw_released = true;
+    }
+
     /// Verifies that at least `threshold` distinct keys of `role_keys` signed this payload.
     pub fn verify(
         &self,
@@ -785,6 +795,11 @@ impl<T> Envelope<T> {
         keys: &HashMap<String, Key>,
         role_keys: &RoleKeys,
     ) -> Result<()> {
+        if self.raw_released {
+            return Err(Error::State(format!(
+                "{role}: received bytes were released"
+            )));
+        }
         // Fast path: the received bytes are what was signed (true for canonical encoders).
         let valid = count_valid(&self.raw_signed, &self.signatures, keys, role_keys);
         if valid >= role_keys.threshold as usize {

@@ -27,8 +27,8 @@ impl<R: Read> TargetReader<R> {
     pub fn new(what: &str, info: &TargetFile, inner: R) -> Result<Self> {
         let mut sha256 = None;
         let mut sha512 = None;
-        for (alg, hex) in &info.hashes {
-            match alg.as_str() {
+        for (alg, hex) in info.hashes.iter() {
+            match alg {
                 "sha256" => sha256 = Some((Sha256::new(), hex.to_ascii_lowercase())),
                 "sha512" => sha512 = Some((Sha512::new(), hex.to_ascii_lowercase())),
                 other => {
@@ -195,7 +195,7 @@ mod tests {
     fn unknown_algorithm_is_refused_before_reading() {
         let mut info = TargetFile::from_data(b"abc", None);
         let v = info.hashes.remove("sha512").unwrap();
-        info.hashes.insert("blake9".into(), v);
+        info.hashes.insert("blake9", v);
         assert!(TargetReader::new("t", &info, &b"abc"[..]).is_err());
     }
 }

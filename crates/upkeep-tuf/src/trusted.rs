@@ -10,13 +10,16 @@ use crate::error::{Error, Result};
 use crate::metadata::{self, Envelope, RoleKeys, Root, Snapshot, Targets, Timestamp};
 
 /// A delegated or top-level targets role that has been verified, with the delegators it was
-/// verified against (a role reached through another delegator is verified again).
+/// verified against (a role reached through another delegator is verified again, from the
+/// same bytes: their SHA-256 is kept instead of the bytes themselves).
 #[derive(Debug, Clone)]
 pub struct LoadedTargets {
-    /// The verified envelope.
+    /// The verified envelope (received bytes released).
     pub envelope: Envelope<Targets>,
     /// Delegators whose keys verified it.
     pub verified_by: HashSet<String>,
+    /// SHA-256 of the file the envelope came from.
+    pub digest: [u8; 32],
 }
 
 /// Trusted metadata of one update.
@@ -265,7 +268,7 @@ impl TrustedSet {
     /// top-level targets role).
     pub fn update_targets(&mut self, data: &[u8], role: &str, delegator: &str) -> Result<()> {
         let env = self.verify_targets(data, role, delegator)?;
-        self.insert_verified(role, delegator, env);
+        self.insert_verified(role, delegator, env, digest(data));
         Ok(())
     }
 
@@ -299,8 +302,15 @@ impl TrustedSet {
     }
 
     /// Adds targets metadata that [`TrustedSet::verify_targets`] accepted for the same role
-    /// and delegator.
-    pub fn insert_verified(&mut self, role: &str, delegator: &str, envelope: Envelope<Targets>) {
+    /// and delegator; `digest` is the SHA-256 of the bytes it was verified from.
+    pub fn insert_verified(
+        &mut self,
+        role: &str,
+        delegator: &str,
+        mut envelope: Envelope<Targets>,
+        digest: [u8; 32],
+    ) {
+        envelope.release_raw();
         let mut verified_by = HashSet::new();
         verified_by.insert(delegator.to_string());
         self.targets.insert(
@@ -308,21 +318,32 @@ impl TrustedSet {
             LoadedTargets {
                 envelope,
                 verified_by,
+                digest,
             },
         );
     }
 
-    /// True if `role` is loaded and trusted through `delegator`; verifies it against that
-    /// delegator's keys the first time it is reached through it.
-    pub fn check_loaded_through(&mut self, role: &str, delegator: &str) -> Result<bool> {
+    /// True if `role` is loaded and trusted through `delegator`. The first time it is reached
+    /// through another delegator, its bytes (from `reread`, checked against the digest of the
+    /// bytes first verified) are verified against that delegator's keys.
+    pub fn check_loaded_through(
+        &mut self,
+        role: &str,
+        delegator: &str,
+        reread: impl FnOnce() -> Option<Vec<u8>>,
+    ) -> Result<bool> {
         let Some(loaded) = self.targets.get(role) else {
             return Ok(false);
         };
         if loaded.verified_by.contains(delegator) {
             return Ok(true);
         }
+        let data = reread()
+            .filter(|d| digest(d) == loaded.digest)
+            .ok_or_else(|| Error::State(format!("{role} changed on disk since it was verified")))?;
+        let env: Envelope<Targets> = metadata::parse(role, &data)?;
         let (keys, rk) = self.delegation_keys(role, delegator)?;
-        loaded.envelope.verify(role, &keys, &rk)?;
+        env.verify(role, &keys, &rk)?;
         self.targets
             .get_mut(role)
             .expect("present")
@@ -330,6 +351,12 @@ impl TrustedSet {
             .insert(delegator.to_string());
         Ok(true)
     }
+}
+
+/// SHA-256 of a metadata file.
+pub fn digest(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).into()
 }
 
 fn root_role(root: &Root, role: &str) -> Result<RoleKeys> {

@@ -7,9 +7,11 @@
 //! [`UpdateCollection`]. It does no I/O.
 
 mod enums;
+mod hashes;
 mod hresult;
 mod update;
 
 pub use enums::*;
+pub use hashes::Hashes;
 pub use hresult::*;
 pub use update::*;

@@ -5,7 +5,6 @@
 //! the verified content files and the per-machine state seen when the search ran, behind an
 //! `Arc`, so cloning is cheap.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -306,7 +305,7 @@ pub struct ContentFile {
     /// The signed length in bytes.
     pub length: u64,
     /// Signed hashes, algorithm → lowercase hex.
-    pub hashes: BTreeMap<String, String>,
+    pub hashes: crate::Hashes,
 }
 
 /// Per-machine facts about an update, as they were when the search ran.

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use upkeep_tuf::metadata::Custom;
-use upkeep_tuf::{CatalogTargets, TargetFile};
+use upkeep_tuf::CatalogTargets;
 use upkeep_types::{ContentFile, HResult, Update, UpdateMetadata, UpdateState};
 use uuid::Uuid;
 
@@ -26,14 +26,6 @@ pub struct Catalog {
     warnings: Vec<UpdateException>,
 }
 
-fn content_file(path: &str, t: &TargetFile) -> ContentFile {
-    ContentFile {
-        path: path.to_string(),
-        length: t.length,
-        hashes: t.hashes.clone(),
-    }
-}
-
 impl Catalog {
     /// Builds the catalog from every trusted target. Records are parsed on all cores, and
     /// each record's text is freed once parsed.
@@ -53,6 +45,19 @@ impl Catalog {
             .collect();
         let parsed = parse_records(records);
         let mut chosen: BTreeMap<Uuid, Update> = BTreeMap::new();
+        // Content files are moved out of `all.targets` on their last use (copied before
+        // that when updates share one), so nothing is held twice.
+        let mut uses: HashMap<String, u32> = HashMap::new();
+        for m in parsed.iter().filter_map(|(_, r)| r.as_ref().ok()).flatten() {
+            for p in m
+                .content
+                .iter()
+                .chain(m.eula.iter())
+                .chain(m.bootstrapper.iter())
+            {
+                *uses.entry(p.clone()).or_default() += 1;
+            }
+        }
         for (path, result) in parsed {
             let warn = |cat: &mut Catalog, msg: String| {
                 cat.warnings.push(UpdateException {
@@ -92,10 +97,27 @@ impl Catalog {
                 );
                 continue;
             }
-            let resolve = |p: &String| content_file(p, &all.targets[p]);
-            let content = m.content.iter().map(resolve).collect();
-            let eula = m.eula.as_ref().map(resolve);
-            let boot = m.bootstrapper.as_ref().map(resolve);
+            let mut resolve = |p: &String| {
+                let left = uses.get_mut(p).map(|n| {
+                    *n -= 1;
+                    *n
+                });
+                let (length, hashes) = if left == Some(0) {
+                    let t = all.targets.remove(p).expect("checked above");
+                    (t.length, t.hashes)
+                } else {
+                    let t = &all.targets[p];
+                    (t.length, t.hashes.clone())
+                };
+                ContentFile {
+                    path: p.clone(),
+                    length,
+                    hashes,
+                }
+            };
+            let content = m.content.iter().map(&mut resolve).collect();
+            let eula = m.eula.as_ref().map(&mut resolve);
+            let boot = m.bootstrapper.as_ref().map(&mut resolve);
             let (id, rev) = (m.id, m.revision);
             let entry = Update::new(m, content, eula, boot, UpdateState::default());
             match chosen.get(&id) {

@@ -472,3 +472,56 @@ fn a_huge_hashed_bin_delegation_is_refused_without_allocating_it() {
     );
     assert_eq!(r.warnings()[0].hresult, HResult::WU_E_OUTOFRANGE);
 }
+
+#[test]
+fn a_target_with_wrong_bytes_is_refused_and_never_written() {
+    let mut sim = with_one_update();
+    let path = "updates/00000000-0000-0000-0000-000000000001/1/payload.tar";
+    let info = sim.targets.targets[path].clone();
+    // Replace the served content (hash-prefixed name) with other bytes of the same length.
+    let served = sim.dir().join(format!(
+        "targets/updates/00000000-0000-0000-0000-000000000001/1/{}.payload.tar",
+        &info.hashes["sha256"]
+    ));
+    sim.publish();
+    std::fs::write(&served, b"payload-X").unwrap();
+    let server = sim.serve();
+    let state = tempfile::tempdir().unwrap();
+    upkeep_tuf::Client::init_trusted_root(&state.path().join("md"), &sim.initial_root, true)
+        .unwrap();
+    let cfg = upkeep_tuf::ClientConfig {
+        metadata_dir: state.path().join("md"),
+        metadata_url: format!("{}metadata/", server.base_url()),
+        limits: upkeep::Limits::default(),
+        offline: false,
+        timestamp_first: false,
+    };
+    let mut client = upkeep_tuf::Client::new(
+        cfg,
+        std::sync::Arc::new(upkeep_tuf::HttpTransport::new().unwrap()),
+    )
+    .unwrap();
+    let info = client.target_info(path).unwrap().unwrap();
+    let dest = state.path().join("payload.tar");
+    let base = format!("{}targets/", server.base_url());
+    let err = client
+        .download_target(&base, path, &info, &dest)
+        .unwrap_err();
+    assert!(
+        matches!(err, upkeep_tuf::Error::LengthOrHash { .. }),
+        "{err}"
+    );
+    assert!(!dest.exists());
+    assert_eq!(
+        std::fs::read_dir(state.path()).unwrap().count(),
+        1,
+        "no partial file left"
+    );
+    // Endless content stops at the signed length.
+    std::fs::write(&served, vec![b'p'; 1 << 20]).unwrap();
+    let err = client
+        .download_target(&base, path, &info, &dest)
+        .unwrap_err();
+    assert!(err.to_string().contains("signed length"), "{err}");
+    assert!(!dest.exists());
+}
