@@ -325,11 +325,7 @@ impl Client {
 
     /// The local copy of `role` if it is still valid, otherwise the remote one (persisted
     /// once verified). Changes nothing in the trusted set, so it can run on several threads.
-    fn fetch_and_verify(
-        &self,
-        role: &str,
-        delegator: &str,
-    ) -> Result<(Envelope<Targets>, [u8; 32])> {
+    fn fetch_and_verify(&self, role: &str, delegator: &str) -> Result<Verified> {
         if let Some(local) = self.read_local(role) {
             match self.trusted.verify_targets(&local, role, delegator) {
                 Ok(mut env) => {
@@ -366,7 +362,7 @@ impl Client {
         }
         let workers = self.cfg.limits.parallel_fetches.min(todo.len());
         let this = &*self;
-        let loaded: Vec<(String, (Envelope<Targets>, [u8; 32]))> = std::thread::scope(|s| {
+        let loaded: Vec<(String, Verified)> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..workers)
                 .map(|w| {
                     let todo = &todo;
@@ -586,6 +582,9 @@ impl Client {
         result
     }
 }
+
+/// A verified targets role and the SHA-256 of the bytes it was verified from.
+type Verified = (Envelope<Targets>, [u8; 32]);
 
 /// Data longer than a signed length is a length mismatch, not endless data.
 fn signed_length(r: Result<Vec<u8>>, signed: Option<u64>) -> Result<Vec<u8>> {
