@@ -24,36 +24,13 @@ BIN=$PWD/target/release
 
 # Generated data lives on tmpfs (see docs: ext4 here slows down after mass deletes).
 work=$(mktemp -d -p /dev/shm upkeep-bench.XXXXXX)
-nginx_pid=""
-cleanup() {
-  if [ -n "$nginx_pid" ]; then kill "$nginx_pid" 2>/dev/null || true; wait "$nginx_pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
+. scripts/loopback-nginx.sh
+cleanup() { stop_nginx; rm -rf "$work"; }
 trap cleanup EXIT
 
 "$BIN/gen-catalog" "$work/repo" "$N" "$BINS"
-port=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-mkdir -p "$work/nginx/logs"
-user_line=""; [ "$(id -u)" = 0 ] && user_line="user root;"
-cat > "$work/nginx/nginx.conf" <<CONF
-$user_line
-worker_processes 2;
-daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/logs/error.log;
-events { worker_connections 256; }
-http {
-  log_format bytes '\$body_bytes_sent';
-  access_log $work/access.log bytes;
-  sendfile on; tcp_nopush on; keepalive_requests 100000;
-  default_type application/octet-stream;
-  server { listen 127.0.0.1:$port; root $work/repo; location ~ /keys/ { return 404; } }
-}
-CONF
-nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
-nginx_pid=$!
-for _ in $(seq 1 100); do "$PY" -c "import socket; socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null && break; sleep 0.05; done
-base="http://127.0.0.1:$port/"
+start_nginx "$work" "$work/repo" "log_format bytes '\$body_bytes_sent'; access_log $work/access.log bytes;"
+base="$NGINX_BASE/"
 root="$work/repo/metadata/1.root.json"
 one_id=$(head -1 "$work/repo/one-path-per-bin.txt" | cut -d/ -f2)
 

@@ -9,42 +9,13 @@ cd "$(dirname "$0")/.."
 UPKEEP=${UPKEEP:-$PWD/target/release/upkeep}
 PY=${PYTHON:-python3}
 work=$(mktemp -d /tmp/upkeep-interop.XXXXXX)
-nginx_pid=""
-cleanup() {
-  if [ -n "$nginx_pid" ]; then kill "$nginx_pid" 2>/dev/null || true; wait "$nginx_pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
+. scripts/loopback-nginx.sh
+cleanup() { stop_nginx; rm -rf "$work"; }
 trap cleanup EXIT
 
-port=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-mkdir -p "$work/www" "$work/nginx/logs"
-user_line=""
-[ "$(id -u)" = 0 ] && user_line="user root;"
-cat > "$work/nginx/nginx.conf" <<CONF
-$user_line
-worker_processes 1;
-daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/logs/error.log;
-events { worker_connections 64; }
-http {
-  access_log off;
-  sendfile on;
-  default_type application/octet-stream;
-  server {
-    listen 127.0.0.1:$port;
-    root $work/www;
-    location ~ /keys/ { return 404; }
-  }
-}
-CONF
-nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
-nginx_pid=$!
-for _ in $(seq 1 100); do
-  if "$PY" -c "import socket,sys; socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null; then break; fi
-  sleep 0.05
-done
-base="http://127.0.0.1:$port"
+mkdir -p "$work/www"
+start_nginx "$work" "$work/www"
+base=$NGINX_BASE
 
 echo "== interop 1: upkeep publishes, python-tuf ngclient consumes"
 src="$work/src"; mkdir -p "$src"

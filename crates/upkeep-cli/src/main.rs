@@ -107,6 +107,24 @@ impl Global {
         }
         b.build()
     }
+
+    /// Runs one search with these settings; errors are reported (as JSON with `json`).
+    fn search(
+        &self,
+        criteria: &str,
+        offline: bool,
+        include_superseded: bool,
+        json: bool,
+    ) -> Result<(UpdateSession, upkeep::SearchResult), Exit> {
+        let session = self.session().map_err(|e| Exit::from_error(&e, json))?;
+        let mut searcher = session.create_update_searcher();
+        searcher.set_online(!offline);
+        searcher.set_include_potentially_superseded_updates(include_superseded);
+        let result = searcher
+            .search(criteria)
+            .map_err(|e| Exit::from_error(&e, json))?;
+        Ok((session, result))
+    }
 }
 
 fn run(cli: Cli) -> Result<Exit, Exit> {
@@ -117,33 +135,19 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
             offline,
             include_superseded,
         } => {
-            let session = cli
-                .global
-                .session()
-                .map_err(|e| Exit::from_error(&e, json))?;
-            let mut searcher = session.create_update_searcher();
-            searcher.set_online(!offline);
-            searcher.set_include_potentially_superseded_updates(include_superseded);
-            let result = searcher
-                .search(criteria.as_deref().unwrap_or(""))
-                .map_err(|e| Exit::from_error(&e, json))?;
+            let criteria = criteria.as_deref().unwrap_or("");
+            let (session, result) =
+                cli.global
+                    .search(criteria, offline, include_superseded, json)?;
             output::print_search(&result, json);
             let code = Exit::for_result(result.result_code());
             // The process exits next: skip freeing what may be a 100,000-update catalog.
-            std::mem::forget((session, searcher, result));
+            std::mem::forget((session, result));
             Ok(code)
         }
         Command::Show { id, json, offline } => {
-            let session = cli
-                .global
-                .session()
-                .map_err(|e| Exit::from_error(&e, json))?;
-            let mut searcher = session.create_update_searcher();
-            searcher.set_online(!offline);
-            searcher.set_include_potentially_superseded_updates(true);
-            let result = searcher
-                .search(&format!("UpdateID='{id}' and DeploymentAction=*"))
-                .map_err(|e| Exit::from_error(&e, json))?;
+            let criteria = format!("UpdateID='{id}' and DeploymentAction=*");
+            let (_session, result) = cli.global.search(&criteria, offline, true, json)?;
             let Some(u) = result.updates().get(0) else {
                 let e = Error::new(
                     HResult::WU_E_UNKNOWN_ID,

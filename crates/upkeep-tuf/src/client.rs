@@ -9,7 +9,7 @@ use std::sync::Arc;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::error::{Error, Result, TransportError};
-use crate::metadata::{Envelope, TargetFile, Targets};
+use crate::metadata::{Envelope, MetaFile, TargetFile, Targets};
 use crate::reader::TargetReader;
 use crate::trusted::TrustedSet;
 
@@ -212,6 +212,18 @@ impl Client {
         read_limited(reader, max_len, &url)
     }
 
+    /// Fetches a role listed in the timestamp or snapshot: `V.ROLE.json` with consistent
+    /// snapshots, at most its signed length (or `default_max` when none is signed).
+    fn fetch_listed(&self, role: &str, meta: &MetaFile, default_max: u64) -> Result<Vec<u8>> {
+        let max = meta.length.unwrap_or(default_max);
+        let version = self
+            .trusted
+            .root()
+            .consistent_snapshot
+            .then_some(meta.version);
+        signed_length(self.fetch_metadata(role, max, version), meta.length)
+    }
+
     fn local_path(&self, role: &str) -> PathBuf {
         self.cfg
             .metadata_dir
@@ -296,13 +308,7 @@ impl Client {
             .timestamp()
             .ok_or_else(|| Error::State("timestamp not loaded".into()))?;
         let meta = ts.snapshot_meta().clone();
-        let max = meta.length.unwrap_or(self.cfg.limits.snapshot_max_length);
-        let version = self
-            .trusted
-            .root()
-            .consistent_snapshot
-            .then_some(meta.version);
-        let data = signed_length(self.fetch_metadata("snapshot", max, version), meta.length)?;
+        let data = self.fetch_listed("snapshot", &meta, self.cfg.limits.snapshot_max_length)?;
         self.trusted.update_snapshot(&data, false)?;
         self.persist("snapshot", &data)
     }
@@ -336,13 +342,7 @@ impl Client {
             }
         }
         let meta = self.trusted.meta_for(role)?;
-        let max = meta.length.unwrap_or(self.cfg.limits.targets_max_length);
-        let version = self
-            .trusted
-            .root()
-            .consistent_snapshot
-            .then_some(meta.version);
-        let data = signed_length(self.fetch_metadata(role, max, version), meta.length)?;
+        let data = self.fetch_listed(role, &meta, self.cfg.limits.targets_max_length)?;
         let mut env = self.trusted.verify_targets(&data, role, delegator)?;
         env.release_raw();
         self.persist(role, &data)?;
