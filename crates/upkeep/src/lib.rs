@@ -13,11 +13,13 @@ pub mod catalog;
 pub mod config;
 pub mod criteria;
 mod error;
+mod search_job;
 mod session;
 
 pub use catalog::UpdateException;
 pub use config::{Config, ResolvedConfig};
 pub use error::{tuf_hresult, Error, Result};
+pub use search_job::{AsyncState, SearchCompletedCallback, SearchCompletedCallbackArgs, SearchJob};
 pub use session::{SearchResult, UpdateSearcher, UpdateSession, UpdateSessionBuilder};
 pub use upkeep_tuf::Limits;
 pub use upkeep_types::*;

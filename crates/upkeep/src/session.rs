@@ -361,6 +361,18 @@ pub struct SearchResult {
 }
 
 impl SearchResult {
+    pub(crate) fn new(
+        result_code: OperationResultCode,
+        updates: UpdateCollection,
+        warnings: Vec<UpdateException>,
+    ) -> SearchResult {
+        SearchResult {
+            result_code,
+            updates,
+            warnings,
+        }
+    }
+
     /// `ResultCode`: `Succeeded`, or `SucceededWithErrors` when parts of the catalog could
     /// not be read (see `warnings`).
     pub fn result_code(&self) -> OperationResultCode {
