@@ -3,7 +3,10 @@
 //! [`RepoSim`] is a repository whose every field a test can change — versions, expiry,
 //! keys, thresholds, delegations, raw bytes — before writing it to disk, so a test can build
 //! exactly the attack it is about (rollback, freeze, mix-and-match, …). Serve it over real
-//! HTTP on loopback with [`RepoSim::serve`].
+//! HTTP on loopback with [`RepoSim::serve`]. [`faults::FaultServer`] serves content with
+//! scripted faults for download tests.
+
+pub mod faults;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
