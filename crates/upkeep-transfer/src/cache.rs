@@ -1,0 +1,62 @@
+//! The content-addressed cache.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use upkeep_types::ContentFile;
+
+/// `objects/<sha256>` (verified), `partial/<sha256>.part` and `.meta` (in progress).
+#[derive(Clone, Debug)]
+pub struct ContentCache {
+    dir: PathBuf,
+}
+
+/// The cache key of a file: its signed SHA-256, or SHA-512 when that is all it has.
+pub fn key(file: &ContentFile) -> Option<String> {
+    let h = file
+        .hashes
+        .get("sha256")
+        .or_else(|| file.hashes.get("sha512"))?;
+    // Hex only: the key becomes a file name.
+    h.bytes()
+        .all(|b| b.is_ascii_hexdigit())
+        .then(|| h.to_ascii_lowercase())
+}
+
+impl ContentCache {
+    /// Opens (creating) a cache directory.
+    pub fn open(dir: &Path) -> io::Result<ContentCache> {
+        std::fs::create_dir_all(dir.join("objects"))?;
+        std::fs::create_dir_all(dir.join("partial"))?;
+        Ok(ContentCache {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Where a verified file lives.
+    pub fn object_path(&self, key: &str) -> PathBuf {
+        self.dir.join("objects").join(key)
+    }
+
+    pub(crate) fn partial_path(&self, key: &str) -> PathBuf {
+        self.dir.join("partial").join(format!("{key}.part"))
+    }
+
+    pub(crate) fn meta_path(&self, key: &str) -> PathBuf {
+        self.dir.join("partial").join(format!("{key}.meta"))
+    }
+
+    /// The verified copy of `file`, if the cache has one of the signed length.
+    pub fn get(&self, file: &ContentFile) -> Option<PathBuf> {
+        let p = self.object_path(&key(file)?);
+        let m = std::fs::metadata(&p).ok()?;
+        (m.is_file() && m.len() == file.length).then_some(p)
+    }
+
+    /// Bytes of an unfinished transfer of `file` kept for resuming.
+    pub fn partial_len(&self, file: &ContentFile) -> u64 {
+        key(file)
+            .and_then(|k| std::fs::metadata(self.partial_path(&k)).ok())
+            .map_or(0, |m| m.len())
+    }
+}
