@@ -18,5 +18,5 @@
 mod cache;
 mod fetch;
 
-pub use cache::ContentCache;
+pub use cache::{key as cache_key, ContentCache};
 pub use fetch::{Engine, Phase, TransferError, TransferOptions, TransferProgress};

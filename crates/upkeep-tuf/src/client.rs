@@ -517,28 +517,12 @@ impl Client {
 
     /// The URL of a target under `base`, with the hash prefix of consistent snapshots.
     pub fn target_url(&self, base: &str, path: &str, info: &TargetFile) -> String {
-        let mut url = base.to_string();
-        if !url.ends_with('/') {
-            url.push('/');
-        }
-        let (dir, name) = match path.rsplit_once('/') {
-            Some((d, n)) => (Some(d), n),
-            None => (None, path),
-        };
-        if let Some(d) = dir {
-            for seg in d.split('/') {
-                url.push_str(&utf8_percent_encode(seg, SEGMENT).to_string());
-                url.push('/');
-            }
-        }
-        if self.trusted.root().consistent_snapshot {
-            if let Some((_, h)) = info.hashes.iter().next() {
-                url.push_str(h);
-                url.push('.');
-            }
-        }
-        url.push_str(&utf8_percent_encode(name, SEGMENT).to_string());
-        url
+        target_url(
+            base,
+            path,
+            &info.hashes,
+            self.trusted.root().consistent_snapshot,
+        )
     }
 
     /// Opens a target for a verified read: the reader stops at the signed length and fails
@@ -581,6 +565,38 @@ impl Client {
         }
         result
     }
+}
+
+/// The URL of target `path` under `base`; with consistent snapshots the file name carries
+/// the first signed hash (`dir/HASH.name`).
+pub fn target_url(
+    base: &str,
+    path: &str,
+    hashes: &crate::metadata::Hashes,
+    consistent: bool,
+) -> String {
+    let mut url = base.to_string();
+    if !url.ends_with('/') {
+        url.push('/');
+    }
+    let (dir, name) = match path.rsplit_once('/') {
+        Some((d, n)) => (Some(d), n),
+        None => (None, path),
+    };
+    if let Some(d) = dir {
+        for seg in d.split('/') {
+            url.push_str(&utf8_percent_encode(seg, SEGMENT).to_string());
+            url.push('/');
+        }
+    }
+    if consistent {
+        if let Some((_, h)) = hashes.iter().next() {
+            url.push_str(h);
+            url.push('.');
+        }
+    }
+    url.push_str(&utf8_percent_encode(name, SEGMENT).to_string());
+    url
 }
 
 /// A verified targets role and the SHA-256 of the bytes it was verified from.

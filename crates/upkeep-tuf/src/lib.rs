@@ -35,8 +35,8 @@ mod transport;
 mod trusted;
 
 pub use client::{
-    encode_role, read_limited, write_atomic, CatalogTargets, Client, ClientConfig, Limits,
-    Transport,
+    encode_role, read_limited, target_url, write_atomic, CatalogTargets, Client, ClientConfig,
+    Limits, Transport,
 };
 pub use error::{Error, Result, TransportError};
 pub use keys::{Key, SigningKey};

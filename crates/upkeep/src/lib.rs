@@ -12,12 +12,18 @@
 pub mod catalog;
 pub mod config;
 pub mod criteria;
+mod downloader;
 mod error;
 mod search_job;
 mod session;
 
 pub use catalog::UpdateException;
 pub use config::{Config, ResolvedConfig};
+pub use downloader::{
+    DownloadCompletedCallback, DownloadCompletedCallbackArgs, DownloadJob, DownloadProgress,
+    DownloadProgressChangedCallback, DownloadProgressChangedCallbackArgs, DownloadResult,
+    UpdateDownloadResult, UpdateDownloader,
+};
 pub use error::{tuf_hresult, Error, Result};
 pub use search_job::{AsyncState, SearchCompletedCallback, SearchCompletedCallbackArgs, SearchJob};
 pub use session::{SearchResult, UpdateSearcher, UpdateSession, UpdateSessionBuilder};

@@ -275,6 +275,39 @@ impl UpdateSession {
     }
 }
 
+impl UpdateSession {
+    /// The base URL of content and whether the trusted root uses consistent snapshots;
+    /// `WU_E_NOT_INITIALIZED` without a repository or trusted metadata.
+    pub(crate) fn content_base(&self) -> Result<(String, bool)> {
+        let Some(repo) = &self.inner.cfg.repository else {
+            return Err(Error::new(
+                HResult::WU_E_NOT_INITIALIZED,
+                "no repository configured: give one with --repo or repository",
+            ));
+        };
+        let md = self.inner.cfg.state_dir.join("metadata");
+        if !md.join("timestamp.json").exists() {
+            return Err(Error::new(
+                HResult::WU_E_NOT_INITIALIZED,
+                "no repository metadata is trusted yet: search first",
+            ));
+        }
+        let root = std::fs::read(md.join("root.json")).map_err(|e| {
+            Error::new(
+                HResult::WU_E_NOT_INITIALIZED,
+                format!("{}: {e}", md.display()),
+            )
+        })?;
+        let root = upkeep_tuf::metadata::parse::<upkeep_tuf::metadata::Root>("root", &root)?;
+        let mut base = repo.clone();
+        if !base.ends_with('/') {
+            base.push('/');
+        }
+        base.push_str("targets/");
+        Ok((base, root.signed.consistent_snapshot))
+    }
+}
+
 fn metadata_url(repo: &str) -> String {
     let mut u = repo.to_string();
     if !u.ends_with('/') {
@@ -337,6 +370,22 @@ impl UpdateSearcher {
                 .collect();
             if !superseded.is_empty() {
                 updates.retain(|u| !superseded.contains(&u.identity().update_id));
+            }
+        }
+        // IsDownloaded: every content file verified in the cache.
+        if let Ok(cache) = self.session.content_cache() {
+            let cached = cache.object_keys();
+            if !cached.is_empty() {
+                for u in updates.iter_mut() {
+                    let all = u.download_contents().iter().all(|f| {
+                        upkeep_transfer::cache_key(f).is_some_and(|k| cached.contains(&k))
+                    });
+                    if all {
+                        let mut st = u.state().clone();
+                        st.is_downloaded = true;
+                        *u = u.with_state(st);
+                    }
+                }
             }
         }
         let warnings = catalog.warnings().to_vec();

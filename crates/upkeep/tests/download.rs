@@ -1,0 +1,239 @@
+//! The downloader over a real loopback repository: callbacks, results, errors, abort.
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use upkeep::{
+    AsyncState, DownloadCompletedCallbackArgs, DownloadJob, DownloadPhase,
+    DownloadProgressChangedCallbackArgs, DownloadType, HResult, OperationResultCode,
+    UpdateCollection, UpdateSession,
+};
+use upkeep_testkit::RepoSim;
+
+struct Fx {
+    _sim: RepoSim,
+    _server: upkeep_publish::serve::Server,
+    _state: tempfile::TempDir,
+    session: UpdateSession,
+}
+
+fn payload(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+fn fixture() -> Fx {
+    let mut sim = RepoSim::new();
+    sim.add_update("targets", RepoSim::update(1, "Big"), &payload(3_000_000));
+    sim.add_update("targets", RepoSim::update(2, "Small"), &payload(10_000));
+    sim.publish();
+    let server = sim.serve();
+    let state = tempfile::tempdir().unwrap();
+    let session = UpdateSession::builder()
+        .env(false)
+        .repository(server.base_url())
+        .trusted_root(sim.trusted_root_file())
+        .state_dir(state.path())
+        .build()
+        .unwrap();
+    Fx {
+        _sim: sim,
+        _server: server,
+        _state: state,
+        session,
+    }
+}
+
+fn all_updates(s: &UpdateSession) -> UpdateCollection {
+    let mut searcher = s.create_update_searcher();
+    searcher.set_include_potentially_superseded_updates(true);
+    let mut u: Vec<_> = searcher
+        .search("")
+        .unwrap()
+        .updates()
+        .iter()
+        .cloned()
+        .collect();
+    u.sort_by_key(|u| u.identity());
+    u.into_iter().collect()
+}
+
+#[test]
+fn begin_download_reports_progress_completes_and_marks_updates_downloaded() {
+    let fx = fixture();
+    let updates = all_updates(&fx.session);
+    assert!(updates.iter().all(|u| !u.is_downloaded()));
+    let mut d = fx.session.create_update_downloader();
+    d.set_updates(updates);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let (tx, rx) = mpsc::channel();
+    let job = d
+        .begin_download(
+            move |_: &DownloadJob, a: &DownloadProgressChangedCallbackArgs| {
+                let p = a.progress();
+                s2.lock().unwrap().push((
+                    p.percent_complete(),
+                    p.current_update_index(),
+                    p.current_update_download_phase(),
+                ));
+            },
+            move |job: &DownloadJob, _: &DownloadCompletedCallbackArgs| {
+                tx.send(job.is_completed()).unwrap()
+            },
+            AsyncState::new(5u8),
+        )
+        .unwrap();
+    assert_eq!(job.updates().len(), 2);
+    assert!(rx.recv_timeout(Duration::from_secs(60)).unwrap());
+    let r = d.end_download(&job).unwrap();
+    assert_eq!(r.result_code(), OperationResultCode::Succeeded);
+    assert_eq!(
+        r.update_result(0).unwrap().result_code(),
+        OperationResultCode::Succeeded
+    );
+    assert_eq!(r.update_result(1).unwrap().hresult(), HResult::S_OK);
+    assert!(job.async_state().is_none());
+    assert_eq!(
+        d.end_download(&job).unwrap_err().hresult(),
+        HResult::WU_E_INVALID_OPERATION
+    );
+    job.clean_up().unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.windows(2).all(|w| w[0].0 <= w[1].0),
+        "percent never goes down"
+    );
+    // Snapshots coalesce, but the last one is always delivered: it is the last file's
+    // verification.
+    assert_eq!(
+        seen.last().map(|s| (s.1, s.2)),
+        Some((1, DownloadPhase::Verifying))
+    );
+    let p = job.progress();
+    assert_eq!(p.percent_complete(), 100);
+    assert_eq!(p.total_bytes_downloaded(), 3_010_000);
+    assert!(all_updates(&fx.session).iter().all(|u| u.is_downloaded()));
+    // A second download finds everything in the cache.
+    assert_eq!(
+        d.download().unwrap().result_code(),
+        OperationResultCode::Succeeded
+    );
+}
+
+#[test]
+fn begin_errors_create_no_job() {
+    let fx = fixture();
+    let mut d = fx.session.create_update_downloader();
+    assert_eq!(d.download().unwrap_err().hresult(), HResult::WU_E_NO_UPDATE);
+    d.set_updates(UpdateCollection::new());
+    assert_eq!(d.download().unwrap_err().hresult(), HResult::WU_E_NO_UPDATE);
+    let updates = all_updates(&fx.session);
+    d.set_updates(updates.clone());
+    let e = d.download2(DownloadType::UpdateBootstrapper).unwrap_err();
+    assert_eq!(e.hresult(), HResult::WU_E_NOT_SUPPORTED);
+    // A session that has never trusted repository metadata cannot download.
+    let fresh_state = tempfile::tempdir().unwrap();
+    let fresh = UpdateSession::builder()
+        .env(false)
+        .repository("http://127.0.0.1:9/")
+        .trusted_root(fx._sim.trusted_root_file())
+        .state_dir(fresh_state.path())
+        .build()
+        .unwrap();
+    let mut d2 = fresh.create_update_downloader();
+    d2.set_updates(updates);
+    assert_eq!(
+        d2.download().unwrap_err().hresult(),
+        HResult::WU_E_NOT_INITIALIZED
+    );
+}
+
+/// Serves the simulator's repository from the fault server, so a test can stall a file.
+fn fault_server_for(sim: &RepoSim) -> upkeep_testkit::faults::FaultServer {
+    let server = upkeep_testkit::faults::FaultServer::start();
+    let mut stack = vec![sim.dir().to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(sim.dir()).unwrap().display().to_string();
+                server.put(&format!("/{rel}"), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    server
+}
+
+#[test]
+fn abort_ends_unfinished_updates_aborted_and_keeps_finished_results() {
+    let mut sim = RepoSim::new();
+    sim.add_update("targets", RepoSim::update(1, "Big"), &payload(3_000_000));
+    sim.add_update("targets", RepoSim::update(2, "Small"), &payload(10_000));
+    sim.publish();
+    let server = fault_server_for(&sim);
+    let big = &sim.targets.targets["updates/00000000-0000-0000-0000-000000000001/1/payload.tar"];
+    let big_url = format!(
+        "/targets/updates/00000000-0000-0000-0000-000000000001/1/{}.payload.tar",
+        &big.hashes["sha256"]
+    );
+    // The big payload stalls after 1 MB, so the download is certainly running when the
+    // progress callback asks for abort.
+    server.push_fault(
+        &big_url,
+        upkeep_testkit::faults::Fault::StallAfter(1_000_000),
+    );
+    let state = tempfile::tempdir().unwrap();
+    let session = UpdateSession::builder()
+        .env(false)
+        .repository(server.base_url())
+        .trusted_root(sim.trusted_root_file())
+        .state_dir(state.path())
+        .build()
+        .unwrap();
+    let updates = all_updates(&session); // [Big, Small] by id
+    let mut d = session.create_update_downloader();
+    d.set_updates(updates);
+    let job = d
+        .begin_download(
+            |job: &DownloadJob, a: &DownloadProgressChangedCallbackArgs| {
+                if a.progress().current_update_bytes_downloaded() >= 1_000_000 {
+                    job.request_abort();
+                }
+            },
+            (),
+            AsyncState::none(),
+        )
+        .unwrap();
+    let r = d.end_download(&job).unwrap();
+    assert_eq!(r.result_code(), OperationResultCode::Aborted);
+    assert_eq!(r.hresult(), HResult::WU_E_CALL_CANCELLED);
+    assert_eq!(
+        r.update_result(0).unwrap().result_code(),
+        OperationResultCode::Aborted
+    );
+    assert_eq!(
+        r.update_result(1).unwrap().result_code(),
+        OperationResultCode::Aborted
+    );
+    assert_eq!(
+        session.content_cache().unwrap().partial_len(
+            all_updates(&session)
+                .get(0)
+                .unwrap()
+                .download_contents()
+                .first()
+                .unwrap()
+        ),
+        1_000_000
+    );
+    // The partial file is kept, and a new download resumes it.
+    let r = d.download().unwrap();
+    assert_eq!(r.result_code(), OperationResultCode::Succeeded);
+    assert!(server
+        .log()
+        .iter()
+        .any(|l| l.path == big_url && l.range.as_deref() == Some("bytes=1000000-")));
+}
