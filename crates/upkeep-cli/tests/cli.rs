@@ -315,3 +315,97 @@ fn a_config_file_supplies_the_settings() {
         Some(2)
     );
 }
+
+#[test]
+fn download_fills_the_cache_and_search_reports_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = published_repo(tmp.path());
+    let serve = Serve::start(&dir);
+    let root = dir.join("metadata/root.json");
+    let state = tmp.path().join("state");
+    let common = [
+        "--repo",
+        &serve.1,
+        "--trusted-root",
+        root.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    let tools = "11111111-1111-4111-8111-111111111111";
+
+    let out = ok(&upkeep(
+        &[&common[..], &["download", tools, "--json"]].concat(),
+    ));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["result_code"], "Succeeded");
+    assert_eq!(v["updates"][0]["id"], tools);
+    assert_eq!(v["updates"][0]["hresult"], "0x00000000");
+
+    let out = ok(&upkeep(&[&common[..], &["search", "--json"]].concat()));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for u in v["updates"].as_array().unwrap() {
+        assert_eq!(u["is_downloaded"], u["id"] == tools, "{u}");
+    }
+    // The cached file is the published payload.
+    let cached: Vec<_> = std::fs::read_dir(state.join("cache/objects"))
+        .unwrap()
+        .collect();
+    assert_eq!(cached.len(), 1);
+    assert_eq!(
+        std::fs::read(cached[0].as_ref().unwrap().path()).unwrap(),
+        b"not really a tar"
+    );
+
+    // Everything else, in table form.
+    let table = ok(&upkeep(&[&common[..], &["download", "--all"]].concat()));
+    assert!(table.contains("Download: Succeeded"), "{table}");
+}
+
+#[test]
+fn download_refuses_bad_selections() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = published_repo(tmp.path());
+    let serve = Serve::start(&dir);
+    let root = dir.join("metadata/root.json");
+    let state = tmp.path().join("state");
+    let common = [
+        "--repo",
+        &serve.1,
+        "--trusted-root",
+        root.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    assert_eq!(
+        upkeep(&[&common[..], &["download"]].concat()).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        upkeep(
+            &[
+                &common[..],
+                &["download", "--all", "--criteria", "IsInstalled=0"]
+            ]
+            .concat()
+        )
+        .status
+        .code(),
+        Some(2)
+    );
+    let o = upkeep(
+        &[
+            &common[..],
+            &["download", "99999999-9999-4999-8999-999999999999"],
+        ]
+        .concat(),
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("WU_E_UNKNOWN_ID"));
+    let o = upkeep(&[&common[..], &["download", "--all", "--bootstrapper"]].concat());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("WU_E_NOT_SUPPORTED"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -1,0 +1,201 @@
+//! `upkeep download`: select updates, download them with progress bars (only on a
+//! terminal), Ctrl-C requests abort and keeps partial files for resuming.
+
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+use upkeep::{
+    AsyncState, DownloadCompletedCallbackArgs, DownloadJob, DownloadPhase, DownloadPriority,
+    DownloadProgressChangedCallbackArgs, DownloadType, Error, HResult, UpdateCollection,
+};
+
+use crate::exit::Exit;
+use crate::Global;
+
+/// `--priority` values.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum PriorityArg {
+    Low,
+    Normal,
+    High,
+    ExtraHigh,
+}
+
+/// What `upkeep download` was asked for.
+pub struct DownloadArgs {
+    pub ids: Vec<uuid::Uuid>,
+    pub all: bool,
+    pub criteria: Option<String>,
+    pub bootstrapper: bool,
+    pub priority: PriorityArg,
+    pub json: bool,
+}
+
+fn select(global: &Global, a: &DownloadArgs) -> Result<UpdateCollection, Exit> {
+    let usage = |msg: String| Exit::from_error(&Error::new(HResult::E_INVALIDARG, msg), a.json);
+    let chosen = [!a.ids.is_empty(), a.all, a.criteria.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
+    if chosen != 1 {
+        return Err(usage(
+            "give update ids, --all, or --criteria (one of them)".into(),
+        ));
+    }
+    let criteria = match (&a.criteria, a.all) {
+        (Some(c), _) => c.clone(),
+        (None, true) => "IsInstalled=0 and IsHidden=0".into(),
+        (None, false) => a
+            .ids
+            .iter()
+            .map(|id| format!("UpdateID='{id}' and DeploymentAction=*"))
+            .collect::<Vec<_>>()
+            .join(" or "),
+    };
+    let (_session, result) = global.search(&criteria, false, !a.ids.is_empty(), a.json)?;
+    let found = result.updates().clone();
+    let missing: Vec<String> = a
+        .ids
+        .iter()
+        .filter(|id| !found.iter().any(|u| u.identity().update_id == **id))
+        .map(|id| id.to_string())
+        .collect();
+    if !missing.is_empty() {
+        let e = Error::new(
+            HResult::WU_E_UNKNOWN_ID,
+            format!("not in the repository: {}", missing.join(", ")),
+        );
+        return Err(Exit::from_error(&e, a.json));
+    }
+    Ok(found)
+}
+
+pub fn run(global: &Global, a: DownloadArgs) -> Result<Exit, Exit> {
+    let updates = select(global, &a)?;
+    if updates.is_empty() {
+        if a.json {
+            println!("{}", json!({"result_code": "Succeeded", "updates": []}));
+        } else {
+            println!("Nothing to download.");
+        }
+        return Ok(Exit::Success);
+    }
+    let session = global.session().map_err(|e| Exit::from_error(&e, a.json))?;
+    let mut downloader = session.create_update_downloader();
+    downloader.set_updates(updates.clone());
+    downloader.set_priority(match a.priority {
+        PriorityArg::Low => DownloadPriority::Low,
+        PriorityArg::Normal => DownloadPriority::Normal,
+        PriorityArg::High => DownloadPriority::High,
+        PriorityArg::ExtraHigh => DownloadPriority::ExtraHigh,
+    });
+    let kind = if a.bootstrapper {
+        DownloadType::UpdateBootstrapper
+    } else {
+        DownloadType::Full
+    };
+
+    let bars = std::io::stdout().is_terminal() && !a.json;
+    let multi = MultiProgress::with_draw_target(if bars {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    });
+    let total_style = ProgressStyle::with_template(
+        "{prefix:>8} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+    )
+    .expect("valid template")
+    .progress_chars("=> ");
+    let current_style =
+        ProgressStyle::with_template("{prefix:>8} {msg} {bytes}/{total_bytes} ({percent}%)")
+            .expect("valid template");
+    let overall = multi.add(
+        ProgressBar::new(0)
+            .with_style(total_style)
+            .with_prefix("total"),
+    );
+    let current = multi.add(
+        ProgressBar::new(0)
+            .with_style(current_style)
+            .with_prefix("update"),
+    );
+    let titles: Vec<String> = updates.iter().map(|u| u.title().to_string()).collect();
+
+    let job_slot: Arc<Mutex<Option<DownloadJob>>> = Arc::new(Mutex::new(None));
+    let slot = job_slot.clone();
+    let _ = ctrlc::set_handler(move || {
+        if let Some(job) = slot.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            eprintln!("\nupkeep: aborting; partial downloads are kept and resume next time");
+            job.request_abort();
+        }
+    });
+    let (o2, c2) = (overall.clone(), current.clone());
+    let job = downloader
+        .begin_download2(
+            kind,
+            move |_: &DownloadJob, args: &DownloadProgressChangedCallbackArgs| {
+                let p = args.progress();
+                o2.set_length(p.total_bytes_to_download());
+                o2.set_position(p.total_bytes_downloaded());
+                c2.set_length(p.current_update_bytes_to_download());
+                c2.set_position(p.current_update_bytes_downloaded());
+                let phase = match p.current_update_download_phase() {
+                    DownloadPhase::Initializing => "starting",
+                    DownloadPhase::Downloading => "downloading",
+                    DownloadPhase::Verifying => "verifying",
+                };
+                let title = titles
+                    .get(p.current_update_index())
+                    .map(String::as_str)
+                    .unwrap_or("");
+                c2.set_message(format!("{title} [{phase}]"));
+            },
+            |_: &DownloadJob, _: &DownloadCompletedCallbackArgs| {},
+            AsyncState::none(),
+        )
+        .map_err(|e| Exit::from_error(&e, a.json))?;
+    *job_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(job.clone());
+    // Keep the bars ticking while waiting.
+    while !job.wait_timeout(Duration::from_millis(100)) {}
+    let result = downloader
+        .end_download(&job)
+        .map_err(|e| Exit::from_error(&e, a.json))?;
+    overall.finish_and_clear();
+    current.finish_and_clear();
+    let rows: Vec<serde_json::Value> = updates
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            let r = result.update_result(i).expect("one result per update");
+            json!({
+                "id": u.identity().update_id,
+                "title": u.title(),
+                "result_code": r.result_code(),
+                "hresult": format!("0x{:08X}", r.hresult().as_u32()),
+            })
+        })
+        .collect();
+    if a.json {
+        let v = json!({
+            "result_code": result.result_code(),
+            "hresult": format!("0x{:08X}", result.hresult().as_u32()),
+            "updates": rows,
+        });
+        println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
+    } else {
+        for (i, u) in updates.iter().enumerate() {
+            let r = result.update_result(i).expect("one result per update");
+            let code = if r.hresult() == HResult::S_OK {
+                String::new()
+            } else {
+                format!(" [{}]", r.hresult())
+            };
+            println!("{:<20} {}{code}", r.result_code().to_string(), u.title());
+        }
+        println!("Download: {}", result.result_code());
+    }
+    Ok(Exit::for_result(result.result_code()))
+}
