@@ -409,3 +409,109 @@ fn download_refuses_bad_selections() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+#[test]
+fn a_download_killed_with_sigkill_resumes_where_it_stopped() {
+    use upkeep_testkit::faults::{Fault, FaultServer};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("repo");
+    ok(&upkeep(&["repo", "init", dir.to_str().unwrap()]));
+    let data: Vec<u8> = (0..4_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    std::fs::write(tmp.path().join("big.tar"), &data).unwrap();
+    ok(&upkeep(&[
+        "repo",
+        "add",
+        dir.to_str().unwrap(),
+        "--id",
+        "55555555-5555-4555-8555-555555555555",
+        "--title",
+        "Big",
+        "--payload",
+        tmp.path().join("big.tar").to_str().unwrap(),
+        "--handler",
+        "files",
+    ]));
+    let server = FaultServer::start();
+    server.put_dir(&dir);
+    // With consistent snapshots the payload is served as HASH.big.tar.
+    let payload_dir = dir.join("targets/updates/55555555-5555-4555-8555-555555555555/1");
+    let name = std::fs::read_dir(&payload_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name();
+    let payload_url = format!(
+        "/targets/updates/55555555-5555-4555-8555-555555555555/1/{}",
+        name.to_string_lossy()
+    );
+    // The first transfer stalls half-way: the process is then killed mid-download.
+    server.push_fault(&payload_url, Fault::StallAfter(2_000_000));
+    let state = tmp.path().join("state");
+    let root = dir.join("metadata/1.root.json");
+    let args = [
+        "--repo",
+        &server.base_url(),
+        "--trusted-root",
+        root.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "download",
+        "--all",
+        "--json",
+    ]
+    .map(String::from);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait (bounded) until half the file is on disk, then SIGKILL the process.
+    let partial_dir = state.join("cache/partial");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let half_written = || {
+        std::fs::read_dir(&partial_dir)
+            .ok()
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                e.path().extension().is_some_and(|x| x == "part")
+                    && e.metadata().is_ok_and(|m| m.len() == 2_000_000)
+            })
+    };
+    while !half_written() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the download never reached 50 %"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the download ended before it was killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child's PID.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGKILL) }, 0);
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    // Run again: it resumes from byte 2,000,000 and ends with the right bytes.
+    let out = upkeep(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let v: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert_eq!(v["result_code"], "Succeeded");
+    let resumed: Vec<_> = server
+        .log()
+        .into_iter()
+        .filter(|l| l.path == payload_url)
+        .collect();
+    assert_eq!(resumed.len(), 2);
+    assert_eq!(resumed[1].range.as_deref(), Some("bytes=2000000-"));
+    let objects: Vec<_> = std::fs::read_dir(state.join("cache/objects"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(std::fs::read(objects[0].path()).unwrap(), data);
+}

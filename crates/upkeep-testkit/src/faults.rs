@@ -100,6 +100,25 @@ impl FaultServer {
         lock(&self.script).files.insert(path.to_string(), data);
     }
 
+    /// Serves every file under `dir` at its relative path (`dir/a/b` at `/a/b`), e.g. a
+    /// repository directory so that a test can stall one of its files.
+    pub fn put_dir(&self, dir: &std::path::Path) {
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if let (Ok(rel), Ok(data)) = (p.strip_prefix(dir), std::fs::read(&p)) {
+                    self.put(&format!("/{}", rel.display()), data);
+                }
+            }
+        }
+    }
+
     /// Queues `fault` for the next request of `path` (faults are used in order, one per
     /// request; with none queued, responses are correct).
     pub fn push_fault(&self, path: &str, fault: Fault) {

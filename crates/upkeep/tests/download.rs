@@ -149,31 +149,14 @@ fn begin_errors_create_no_job() {
     );
 }
 
-/// Serves the simulator's repository from the fault server, so a test can stall a file.
-fn fault_server_for(sim: &RepoSim) -> upkeep_testkit::faults::FaultServer {
-    let server = upkeep_testkit::faults::FaultServer::start();
-    let mut stack = vec![sim.dir().to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(sim.dir()).unwrap().display().to_string();
-                server.put(&format!("/{rel}"), std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    server
-}
-
 #[test]
 fn abort_ends_unfinished_updates_aborted_and_keeps_finished_results() {
     let mut sim = RepoSim::new();
     sim.add_update("targets", RepoSim::update(1, "Big"), &payload(3_000_000));
     sim.add_update("targets", RepoSim::update(2, "Small"), &payload(10_000));
     sim.publish();
-    let server = fault_server_for(&sim);
+    let server = upkeep_testkit::faults::FaultServer::start();
+    server.put_dir(sim.dir());
     let big = &sim.targets.targets["updates/00000000-0000-0000-0000-000000000001/1/payload.tar"];
     let big_url = format!(
         "/targets/updates/00000000-0000-0000-0000-000000000001/1/{}.payload.tar",
