@@ -25,13 +25,25 @@ pub enum PriorityArg {
 }
 
 /// What `upkeep download` was asked for.
+#[derive(clap::Args, Debug)]
 pub struct DownloadArgs {
-    pub ids: Vec<uuid::Uuid>,
-    pub all: bool,
-    pub criteria: Option<String>,
-    pub bootstrapper: bool,
-    pub priority: PriorityArg,
-    pub json: bool,
+    /// Update ids.
+    ids: Vec<uuid::Uuid>,
+    /// Every update matching IsInstalled=0 and IsHidden=0.
+    #[arg(long)]
+    all: bool,
+    /// Updates matching these criteria.
+    #[arg(long)]
+    criteria: Option<String>,
+    /// Only the updates' bootstrappers.
+    #[arg(long)]
+    bootstrapper: bool,
+    /// Download priority.
+    #[arg(long, value_enum, default_value = "normal")]
+    priority: PriorityArg,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    json: bool,
 }
 
 fn select(global: &Global, a: &DownloadArgs) -> Result<UpdateCollection, Exit> {

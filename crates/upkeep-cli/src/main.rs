@@ -82,25 +82,7 @@ enum Command {
     },
     /// Download updates' content into the verified cache (bars on a terminal; Ctrl-C aborts
     /// and keeps partial files for resuming).
-    Download {
-        /// Update ids.
-        ids: Vec<uuid::Uuid>,
-        /// Every update matching IsInstalled=0 and IsHidden=0.
-        #[arg(long)]
-        all: bool,
-        /// Updates matching these criteria.
-        #[arg(long)]
-        criteria: Option<String>,
-        /// Only the updates' bootstrappers.
-        #[arg(long)]
-        bootstrapper: bool,
-        /// Download priority.
-        #[arg(long, value_enum, default_value = "normal")]
-        priority: download_cmd::PriorityArg,
-        /// Print JSON for scripts.
-        #[arg(long)]
-        json: bool,
-    },
+    Download(download_cmd::DownloadArgs),
     /// Create, change, publish and serve repositories.
     #[command(subcommand)]
     Repo(repo_cmd::RepoCommand),
@@ -180,24 +162,7 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
             output::print_update(u, json);
             Ok(Exit::Success)
         }
-        Command::Download {
-            ids,
-            all,
-            criteria,
-            bootstrapper,
-            priority,
-            json,
-        } => download_cmd::run(
-            &cli.global,
-            download_cmd::DownloadArgs {
-                ids,
-                all,
-                criteria,
-                bootstrapper,
-                priority,
-                json,
-            },
-        ),
+        Command::Download(args) => download_cmd::run(&cli.global, args),
         Command::Repo(cmd) => repo_cmd::run(cmd),
         Command::Demo => demo::run(),
     }

@@ -14,6 +14,18 @@ fn upkeep(args: &[&str]) -> Output {
         .expect("run upkeep")
 }
 
+/// `--repo URL --trusted-root ROOT --state-dir STATE`.
+fn agent_args<'a>(url: &'a str, root: &'a Path, state: &'a Path) -> [&'a str; 6] {
+    [
+        "--repo",
+        url,
+        "--trusted-root",
+        root.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]
+}
+
 fn ok(o: &Output) -> String {
     assert!(
         o.status.success(),
@@ -121,14 +133,7 @@ fn repo_commands_and_search_through_a_served_repository() {
     let root = dir.join("metadata/root.json");
     let state = tmp.path().join("state");
     let url = serve.1.clone();
-    let common = [
-        "--repo",
-        &url,
-        "--trusted-root",
-        root.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-    ];
+    let common = agent_args(&url, &root, &state);
 
     let table = ok(&upkeep(&[&common[..], &["search"]].concat()));
     assert!(
@@ -180,14 +185,7 @@ fn bad_input_exits_2_with_the_wua_code() {
     let dir = published_repo(tmp.path());
     let root = dir.join("metadata/root.json");
     let state = tmp.path().join("state");
-    let common = [
-        "--repo",
-        "http://127.0.0.1:9/",
-        "--trusted-root",
-        root.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-    ];
+    let common = agent_args("http://127.0.0.1:9/", &root, &state);
 
     let o = upkeep(
         &[
@@ -323,14 +321,7 @@ fn download_fills_the_cache_and_search_reports_it() {
     let serve = Serve::start(&dir);
     let root = dir.join("metadata/root.json");
     let state = tmp.path().join("state");
-    let common = [
-        "--repo",
-        &serve.1,
-        "--trusted-root",
-        root.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-    ];
+    let common = agent_args(&serve.1, &root, &state);
     let tools = "11111111-1111-4111-8111-111111111111";
 
     let out = ok(&upkeep(
@@ -368,14 +359,7 @@ fn download_refuses_bad_selections() {
     let serve = Serve::start(&dir);
     let root = dir.join("metadata/root.json");
     let state = tmp.path().join("state");
-    let common = [
-        "--repo",
-        &serve.1,
-        "--trusted-root",
-        root.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-    ];
+    let common = agent_args(&serve.1, &root, &state);
     assert_eq!(
         upkeep(&[&common[..], &["download"]].concat()).status.code(),
         Some(2)
