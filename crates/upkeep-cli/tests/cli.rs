@@ -353,6 +353,43 @@ fn download_fills_the_cache_and_search_reports_it() {
 }
 
 #[test]
+fn metadata_and_content_go_through_the_proxy_named_by_http_proxy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = published_repo(tmp.path());
+    let server = upkeep_testkit::faults::FaultServer::start();
+    server.put_dir(&dir);
+    let proxy = upkeep_testkit::proxy::ForwardProxy::start(server.addr());
+    let root = dir.join("metadata/root.json");
+    let state = tmp.path().join("state");
+    // A host name that does not resolve: only the proxy can reach "it".
+    let repo = "http://updates.upkeep.invalid/";
+    let out = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .args(agent_args(repo, &root, &state))
+        .args(["download", "--all", "--json"])
+        .env_remove("UPKEEP_CONFIG")
+        .env_remove("UPKEEP_REPOSITORY")
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .env("HTTP_PROXY", proxy.url())
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert_eq!(v["result_code"], "Succeeded");
+    let seen = proxy.seen();
+    assert!(
+        seen.iter()
+            .any(|u| u == "http://updates.upkeep.invalid/metadata/timestamp.json"),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|u| u.starts_with("http://updates.upkeep.invalid/targets/updates/")),
+        "{seen:?}"
+    );
+    assert!(seen.iter().all(|u| u.starts_with(repo)), "{seen:?}");
+}
+
+#[test]
 fn download_refuses_bad_selections() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = published_repo(tmp.path());
@@ -394,108 +431,166 @@ fn download_refuses_bad_selections() {
     );
 }
 
+/// A published 4 MB update served by a fault server whose first transfer of it stalls
+/// half-way, and an `upkeep download --all --json` child process that has written exactly
+/// that half to its partial file.
+struct StalledDownload {
+    _tmp: tempfile::TempDir,
+    server: upkeep_testkit::faults::FaultServer,
+    payload_url: String,
+    args: Vec<String>,
+    child: Child,
+    state: std::path::PathBuf,
+    data: Vec<u8>,
+}
+
+impl StalledDownload {
+    fn start() -> StalledDownload {
+        use upkeep_testkit::faults::{Fault, FaultServer};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("repo");
+        ok(&upkeep(&["repo", "init", dir.to_str().unwrap()]));
+        let data: Vec<u8> = (0..4_000_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+            .collect();
+        std::fs::write(tmp.path().join("big.tar"), &data).unwrap();
+        ok(&upkeep(&[
+            "repo",
+            "add",
+            dir.to_str().unwrap(),
+            "--id",
+            "55555555-5555-4555-8555-555555555555",
+            "--title",
+            "Big",
+            "--payload",
+            tmp.path().join("big.tar").to_str().unwrap(),
+            "--handler",
+            "files",
+        ]));
+        let server = FaultServer::start();
+        server.put_dir(&dir);
+        // With consistent snapshots the payload is served as HASH.big.tar.
+        let payload_dir = dir.join("targets/updates/55555555-5555-4555-8555-555555555555/1");
+        let name = std::fs::read_dir(&payload_dir)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .file_name();
+        let payload_url = format!(
+            "/targets/updates/55555555-5555-4555-8555-555555555555/1/{}",
+            name.to_string_lossy()
+        );
+        server.push_fault(&payload_url, Fault::StallAfter(2_000_000));
+        let state = tmp.path().join("state");
+        let root = dir.join("metadata/1.root.json");
+        let args = [
+            "--repo",
+            &server.base_url(),
+            "--trusted-root",
+            root.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "download",
+            "--all",
+            "--json",
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait (bounded) until half the file is on disk.
+        let partial_dir = state.join("cache/partial");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let half_written = || {
+            std::fs::read_dir(&partial_dir)
+                .ok()
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| {
+                    e.path().extension().is_some_and(|x| x == "part")
+                        && e.metadata().is_ok_and(|m| m.len() == 2_000_000)
+                })
+        };
+        while !half_written() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the download never reached 50 %"
+            );
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the download ended before it was stopped"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        StalledDownload {
+            _tmp: tmp,
+            server,
+            payload_url,
+            args,
+            child,
+            state,
+            data,
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's PID.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+
+    /// Runs the download again: it resumes from byte 2,000,000 and ends with the right
+    /// bytes in the cache.
+    fn resume_and_check(self) {
+        let out = upkeep(&self.args.iter().map(String::as_str).collect::<Vec<_>>());
+        let v: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+        assert_eq!(v["result_code"], "Succeeded");
+        let resumed: Vec<_> = self
+            .server
+            .log()
+            .into_iter()
+            .filter(|l| l.path == self.payload_url)
+            .collect();
+        assert_eq!(resumed.len(), 2);
+        assert_eq!(resumed[1].range.as_deref(), Some("bytes=2000000-"));
+        let objects: Vec<_> = std::fs::read_dir(self.state.join("cache/objects"))
+            .unwrap()
+            .flatten()
+            .collect();
+        assert_eq!(std::fs::read(objects[0].path()).unwrap(), self.data);
+    }
+}
+
 #[test]
 fn a_download_killed_with_sigkill_resumes_where_it_stopped() {
-    use upkeep_testkit::faults::{Fault, FaultServer};
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("repo");
-    ok(&upkeep(&["repo", "init", dir.to_str().unwrap()]));
-    let data: Vec<u8> = (0..4_000_000u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
-        .collect();
-    std::fs::write(tmp.path().join("big.tar"), &data).unwrap();
-    ok(&upkeep(&[
-        "repo",
-        "add",
-        dir.to_str().unwrap(),
-        "--id",
-        "55555555-5555-4555-8555-555555555555",
-        "--title",
-        "Big",
-        "--payload",
-        tmp.path().join("big.tar").to_str().unwrap(),
-        "--handler",
-        "files",
-    ]));
-    let server = FaultServer::start();
-    server.put_dir(&dir);
-    // With consistent snapshots the payload is served as HASH.big.tar.
-    let payload_dir = dir.join("targets/updates/55555555-5555-4555-8555-555555555555/1");
-    let name = std::fs::read_dir(&payload_dir)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .file_name();
-    let payload_url = format!(
-        "/targets/updates/55555555-5555-4555-8555-555555555555/1/{}",
-        name.to_string_lossy()
-    );
-    // The first transfer stalls half-way: the process is then killed mid-download.
-    server.push_fault(&payload_url, Fault::StallAfter(2_000_000));
-    let state = tmp.path().join("state");
-    let root = dir.join("metadata/1.root.json");
-    let args = [
-        "--repo",
-        &server.base_url(),
-        "--trusted-root",
-        root.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-        "download",
-        "--all",
-        "--json",
-    ]
-    .map(String::from);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_upkeep"))
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Wait (bounded) until half the file is on disk, then SIGKILL the process.
-    let partial_dir = state.join("cache/partial");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let half_written = || {
-        std::fs::read_dir(&partial_dir)
-            .ok()
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|e| {
-                e.path().extension().is_some_and(|x| x == "part")
-                    && e.metadata().is_ok_and(|m| m.len() == 2_000_000)
-            })
-    };
-    while !half_written() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the download never reached 50 %"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the download ended before it was killed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    // SAFETY: kill(2) on our own child's PID.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGKILL) }, 0);
-    let status = child.wait().unwrap();
+    let mut d = StalledDownload::start();
+    d.signal(libc::SIGKILL);
+    let status = d.child.wait().unwrap();
     assert!(!status.success());
-    // Run again: it resumes from byte 2,000,000 and ends with the right bytes.
-    let out = upkeep(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let v: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
-    assert_eq!(v["result_code"], "Succeeded");
-    let resumed: Vec<_> = server
-        .log()
-        .into_iter()
-        .filter(|l| l.path == payload_url)
-        .collect();
-    assert_eq!(resumed.len(), 2);
-    assert_eq!(resumed[1].range.as_deref(), Some("bytes=2000000-"));
-    let objects: Vec<_> = std::fs::read_dir(state.join("cache/objects"))
+    d.resume_and_check();
+}
+
+#[test]
+fn ctrl_c_aborts_the_download_keeps_the_partial_file_and_exits_4() {
+    let mut d = StalledDownload::start();
+    d.signal(libc::SIGINT);
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(d.child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    let status = d.child.wait().unwrap();
+    assert_eq!(status.code(), Some(4), "the documented aborted exit code");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["result_code"], "Aborted");
+    assert_eq!(v["updates"][0]["result_code"], "Aborted");
+    let part = std::fs::read_dir(d.state.join("cache/partial"))
         .unwrap()
         .flatten()
-        .collect();
-    assert_eq!(std::fs::read(objects[0].path()).unwrap(), data);
+        .find(|e| e.path().extension().is_some_and(|x| x == "part"))
+        .expect("the partial file is kept");
+    assert_eq!(part.metadata().unwrap().len(), 2_000_000);
+    d.resume_and_check();
 }

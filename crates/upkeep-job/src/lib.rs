@@ -142,6 +142,15 @@ pub struct JobContext<P, R> {
     shared: Arc<Shared<P, R>>,
 }
 
+impl<P, R> Clone for JobContext<P, R> {
+    /// Another handle on the same job (for work that fans out to tasks).
+    fn clone(&self) -> Self {
+        JobContext {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
 impl<P: Clone + Send + 'static, R: Send + 'static> JobContext<P, R> {
     /// Publishes a new progress snapshot; the dispatcher delivers the latest one.
     pub fn report(&self, progress: P) {

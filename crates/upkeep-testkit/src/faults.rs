@@ -90,6 +90,11 @@ impl FaultServer {
         }
     }
 
+    /// The listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// `http://127.0.0.1:PORT/`.
     pub fn base_url(&self) -> String {
         format!("http://{}/", self.addr)

@@ -33,6 +33,11 @@ impl ContentCache {
         })
     }
 
+    /// The cache directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Where a verified file lives.
     pub fn object_path(&self, key: &str) -> PathBuf {
         self.dir.join("objects").join(key)

@@ -1,14 +1,15 @@
 //! One verified, resumable transfer.
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256, Sha512};
-use upkeep_types::{ContentFile, HResult};
+use upkeep_types::{ContentFile, DownloadPriority, HResult};
 
 use crate::cache::{key, ContentCache};
+use crate::pipeline::{Digests, Sink};
+use crate::sched::{RateLimiter, Scheduler};
 
 /// Retry, backoff and timeout settings.
 #[derive(Clone, Debug)]
@@ -22,6 +23,14 @@ pub struct TransferOptions {
     pub stall_timeout: Duration,
     /// TCP connect timeout. Default 10 s.
     pub connect_timeout: Duration,
+    /// Transfers running at once per engine; the rest wait in priority order. Default 8.
+    pub parallel: usize,
+    /// A bandwidth cap shared by every `Low` priority transfer, in bytes per second.
+    /// Default none.
+    pub low_priority_bytes_per_second: Option<u64>,
+    /// Transfers with less than this many bytes to go are written and hashed on the
+    /// receiving thread; larger ones get a writer and a hasher thread. Default 1 MiB.
+    pub inline_below: u64,
 }
 
 impl Default for TransferOptions {
@@ -31,6 +40,9 @@ impl Default for TransferOptions {
             backoff: Duration::from_millis(200),
             stall_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
+            parallel: 8,
+            low_priority_bytes_per_second: None,
+            inline_below: 1 << 20,
         }
     }
 }
@@ -132,12 +144,68 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TransferError + '_ {
 /// How often waits look at the abort flag.
 const SLICE: Duration = Duration::from_millis(25);
 
-/// The transfer engine: one pooled HTTP client and a cache.
-#[derive(Clone, Debug)]
-pub struct Engine {
+/// The runtime every transfer of an engine runs on: one current-thread tokio runtime on a
+/// thread of its own (measured faster than a multi-thread runtime for this work), so the
+/// pooled HTTP client's connections always live on the runtime that made them.
+struct RuntimeThread {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl RuntimeThread {
+    fn start() -> std::io::Result<RuntimeThread> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = rt.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("upkeep-transfer".into())
+            .spawn(move || {
+                rt.block_on(async {
+                    let _ = stopped.await;
+                });
+            })?;
+        Ok(RuntimeThread {
+            handle,
+            stop: Some(stop),
+        })
+    }
+}
+
+impl Drop for RuntimeThread {
+    fn drop(&mut self) {
+        // The thread leaves `block_on` and drops the runtime, cancelling what is left (nothing
+        // is: every transfer holds the engine, and so this).
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+struct Inner {
     client: reqwest::Client,
     cache: ContentCache,
     opts: TransferOptions,
+    sched: Arc<Scheduler>,
+    low_cap: Option<RateLimiter>,
+    rt: RuntimeThread,
+}
+
+/// The transfer engine: one pooled HTTP client, a priority queue of transfer slots, and a
+/// cache. Cheap to clone; clones share all of it.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("cache", &self.inner.cache)
+            .field("opts", &self.inner.opts)
+            .finish_non_exhaustive()
+    }
 }
 
 enum Attempt {
@@ -146,7 +214,8 @@ enum Attempt {
 }
 
 impl Engine {
-    /// An engine over `cache`. Honours the `HTTP(S)_PROXY`/`NO_PROXY` variables.
+    /// An engine over `cache`, with its own transfer thread. Honours the
+    /// `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY`/`NO_PROXY` variables (and lowercase forms).
     pub fn new(cache: ContentCache, opts: TransferOptions) -> Result<Engine, TransferError> {
         let client = reqwest::Client::builder()
             .connect_timeout(opts.connect_timeout)
@@ -156,38 +225,116 @@ impl Engine {
                 path: String::new(),
                 message: format!("cannot build an HTTP client: {e}"),
             })?;
+        let rt = RuntimeThread::start().map_err(|e| TransferError::Io {
+            path: PathBuf::from("<transfer thread>"),
+            source: e,
+        })?;
         Ok(Engine {
-            client,
-            cache,
-            opts,
+            inner: Arc::new(Inner {
+                client,
+                sched: Scheduler::new(opts.parallel),
+                low_cap: opts.low_priority_bytes_per_second.map(RateLimiter::new),
+                cache,
+                opts,
+                rt,
+            }),
         })
     }
 
     /// The cache.
     pub fn cache(&self) -> &ContentCache {
-        &self.cache
+        &self.inner.cache
+    }
+
+    /// The options.
+    pub fn options(&self) -> &TransferOptions {
+        &self.inner.opts
+    }
+
+    /// Transfers waiting for a slot right now.
+    pub fn waiting(&self) -> usize {
+        self.inner.sched.waiting()
+    }
+
+    /// Runs `work` on the engine's transfer thread and blocks the caller until it is done.
+    /// Every [`Engine::fetch`] must run there (or in a task spawned from there). Must not be
+    /// called from the transfer thread itself.
+    pub fn block_on<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> T {
+        // The engine (and so the runtime) lives as long as this call, so the task always
+        // runs to completion and the result is always sent.
+        let task = self.inner.rt.handle.spawn(work);
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.inner.rt.handle.spawn(async move {
+            let _ = tx.send(task.await);
+        });
+        match rx.recv() {
+            Ok(Ok(v)) => v,
+            Ok(Err(join)) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+            _ => unreachable!("the transfer runtime outlives its engine"),
+        }
+    }
+
+    /// [`Engine::fetch`] from a thread outside the engine: runs it on the transfer thread.
+    pub fn fetch_blocking(
+        &self,
+        file: &ContentFile,
+        urls: &[String],
+        priority: DownloadPriority,
+        mut progress: impl FnMut(TransferProgress) + Send + 'static,
+        abort: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> Result<PathBuf, TransferError> {
+        let (me, file, urls) = (self.clone(), file.clone(), urls.to_vec());
+        self.block_on(async move {
+            me.fetch(&file, &urls, priority, &mut progress, &abort)
+                .await
+        })
+    }
+
+    /// Flushes everything committed to the cache to disk (one `syncfs`, instead of an
+    /// `fsync` per file). Blocking.
+    pub fn sync(&self) -> Result<(), TransferError> {
+        let dir = self.inner.cache.dir();
+        let f = std::fs::File::open(dir).map_err(io_err(dir))?;
+        // SAFETY: syncfs takes a valid open file descriptor and has no memory effects.
+        let rc = unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) };
+        if rc != 0 {
+            return Err(io_err(dir)(std::io::Error::last_os_error()));
+        }
+        Ok(())
     }
 
     /// Downloads `file` from the first mirror that has it (`urls` are full URLs of the same
     /// content), verifies it and commits it to the cache; returns the cached path.
-    /// `abort` is polled between chunks and during waits.
+    ///
+    /// The transfer first waits for a slot (at most [`TransferOptions::parallel`] run at
+    /// once, the highest `priority` first), then takes the partial file's lock, so two
+    /// transfers of the same content — in this process or another — never interleave: the
+    /// second finds the first one's result in the cache. `abort` is polled between chunks
+    /// and every 25 ms of any wait. `progress` is first called when the transfer starts
+    /// running, or once with every byte done when the cache already has the file. Runs on
+    /// the engine's transfer thread.
     pub async fn fetch(
         &self,
         file: &ContentFile,
         urls: &[String],
+        priority: DownloadPriority,
         progress: &mut (dyn FnMut(TransferProgress) + Send),
         abort: &(dyn Fn() -> bool + Sync),
     ) -> Result<PathBuf, TransferError> {
         let what = file.path.clone();
         let key = key(file).ok_or_else(|| TransferError::NoUsableHash { path: what.clone() })?;
+        let digests = Digests::for_file(file)
+            .ok_or_else(|| TransferError::NoUsableHash { path: what.clone() })?;
         let mut report = TransferProgress {
             phase: Phase::Initializing,
             bytes_done: 0,
             bytes_total: file.length,
             bytes_received: 0,
         };
-        progress(report);
-        if let Some(p) = self.cache.get(file) {
+        if let Some(p) = self.inner.cache.get(file) {
             report.bytes_done = file.length;
             progress(report);
             return Ok(p);
@@ -198,16 +345,40 @@ impl Engine {
                 mirrors: 0,
             });
         }
-        let part = self.cache.partial_path(&key);
+        let _slot = {
+            let acquire = self.inner.sched.acquire(priority);
+            tokio::pin!(acquire);
+            loop {
+                if abort() {
+                    return Err(TransferError::Aborted { path: what });
+                }
+                if let Ok(slot) = tokio::time::timeout(SLICE, &mut acquire).await {
+                    break slot;
+                }
+            }
+        };
+        // The first report comes once the transfer runs (not while it waits for a slot).
+        progress(report);
+        let part = self.lock_partial(&key, abort, &what).await?;
+        if let Some(p) = self.inner.cache.get(file) {
+            // Another transfer finished it while this one waited.
+            if part.metadata().is_ok_and(|m| m.len() == 0) {
+                let _ = std::fs::remove_file(self.inner.cache.partial_path(&key));
+            }
+            report.bytes_done = file.length;
+            progress(report);
+            return Ok(p);
+        }
+        let capped = priority == DownloadPriority::Low;
         let mut not_found: HashSet<usize> = HashSet::new();
         let mut last = TransferError::Network {
             path: what.clone(),
             message: "no attempt was made".into(),
         };
-        let mut backoff = self.opts.backoff;
-        for attempt in 0..=self.opts.retries as usize {
+        let mut backoff = self.inner.opts.backoff;
+        for attempt in 0..=self.inner.opts.retries as usize {
             if attempt > 0 {
-                self.sleep(backoff, abort, &what).await?;
+                sleep(backoff, abort, &what).await?;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             let mirror = (0..urls.len())
@@ -217,10 +388,20 @@ impl Engine {
                     path: what.clone(),
                     mirrors: urls.len(),
                 })?;
-            match self
-                .attempt(file, &key, &urls[mirror], &mut report, progress, abort)
-                .await?
-            {
+            let (outcome, digests) = self
+                .attempt(
+                    file,
+                    &key,
+                    &part,
+                    digests.clone(),
+                    &urls[mirror],
+                    capped,
+                    &mut report,
+                    progress,
+                    abort,
+                )
+                .await?;
+            match outcome {
                 Attempt::Complete => {}
                 Attempt::Retry(TransferError::NotFound { .. }) => {
                     not_found.insert(mirror);
@@ -238,84 +419,111 @@ impl Engine {
                     continue;
                 }
             }
-            // Complete: verify, then commit by rename.
-            report.phase = Phase::Verifying;
-            progress(report);
-            match verify(&part, file) {
-                Ok(()) => {
-                    let obj = self.cache.object_path(&key);
-                    let f = std::fs::File::open(&part).map_err(io_err(&part))?;
-                    f.sync_all().map_err(io_err(&part))?;
-                    std::fs::rename(&part, &obj).map_err(io_err(&obj))?;
-                    let _ = std::fs::remove_file(self.cache.meta_path(&key));
+            let partial = self.inner.cache.partial_path(&key);
+            match digests.map(|d| d.check(file)) {
+                Some(Ok(())) => {
+                    let obj = self.inner.cache.object_path(&key);
+                    std::fs::rename(&partial, &obj).map_err(io_err(&obj))?;
+                    let _ = std::fs::remove_file(self.inner.cache.meta_path(&key));
                     return Ok(obj);
                 }
-                Err(Some(alg)) => {
+                Some(Err(alg)) => {
                     // Wrong bytes: start again from nothing (perhaps from another mirror).
-                    let _ = std::fs::remove_file(&part);
-                    let _ = std::fs::remove_file(self.cache.meta_path(&key));
+                    part.set_len(0).map_err(io_err(&partial))?;
+                    let _ = std::fs::remove_file(self.inner.cache.meta_path(&key));
                     last = TransferError::HashMismatch {
                         path: what.clone(),
                         alg,
                     };
                 }
-                Err(None) => return Err(TransferError::NoUsableHash { path: what }),
+                None => unreachable!("a complete attempt has its digests"),
             }
         }
         Err(last)
     }
 
-    async fn sleep(
+    /// Opens and locks `partial/<key>.part`, waiting (and polling `abort`) while another
+    /// transfer holds it; the lock is released when the returned file is dropped.
+    async fn lock_partial(
         &self,
-        d: Duration,
+        key: &str,
         abort: &(dyn Fn() -> bool + Sync),
         what: &str,
-    ) -> Result<(), TransferError> {
-        let mut left = d;
-        while !left.is_zero() {
-            if abort() {
-                return Err(TransferError::Aborted { path: what.into() });
+    ) -> Result<std::fs::File, TransferError> {
+        use std::os::unix::fs::MetadataExt;
+        let path = self.inner.cache.partial_path(key);
+        loop {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(io_err(&path))?;
+            match f.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    drop(f);
+                    sleep(SLICE, abort, what).await?;
+                    continue;
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
             }
-            let s = left.min(SLICE);
-            tokio::time::sleep(s).await;
-            left -= s;
+            // The holder may have renamed (committed) the file meanwhile: only the file
+            // still at the path counts.
+            let mine = f.metadata().map_err(io_err(&path))?.ino();
+            if std::fs::metadata(&path).is_ok_and(|m| m.ino() == mine) {
+                return Ok(f);
+            }
         }
-        Ok(())
     }
 
-    /// One request: resumes the partial file, appends what arrives, stops at the signed
-    /// length. Returns `Complete` when the partial file has every byte.
+    /// One request: resumes the partial file, streams what arrives into the sink, stops at
+    /// the signed length. Returns `Complete` with the digests when the partial file has
+    /// every byte.
+    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
         file: &ContentFile,
         key: &str,
+        part: &std::fs::File,
+        digests: Digests,
         url: &str,
+        capped: bool,
         report: &mut TransferProgress,
         progress: &mut (dyn FnMut(TransferProgress) + Send),
         abort: &(dyn Fn() -> bool + Sync),
-    ) -> Result<Attempt, TransferError> {
+    ) -> Result<(Attempt, Option<Digests>), TransferError> {
         let what = &file.path;
         let retry = |message: String| {
-            Ok(Attempt::Retry(TransferError::Network {
-                path: what.clone(),
-                message,
-            }))
+            Ok((
+                Attempt::Retry(TransferError::Network {
+                    path: what.clone(),
+                    message,
+                }),
+                None,
+            ))
         };
-        let part = self.cache.partial_path(key);
-        let meta = self.cache.meta_path(key);
-        let mut have = std::fs::metadata(&part).map_or(0, |m| m.len());
+        let part_path = self.inner.cache.partial_path(key);
+        let meta = self.inner.cache.meta_path(key);
+        let mut have = part.metadata().map_err(io_err(&part_path))?.len();
         let validator = std::fs::read_to_string(&meta)
             .ok()
             .filter(|v| !v.is_empty());
         if have > file.length || (have > 0 && validator.is_none()) {
-            truncate(&part)?;
+            part.set_len(0).map_err(io_err(&part_path))?;
             have = 0;
         }
         report.bytes_done = have;
         if have == file.length {
-            return Ok(Attempt::Complete);
+            // Every byte arrived before (the process stopped before the commit): verify.
+            report.phase = Phase::Verifying;
+            progress(*report);
+            let sink = Sink::start(part, have, digests, false).map_err(io_err(&part_path))?;
+            let d = sink.finish().await.map_err(io_err(&part_path))?;
+            return Ok((Attempt::Complete, Some(d)));
         }
-        let mut req = self.client.get(url);
+        let mut req = self.inner.client.get(url);
         if have > 0 {
             req = req
                 .header(reqwest::header::RANGE, format!("bytes={have}-"))
@@ -327,6 +535,7 @@ impl Engine {
         let send = req.send();
         tokio::pin!(send);
         let mut waited = Duration::ZERO;
+        let stall = self.inner.opts.stall_timeout;
         let resp = loop {
             if abort() {
                 return Err(TransferError::Aborted { path: what.clone() });
@@ -336,8 +545,8 @@ impl Engine {
                 Ok(Err(e)) => return retry(describe(&e)),
                 Err(_) => {
                     waited += SLICE;
-                    if waited >= self.opts.stall_timeout {
-                        return retry(format!("no response within {:?}", self.opts.stall_timeout));
+                    if waited >= stall {
+                        return retry(format!("no response within {stall:?}"));
                     }
                 }
             }
@@ -352,7 +561,7 @@ impl Engine {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("");
                 if got != expected {
-                    truncate(&part)?;
+                    part.set_len(0).map_err(io_err(&part_path))?;
                     return retry(format!(
                         "Content-Range {got:?}, expected {expected:?}; starting over"
                     ));
@@ -361,19 +570,21 @@ impl Engine {
             200 => {
                 if have > 0 {
                     // The server ignored the range or the file changed: start over.
-                    truncate(&part)?;
                     have = 0;
                     report.bytes_done = 0;
                 }
             }
             404 | 410 => {
-                return Ok(Attempt::Retry(TransferError::NotFound {
-                    path: what.clone(),
-                    mirrors: 1,
-                }))
+                return Ok((
+                    Attempt::Retry(TransferError::NotFound {
+                        path: what.clone(),
+                        mirrors: 1,
+                    }),
+                    None,
+                ))
             }
             416 => {
-                truncate(&part)?;
+                part.set_len(0).map_err(io_err(&part_path))?;
                 return retry("416 for the resume range; starting over".into());
             }
             s => return retry(format!("HTTP {s} from {url}")),
@@ -385,119 +596,104 @@ impl Engine {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         match &new_validator {
-            Some(v) => std::fs::write(&meta, v).map_err(io_err(&meta))?,
+            Some(v) if validator.as_ref() != Some(v) => {
+                std::fs::write(&meta, v).map_err(io_err(&meta))?
+            }
+            Some(_) => {}
             None => {
                 let _ = std::fs::remove_file(&meta);
             }
         }
-        let mut out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&part)
-            .map_err(io_err(&part))?;
+        let threaded = file.length - have >= self.inner.opts.inline_below;
+        let mut sink = Sink::start(part, have, digests, threaded).map_err(io_err(&part_path))?;
         report.phase = Phase::Downloading;
         progress(*report);
         let mut resp = resp;
         let mut idle = Duration::ZERO;
+        let mut failed: Option<Result<(Attempt, Option<Digests>), TransferError>> = None;
         while have < file.length {
             if abort() {
-                out.flush().map_err(io_err(&part))?;
-                return Err(TransferError::Aborted { path: what.clone() });
+                failed = Some(Err(TransferError::Aborted { path: what.clone() }));
+                break;
             }
             let chunk = match tokio::time::timeout(SLICE, resp.chunk()).await {
                 Err(_) => {
                     idle += SLICE;
-                    if idle >= self.opts.stall_timeout {
-                        return retry(format!(
-                            "stalled: no data for {:?} at byte {have}",
-                            self.opts.stall_timeout
-                        ));
+                    if idle >= stall {
+                        failed = Some(retry(format!(
+                            "stalled: no data for {stall:?} at byte {have}"
+                        )));
+                        break;
                     }
                     continue;
                 }
                 Ok(Err(e)) => {
-                    return retry(format!(
+                    failed = Some(retry(format!(
                         "connection failed at byte {have}: {}",
                         describe(&e)
-                    ))
+                    )));
+                    break;
                 }
                 Ok(Ok(None)) => {
-                    return retry(format!(
+                    failed = Some(retry(format!(
                         "connection closed at byte {have} of {}",
                         file.length
-                    ))
+                    )));
+                    break;
                 }
                 Ok(Ok(Some(c))) => c,
             };
             idle = Duration::ZERO;
             // Never past the signed length: the rest of an over-long body is not read.
             let take = (chunk.len() as u64).min(file.length - have) as usize;
-            out.write_all(&chunk[..take]).map_err(io_err(&part))?;
+            let chunk = chunk.slice(..take);
+            if sink.push(chunk).await.is_err() {
+                break; // `finish` reports the write error.
+            }
             have += take as u64;
             report.bytes_done = have;
             report.bytes_received += take as u64;
             progress(*report);
+            if capped {
+                if let Some(cap) = &self.inner.low_cap {
+                    let at = cap.reserve(take as u64);
+                    let now = std::time::Instant::now();
+                    if at > now {
+                        if let Err(e) = sleep(at - now, abort, what).await {
+                            failed = Some(Err(e));
+                            break;
+                        }
+                    }
+                }
+            }
         }
-        out.flush().map_err(io_err(&part))?;
-        Ok(Attempt::Complete)
+        if failed.is_none() && have == file.length {
+            report.phase = Phase::Verifying;
+            progress(*report);
+        }
+        // Whatever happened, every received byte is on disk before the next attempt.
+        let digests = sink.finish().await.map_err(io_err(&part_path))?;
+        match failed {
+            Some(f) => f,
+            None if have == file.length => Ok((Attempt::Complete, Some(digests))),
+            None => retry(format!("the transfer stopped at byte {have}")),
+        }
     }
 }
 
-fn truncate(part: &Path) -> Result<(), TransferError> {
-    match std::fs::remove_file(part) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(TransferError::Io {
-            path: part.to_path_buf(),
-            source: e,
-        }),
-    }
-}
-
-/// Checks every signed hash; `Err(Some(alg))` names a mismatch, `Err(None)` means no hash
-/// could be checked.
-fn verify(part: &Path, file: &ContentFile) -> Result<(), Option<String>> {
-    let mut sha256 = file
-        .hashes
-        .get("sha256")
-        .map(|h| (Sha256::new(), h.to_ascii_lowercase()));
-    let mut sha512 = file
-        .hashes
-        .get("sha512")
-        .map(|h| (Sha512::new(), h.to_ascii_lowercase()));
-    if sha256.is_none() && sha512.is_none() {
-        return Err(None);
-    }
-    if file
-        .hashes
-        .iter()
-        .any(|(a, _)| a != "sha256" && a != "sha512")
-    {
-        return Err(None);
-    }
-    let mut f = std::fs::File::open(part).map_err(|_| Some("sha256".to_string()))?;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|_| Some("sha256".to_string()))?;
-        if n == 0 {
-            break;
+async fn sleep(
+    d: Duration,
+    abort: &(dyn Fn() -> bool + Sync),
+    what: &str,
+) -> Result<(), TransferError> {
+    let mut left = d;
+    while !left.is_zero() {
+        if abort() {
+            return Err(TransferError::Aborted { path: what.into() });
         }
-        if let Some((h, _)) = &mut sha256 {
-            h.update(&buf[..n]);
-        }
-        if let Some((h, _)) = &mut sha512 {
-            h.update(&buf[..n]);
-        }
-    }
-    if let Some((h, want)) = sha256 {
-        if hex::encode(h.finalize()) != want {
-            return Err(Some("sha256".into()));
-        }
-    }
-    if let Some((h, want)) = sha512 {
-        if hex::encode(h.finalize()) != want {
-            return Err(Some("sha512".into()));
-        }
+        let s = left.min(SLICE);
+        tokio::time::sleep(s).await;
+        left -= s;
     }
     Ok(())
 }

@@ -17,6 +17,8 @@
 
 mod cache;
 mod fetch;
+mod pipeline;
+mod sched;
 
 pub use cache::{key as cache_key, ContentCache};
 pub use fetch::{Engine, Phase, TransferError, TransferOptions, TransferProgress};

@@ -7,9 +7,14 @@
 //! state_dir = "/var/lib/upkeep"
 //! install_root = "/"
 //! client_application_id = "my-app"
+//! mirrors = ["http://mirror.example/upkeep/"]  # same targets/, tried in turn
+//! parallel_downloads = 8                   # transfers at once
+//! low_priority_bytes_per_second = 1000000  # cap shared by Low priority downloads
 //! ```
 //! Environment: `UPKEEP_REPOSITORY`, `UPKEEP_TRUSTED_ROOT`, `UPKEEP_STATE_DIR`,
-//! `UPKEEP_INSTALL_ROOT`, `UPKEEP_CLIENT_APPLICATION_ID`; `UPKEEP_CONFIG` names the file.
+//! `UPKEEP_INSTALL_ROOT`, `UPKEEP_CLIENT_APPLICATION_ID`, `UPKEEP_MIRRORS` (comma-separated),
+//! `UPKEEP_PARALLEL_DOWNLOADS`, `UPKEEP_LOW_PRIORITY_BYTES_PER_SECOND`; `UPKEEP_CONFIG`
+//! names the file.
 
 use std::path::{Path, PathBuf};
 
@@ -32,6 +37,13 @@ pub struct Config {
     pub install_root: Option<PathBuf>,
     /// Names the caller in history.
     pub client_application_id: Option<String>,
+    /// Further repository base URLs whose `targets/` serve the same content (untrusted:
+    /// every byte is verified), tried after the repository when it fails.
+    pub mirrors: Option<Vec<String>>,
+    /// Transfers running at once (default 8).
+    pub parallel_downloads: Option<usize>,
+    /// Bandwidth cap shared by `Low` priority downloads, bytes per second (default none).
+    pub low_priority_bytes_per_second: Option<u64>,
 }
 
 impl Config {
@@ -60,6 +72,16 @@ impl Config {
             state_dir: get("UPKEEP_STATE_DIR").map(PathBuf::from),
             install_root: get("UPKEEP_INSTALL_ROOT").map(PathBuf::from),
             client_application_id: get("UPKEEP_CLIENT_APPLICATION_ID"),
+            mirrors: get("UPKEEP_MIRRORS").map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            }),
+            parallel_downloads: get("UPKEEP_PARALLEL_DOWNLOADS").and_then(|v| v.parse().ok()),
+            low_priority_bytes_per_second: get("UPKEEP_LOW_PRIORITY_BYTES_PER_SECOND")
+                .and_then(|v| v.parse().ok()),
         }
     }
 
@@ -76,6 +98,11 @@ impl Config {
             state_dir: over.state_dir.or(self.state_dir),
             install_root: over.install_root.or(self.install_root),
             client_application_id: over.client_application_id.or(self.client_application_id),
+            mirrors: over.mirrors.or(self.mirrors),
+            parallel_downloads: over.parallel_downloads.or(self.parallel_downloads),
+            low_priority_bytes_per_second: over
+                .low_priority_bytes_per_second
+                .or(self.low_priority_bytes_per_second),
         }
     }
 
@@ -91,6 +118,9 @@ impl Config {
             client_application_id: self
                 .client_application_id
                 .unwrap_or_else(|| "Unknown".to_string()),
+            mirrors: self.mirrors.unwrap_or_default(),
+            parallel_downloads: self.parallel_downloads.unwrap_or(8).clamp(1, 64),
+            low_priority_bytes_per_second: self.low_priority_bytes_per_second.filter(|r| *r > 0),
         }
     }
 }
@@ -124,6 +154,12 @@ pub struct ResolvedConfig {
     pub install_root: PathBuf,
     /// Caller name for history.
     pub client_application_id: String,
+    /// Content mirrors (base URLs), tried after the repository.
+    pub mirrors: Vec<String>,
+    /// Transfers at once, 1 to 64.
+    pub parallel_downloads: usize,
+    /// Bandwidth cap of `Low` priority downloads.
+    pub low_priority_bytes_per_second: Option<u64>,
 }
 
 #[cfg(test)]

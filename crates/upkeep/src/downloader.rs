@@ -1,12 +1,21 @@
 //! `UpdateDownloader` (WUA's `IUpdateDownloader` and `IUpdateDownloaderEx`), `DownloadJob`,
 //! `DownloadProgress` and the results, on the job engine and the transfer engine.
 //!
-//! Updates are downloaded one after another in collection order (ordered by priority among
-//! jobs is future work); each content file goes to the content-addressed cache in
-//! `<state_dir>/cache` by `upkeep-transfer`, which verifies it against the signed hashes.
+//! Every distinct content file of the job is a transfer on the session's engine, which runs
+//! up to `parallel_downloads` at once across all of the session's jobs, granting slots by
+//! the job's [`DownloadPriority`] (then in request order, so in collection order within a
+//! job); `Low` transfers share the optional `low_priority_bytes_per_second` cap. Each file
+//! goes to the content-addressed cache in `<state_dir>/cache`, verified against the signed
+//! hashes while it streams, and the cache is flushed with one `syncfs` per job.
+//!
+//! With transfers in parallel, the "current update" of a snapshot is the first update in
+//! collection order that is in progress.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use upkeep_job::{Callbacks, Job};
-use upkeep_transfer::{ContentCache, Engine, Phase, TransferOptions};
+use upkeep_transfer::{ContentCache, Engine, Phase};
 use upkeep_types::{
     ContentFile, DownloadPhase, DownloadPriority, DownloadType, HResult, OperationResultCode,
     UpdateCollection,
@@ -342,10 +351,8 @@ impl UpdateDownloader {
                 }
             })
             .collect::<Result<_>>()?;
-        let (base, consistent) = self.session.content_base()?;
-        let cache = self.session.content_cache()?;
-        let engine = Engine::new(cache, TransferOptions::default())
-            .map_err(|e| Error::new(e.hresult(), e.to_string()))?;
+        let (bases, consistent) = self.session.content_bases()?;
+        let engine = self.session.engine()?;
         let total: u64 = plan.iter().flatten().map(|f| f.length).sum();
         let initial = DownloadProgress {
             current_update_index: 0,
@@ -384,8 +391,11 @@ impl UpdateDownloader {
                 };
                 on_completed.invoke(&dj, &DownloadCompletedCallbackArgs::default())
             });
+        let plan = Arc::new(Plan::new(plan, &bases, consistent));
+        let priority = self.priority;
         let job = Job::spawn("upkeep-download", initial, state, callbacks, move |ctx| {
-            run(ctx, &engine, &plan, &base, consistent)
+            let ctx = ctx.clone();
+            engine.clone().block_on(run(ctx, engine, plan, priority))
         })
         .map_err(|e| {
             Error::new(
@@ -406,108 +416,298 @@ impl UpdateDownloader {
     }
 }
 
-fn run(
-    ctx: &upkeep_job::JobContext<DownloadProgress, Result<DownloadResult>>,
-    engine: &Engine,
-    plan: &[Vec<ContentFile>],
-    base: &str,
-    consistent: bool,
-) -> Result<DownloadResult> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            Error::new(
-                HResult::E_FAIL,
-                format!("cannot start the transfer runtime: {e}"),
-            )
-        })?;
-    let mut done_before: u64 = 0;
-    let mut results =
-        vec![UpdateDownloadResult::new(OperationResultCode::NotStarted, HResult::S_OK); plan.len()];
-    let mut aborted = false;
-    let mut last_error = HResult::S_OK;
-    for (i, files) in plan.iter().enumerate() {
-        if aborted || ctx.is_abort_requested() {
-            aborted = true;
-            results[i] = UpdateDownloadResult::new(
-                OperationResultCode::Aborted,
-                HResult::WU_E_CALL_CANCELLED,
-            );
-            continue;
+/// What a job downloads: each distinct content file once (two updates may share one), and
+/// which files each update needs.
+struct Plan {
+    files: Vec<PlannedFile>,
+    updates: Vec<Vec<usize>>,
+    update_bytes: Vec<u64>,
+}
+
+struct PlannedFile {
+    file: ContentFile,
+    urls: Vec<String>,
+    owners: Vec<usize>,
+}
+
+impl Plan {
+    fn new(per_update: Vec<Vec<ContentFile>>, bases: &[String], consistent: bool) -> Plan {
+        let mut files: Vec<PlannedFile> = Vec::new();
+        let mut by_key: HashMap<String, usize> = HashMap::new();
+        let mut updates = Vec::with_capacity(per_update.len());
+        let mut update_bytes = Vec::with_capacity(per_update.len());
+        for (u, list) in per_update.into_iter().enumerate() {
+            update_bytes.push(list.iter().map(|f| f.length).sum());
+            let mut mine = Vec::with_capacity(list.len());
+            for f in list {
+                let key = upkeep_transfer::cache_key(&f).unwrap_or_else(|| f.path.clone());
+                let i = *by_key.entry(key).or_insert_with(|| {
+                    files.push(PlannedFile {
+                        urls: bases
+                            .iter()
+                            .map(|b| upkeep_tuf::target_url(b, &f.path, &f.hashes, consistent))
+                            .collect(),
+                        file: f,
+                        owners: Vec::new(),
+                    });
+                    files.len() - 1
+                });
+                if !files[i].owners.contains(&u) {
+                    files[i].owners.push(u);
+                }
+                mine.push(i);
+            }
+            updates.push(mine);
         }
-        let update_total: u64 = files.iter().map(|f| f.length).sum();
-        results[i] = UpdateDownloadResult::new(OperationResultCode::InProgress, HResult::S_OK);
-        let snapshot_results = results.clone();
-        ctx.update(|p| {
+        Plan {
+            files,
+            updates,
+            update_bytes,
+        }
+    }
+}
+
+/// The job's bookkeeping, from which every snapshot is made.
+struct Books {
+    file_done: Vec<u64>,
+    file_phase: Vec<Option<Phase>>,
+    update_done: Vec<u64>,
+    files_left: Vec<usize>,
+    results: Vec<UpdateDownloadResult>,
+    total_done: u64,
+    /// Updates before this one have a final result.
+    cursor: usize,
+}
+
+impl Books {
+    fn is_final(r: &UpdateDownloadResult) -> bool {
+        !matches!(
+            r.result_code,
+            OperationResultCode::NotStarted | OperationResultCode::InProgress
+        )
+    }
+
+    /// The current update: the first one in progress (transfers run in parallel, so
+    /// several may be), else the first not started, else the last.
+    fn current(&mut self) -> usize {
+        while self.cursor < self.results.len() && Self::is_final(&self.results[self.cursor]) {
+            self.cursor += 1;
+        }
+        let rest = &self.results[self.cursor.min(self.results.len())..];
+        rest.iter()
+            .position(|r| r.result_code == OperationResultCode::InProgress)
+            .or_else(|| {
+                rest.iter()
+                    .position(|r| r.result_code == OperationResultCode::NotStarted)
+            })
+            .map_or(self.results.len() - 1, |i| self.cursor + i)
+    }
+
+    fn finish(&mut self, u: usize, r: UpdateDownloadResult) {
+        if !Self::is_final(&self.results[u]) {
+            self.results[u] = r;
+        }
+    }
+
+    /// Writes the snapshot; the percentages and the current update's bytes never go down.
+    fn fill(&mut self, plan: &Plan, p: &mut DownloadProgress) {
+        let i = self.current();
+        if i != p.current_update_index {
             p.current_update_index = i;
-            p.current_update_bytes_to_download = update_total;
             p.current_update_bytes_downloaded = 0;
             p.current_update_percent_complete = 0;
-            p.current_update_download_phase = DownloadPhase::Initializing;
-            p.results = snapshot_results;
+        }
+        let total = plan.update_bytes[i];
+        p.current_update_bytes_to_download = total;
+        p.current_update_bytes_downloaded = p
+            .current_update_bytes_downloaded
+            .max(self.update_done[i].min(total));
+        p.current_update_percent_complete = p
+            .current_update_percent_complete
+            .max(percent(p.current_update_bytes_downloaded, total));
+        let phases = plan.updates[i]
+            .iter()
+            .filter_map(|&f| self.file_phase[f])
+            .collect::<Vec<_>>();
+        p.current_update_download_phase = if phases.contains(&Phase::Downloading) {
+            DownloadPhase::Downloading
+        } else if phases.contains(&Phase::Verifying)
+            || self.results[i].result_code == OperationResultCode::Succeeded
+        {
+            // A finished update's last phase was its verification.
+            DownloadPhase::Verifying
+        } else if Self::is_final(&self.results[i]) {
+            p.current_update_download_phase
+        } else {
+            DownloadPhase::Initializing
+        };
+        p.total_bytes_downloaded = p.total_bytes_downloaded.max(self.total_done);
+        p.percent_complete = p
+            .percent_complete
+            .max(percent(p.total_bytes_downloaded, p.total_bytes_to_download));
+        p.results.clone_from(&self.results);
+    }
+}
+
+type Ctx = upkeep_job::JobContext<DownloadProgress, Result<DownloadResult>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The job: every distinct file is a task on the session's transfer thread; the engine runs
+/// as many at once as it has slots, highest priority first, and each update's result is
+/// known as soon as its last file is.
+async fn run(
+    ctx: Ctx,
+    engine: Engine,
+    plan: Arc<Plan>,
+    priority: DownloadPriority,
+) -> Result<DownloadResult> {
+    let n = plan.updates.len();
+    let books = Arc::new(Mutex::new(Books {
+        file_done: vec![0; plan.files.len()],
+        file_phase: vec![None; plan.files.len()],
+        update_done: vec![0; n],
+        files_left: plan.updates.iter().map(Vec::len).collect(),
+        results: vec![UpdateDownloadResult::new(OperationResultCode::NotStarted, HResult::S_OK); n],
+        total_done: 0,
+        cursor: 0,
+    }));
+    {
+        let mut b = lock(&books);
+        for u in 0..n {
+            if plan.updates[u].is_empty() {
+                b.finish(
+                    u,
+                    UpdateDownloadResult::new(OperationResultCode::Succeeded, HResult::S_OK),
+                );
+            }
+        }
+        ctx.update(|p| b.fill(&plan, p));
+    }
+    let mut set = tokio::task::JoinSet::new();
+    let mut task_file = HashMap::new();
+    for fi in 0..plan.files.len() {
+        let (engine, plan, books, ctx) = (engine.clone(), plan.clone(), books.clone(), ctx.clone());
+        let handle = set.spawn(async move {
+            let pf = &plan.files[fi];
+            let mut on_progress = |t: upkeep_transfer::TransferProgress| {
+                let mut b = lock(&books);
+                b.file_phase[fi] = Some(t.phase);
+                let delta = t.bytes_done.saturating_sub(b.file_done[fi]);
+                b.file_done[fi] += delta;
+                for &u in &pf.owners {
+                    b.update_done[u] += delta;
+                    b.total_done += delta;
+                    if b.results[u].result_code == OperationResultCode::NotStarted {
+                        b.results[u] = UpdateDownloadResult::new(
+                            OperationResultCode::InProgress,
+                            HResult::S_OK,
+                        );
+                    }
+                }
+                ctx.update(|p| b.fill(&plan, p));
+            };
+            // Stop when the job is aborted or every update needing this file has failed.
+            let abort = || {
+                ctx.is_abort_requested() || {
+                    let b = lock(&books);
+                    pf.owners
+                        .iter()
+                        .all(|&u| b.results[u].result_code == OperationResultCode::Failed)
+                }
+            };
+            let r = engine
+                .fetch(&pf.file, &pf.urls, priority, &mut on_progress, &abort)
+                .await;
+            r.map(|_| ()).map_err(|e| (e.hresult(), e.to_string()))
         });
-        let mut update_done_before = 0u64;
-        let mut outcome = Ok(());
-        for f in files {
-            let url = upkeep_tuf::target_url(base, &f.path, &f.hashes, consistent);
-            let fetched = rt.block_on(engine.fetch(
-                f,
-                std::slice::from_ref(&url),
-                &mut |t| {
-                    let phase = match t.phase {
-                        Phase::Initializing => DownloadPhase::Initializing,
-                        Phase::Downloading => DownloadPhase::Downloading,
-                        Phase::Verifying => DownloadPhase::Verifying,
-                    };
-                    ctx.update(|p| {
-                        // Bytes may restart from zero (a server ignoring Range); the
-                        // percentages never go down.
-                        let cur = update_done_before + t.bytes_done;
-                        p.current_update_bytes_downloaded =
-                            p.current_update_bytes_downloaded.max(cur);
-                        p.current_update_download_phase = phase;
-                        p.current_update_percent_complete =
-                            percent(p.current_update_bytes_downloaded, update_total);
-                        p.total_bytes_downloaded = p.total_bytes_downloaded.max(done_before + cur);
-                        p.percent_complete = p
-                            .percent_complete
-                            .max(percent(p.total_bytes_downloaded, p.total_bytes_to_download));
-                    });
-                },
-                &|| ctx.is_abort_requested(),
-            ));
-            match fetched {
-                Ok(_) => update_done_before += f.length,
-                Err(e) => {
-                    outcome = Err(e);
-                    break;
+        task_file.insert(handle.id(), fi);
+    }
+    let mut committed = false;
+    while let Some(joined) = set.join_next_with_id().await {
+        let (fi, r) = match joined {
+            Ok((id, r)) => (task_file[&id], r),
+            // A transfer task panicked (a bug): its updates fail, the job goes on.
+            Err(e) => (
+                task_file[&e.id()],
+                Err((HResult::E_FAIL, format!("a transfer task failed: {e}"))),
+            ),
+        };
+        let pf = &plan.files[fi];
+        let mut b = lock(&books);
+        b.file_phase[fi] = None;
+        match r {
+            Ok(()) => {
+                committed = true;
+                for &u in &pf.owners {
+                    b.files_left[u] -= 1;
+                    if b.files_left[u] == 0 {
+                        b.finish(
+                            u,
+                            UpdateDownloadResult::new(
+                                OperationResultCode::Succeeded,
+                                HResult::S_OK,
+                            ),
+                        );
+                    }
+                }
+            }
+            Err((code, _)) if code == HResult::WU_E_CALL_CANCELLED => {
+                for &u in &pf.owners {
+                    b.finish(
+                        u,
+                        UpdateDownloadResult::new(OperationResultCode::Aborted, code),
+                    );
+                }
+            }
+            Err((code, message)) => {
+                tracing::warn!("download failed: {message}");
+                for &u in &pf.owners {
+                    b.finish(
+                        u,
+                        UpdateDownloadResult::new(OperationResultCode::Failed, code),
+                    );
                 }
             }
         }
-        done_before += update_total;
-        results[i] = match outcome {
-            Ok(()) => UpdateDownloadResult::new(OperationResultCode::Succeeded, HResult::S_OK),
-            Err(e) if e.hresult() == HResult::WU_E_CALL_CANCELLED => {
-                aborted = true;
-                UpdateDownloadResult::new(
-                    OperationResultCode::Aborted,
-                    HResult::WU_E_CALL_CANCELLED,
-                )
-            }
-            Err(e) => {
-                tracing::warn!("download failed: {e}");
-                last_error = e.hresult();
-                UpdateDownloadResult::new(OperationResultCode::Failed, e.hresult())
-            }
-        };
-        let snapshot_results = results.clone();
-        ctx.update(|p| p.results = snapshot_results);
+        ctx.update(|p| b.fill(&plan, p));
     }
+    if committed {
+        // One flush for everything this job put in the cache.
+        let e = engine.clone();
+        match tokio::task::spawn_blocking(move || e.sync()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("flushing the content cache: {e}"),
+            Err(e) => tracing::warn!("flushing the content cache: {e}"),
+        }
+    }
+    let mut b = lock(&books);
+    for u in 0..n {
+        // Updates a failed sibling file stopped, or that never started.
+        let r = if ctx.is_abort_requested() {
+            UpdateDownloadResult::new(OperationResultCode::Aborted, HResult::WU_E_CALL_CANCELLED)
+        } else {
+            UpdateDownloadResult::new(OperationResultCode::Failed, HResult::WU_E_DOWNLOAD_FAILED)
+        };
+        b.finish(u, r);
+    }
+    ctx.update(|p| b.fill(&plan, p));
+    let results = b.results.clone();
+    drop(b);
     let succeeded = results
         .iter()
         .filter(|r| r.result_code == OperationResultCode::Succeeded)
         .count();
+    let aborted = results
+        .iter()
+        .any(|r| r.result_code == OperationResultCode::Aborted);
+    let last_error = results
+        .iter()
+        .rev()
+        .find(|r| r.result_code == OperationResultCode::Failed)
+        .map_or(HResult::E_FAIL, |r| r.hresult);
     let (code, hresult) = if aborted {
         (OperationResultCode::Aborted, HResult::WU_E_CALL_CANCELLED)
     } else if succeeded == results.len() {

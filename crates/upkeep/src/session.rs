@@ -66,6 +66,24 @@ impl UpdateSessionBuilder {
         self.over.client_application_id = Some(id.into());
         self
     }
+
+    /// Content mirrors: repository base URLs tried after the repository.
+    pub fn mirrors(mut self, urls: Vec<String>) -> Self {
+        self.over.mirrors = Some(urls);
+        self
+    }
+
+    /// Transfers running at once (1 to 64; default 8).
+    pub fn parallel_downloads(mut self, n: usize) -> Self {
+        self.over.parallel_downloads = Some(n);
+        self
+    }
+
+    /// Bandwidth cap shared by `Low` priority downloads, bytes per second.
+    pub fn low_priority_bytes_per_second(mut self, rate: u64) -> Self {
+        self.over.low_priority_bytes_per_second = Some(rate);
+        self
+    }
     /// A TOML configuration file.
     pub fn config_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.config_file = Some(path.into());
@@ -152,6 +170,7 @@ impl UpdateSessionBuilder {
                 transport,
                 limits: self.limits.unwrap_or_default(),
                 catalog: Mutex::new(None),
+                engine: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -165,6 +184,9 @@ struct SessionInner {
     limits: Limits,
     client_application_id: Mutex<String>,
     catalog: Mutex<Option<(CatalogKey, Arc<Catalog>)>>,
+    /// The transfer engine (one pooled HTTP client and transfer queue per session),
+    /// started by the first download.
+    engine: std::sync::OnceLock<upkeep_transfer::Engine>,
 }
 
 /// WUA's `IUpdateSession`: the entry point that creates searchers (and, later, downloaders
@@ -276,9 +298,41 @@ impl UpdateSession {
 }
 
 impl UpdateSession {
-    /// The base URL of content and whether the trusted root uses consistent snapshots;
-    /// `WU_E_NOT_INITIALIZED` without a repository or trusted metadata.
-    pub(crate) fn content_base(&self) -> Result<(String, bool)> {
+    /// The session's transfer engine, started on first use.
+    pub(crate) fn engine(&self) -> Result<upkeep_transfer::Engine> {
+        if let Some(e) = self.inner.engine.get() {
+            return Ok(e.clone());
+        }
+        let cfg = &self.inner.cfg;
+        let opts = upkeep_transfer::TransferOptions {
+            parallel: cfg.parallel_downloads,
+            low_priority_bytes_per_second: cfg.low_priority_bytes_per_second,
+            ..Default::default()
+        };
+        let engine = upkeep_transfer::Engine::new(self.content_cache()?, opts)
+            .map_err(|e| Error::new(e.hresult(), e.to_string()))?;
+        // A racing first download may have set one already; use whichever won.
+        Ok(self.inner.engine.get_or_init(|| engine).clone())
+    }
+
+    /// The base URLs of content (the repository's `targets/`, then each mirror's) and
+    /// whether the trusted root uses consistent snapshots; `WU_E_NOT_INITIALIZED` without a
+    /// repository or trusted metadata.
+    pub(crate) fn content_bases(&self) -> Result<(Vec<String>, bool)> {
+        let (base, consistent) = self.content_base()?;
+        let mut bases = vec![base];
+        for m in &self.inner.cfg.mirrors {
+            let mut m = m.clone();
+            if !m.ends_with('/') {
+                m.push('/');
+            }
+            m.push_str("targets/");
+            bases.push(m);
+        }
+        Ok((bases, consistent))
+    }
+
+    fn content_base(&self) -> Result<(String, bool)> {
         let Some(repo) = &self.inner.cfg.repository else {
             return Err(Error::new(
                 HResult::WU_E_NOT_INITIALIZED,

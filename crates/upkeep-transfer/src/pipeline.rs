@@ -1,0 +1,204 @@
+//! Where received bytes go: written to the partial file and hashed while they stream.
+//!
+//! Large files use a writer thread and a hasher thread, each fed by a bounded channel of
+//! the received `Bytes` (cheap clones of one buffer), so the receiving thread only moves
+//! buffers; this is the design that kept up with `curl -o` in the measurements of
+//! `bench-notes.md`. Small files are written and hashed inline, where two threads would cost
+//! more than they save. Memory is bounded by the channels whatever the file size.
+
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256, Sha512};
+use tokio::sync::{mpsc, oneshot};
+use upkeep_types::ContentFile;
+
+/// Chunks in flight per channel.
+const DEPTH: usize = 16;
+
+/// The running hashes of every signed algorithm.
+#[derive(Clone)]
+pub(crate) struct Digests {
+    sha256: Option<Sha256>,
+    sha512: Option<Sha512>,
+}
+
+impl Digests {
+    /// Hashers for every hash of `file`; `None` if one of them is an algorithm this build
+    /// cannot check or there is none (the transfer must not be trusted then).
+    pub(crate) fn for_file(file: &ContentFile) -> Option<Digests> {
+        let mut d = Digests {
+            sha256: None,
+            sha512: None,
+        };
+        for (alg, _) in file.hashes.iter() {
+            match alg {
+                "sha256" => d.sha256 = Some(Sha256::new()),
+                "sha512" => d.sha512 = Some(Sha512::new()),
+                _ => return None,
+            }
+        }
+        (d.sha256.is_some() || d.sha512.is_some()).then_some(d)
+    }
+
+    pub(crate) fn update(&mut self, data: &[u8]) {
+        if let Some(h) = &mut self.sha256 {
+            h.update(data);
+        }
+        if let Some(h) = &mut self.sha512 {
+            h.update(data);
+        }
+    }
+
+    /// Hashes the first `len` bytes of `f` (a resumed prefix).
+    fn update_from(&mut self, f: &File, len: u64) -> io::Result<()> {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = 0u64;
+        while at < len {
+            let want = ((len - at) as usize).min(buf.len());
+            let n = f.read_at(&mut buf[..want], at)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the partial file shrank while it was hashed",
+                ));
+            }
+            self.update(&buf[..n]);
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    /// `Err(alg)` names the first signed hash that does not match.
+    pub(crate) fn check(self, file: &ContentFile) -> Result<(), String> {
+        let want = |alg: &str| file.hashes.get(alg).map(str::to_ascii_lowercase);
+        if let Some(h) = self.sha256 {
+            if Some(hex::encode(h.finalize())) != want("sha256") {
+                return Err("sha256".into());
+            }
+        }
+        if let Some(h) = self.sha512 {
+            if Some(hex::encode(h.finalize())) != want("sha512") {
+                return Err("sha512".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a sink failed: the local file could not be read or written.
+pub(crate) type SinkError = io::Error;
+
+/// Receives the bytes of one attempt.
+pub(crate) enum Sink {
+    Inline {
+        file: File,
+        digests: Box<Digests>,
+    },
+    Threads {
+        to_writer: mpsc::Sender<Bytes>,
+        to_hasher: mpsc::Sender<Bytes>,
+        writer: oneshot::Receiver<io::Result<()>>,
+        hasher: oneshot::Receiver<io::Result<Digests>>,
+    },
+}
+
+impl Sink {
+    /// A sink appending at `have` to `file` (the locked partial file) whose hashes start
+    /// with its first `have` bytes. `threaded` picks the writer and hasher threads.
+    pub(crate) fn start(
+        file: &File,
+        have: u64,
+        digests: Digests,
+        threaded: bool,
+    ) -> io::Result<Sink> {
+        let mut out = file.try_clone()?;
+        out.set_len(have)?;
+        out.seek(SeekFrom::Start(have))?;
+        if !threaded {
+            let mut digests = Box::new(digests);
+            digests.update_from(file, have)?;
+            return Ok(Sink::Inline { file: out, digests });
+        }
+        let reader = file.try_clone()?;
+        let (to_writer, mut writer_rx) = mpsc::channel::<Bytes>(DEPTH);
+        let (to_hasher, mut hasher_rx) = mpsc::channel::<Bytes>(DEPTH);
+        let (writer_done, writer) = oneshot::channel();
+        let (hasher_done, hasher) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("upkeep-writer".into())
+            .spawn(move || {
+                let mut r = Ok(());
+                while let Some(b) = writer_rx.blocking_recv() {
+                    if let Err(e) = out.write_all(&b) {
+                        r = Err(e);
+                        break;
+                    }
+                }
+                let _ = writer_done.send(r);
+            })?;
+        std::thread::Builder::new()
+            .name("upkeep-hasher".into())
+            .spawn(move || {
+                let mut digests = digests;
+                let r = digests.update_from(&reader, have).map(|()| {
+                    while let Some(b) = hasher_rx.blocking_recv() {
+                        digests.update(&b);
+                    }
+                    digests
+                });
+                let _ = hasher_done.send(r);
+            })?;
+        Ok(Sink::Threads {
+            to_writer,
+            to_hasher,
+            writer,
+            hasher,
+        })
+    }
+
+    /// Takes one chunk. An error means the writer or hasher failed; `finish` says how.
+    pub(crate) async fn push(&mut self, chunk: Bytes) -> Result<(), ()> {
+        match self {
+            Sink::Inline { file, digests } => {
+                digests.update(&chunk);
+                file.write_all(&chunk).map_err(|_| ())
+            }
+            Sink::Threads {
+                to_writer,
+                to_hasher,
+                ..
+            } => {
+                to_writer.send(chunk.clone()).await.map_err(|_| ())?;
+                to_hasher.send(chunk).await.map_err(|_| ())
+            }
+        }
+    }
+
+    /// Ends the attempt: waits until every pushed byte is written and hashed. The partial
+    /// file is never written to after this returns.
+    pub(crate) async fn finish(self) -> Result<Digests, SinkError> {
+        match self {
+            Sink::Inline { mut file, digests } => {
+                file.flush()?;
+                Ok(*digests)
+            }
+            Sink::Threads {
+                to_writer,
+                to_hasher,
+                writer,
+                hasher,
+            } => {
+                drop(to_writer);
+                drop(to_hasher);
+                let gone = || io::Error::other("a transfer thread ended without a result");
+                let w = writer.await.unwrap_or_else(|_| Err(gone()));
+                let h = hasher.await.unwrap_or_else(|_| Err(gone()));
+                w?;
+                h
+            }
+        }
+    }
+}
