@@ -4,7 +4,7 @@
 //! - The work runs on its own thread. Callbacks run on a dispatcher thread that is neither
 //!   the caller's nor the worker's; for one job they never run concurrently.
 //! - Progress callbacks coalesce to the latest snapshot when the callback is slower than the
-//!   work. The completion callback runs exactly once, after the last progress callback, and
+//!   work, and come at most every [`MIN_PROGRESS_INTERVAL`]. The completion callback runs exactly once, after the last progress callback, and
 //!   [`Job::is_completed`] is already true when it runs.
 //! - Inside a callback a caller may read the job, take [`Job::progress`], call
 //!   [`Job::request_abort`], and take the result ([`Job::take_result`], the engine of
@@ -103,8 +103,15 @@ struct State<P, R> {
     result_taken: bool,
     async_state: AsyncState,
     dispatch_done: bool,
+    /// The dispatcher is blocked waiting for a new snapshot (so a report must wake it).
+    dispatcher_waiting: bool,
     wakers: Vec<Waker>,
 }
+
+/// Progress callbacks of one job are at most this frequent: snapshots reported in between
+/// coalesce into the latest (a UI redraws at 20 Hz; a transfer reports per chunk). The last
+/// snapshot is still delivered before completion, without waiting.
+pub const MIN_PROGRESS_INTERVAL: Duration = Duration::from_millis(10);
 
 struct Shared<P, R> {
     state: Mutex<State<P, R>>,
@@ -154,11 +161,7 @@ impl<P, R> Clone for JobContext<P, R> {
 impl<P: Clone + Send + 'static, R: Send + 'static> JobContext<P, R> {
     /// Publishes a new progress snapshot; the dispatcher delivers the latest one.
     pub fn report(&self, progress: P) {
-        let mut st = lock(&self.shared.state);
-        st.progress = progress;
-        st.generation += 1;
-        drop(st);
-        self.shared.changed.notify_all();
+        self.update(|p| *p = progress);
     }
 
     /// Changes the current snapshot in place and publishes it.
@@ -166,8 +169,14 @@ impl<P: Clone + Send + 'static, R: Send + 'static> JobContext<P, R> {
         let mut st = lock(&self.shared.state);
         f(&mut st.progress);
         st.generation += 1;
+        // Only a dispatcher blocked for news needs a wake-up (a syscall): waiters for
+        // completion are woken by completion, and a dispatcher pausing for
+        // MIN_PROGRESS_INTERVAL wakes on its own.
+        let wake = std::mem::take(&mut st.dispatcher_waiting);
         drop(st);
-        self.shared.changed.notify_all();
+        if wake {
+            self.shared.changed.notify_all();
+        }
     }
 
     /// The current snapshot.
@@ -266,6 +275,7 @@ impl<P: Clone + Send + 'static, R: Send + 'static> Job<P, R> {
                 result_taken: false,
                 async_state: state,
                 dispatch_done: false,
+                dispatcher_waiting: false,
                 wakers: Vec::new(),
             }),
             changed: Condvar::new(),
@@ -318,20 +328,43 @@ impl<P: Clone + Send + 'static, R: Send + 'static> Job<P, R> {
             on_progress,
             mut on_completed,
         } = callbacks;
+        let mut last_delivery: Option<Instant> = None;
         loop {
             let mut st = self.lock();
-            while st.generation == st.delivered && !st.completed {
+            loop {
+                let pending = on_progress.is_some() && st.generation != st.delivered;
+                if st.completed {
+                    break;
+                }
+                if pending {
+                    let wait = last_delivery
+                        .map(|t| MIN_PROGRESS_INTERVAL.saturating_sub(t.elapsed()))
+                        .unwrap_or_default();
+                    if wait.is_zero() {
+                        break;
+                    }
+                    st = self
+                        .shared
+                        .changed
+                        .wait_timeout(st, wait)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                    continue;
+                }
+                st.dispatcher_waiting = true;
                 st = self
                     .shared
                     .changed
                     .wait(st)
                     .unwrap_or_else(|p| p.into_inner());
+                st.dispatcher_waiting = false;
             }
-            if st.generation != st.delivered {
+            if on_progress.is_some() && st.generation != st.delivered {
                 // Deliver the latest snapshot only: slower callbacks see fewer, newer ones.
                 let snapshot = st.progress.clone();
                 st.delivered = st.generation;
                 drop(st);
+                last_delivery = Some(Instant::now());
                 if let Some(cb) = &on_progress {
                     if catch_unwind(AssertUnwindSafe(|| cb(self, &snapshot))).is_err() {
                         tracing::error!("a progress callback panicked; the job goes on");

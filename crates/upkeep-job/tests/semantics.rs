@@ -366,3 +366,34 @@ fn async_waiters_see_completion_and_abort() {
     // After completion, request_abort is a no-op.
     job.request_abort();
 }
+
+#[test]
+fn progress_callbacks_are_rate_limited_and_the_last_snapshot_still_arrives() {
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let c = calls.clone();
+    let started = std::time::Instant::now();
+    let job: J = Job::spawn(
+        "t",
+        0,
+        AsyncState::none(),
+        Callbacks::none().on_progress(move |_, p| c.lock().unwrap().push(*p)),
+        |ctx| {
+            for i in 1..=200_000 {
+                ctx.report(i);
+            }
+            "ok"
+        },
+    )
+    .unwrap();
+    job.clean_up().unwrap();
+    let elapsed = started.elapsed();
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.last(), Some(&200_000));
+    // At most one delivery per MIN_PROGRESS_INTERVAL, plus the first and the last.
+    let bound = elapsed.as_millis() / upkeep_job::MIN_PROGRESS_INTERVAL.as_millis() + 2;
+    assert!(
+        calls.len() as u128 <= bound,
+        "{} callbacks in {elapsed:?}",
+        calls.len()
+    );
+}

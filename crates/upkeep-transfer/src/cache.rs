@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use upkeep_types::ContentFile;
 
-/// `objects/<sha256>` (verified), `partial/<sha256>.part` and `.meta` (in progress).
+/// `objects/<sha256>` (verified), `partial/<sha256>.part` and `.meta` (in progress),
+/// `partial/<sha256>.<pid>.<n>.tmp` (a verified small file between write and rename).
 #[derive(Clone, Debug)]
 pub struct ContentCache {
     dir: PathBuf,
@@ -28,6 +29,21 @@ impl ContentCache {
     pub fn open(dir: &Path) -> io::Result<ContentCache> {
         std::fs::create_dir_all(dir.join("objects"))?;
         std::fs::create_dir_all(dir.join("partial"))?;
+        // Temporary files of a process that died between write and rename; a live one
+        // renames within moments, so anything an hour old is litter.
+        if let Ok(rd) = std::fs::read_dir(dir.join("partial")) {
+            for e in rd.flatten() {
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+                if old && e.file_name().to_string_lossy().ends_with(".tmp") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         Ok(ContentCache {
             dir: dir.to_path_buf(),
         })
@@ -45,6 +61,16 @@ impl ContentCache {
 
     pub(crate) fn partial_path(&self, key: &str) -> PathBuf {
         self.dir.join("partial").join(format!("{key}.part"))
+    }
+
+    /// A private temporary name beside the partial files (unique in this process and
+    /// across processes).
+    pub(crate) fn temp_path(&self, key: &str) -> PathBuf {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.dir
+            .join("partial")
+            .join(format!("{key}.{}.{n}.tmp", std::process::id()))
     }
 
     pub(crate) fn meta_path(&self, key: &str) -> PathBuf {

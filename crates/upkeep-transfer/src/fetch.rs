@@ -28,8 +28,10 @@ pub struct TransferOptions {
     /// A bandwidth cap shared by every `Low` priority transfer, in bytes per second.
     /// Default none.
     pub low_priority_bytes_per_second: Option<u64>,
-    /// Transfers with less than this many bytes to go are written and hashed on the
-    /// receiving thread; larger ones get a writer and a hasher thread. Default 1 MiB.
+    /// Transfers with less than this many bytes to go are collected in memory, then written
+    /// and hashed in one go on the blocking pool; larger ones stream through a writer and a
+    /// hasher thread. Files smaller than
+    /// this are not resumed across restarts (within a transfer they are). Default 1 MiB.
     pub inline_below: u64,
 }
 
@@ -359,16 +361,33 @@ impl Engine {
         };
         // The first report comes once the transfer runs (not while it waits for a slot).
         progress(report);
-        let part = self.lock_partial(&key, abort, &what).await?;
-        if let Some(p) = self.inner.cache.get(file) {
-            // Another transfer finished it while this one waited.
-            if part.metadata().is_ok_and(|m| m.len() == 0) {
-                let _ = std::fs::remove_file(self.inner.cache.partial_path(&key));
+        let mut part = if file.length < self.inner.opts.inline_below {
+            Partial::Memory {
+                chunks: Vec::new(),
+                len: 0,
+                validator: None,
             }
-            report.bytes_done = file.length;
-            progress(report);
-            return Ok(p);
-        }
+        } else {
+            let locked = self.lock_partial(&key, abort, &what).await?;
+            if let Some(p) = self.inner.cache.get(file) {
+                // Another transfer finished it while this one waited.
+                if locked.metadata().is_ok_and(|m| m.len() == 0) {
+                    let _ = std::fs::remove_file(self.inner.cache.partial_path(&key));
+                }
+                report.bytes_done = file.length;
+                progress(report);
+                return Ok(p);
+            }
+            let meta = self.inner.cache.meta_path(&key);
+            Partial::Disk(DiskPartial {
+                validator: std::fs::read_to_string(&meta)
+                    .ok()
+                    .filter(|v| !v.is_empty()),
+                file: locked,
+                path: self.inner.cache.partial_path(&key),
+                meta,
+            })
+        };
         let capped = priority == DownloadPriority::Low;
         let mut not_found: HashSet<usize> = HashSet::new();
         let mut last = TransferError::Network {
@@ -391,8 +410,7 @@ impl Engine {
             let (outcome, digests) = self
                 .attempt(
                     file,
-                    &key,
-                    &part,
+                    &mut part,
                     digests.clone(),
                     &urls[mirror],
                     capped,
@@ -419,24 +437,33 @@ impl Engine {
                     continue;
                 }
             }
-            let partial = self.inner.cache.partial_path(&key);
-            match digests.map(|d| d.check(file)) {
-                Some(Ok(())) => {
-                    let obj = self.inner.cache.object_path(&key);
-                    std::fs::rename(&partial, &obj).map_err(io_err(&obj))?;
-                    let _ = std::fs::remove_file(self.inner.cache.meta_path(&key));
-                    return Ok(obj);
+            let obj = self.inner.cache.object_path(&key);
+            let checked = match (&mut part, digests) {
+                (Partial::Disk(d), Some(digests)) => match digests.check(file) {
+                    Ok(()) => {
+                        std::fs::rename(&d.path, &obj).map_err(io_err(&obj))?;
+                        let _ = std::fs::remove_file(&d.meta);
+                        Ok(())
+                    }
+                    Err(alg) => Err(alg),
+                },
+                (Partial::Memory { chunks, .. }, _) => {
+                    let tmp = self.inner.cache.temp_path(&key);
+                    commit_from_memory(std::mem::take(chunks), digests_for(file)?, file, tmp, &obj)
+                        .await?
                 }
-                Some(Err(alg)) => {
+                (Partial::Disk(_), None) => unreachable!("a complete attempt has its digests"),
+            };
+            match checked {
+                Ok(()) => return Ok(obj),
+                Err(alg) => {
                     // Wrong bytes: start again from nothing (perhaps from another mirror).
-                    part.set_len(0).map_err(io_err(&partial))?;
-                    let _ = std::fs::remove_file(self.inner.cache.meta_path(&key));
+                    part.restart()?;
                     last = TransferError::HashMismatch {
                         path: what.clone(),
                         alg,
                     };
                 }
-                None => unreachable!("a complete attempt has its digests"),
             }
         }
         Err(last)
@@ -485,8 +512,7 @@ impl Engine {
     async fn attempt(
         &self,
         file: &ContentFile,
-        key: &str,
-        part: &std::fs::File,
+        part: &mut Partial,
         digests: Digests,
         url: &str,
         capped: bool,
@@ -504,14 +530,10 @@ impl Engine {
                 None,
             ))
         };
-        let part_path = self.inner.cache.partial_path(key);
-        let meta = self.inner.cache.meta_path(key);
-        let mut have = part.metadata().map_err(io_err(&part_path))?.len();
-        let validator = std::fs::read_to_string(&meta)
-            .ok()
-            .filter(|v| !v.is_empty());
-        if have > file.length || (have > 0 && validator.is_none()) {
-            part.set_len(0).map_err(io_err(&part_path))?;
+        let part_path = part.path();
+        let mut have = part.len()?;
+        if have > file.length || (have > 0 && part.validator().is_none()) {
+            part.restart()?;
             have = 0;
         }
         report.bytes_done = have;
@@ -519,9 +541,17 @@ impl Engine {
             // Every byte arrived before (the process stopped before the commit): verify.
             report.phase = Phase::Verifying;
             progress(*report);
-            let sink = Sink::start(part, have, digests, false).map_err(io_err(&part_path))?;
-            let d = sink.finish().await.map_err(io_err(&part_path))?;
-            return Ok((Attempt::Complete, Some(d)));
+            let d = match part {
+                Partial::Disk(d) => Some(
+                    Sink::start(&d.file, have, digests, false)
+                        .map_err(io_err(&part_path))?
+                        .finish()
+                        .await
+                        .map_err(io_err(&part_path))?,
+                ),
+                Partial::Memory { .. } => None,
+            };
+            return Ok((Attempt::Complete, d));
         }
         let mut req = self.inner.client.get(url);
         if have > 0 {
@@ -529,7 +559,7 @@ impl Engine {
                 .header(reqwest::header::RANGE, format!("bytes={have}-"))
                 .header(
                     reqwest::header::IF_RANGE,
-                    validator.clone().unwrap_or_default(),
+                    part.validator().unwrap_or_default().to_string(),
                 );
         }
         let send = req.send();
@@ -561,7 +591,7 @@ impl Engine {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("");
                 if got != expected {
-                    part.set_len(0).map_err(io_err(&part_path))?;
+                    part.restart()?;
                     return retry(format!(
                         "Content-Range {got:?}, expected {expected:?}; starting over"
                     ));
@@ -584,7 +614,7 @@ impl Engine {
                 ))
             }
             416 => {
-                part.set_len(0).map_err(io_err(&part_path))?;
+                part.restart()?;
                 return retry("416 for the resume range; starting over".into());
             }
             s => return retry(format!("HTTP {s} from {url}")),
@@ -595,17 +625,20 @@ impl Engine {
             .or_else(|| resp.headers().get(reqwest::header::LAST_MODIFIED))
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        match &new_validator {
-            Some(v) if validator.as_ref() != Some(v) => {
-                std::fs::write(&meta, v).map_err(io_err(&meta))?
-            }
-            Some(_) => {}
-            None => {
-                let _ = std::fs::remove_file(&meta);
-            }
-        }
+        part.set_validator(new_validator)?;
         let threaded = file.length - have >= self.inner.opts.inline_below;
-        let mut sink = Sink::start(part, have, digests, threaded).map_err(io_err(&part_path))?;
+        let mut sink = match part {
+            Partial::Disk(d) => {
+                Some(Sink::start(&d.file, have, digests, threaded).map_err(io_err(&part_path))?)
+            }
+            Partial::Memory { chunks, len, .. } => {
+                if have == 0 {
+                    chunks.clear();
+                    *len = 0;
+                }
+                None
+            }
+        };
         report.phase = Phase::Downloading;
         progress(*report);
         let mut resp = resp;
@@ -647,8 +680,17 @@ impl Engine {
             // Never past the signed length: the rest of an over-long body is not read.
             let take = (chunk.len() as u64).min(file.length - have) as usize;
             let chunk = chunk.slice(..take);
-            if sink.push(chunk).await.is_err() {
-                break; // `finish` reports the write error.
+            match (&mut sink, &mut *part) {
+                (Some(sink), _) => {
+                    if sink.push(chunk).await.is_err() {
+                        break; // `finish` reports the write error.
+                    }
+                }
+                (None, Partial::Memory { chunks, len, .. }) => {
+                    *len += chunk.len() as u64;
+                    chunks.push(chunk);
+                }
+                (None, Partial::Disk(_)) => unreachable!("a disk partial has a sink"),
             }
             have += take as u64;
             report.bytes_done = have;
@@ -672,12 +714,138 @@ impl Engine {
             progress(*report);
         }
         // Whatever happened, every received byte is on disk before the next attempt.
-        let digests = sink.finish().await.map_err(io_err(&part_path))?;
+        let digests = match sink {
+            Some(sink) => Some(sink.finish().await.map_err(io_err(&part_path))?),
+            None => None,
+        };
         match failed {
             Some(f) => f,
-            None if have == file.length => Ok((Attempt::Complete, Some(digests))),
+            None if have == file.length => Ok((Attempt::Complete, digests)),
             None => retry(format!("the transfer stopped at byte {have}")),
         }
+    }
+}
+
+/// The received part of one transfer: for files of at least
+/// [`TransferOptions::inline_below`] bytes, the locked partial file and the validator its
+/// bytes came with, kept on disk (`.meta`) to resume across restarts; for smaller files,
+/// the bytes in memory — verified before anything is written, and refetched from zero after
+/// a restart, which costs less than a lock, a partial file and a validator file each.
+enum Partial {
+    Disk(DiskPartial),
+    Memory {
+        chunks: Vec<bytes::Bytes>,
+        len: u64,
+        validator: Option<String>,
+    },
+}
+
+struct DiskPartial {
+    file: std::fs::File,
+    path: PathBuf,
+    meta: PathBuf,
+    validator: Option<String>,
+}
+
+impl Partial {
+    fn path(&self) -> PathBuf {
+        match self {
+            Partial::Disk(d) => d.path.clone(),
+            Partial::Memory { .. } => PathBuf::from("<memory>"),
+        }
+    }
+
+    fn len(&self) -> Result<u64, TransferError> {
+        match self {
+            Partial::Disk(d) => Ok(d.file.metadata().map_err(io_err(&d.path))?.len()),
+            Partial::Memory { len, .. } => Ok(*len),
+        }
+    }
+
+    fn validator(&self) -> Option<&str> {
+        match self {
+            Partial::Disk(d) => d.validator.as_deref(),
+            Partial::Memory { validator, .. } => validator.as_deref(),
+        }
+    }
+
+    /// Drops every byte and the validator.
+    fn restart(&mut self) -> Result<(), TransferError> {
+        match self {
+            Partial::Disk(d) => d.file.set_len(0).map_err(io_err(&d.path))?,
+            Partial::Memory { chunks, len, .. } => {
+                chunks.clear();
+                *len = 0;
+            }
+        }
+        self.set_validator(None)
+    }
+
+    fn set_validator(&mut self, v: Option<String>) -> Result<(), TransferError> {
+        match self {
+            Partial::Disk(d) => {
+                if d.validator == v {
+                    return Ok(());
+                }
+                match &v {
+                    Some(v) => std::fs::write(&d.meta, v).map_err(io_err(&d.meta))?,
+                    None => {
+                        let _ = std::fs::remove_file(&d.meta);
+                    }
+                }
+                d.validator = v;
+            }
+            Partial::Memory { validator, .. } => *validator = v,
+        }
+        Ok(())
+    }
+}
+
+fn digests_for(file: &ContentFile) -> Result<Digests, TransferError> {
+    Digests::for_file(file).ok_or_else(|| TransferError::NoUsableHash {
+        path: file.path.clone(),
+    })
+}
+
+/// Verifies a small file received in memory and, if it is right, writes it to a private
+/// temporary file and renames that into `objects/` — on the blocking pool, so the transfer
+/// thread goes on receiving. `Ok(Err(alg))` is a hash mismatch (nothing was written).
+async fn commit_from_memory(
+    chunks: Vec<bytes::Bytes>,
+    mut digests: Digests,
+    file: &ContentFile,
+    tmp: PathBuf,
+    obj: &Path,
+) -> Result<Result<(), String>, TransferError> {
+    let (file, obj) = (file.clone(), obj.to_path_buf());
+    let tmp2 = tmp.clone();
+    let work = move || -> std::io::Result<Result<(), String>> {
+        for c in &chunks {
+            digests.update(c);
+        }
+        if let Err(alg) = digests.check(&file) {
+            return Ok(Err(alg));
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp2)?;
+        for c in &chunks {
+            std::io::Write::write_all(&mut f, c)?;
+        }
+        drop(f);
+        std::fs::rename(&tmp2, &obj)?;
+        Ok(Ok(()))
+    };
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(io_err(&tmp)(e))
+        }
+        Err(e) => Err(io_err(&tmp)(std::io::Error::other(format!(
+            "a transfer task failed: {e}"
+        )))),
     }
 }
 

@@ -3,8 +3,10 @@
 //! Large files use a writer thread and a hasher thread, each fed by a bounded channel of
 //! the received `Bytes` (cheap clones of one buffer), so the receiving thread only moves
 //! buffers; this is the design that kept up with `curl -o` in the measurements of
-//! `bench-notes.md`. Small files are written and hashed inline, where two threads would cost
-//! more than they save. Memory is bounded by the channels whatever the file size.
+//! `bench-notes.md`. Small files are collected in memory and then written and hashed in one
+//! go on the blocking pool, where two threads per file would cost more than they save; the
+//! receiving thread only receives either way. Memory is bounded by the channels, or by the
+//! small-file threshold, whatever the file size.
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom, Write};
@@ -54,7 +56,10 @@ impl Digests {
 
     /// Hashes the first `len` bytes of `f` (a resumed prefix).
     fn update_from(&mut self, f: &File, len: u64) -> io::Result<()> {
-        let mut buf = vec![0u8; 1 << 20];
+        if len == 0 {
+            return Ok(());
+        }
+        let mut buf = vec![0u8; (len as usize).min(1 << 20)];
         let mut at = 0u64;
         while at < len {
             let want = ((len - at) as usize).min(buf.len());
@@ -93,9 +98,11 @@ pub(crate) type SinkError = io::Error;
 
 /// Receives the bytes of one attempt.
 pub(crate) enum Sink {
-    Inline {
+    Buffered {
         file: File,
+        have: u64,
         digests: Box<Digests>,
+        chunks: Vec<Bytes>,
     },
     Threads {
         to_writer: mpsc::Sender<Bytes>,
@@ -118,9 +125,12 @@ impl Sink {
         out.set_len(have)?;
         out.seek(SeekFrom::Start(have))?;
         if !threaded {
-            let mut digests = Box::new(digests);
-            digests.update_from(file, have)?;
-            return Ok(Sink::Inline { file: out, digests });
+            return Ok(Sink::Buffered {
+                file: out,
+                have,
+                digests: Box::new(digests),
+                chunks: Vec::new(),
+            });
         }
         let reader = file.try_clone()?;
         let (to_writer, mut writer_rx) = mpsc::channel::<Bytes>(DEPTH);
@@ -162,9 +172,9 @@ impl Sink {
     /// Takes one chunk. An error means the writer or hasher failed; `finish` says how.
     pub(crate) async fn push(&mut self, chunk: Bytes) -> Result<(), ()> {
         match self {
-            Sink::Inline { file, digests } => {
-                digests.update(&chunk);
-                file.write_all(&chunk).map_err(|_| ())
+            Sink::Buffered { chunks, .. } => {
+                chunks.push(chunk);
+                Ok(())
             }
             Sink::Threads {
                 to_writer,
@@ -181,9 +191,24 @@ impl Sink {
     /// file is never written to after this returns.
     pub(crate) async fn finish(self) -> Result<Digests, SinkError> {
         match self {
-            Sink::Inline { mut file, digests } => {
-                file.flush()?;
-                Ok(*digests)
+            Sink::Buffered {
+                mut file,
+                have,
+                mut digests,
+                chunks,
+            } => {
+                let work = move || {
+                    digests.update_from(&file, have)?;
+                    for c in &chunks {
+                        digests.update(c);
+                        file.write_all(c)?;
+                    }
+                    file.flush()?;
+                    Ok(*digests)
+                };
+                tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+                    Err(io::Error::other(format!("a transfer task failed: {e}")))
+                })
             }
             Sink::Threads {
                 to_writer,

@@ -194,8 +194,7 @@ mod tests {
     #[test]
     fn unknown_algorithm_is_refused_before_reading() {
         let mut info = TargetFile::from_data(b"abc", None);
-        let v = info.hashes.remove("sha512").unwrap();
-        info.hashes.insert("blake9", v);
+        info.hashes.insert("blake9", "00".repeat(32));
         assert!(TargetReader::new("t", &info, &b"abc"[..]).is_err());
     }
 }

@@ -60,7 +60,7 @@ pub struct DownloadProgress {
     total_bytes_to_download: u64,
     percent_complete: i32,
     current_update_percent_complete: i32,
-    results: Vec<UpdateDownloadResult>,
+    results: Arc<Vec<UpdateDownloadResult>>,
 }
 
 fn percent(done: u64, total: u64) -> i32 {
@@ -363,10 +363,13 @@ impl UpdateDownloader {
             total_bytes_to_download: total,
             percent_complete: 0,
             current_update_percent_complete: 0,
-            results: vec![
-                UpdateDownloadResult::new(OperationResultCode::NotStarted, HResult::S_OK);
+            results: Arc::new(vec![
+                UpdateDownloadResult::new(
+                    OperationResultCode::NotStarted,
+                    HResult::S_OK
+                );
                 plan.len()
-            ],
+            ]),
         };
         let job_updates = updates.clone();
         let cb_updates = updates.clone();
@@ -473,7 +476,7 @@ struct Books {
     file_phase: Vec<Option<Phase>>,
     update_done: Vec<u64>,
     files_left: Vec<usize>,
-    results: Vec<UpdateDownloadResult>,
+    results: Arc<Vec<UpdateDownloadResult>>,
     total_done: u64,
     /// Updates before this one have a final result.
     cursor: usize,
@@ -505,7 +508,8 @@ impl Books {
 
     fn finish(&mut self, u: usize, r: UpdateDownloadResult) {
         if !Self::is_final(&self.results[u]) {
-            self.results[u] = r;
+            // Copies the results only if a snapshot still shares them.
+            Arc::make_mut(&mut self.results)[u] = r;
         }
     }
 
@@ -545,7 +549,7 @@ impl Books {
         p.percent_complete = p
             .percent_complete
             .max(percent(p.total_bytes_downloaded, p.total_bytes_to_download));
-        p.results.clone_from(&self.results);
+        p.results = self.results.clone();
     }
 }
 
@@ -570,7 +574,13 @@ async fn run(
         file_phase: vec![None; plan.files.len()],
         update_done: vec![0; n],
         files_left: plan.updates.iter().map(Vec::len).collect(),
-        results: vec![UpdateDownloadResult::new(OperationResultCode::NotStarted, HResult::S_OK); n],
+        results: Arc::new(vec![
+            UpdateDownloadResult::new(
+                OperationResultCode::NotStarted,
+                HResult::S_OK
+            );
+            n
+        ]),
         total_done: 0,
         cursor: 0,
     }));
@@ -601,7 +611,7 @@ async fn run(
                     b.update_done[u] += delta;
                     b.total_done += delta;
                     if b.results[u].result_code == OperationResultCode::NotStarted {
-                        b.results[u] = UpdateDownloadResult::new(
+                        Arc::make_mut(&mut b.results)[u] = UpdateDownloadResult::new(
                             OperationResultCode::InProgress,
                             HResult::S_OK,
                         );
@@ -694,7 +704,7 @@ async fn run(
         b.finish(u, r);
     }
     ctx.update(|p| b.fill(&plan, p));
-    let results = b.results.clone();
+    let results = b.results.to_vec();
     drop(b);
     let succeeded = results
         .iter()
