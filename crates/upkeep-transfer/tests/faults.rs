@@ -428,7 +428,7 @@ fn higher_priority_transfers_take_the_next_free_slot() {
         }));
         // Queue them in this order: busy runs, then low waits, then high waits.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while (server.log().len() < 1 || engine.waiting() < i)
+        while (server.log().is_empty() || engine.waiting() < i)
             && std::time::Instant::now() < deadline
         {
             std::thread::yield_now();
