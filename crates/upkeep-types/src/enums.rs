@@ -27,6 +27,12 @@ macro_rules! wua_enum {
                 None
             }
 
+            /// The value with this number.
+            pub fn from_i32(n: i32) -> Option<Self> {
+                $( if n == $value { return Some(Self::$variant); } )*
+                None
+            }
+
             /// Every value, in numeric order.
             pub fn all() -> &'static [Self] {
                 &[$( Self::$variant, )*]

@@ -168,6 +168,8 @@ codes! {
     WU_E_DM_UNEXPECTED = 0x8024_6FFFu32, "unexpected download error";
     /// Data store unavailable.
     WU_E_DS_SHUTDOWN = 0x8024_8000u32, "the data store is shutting down";
+    /// The data store is locked by another process for too long.
+    WU_E_DS_INUSE = 0x8024_8001u32, "the data store is in use";
     /// Hiding refused: the update is mandatory or has a deadline.
     WU_E_DS_DECLINENOTALLOWED = 0x8024_8016u32, "a mandatory update cannot be hidden";
     /// Other data-store error.

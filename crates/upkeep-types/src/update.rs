@@ -325,6 +325,28 @@ pub struct UpdateState {
     pub is_present: bool,
 }
 
+/// A failure of a state change requested through an update (`accept_eula`,
+/// `set_is_hidden`), with its WUA code.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct StateError {
+    /// The WUA code.
+    pub hresult: crate::HResult,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// Where an update's state changes are recorded and its license text is read: the session
+/// the update was found by. Set by searches; an update without one keeps changes in memory.
+pub trait StateSink: Send + Sync + std::fmt::Debug {
+    /// Records that the license of `id` at `revision` was accepted.
+    fn accept_eula(&self, id: &Uuid, revision: u32) -> Result<(), StateError>;
+    /// Hides or shows `id`.
+    fn set_hidden(&self, id: &Uuid, hidden: bool) -> Result<(), StateError>;
+    /// The license text of `file` (read from the content cache, fetched if need be).
+    fn eula_text(&self, file: &ContentFile) -> Result<String, StateError>;
+}
+
 #[derive(Debug)]
 struct UpdateInner {
     metadata: UpdateMetadata,
@@ -332,6 +354,10 @@ struct UpdateInner {
     eula_file: Option<ContentFile>,
     bootstrapper: Option<ContentFile>,
     state: UpdateState,
+    /// `accept_eula` and `set_is_hidden` change these for every clone of the update.
+    eula_accepted: std::sync::atomic::AtomicBool,
+    hidden: std::sync::atomic::AtomicBool,
+    sink: Option<Arc<dyn StateSink>>,
 }
 
 /// An update found by a search (WUA's `IUpdate`), cheap to clone.
@@ -354,23 +380,95 @@ impl Update {
         state: UpdateState,
     ) -> Update {
         Update(Arc::new(UpdateInner {
+            eula_accepted: state.eula_accepted.into(),
+            hidden: state.is_hidden.into(),
             metadata,
             content,
             eula_file,
             bootstrapper,
             state,
+            sink: None,
         }))
     }
 
     /// A copy of this update with other per-machine state.
     pub fn with_state(&self, state: UpdateState) -> Update {
-        Update::new(
+        self.with_state_and_sink(state, self.0.sink.clone())
+    }
+
+    /// A copy of this update with other per-machine state, recording changes in `sink`.
+    pub fn with_state_and_sink(
+        &self,
+        state: UpdateState,
+        sink: Option<Arc<dyn StateSink>>,
+    ) -> Update {
+        let mut u = Update::new(
             self.0.metadata.clone(),
             self.0.content.clone(),
             self.0.eula_file.clone(),
             self.0.bootstrapper.clone(),
             state,
-        )
+        );
+        Arc::get_mut(&mut u.0).expect("new").sink = sink;
+        u
+    }
+
+    /// `AcceptEula`: records acceptance (in the session's state when the update came from
+    /// a search) and makes `eula_accepted` true for every clone of this update.
+    pub fn accept_eula(&self) -> Result<(), StateError> {
+        if self.0.metadata.eula.is_none() {
+            return Ok(());
+        }
+        if let Some(s) = &self.0.sink {
+            s.accept_eula(&self.0.metadata.id, self.0.metadata.revision)?;
+        }
+        self.0
+            .eula_accepted
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// `EulaText`: the license text; `WU_E_EULA_UNAVAILABLE` when the update has none or it
+    /// cannot be read.
+    pub fn eula_text(&self) -> Result<String, StateError> {
+        let unavailable = |m: String| StateError {
+            hresult: crate::HResult::WU_E_EULA_UNAVAILABLE,
+            message: m,
+        };
+        let f = self.0.eula_file.as_ref().ok_or_else(|| {
+            unavailable(format!(
+                "update {} has no license terms",
+                self.0.metadata.id
+            ))
+        })?;
+        match &self.0.sink {
+            Some(s) => s.eula_text(f),
+            None => Err(unavailable(format!(
+                "update {}: no session to read its license from",
+                self.0.metadata.id
+            ))),
+        }
+    }
+
+    /// Sets `IsHidden` (recorded in the session's state). Hiding a mandatory update is
+    /// `WU_E_DS_DECLINENOTALLOWED`.
+    pub fn set_is_hidden(&self, hidden: bool) -> Result<(), StateError> {
+        if hidden && self.0.metadata.mandatory {
+            return Err(StateError {
+                hresult: crate::HResult::WU_E_DS_DECLINENOTALLOWED,
+                message: format!(
+                    "update {} is mandatory and cannot be hidden",
+                    self.0.metadata.id
+                ),
+            });
+        }
+        if let Some(s) = &self.0.sink {
+            s.set_hidden(&self.0.metadata.id, hidden)?;
+        }
+        self.0
+            .hidden
+            .store(hidden, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 
     /// The whole signed record.
@@ -499,7 +597,7 @@ impl Update {
     }
     /// `IsHidden`.
     pub fn is_hidden(&self) -> bool {
-        self.0.state.is_hidden
+        self.0.hidden.load(std::sync::atomic::Ordering::SeqCst)
     }
     /// `IsDownloaded`: all content is cached and verified.
     pub fn is_downloaded(&self) -> bool {
@@ -507,7 +605,11 @@ impl Update {
     }
     /// `EulaAccepted`; true for an update without a EULA.
     pub fn eula_accepted(&self) -> bool {
-        self.0.metadata.eula.is_none() || self.0.state.eula_accepted
+        self.0.metadata.eula.is_none()
+            || self
+                .0
+                .eula_accepted
+                .load(std::sync::atomic::Ordering::SeqCst)
     }
     /// `RebootRequired`.
     pub fn reboot_required(&self) -> bool {

@@ -66,6 +66,24 @@ pub fn tuf_hresult(e: &upkeep_tuf::Error) -> HResult {
     }
 }
 
+impl From<upkeep_types::StateError> for Error {
+    fn from(e: upkeep_types::StateError) -> Self {
+        Error::new(e.hresult, e.message)
+    }
+}
+
+impl From<upkeep_store::StoreError> for Error {
+    fn from(e: upkeep_store::StoreError) -> Self {
+        Error::new(e.hresult(), e.to_string())
+    }
+}
+
+impl From<upkeep_install::InstallError> for Error {
+    fn from(e: upkeep_install::InstallError) -> Self {
+        Error::new(e.hresult, e.message)
+    }
+}
+
 impl From<upkeep_tuf::Error> for Error {
     fn from(e: upkeep_tuf::Error) -> Self {
         let code = tuf_hresult(&e);

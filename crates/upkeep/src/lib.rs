@@ -14,6 +14,7 @@ pub mod config;
 pub mod criteria;
 mod downloader;
 mod error;
+mod installer;
 mod search_job;
 mod session;
 
@@ -25,7 +26,14 @@ pub use downloader::{
     UpdateDownloadResult, UpdateDownloader,
 };
 pub use error::{tuf_hresult, Error, Result};
+pub use installer::{
+    InstallationCompletedCallback, InstallationCompletedCallbackArgs, InstallationJob,
+    InstallationProgress, InstallationProgressChangedCallback,
+    InstallationProgressChangedCallbackArgs, InstallationResult, UpdateInstallationResult,
+    UpdateInstaller,
+};
 pub use search_job::{AsyncState, SearchCompletedCallback, SearchCompletedCallbackArgs, SearchJob};
 pub use session::{SearchResult, UpdateSearcher, UpdateSession, UpdateSessionBuilder};
+pub use upkeep_store::HistoryEntry as UpdateHistoryEntry;
 pub use upkeep_tuf::Limits;
 pub use upkeep_types::*;

@@ -163,7 +163,7 @@ impl UpdateSessionBuilder {
             Some(t) => t,
             None => Arc::new(HttpTransport::new().map_err(upkeep_tuf::Error::from)?),
         };
-        Ok(UpdateSession {
+        let session = UpdateSession {
             inner: Arc::new(SessionInner {
                 client_application_id: Mutex::new(cfg.client_application_id.clone()),
                 cfg,
@@ -172,7 +172,9 @@ impl UpdateSessionBuilder {
                 catalog: Mutex::new(None),
                 engine: std::sync::OnceLock::new(),
             }),
-        })
+        };
+        session.recover()?;
+        Ok(session)
     }
 }
 
@@ -362,6 +364,180 @@ impl UpdateSession {
     }
 }
 
+/// Per-machine state read once per search: installed and hidden updates, accepted
+/// licenses, cached content.
+pub(crate) struct LocalState {
+    installed: std::collections::HashMap<String, upkeep_store::Installed>,
+    hidden: HashSet<String>,
+    eulas: HashSet<(String, u32)>,
+    cached: HashSet<String>,
+}
+
+impl LocalState {
+    pub(crate) fn state_of(&self, u: &Update) -> upkeep_types::UpdateState {
+        let id = u.identity().update_id.to_string();
+        let rev = u.identity().revision_number;
+        let inst = self.installed.get(&id).filter(|i| i.revision >= rev);
+        upkeep_types::UpdateState {
+            is_installed: inst.is_some(),
+            is_present: inst.is_some(),
+            is_hidden: self.hidden.contains(&id),
+            is_downloaded: !self.cached.is_empty()
+                && u.download_contents().iter().all(|f| {
+                    upkeep_transfer::cache_key(f).is_some_and(|k| self.cached.contains(&k))
+                }),
+            eula_accepted: self.eulas.contains(&(id, rev)),
+            reboot_required: inst.is_some_and(|i| i.reboot_required),
+        }
+    }
+}
+
+/// Records `accept_eula` / `set_is_hidden` of searched updates in the session's state.
+#[derive(Debug)]
+pub(crate) struct SessionSink(pub(crate) UpdateSession);
+
+fn state_err(e: Error) -> upkeep_types::StateError {
+    upkeep_types::StateError {
+        hresult: e.hresult(),
+        message: e.message().to_string(),
+    }
+}
+
+impl upkeep_types::StateSink for SessionSink {
+    fn accept_eula(
+        &self,
+        id: &uuid::Uuid,
+        revision: u32,
+    ) -> std::result::Result<(), upkeep_types::StateError> {
+        self.0
+            .store()
+            .and_then(|s| Ok(s.accept_eula(&id.to_string(), revision)?))
+            .map_err(state_err)
+    }
+    fn set_hidden(
+        &self,
+        id: &uuid::Uuid,
+        hidden: bool,
+    ) -> std::result::Result<(), upkeep_types::StateError> {
+        self.0
+            .store()
+            .and_then(|s| Ok(s.set_hidden(&id.to_string(), hidden)?))
+            .map_err(state_err)
+    }
+    fn eula_text(
+        &self,
+        file: &upkeep_types::ContentFile,
+    ) -> std::result::Result<String, upkeep_types::StateError> {
+        let path = match self.0.content_cache().map_err(state_err)?.get(file) {
+            Some(p) => p,
+            None => {
+                let engine = self.0.engine().map_err(state_err)?;
+                let (bases, consistent) = self.0.content_bases().map_err(state_err)?;
+                let urls: Vec<String> = bases
+                    .iter()
+                    .map(|b| upkeep_tuf::target_url(b, &file.path, &file.hashes, consistent))
+                    .collect();
+                engine
+                    .fetch_blocking(
+                        file,
+                        &urls,
+                        upkeep_types::DownloadPriority::High,
+                        |_| {},
+                        || false,
+                    )
+                    .map_err(|e| upkeep_types::StateError {
+                        hresult: upkeep_types::HResult::WU_E_EULA_UNAVAILABLE,
+                        message: e.to_string(),
+                    })?
+            }
+        };
+        let bytes = std::fs::read(&path).map_err(|e| upkeep_types::StateError {
+            hresult: upkeep_types::HResult::WU_E_EULA_UNAVAILABLE,
+            message: format!("{}: {e}", path.display()),
+        })?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+}
+
+impl UpdateSession {
+    /// The state database (one connection; cheap to open).
+    pub(crate) fn store(&self) -> Result<upkeep_store::Store> {
+        Ok(upkeep_store::Store::open(&self.inner.cfg.state_dir)?)
+    }
+
+    pub(crate) fn local_state(&self) -> Result<LocalState> {
+        let store = self.store()?;
+        let cached = self
+            .content_cache()
+            .map(|c| c.object_keys())
+            .unwrap_or_default();
+        Ok(LocalState {
+            installed: store
+                .installed()?
+                .into_iter()
+                .map(|i| (i.update_id.clone(), i))
+                .collect(),
+            hidden: store.hidden()?.into_iter().collect(),
+            eulas: store.accepted_eulas()?.into_iter().collect(),
+            cached,
+        })
+    }
+
+    /// The install root and its work directory.
+    pub(crate) fn layout(&self) -> Result<upkeep_install::Layout> {
+        Ok(upkeep_install::Layout::new(
+            &self.inner.cfg.install_root,
+            &self.inner.cfg.state_dir,
+        )?)
+    }
+
+    /// Tries to take the machine-wide install lock (`<state_dir>/install.lock`); `None`
+    /// when another installer, in this process or another, holds it.
+    pub(crate) fn try_install_lock(&self) -> Result<Option<std::fs::File>> {
+        let p = self.inner.cfg.state_dir.join("install.lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(|e| {
+                Error::new(HResult::WU_E_DS_UNEXPECTED, format!("{}: {e}", p.display()))
+            })?;
+        match f.try_lock() {
+            Ok(()) => Ok(Some(f)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::new(
+                HResult::WU_E_DS_UNEXPECTED,
+                format!("{}: {e}", p.display()),
+            )),
+        }
+    }
+
+    /// Recovery: rolls back or finishes install transactions a crash interrupted. Runs
+    /// when the session is built, unless another installer holds the lock (then that one
+    /// owns the transaction).
+    fn recover(&self) -> Result<()> {
+        let store = self.store()?;
+        if store.unfinished_txs()?.is_empty() {
+            return Ok(());
+        }
+        if let Some(_lock) = self.try_install_lock()? {
+            let n = upkeep_install::tx::recover(&store, &self.layout()?)?;
+            tracing::info!("recovered {n} interrupted transaction(s)");
+        }
+        Ok(())
+    }
+
+    /// `UpdateSearcher::QueryHistory` and `GetTotalHistoryCount` share this.
+    pub(crate) fn history(
+        &self,
+        start: usize,
+        count: usize,
+    ) -> Result<Vec<upkeep_store::HistoryEntry>> {
+        Ok(self.store()?.history(start, count)?)
+    }
+}
+
 fn metadata_url(repo: &str) -> String {
     let mut u = repo.to_string();
     if !u.ends_with('/') {
@@ -398,6 +574,27 @@ impl UpdateSearcher {
     pub fn set_include_potentially_superseded_updates(&mut self, include: bool) {
         self.include_superseded = include;
     }
+    /// `QueryHistory`: up to `count` entries, newest first, from `start` (0 = newest).
+    /// `count` 0 is `WU_E_INVALIDINDEX`.
+    pub fn query_history(
+        &self,
+        start: usize,
+        count: usize,
+    ) -> Result<Vec<upkeep_store::HistoryEntry>> {
+        if count == 0 {
+            return Err(Error::new(
+                HResult::WU_E_INVALIDINDEX,
+                "query_history: count must be at least 1",
+            ));
+        }
+        self.session.history(start, count)
+    }
+
+    /// `GetTotalHistoryCount`.
+    pub fn total_history_count(&self) -> Result<usize> {
+        Ok(self.session.store()?.history_count()?)
+    }
+
     /// `EscapeString`.
     pub fn escape_string(&self, s: &str) -> String {
         criteria::escape_string(s)
@@ -411,35 +608,30 @@ impl UpdateSearcher {
     pub fn search(&self, criteria: &str) -> Result<SearchResult> {
         let criteria = Criteria::parse(criteria)?;
         let catalog = self.session.catalog(self.online)?;
-        let mut updates: Vec<Update> = catalog
-            .entries()
-            .iter()
-            .filter(|u| criteria.matches(u))
-            .cloned()
-            .collect();
+        let local = self.session.local_state()?;
+        let sink: Arc<dyn upkeep_types::StateSink> = Arc::new(SessionSink(self.session.clone()));
+        // Per-machine state first (installed, hidden, downloaded…), so criteria see it.
+        let mut installed_supersede: HashSet<uuid::Uuid> = HashSet::new();
+        let mut updates: Vec<Update> = Vec::new();
+        for u in catalog.entries() {
+            let st = local.state_of(u);
+            if st.is_installed {
+                installed_supersede.extend(u.superseded_update_ids().iter().copied());
+            }
+            let u = u.with_state_and_sink(st, Some(sink.clone()));
+            if criteria.matches(&u) {
+                updates.push(u);
+            }
+        }
         if !self.include_superseded {
+            // Superseded by another update in the result, or by an installed one.
             let superseded: HashSet<uuid::Uuid> = updates
                 .iter()
                 .flat_map(|u| u.superseded_update_ids().iter().copied())
+                .chain(installed_supersede)
                 .collect();
             if !superseded.is_empty() {
                 updates.retain(|u| !superseded.contains(&u.identity().update_id));
-            }
-        }
-        // IsDownloaded: every content file verified in the cache.
-        if let Ok(cache) = self.session.content_cache() {
-            let cached = cache.object_keys();
-            if !cached.is_empty() {
-                for u in updates.iter_mut() {
-                    let all = u.download_contents().iter().all(|f| {
-                        upkeep_transfer::cache_key(f).is_some_and(|k| cached.contains(&k))
-                    });
-                    if all {
-                        let mut st = u.state().clone();
-                        st.is_downloaded = true;
-                        *u = u.with_state(st);
-                    }
-                }
             }
         }
         let warnings = catalog.warnings().to_vec();

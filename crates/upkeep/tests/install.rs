@@ -1,0 +1,394 @@
+//! The installer over a real loopback repository: files and command handlers, results,
+//! history, state in search, every per-update code, busy across installers.
+
+use std::sync::{Arc, Mutex};
+
+use upkeep::{
+    AsyncState, HResult, Handler, InstallationImpact, InstallationJob,
+    InstallationProgressChangedCallbackArgs, InstallationRebootBehavior, OperationResultCode,
+    UpdateCollection, UpdateMetadata, UpdateOperation, UpdateSession,
+};
+use upkeep_testkit::RepoSim;
+
+/// Every update, installed or not.
+const ALL: &str = "IsInstalled=0 or IsInstalled=1";
+
+fn tar_zst(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (p, d) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(d.len() as u64);
+        b.append_data(&mut h, p, *d).unwrap();
+    }
+    zstd::encode_all(&b.into_inner().unwrap()[..], 3).unwrap()
+}
+
+fn command(
+    n: u128,
+    title: &str,
+    script: &str,
+    uninstall: Option<&str>,
+    timeout_secs: u64,
+) -> (UpdateMetadata, Vec<u8>) {
+    let mut m = RepoSim::update(n, title);
+    m.handler = Handler::Command {
+        arguments: vec!["install-arg".into()],
+        uninstall_arguments: uninstall.map(|a| vec![a.to_string()]),
+        timeout_secs,
+    };
+    (m, format!("#!/bin/sh\n{script}\n").into_bytes())
+}
+
+struct Fx {
+    _sim: RepoSim,
+    _server: upkeep_publish::serve::Server,
+    dir: tempfile::TempDir,
+    session: UpdateSession,
+}
+
+impl Fx {
+    fn new(updates: Vec<(UpdateMetadata, Vec<u8>)>, eula_for: Option<u128>) -> Fx {
+        let mut sim = RepoSim::new();
+        for (mut m, payload) in updates {
+            if eula_for == Some(m.id.as_u128()) {
+                let path = format!("updates/{}/1/LICENSE.txt", m.id);
+                sim.add_target("targets", &path, b"You agree to everything.", None);
+                m.eula = Some(path);
+            }
+            sim.add_update("targets", m, &payload);
+        }
+        sim.publish();
+        let server = sim.serve();
+        let dir = tempfile::tempdir().unwrap();
+        let session = UpdateSession::builder()
+            .env(false)
+            .repository(server.base_url())
+            .trusted_root(sim.trusted_root_file())
+            .state_dir(dir.path().join("state"))
+            .install_root(dir.path().join("root"))
+            .client_application_id("install-test")
+            .build()
+            .unwrap();
+        Fx {
+            _sim: sim,
+            _server: server,
+            dir,
+            session,
+        }
+    }
+
+    fn root(&self) -> std::path::PathBuf {
+        self.dir.path().join("root")
+    }
+
+    fn search(&self, criteria: &str) -> UpdateCollection {
+        let mut s = self.session.create_update_searcher();
+        s.set_include_potentially_superseded_updates(true);
+        let mut v: Vec<_> = s
+            .search(criteria)
+            .unwrap()
+            .updates()
+            .iter()
+            .cloned()
+            .collect();
+        v.sort_by_key(|u| u.identity());
+        v.into_iter().collect()
+    }
+
+    fn download(&self, updates: &UpdateCollection) {
+        let mut d = self.session.create_update_downloader();
+        d.set_updates(updates.clone());
+        assert_eq!(
+            d.download().unwrap().result_code(),
+            OperationResultCode::Succeeded
+        );
+    }
+
+    fn installer(&self, updates: &UpdateCollection) -> upkeep::UpdateInstaller {
+        let mut i = self.session.create_update_installer();
+        i.set_updates(updates.clone());
+        i
+    }
+}
+
+#[test]
+fn a_files_update_installs_with_progress_and_uninstalls_back_to_before() {
+    let mut m = RepoSim::update(1, "Tools");
+    m.installation_behavior.reboot_behavior = InstallationRebootBehavior::AlwaysRequiresReboot;
+    let fx = Fx::new(
+        vec![(
+            m,
+            tar_zst(&[("opt/tools/run", b"v1"), ("etc/tools.conf", b"new")]),
+        )],
+        None,
+    );
+    std::fs::create_dir_all(fx.root().join("etc")).unwrap();
+    std::fs::write(fx.root().join("etc/tools.conf"), b"mine").unwrap();
+    let all = fx.search("");
+    fx.download(&all);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let inst = fx.installer(&all);
+    assert!(!inst.is_busy());
+    let job = inst
+        .begin_install(
+            move |_: &InstallationJob, a: &InstallationProgressChangedCallbackArgs| {
+                s2.lock().unwrap().push(a.progress().percent_complete());
+            },
+            (),
+            AsyncState::new("mine"),
+        )
+        .unwrap();
+    let r = inst.end_install(&job).unwrap();
+    assert_eq!(r.result_code(), OperationResultCode::Succeeded);
+    assert!(r.reboot_required() && r.update_result(0).unwrap().reboot_required());
+    assert_eq!(
+        std::fs::read(fx.root().join("opt/tools/run")).unwrap(),
+        b"v1"
+    );
+    assert_eq!(
+        std::fs::read(fx.root().join("etc/tools.conf")).unwrap(),
+        b"new"
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    assert_eq!(job.progress().percent_complete(), 100);
+    assert_eq!(
+        inst.end_install(&job).unwrap_err().hresult(),
+        HResult::WU_E_INVALID_OPERATION
+    );
+    // State: installed, reboot pending; search criteria read it.
+    assert_eq!(fx.search("IsInstalled=1").len(), 1);
+    assert!(fx.search("IsInstalled=0").is_empty());
+    assert_eq!(fx.search("RebootRequired=1").len(), 1);
+    assert!(inst.reboot_required_before_installation().unwrap());
+    // Installing again is a no-op success.
+    assert_eq!(
+        inst.install().unwrap().result_code(),
+        OperationResultCode::Succeeded
+    );
+    // Uninstall restores the file that was there and removes the rest.
+    let r = fx
+        .installer(&fx.search("IsInstalled=1"))
+        .uninstall()
+        .unwrap();
+    assert_eq!(r.result_code(), OperationResultCode::Succeeded);
+    assert_eq!(
+        std::fs::read(fx.root().join("etc/tools.conf")).unwrap(),
+        b"mine"
+    );
+    assert!(
+        !fx.root().join("opt").exists(),
+        "created directories are removed"
+    );
+    assert!(fx.search("IsInstalled=1").is_empty());
+    // History, newest first.
+    let s = fx.session.create_update_searcher();
+    assert_eq!(s.total_history_count().unwrap(), 2);
+    let h = s.query_history(0, 10).unwrap();
+    assert_eq!(h[0].operation, UpdateOperation::Uninstallation);
+    assert_eq!(h[1].operation, UpdateOperation::Installation);
+    assert_eq!(h[1].client_application_id, "install-test");
+    assert_eq!(
+        s.query_history(0, 0).unwrap_err().hresult(),
+        HResult::WU_E_INVALIDINDEX
+    );
+}
+
+#[test]
+fn per_update_failures_have_their_codes_and_the_rest_go_on() {
+    let not_uninstallable = {
+        let mut m = RepoSim::update(3, "Permanent");
+        m.uninstallable = false;
+        (m, tar_zst(&[("p", b"p")]))
+    };
+    let fx = Fx::new(
+        vec![
+            (RepoSim::update(1, "Licensed"), tar_zst(&[("l", b"l")])),
+            (RepoSim::update(2, "Fine"), tar_zst(&[("f", b"f")])),
+            not_uninstallable,
+            (
+                RepoSim::update(4, "Not downloaded"),
+                tar_zst(&[("n", b"n")]),
+            ),
+        ],
+        Some(1),
+    );
+    let all = fx.search("");
+    fx.download(&all.iter().take(3).cloned().collect());
+    let r = fx.installer(&all).install().unwrap();
+    assert_eq!(r.result_code(), OperationResultCode::SucceededWithErrors);
+    assert_eq!(
+        r.update_result(0).unwrap().hresult(),
+        HResult::WU_E_EULAS_DECLINED
+    );
+    assert_eq!(
+        r.update_result(1).unwrap().result_code(),
+        OperationResultCode::Succeeded
+    );
+    assert_eq!(
+        r.update_result(3).unwrap().hresult(),
+        HResult::WU_E_DM_NOTDOWNLOADED
+    );
+    assert!(!fx.root().join("l").exists());
+    // Accepting the license (recorded in the state) lets it install.
+    let licensed = fx.search(ALL);
+    let u = licensed.get(0).unwrap();
+    assert!(!u.eula_accepted());
+    assert_eq!(u.eula_text().unwrap(), "You agree to everything.");
+    u.accept_eula().unwrap();
+    assert!(
+        fx.search(ALL).get(0).unwrap().eula_accepted(),
+        "acceptance is persisted"
+    );
+    let one: UpdateCollection = std::iter::once(u.clone()).collect();
+    assert_eq!(
+        fx.installer(&one).install().unwrap().result_code(),
+        OperationResultCode::Succeeded
+    );
+    // Not uninstallable.
+    let perm: UpdateCollection = std::iter::once(fx.search(ALL).get(2).unwrap().clone()).collect();
+    let r = fx.installer(&perm).uninstall().unwrap();
+    assert_eq!(
+        r.update_result(0).unwrap().hresult(),
+        HResult::WU_E_UNINSTALL_NOT_ALLOWED
+    );
+    assert!(fx.root().join("p").exists());
+    // Hidden updates.
+    let u = fx.search(ALL).get(1).unwrap().clone();
+    u.set_is_hidden(true).unwrap();
+    assert_eq!(fx.search("IsHidden=1").len(), 1);
+    u.set_is_hidden(false).unwrap();
+    assert!(fx.search("IsHidden=1").is_empty());
+}
+
+#[test]
+fn begin_errors_create_no_job() {
+    let mut ex = RepoSim::update(1, "Exclusive");
+    ex.installation_behavior.impact = InstallationImpact::RequiresExclusiveHandling;
+    let fx = Fx::new(
+        vec![
+            (ex, tar_zst(&[("e", b"e")])),
+            (RepoSim::update(2, "Other"), tar_zst(&[("o", b"o")])),
+        ],
+        None,
+    );
+    let mut i = fx.session.create_update_installer();
+    assert_eq!(i.install().unwrap_err().hresult(), HResult::WU_E_NO_UPDATE);
+    i.set_updates(UpdateCollection::new());
+    assert_eq!(
+        i.uninstall().unwrap_err().hresult(),
+        HResult::WU_E_NO_UPDATE
+    );
+    let all = fx.search("");
+    fx.download(&all);
+    let e = fx.installer(&all).install().unwrap_err();
+    assert_eq!(e.hresult(), HResult::WU_E_EXCLUSIVE_INSTALL_CONFLICT);
+    assert!(
+        !fx.root().join("e").exists() && !fx.root().join("o").exists(),
+        "nothing installed"
+    );
+}
+
+#[test]
+fn command_exit_codes_map_to_results_and_history_keeps_the_raw_code() {
+    let fx = Fx::new(
+        vec![
+            command(
+                1,
+                "ok",
+                r#"[ -n "$UPKEEP_INSTALL_ROOT" ] || exit 9
+[ "$UPKEEP_OPERATION" = install ] && [ "$1" = install-arg ] && echo upkeep-progress: 50 && exit 0
+[ "$UPKEEP_OPERATION" = uninstall ] && [ "$1" = remove ] && exit 0
+exit 9"#,
+                Some("remove"),
+                60,
+            ),
+            command(2, "reboot", "exit 194", None, 60),
+            command(3, "initiated", "exit 105", None, 60),
+            command(4, "fails", "echo broken >&2; exit 7", None, 60),
+            command(5, "hangs", "exec sleep 30", None, 1),
+        ],
+        None,
+    );
+    let all = fx.search("");
+    fx.download(&all);
+    let r = fx.installer(&all).install().unwrap();
+    let code = |i: usize| r.update_result(i).unwrap();
+    assert_eq!(
+        code(0).result_code(),
+        OperationResultCode::Succeeded,
+        "{:?}",
+        code(0)
+    );
+    assert!(!code(0).reboot_required());
+    assert!(code(1).reboot_required() && code(2).reboot_required());
+    assert_eq!(code(3).hresult(), HResult::WU_E_UH_INSTALLERFAILURE);
+    assert_eq!(code(4).hresult(), HResult::WU_E_UH_TIMEOUT);
+    assert_eq!(r.result_code(), OperationResultCode::SucceededWithErrors);
+    assert!(r.reboot_required());
+    let h = fx
+        .session
+        .create_update_searcher()
+        .query_history(0, 10)
+        .unwrap();
+    let raw = |title: &str| {
+        h.iter()
+            .find(|e| e.title == title)
+            .unwrap()
+            .unmapped_result_code
+    };
+    assert_eq!(raw("fails"), 7);
+    assert_eq!(raw("reboot"), 3010);
+    assert_eq!(raw("initiated"), 1641);
+    // Uninstall: declared for "ok", not for "reboot".
+    let two: UpdateCollection = all.iter().take(2).cloned().collect();
+    let r = fx.installer(&two).uninstall().unwrap();
+    assert_eq!(
+        r.update_result(0).unwrap().result_code(),
+        OperationResultCode::Succeeded
+    );
+    assert_eq!(
+        r.update_result(1).unwrap().hresult(),
+        HResult::WU_E_UNINSTALL_NOT_ALLOWED
+    );
+}
+
+#[test]
+fn a_second_installer_is_refused_while_one_runs() {
+    let gate = tempfile::tempdir().unwrap();
+    let go = gate.path().join("go");
+    let started = gate.path().join("started");
+    // The command says it started, then waits (bounded) for the test to let it finish.
+    let script = format!(
+        "touch {s}; i=0; while [ ! -e {g} ] && [ $i -lt 3000 ]; do sleep 0.01; i=$((i+1)); done; exit 0",
+        s = started.display(),
+        g = go.display()
+    );
+    let fx = Fx::new(vec![command(1, "slow", &script, None, 60)], None);
+    let all = fx.search("");
+    fx.download(&all);
+    let first = fx.installer(&all);
+    let job = first.begin_install((), (), AsyncState::none()).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !started.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command never started"
+        );
+        std::thread::yield_now();
+    }
+    let second = fx.installer(&all);
+    assert!(second.is_busy());
+    assert_eq!(
+        second.install().unwrap_err().hresult(),
+        HResult::WU_E_INSTALL_NOT_ALLOWED
+    );
+    std::fs::write(&go, b"").unwrap();
+    assert_eq!(
+        first.end_install(&job).unwrap().result_code(),
+        OperationResultCode::Succeeded
+    );
+    assert!(!second.is_busy());
+}
