@@ -1,5 +1,7 @@
 //! `upkeep demo`: a signed demo repository in a temporary directory, served on loopback,
-//! and the agent walked through it. Everything is removed at the end.
+//! and the agent walked through it: search, download, install into a sandbox root (a
+//! `files` update, a `command` update that needs a restart, one with a license, one
+//! superseding another), history, uninstall. Everything is removed at the end.
 
 use std::time::Instant;
 
@@ -232,6 +234,112 @@ pub fn run() -> Result<Exit, Exit> {
 
     step(
         8,
+        "Download what the search found (verified against the signed hashes)",
+    );
+    let todo = r.updates().clone();
+    let d = crate::download_cmd::transfer(
+        &session,
+        &todo,
+        upkeep::DownloadType::Full,
+        upkeep::DownloadPriority::Normal,
+        false,
+    )?;
+    for (i, u) in todo.iter().enumerate() {
+        let x = d.update_result(i).expect("one result per update");
+        println!("   {:<10} {}", x.result_code().to_string(), u.title());
+    }
+
+    step(
+        9,
+        "Read and accept the fonts' license, then install everything into the sandbox root",
+    );
+    let fonts = todo
+        .iter()
+        .find(|u| u.identity().update_id == FONTS)
+        .ok_or_else(|| demo_err("the fonts update is missing"))?;
+    println!(
+        "   license: {}",
+        fonts.eula_text().map_err(demo_err)?.trim()
+    );
+    fonts.accept_eula().map_err(demo_err)?;
+    let installed = crate::install_cmd::run_job(&session, &todo, false, false)?;
+    for (i, u) in todo.iter().enumerate() {
+        let x = installed.update_result(i).expect("one result per update");
+        let restart = if x.reboot_required() {
+            " (restart required)"
+        } else {
+            ""
+        };
+        println!(
+            "   {:<10} {}{restart}",
+            x.result_code().to_string(),
+            u.title()
+        );
+    }
+    println!(
+        "   overall: {}, restart required: {}",
+        installed.result_code(),
+        installed.reboot_required()
+    );
+    let root = tmp.path().join("root");
+    let tool = root.join("usr/local/bin/acme-tool");
+    println!(
+        "   {} -> {}",
+        tool.strip_prefix(&root).unwrap_or(&tool).display(),
+        std::fs::read_to_string(&tool)
+            .map_err(demo_err)?
+            .lines()
+            .nth(1)
+            .unwrap_or("")
+    );
+
+    step(
+        10,
+        "Search what is installed, and what a restart is pending for",
+    );
+    let inst = searcher.search("IsInstalled=1").map_err(demo_err)?;
+    for u in inst.updates() {
+        println!("   installed: {}", u.title());
+    }
+    let pending = searcher.search("RebootRequired=1").map_err(demo_err)?;
+    for u in pending.updates() {
+        println!("   restart pending for: {}", u.title());
+    }
+
+    step(
+        11,
+        "Uninstall Acme Tools 2.2: its files go, what it replaced comes back",
+    );
+    let tools: upkeep::UpdateCollection = inst
+        .updates()
+        .iter()
+        .filter(|u| u.identity().update_id == TOOLS_NEW)
+        .cloned()
+        .collect();
+    let un = crate::install_cmd::run_job(&session, &tools, true, false)?;
+    println!(
+        "   {}; acme-tool present: {}",
+        un.result_code(),
+        tool.exists()
+    );
+
+    step(12, "History, newest first");
+    for h in searcher.query_history(0, 10).map_err(demo_err)? {
+        let raw = if h.unmapped_result_code != 0 {
+            format!(" (exit {})", h.unmapped_result_code)
+        } else {
+            String::new()
+        };
+        println!(
+            "   {:<15} {:<10} {}{raw}",
+            h.operation.to_string(),
+            h.result_code.to_string(),
+            h.title
+        );
+    }
+
+    step(
+        13,
         "Stop the server and search offline, from the metadata trusted locally",
     );
     let requests = server.request_count();
@@ -244,7 +352,7 @@ pub fn run() -> Result<Exit, Exit> {
         offline.updates().len()
     );
 
-    step(9, "Clean up");
+    step(14, "Clean up");
     let path = tmp.path().to_path_buf();
     drop(repo);
     tmp.close().map_err(demo_err)?;

@@ -2,14 +2,14 @@
 //! terminal), Ctrl-C requests abort and keeps partial files for resuming.
 
 use std::io::IsTerminal;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 use upkeep::{
     AsyncState, DownloadCompletedCallbackArgs, DownloadJob, DownloadPhase, DownloadPriority,
-    DownloadProgressChangedCallbackArgs, DownloadType, Error, HResult, UpdateCollection,
+    DownloadProgressChangedCallbackArgs, DownloadType, Error, HResult, OperationResultCode,
+    UpdateCollection,
 };
 
 use crate::exit::Exit;
@@ -46,9 +46,18 @@ pub struct DownloadArgs {
     json: bool,
 }
 
-fn select(global: &Global, a: &DownloadArgs) -> Result<UpdateCollection, Exit> {
-    let usage = |msg: String| Exit::from_error(&Error::new(HResult::E_INVALIDARG, msg), a.json);
-    let chosen = [!a.ids.is_empty(), a.all, a.criteria.is_some()]
+/// The updates named by ids, `--all` (`all_criteria`) or `--criteria`: exactly one of
+/// them must be given; unknown ids are `WU_E_UNKNOWN_ID`.
+pub fn select(
+    global: &Global,
+    ids: &[uuid::Uuid],
+    all: bool,
+    criteria: Option<&str>,
+    all_criteria: &str,
+    json: bool,
+) -> Result<UpdateCollection, Exit> {
+    let usage = |msg: String| Exit::from_error(&Error::new(HResult::E_INVALIDARG, msg), json);
+    let chosen = [!ids.is_empty(), all, criteria.is_some()]
         .iter()
         .filter(|b| **b)
         .count();
@@ -57,20 +66,18 @@ fn select(global: &Global, a: &DownloadArgs) -> Result<UpdateCollection, Exit> {
             "give update ids, --all, or --criteria (one of them)".into(),
         ));
     }
-    let criteria = match (&a.criteria, a.all) {
-        (Some(c), _) => c.clone(),
-        (None, true) => "IsInstalled=0 and IsHidden=0".into(),
-        (None, false) => a
-            .ids
+    let criteria = match (criteria, all) {
+        (Some(c), _) => c.to_string(),
+        (None, true) => all_criteria.into(),
+        (None, false) => ids
             .iter()
             .map(|id| format!("UpdateID='{id}' and DeploymentAction=*"))
             .collect::<Vec<_>>()
             .join(" or "),
     };
-    let (_session, result) = global.search(&criteria, false, !a.ids.is_empty(), a.json)?;
+    let (_session, result) = global.search(&criteria, false, !ids.is_empty(), json)?;
     let found = result.updates().clone();
-    let missing: Vec<String> = a
-        .ids
+    let missing: Vec<String> = ids
         .iter()
         .filter(|id| !found.iter().any(|u| u.identity().update_id == **id))
         .map(|id| id.to_string())
@@ -80,37 +87,36 @@ fn select(global: &Global, a: &DownloadArgs) -> Result<UpdateCollection, Exit> {
             HResult::WU_E_UNKNOWN_ID,
             format!("not in the repository: {}", missing.join(", ")),
         );
-        return Err(Exit::from_error(&e, a.json));
+        return Err(Exit::from_error(&e, json));
+    }
+    // In the order the ids were given.
+    if !ids.is_empty() {
+        return Ok(ids
+            .iter()
+            .filter_map(|id| {
+                found
+                    .iter()
+                    .find(|u| u.identity().update_id == *id)
+                    .cloned()
+            })
+            .collect());
     }
     Ok(found)
 }
 
-pub fn run(global: &Global, a: DownloadArgs) -> Result<Exit, Exit> {
-    let updates = select(global, &a)?;
-    if updates.is_empty() {
-        if a.json {
-            println!("{}", json!({"result_code": "Succeeded", "updates": []}));
-        } else {
-            println!("Nothing to download.");
-        }
-        return Ok(Exit::Success);
-    }
-    let session = global.session().map_err(|e| Exit::from_error(&e, a.json))?;
+/// Downloads `updates` with bars on a terminal (overall and current update: bytes, rate,
+/// ETA, phase); Ctrl-C requests abort.
+pub fn transfer(
+    session: &upkeep::UpdateSession,
+    updates: &UpdateCollection,
+    kind: DownloadType,
+    priority: DownloadPriority,
+    json: bool,
+) -> Result<upkeep::DownloadResult, Exit> {
     let mut downloader = session.create_update_downloader();
     downloader.set_updates(updates.clone());
-    downloader.set_priority(match a.priority {
-        PriorityArg::Low => DownloadPriority::Low,
-        PriorityArg::Normal => DownloadPriority::Normal,
-        PriorityArg::High => DownloadPriority::High,
-        PriorityArg::ExtraHigh => DownloadPriority::ExtraHigh,
-    });
-    let kind = if a.bootstrapper {
-        DownloadType::UpdateBootstrapper
-    } else {
-        DownloadType::Full
-    };
-
-    let bars = std::io::stdout().is_terminal() && !a.json;
+    downloader.set_priority(priority);
+    let bars = std::io::stdout().is_terminal() && !json;
     let multi = MultiProgress::with_draw_target(if bars {
         ProgressDrawTarget::stderr()
     } else {
@@ -135,15 +141,6 @@ pub fn run(global: &Global, a: DownloadArgs) -> Result<Exit, Exit> {
             .with_prefix("update"),
     );
     let titles: Vec<String> = updates.iter().map(|u| u.title().to_string()).collect();
-
-    let job_slot: Arc<Mutex<Option<DownloadJob>>> = Arc::new(Mutex::new(None));
-    let slot = job_slot.clone();
-    let _ = ctrlc::set_handler(move || {
-        if let Some(job) = slot.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            eprintln!("\nupkeep: aborting; partial downloads are kept and resume next time");
-            job.request_abort();
-        }
-    });
     let (o2, c2) = (overall.clone(), current.clone());
     let job = downloader
         .begin_download2(
@@ -168,46 +165,66 @@ pub fn run(global: &Global, a: DownloadArgs) -> Result<Exit, Exit> {
             |_: &DownloadJob, _: &DownloadCompletedCallbackArgs| {},
             AsyncState::none(),
         )
-        .map_err(|e| Exit::from_error(&e, a.json))?;
-    *job_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(job.clone());
+        .map_err(|e| Exit::from_error(&e, json))?;
+    let abort_job = job.clone();
+    crate::on_ctrl_c(Box::new(move || {
+        eprintln!("\nupkeep: aborting; partial downloads are kept and resume next time");
+        abort_job.request_abort();
+    }));
     // Keep the bars ticking while waiting.
     while !job.wait_timeout(Duration::from_millis(100)) {}
     let result = downloader
         .end_download(&job)
-        .map_err(|e| Exit::from_error(&e, a.json))?;
+        .map_err(|e| Exit::from_error(&e, json))?;
     overall.finish_and_clear();
     current.finish_and_clear();
-    let rows: Vec<serde_json::Value> = updates
-        .iter()
-        .enumerate()
-        .map(|(i, u)| {
+    Ok(result)
+}
+
+pub fn run(global: &Global, a: DownloadArgs) -> Result<Exit, Exit> {
+    let updates = select(
+        global,
+        &a.ids,
+        a.all,
+        a.criteria.as_deref(),
+        "IsInstalled=0 and IsHidden=0",
+        a.json,
+    )?;
+    if updates.is_empty() {
+        if a.json {
+            println!("{}", json!({"result_code": "Succeeded", "updates": []}));
+        } else {
+            println!("Nothing to download.");
+        }
+        return Ok(Exit::Success);
+    }
+    let session = global.session().map_err(|e| Exit::from_error(&e, a.json))?;
+    let kind = if a.bootstrapper {
+        DownloadType::UpdateBootstrapper
+    } else {
+        DownloadType::Full
+    };
+    let priority = match a.priority {
+        PriorityArg::Low => DownloadPriority::Low,
+        PriorityArg::Normal => DownloadPriority::Normal,
+        PriorityArg::High => DownloadPriority::High,
+        PriorityArg::ExtraHigh => DownloadPriority::ExtraHigh,
+    };
+    let result = transfer(&session, &updates, kind, priority, a.json)?;
+    let rows: Vec<(String, OperationResultCode, HResult)> = (0..updates.len())
+        .map(|i| {
             let r = result.update_result(i).expect("one result per update");
-            json!({
-                "id": u.identity().update_id,
-                "title": u.title(),
-                "result_code": r.result_code(),
-                "hresult": format!("0x{:08X}", r.hresult().as_u32()),
-            })
+            (String::new(), r.result_code(), r.hresult())
         })
         .collect();
-    if a.json {
-        let v = json!({
-            "result_code": result.result_code(),
-            "hresult": format!("0x{:08X}", result.hresult().as_u32()),
-            "updates": rows,
-        });
-        println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
-    } else {
-        for (i, u) in updates.iter().enumerate() {
-            let r = result.update_result(i).expect("one result per update");
-            let code = if r.hresult() == HResult::S_OK {
-                String::new()
-            } else {
-                format!(" [{}]", r.hresult())
-            };
-            println!("{:<20} {}{code}", r.result_code().to_string(), u.title());
-        }
-        println!("Download: {}", result.result_code());
-    }
+    crate::output::print_results(
+        "Download",
+        &updates,
+        &rows,
+        result.result_code(),
+        result.hresult(),
+        None,
+        a.json,
+    );
     Ok(Exit::for_result(result.result_code()))
 }

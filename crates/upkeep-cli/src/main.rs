@@ -1,10 +1,11 @@
-//! The `upkeep` command: search, show and repository authoring (and, as the project grows,
-//! download, install, uninstall and history). This is the only crate that knows about
+//! The `upkeep` command: search, show, download, install, uninstall, history, hide, status,
+//! repository authoring and the demo. This is the only crate that knows about
 //! terminals; libraries report through types and `tracing`.
 
 mod demo;
 mod download_cmd;
 mod exit;
+mod install_cmd;
 mod output;
 mod repo_cmd;
 
@@ -83,6 +84,37 @@ enum Command {
     /// Download updates' content into the verified cache (bars on a terminal; Ctrl-C aborts
     /// and keeps partial files for resuming).
     Download(download_cmd::DownloadArgs),
+    /// Install updates (downloading what is missing first), each in a crash-safe transaction.
+    Install(install_cmd::InstallArgs),
+    /// Uninstall updates, restoring what their install replaced.
+    Uninstall(install_cmd::UninstallArgs),
+    /// Show install and uninstall history, newest first.
+    History {
+        /// At most this many entries.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hide updates from default searches.
+    Hide {
+        /// Update ids.
+        #[arg(required = true)]
+        ids: Vec<uuid::Uuid>,
+    },
+    /// Show hidden updates again.
+    Unhide {
+        /// Update ids.
+        #[arg(required = true)]
+        ids: Vec<uuid::Uuid>,
+    },
+    /// Whether an installer is busy, whether a restart is pending, the last results.
+    Status {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create, change, publish and serve repositories.
     #[command(subcommand)]
     Repo(repo_cmd::RepoCommand),
@@ -163,12 +195,41 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
             Ok(Exit::Success)
         }
         Command::Download(args) => download_cmd::run(&cli.global, args),
+        Command::Install(a) => install_cmd::install(&cli.global, a),
+        Command::Uninstall(a) => install_cmd::uninstall(&cli.global, a),
+        Command::History { limit, json } => install_cmd::history(&cli.global, limit, json),
+        Command::Hide { ids } => install_cmd::hide(&cli.global, &ids, true),
+        Command::Unhide { ids } => install_cmd::hide(&cli.global, &ids, false),
+        Command::Status { json } => install_cmd::status(&cli.global, json),
         Command::Repo(cmd) => repo_cmd::run(cmd),
         Command::Demo => demo::run(),
     }
 }
 
+type Handler = Box<dyn Fn() + Send>;
+static CTRL_C: std::sync::Mutex<Option<Handler>> = std::sync::Mutex::new(None);
+
+/// Makes Ctrl-C (SIGINT) call `f` (replacing the previous action) instead of ending the
+/// process: the running job is asked to abort and the command reports what happened.
+pub fn on_ctrl_c(f: Handler) {
+    let mut slot = CTRL_C.lock().unwrap_or_else(|p| p.into_inner());
+    if slot.is_none() {
+        let _ = ctrlc::set_handler(|| {
+            if let Some(f) = CTRL_C.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                f()
+            }
+        });
+    }
+    *slot = Some(f);
+}
+
 fn main() -> ExitCode {
+    // Like other Unix tools, end quietly when the reader of our output goes away
+    // (`upkeep search | head`) instead of failing to print.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let filter = std::env::var("UPKEEP_LOG").unwrap_or_else(|_| "warn".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(

@@ -202,3 +202,64 @@ pub fn print_update(u: &Update, json: bool) {
         println!("{}", m.description);
     }
 }
+
+/// Prints the per-update results of a download, install or uninstall: a table, or with
+/// `json` `{"result_code", "hresult", ["reboot_required",] "updates": [{"id", "title",
+/// "result_code", "hresult"[, "reboot_required"]}]}`. `rows` are (unused, code, hresult)
+/// per update; `reboot` is the per-update and overall restart flags when they apply.
+pub fn print_results(
+    what: &str,
+    updates: &upkeep::UpdateCollection,
+    rows: &[(String, upkeep::OperationResultCode, upkeep::HResult)],
+    code: upkeep::OperationResultCode,
+    hresult: upkeep::HResult,
+    reboot: Option<(&[bool], bool)>,
+    json: bool,
+) {
+    if json {
+        let list: Vec<Value> = updates
+            .iter()
+            .zip(rows)
+            .enumerate()
+            .map(|(i, (u, (_, c, h)))| {
+                let mut v = serde_json::json!({
+                    "id": u.identity().update_id,
+                    "title": u.title(),
+                    "result_code": c,
+                    "hresult": format!("0x{:08X}", h.as_u32()),
+                });
+                if let Some((per, _)) = reboot {
+                    v["reboot_required"] = per[i].into();
+                }
+                v
+            })
+            .collect();
+        let mut v = serde_json::json!({
+            "result_code": code,
+            "hresult": format!("0x{:08X}", hresult.as_u32()),
+            "updates": list,
+        });
+        if let Some((_, all)) = reboot {
+            v["reboot_required"] = all.into();
+        }
+        println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
+        return;
+    }
+    for (i, (u, (_, c, h))) in updates.iter().zip(rows).enumerate() {
+        let extra = if *h == upkeep::HResult::S_OK {
+            String::new()
+        } else {
+            format!(" [{h}]")
+        };
+        let restart = match reboot {
+            Some((per, _)) if per[i] => " (restart required)",
+            _ => "",
+        };
+        println!("{:<20} {}{extra}{restart}", c.to_string(), u.title());
+    }
+    let restart = match reboot {
+        Some((_, true)) => " — restart required",
+        _ => "",
+    };
+    println!("{what}: {code}{restart}");
+}

@@ -1,77 +1,12 @@
 //! The `upkeep` binary end to end: repository authoring, a real `repo serve` child process,
 //! search and show in both output forms, and the documented exit codes.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 
-fn upkeep(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_upkeep"))
-        .args(args)
-        .env_remove("UPKEEP_CONFIG")
-        .env_remove("UPKEEP_REPOSITORY")
-        .output()
-        .expect("run upkeep")
-}
-
-/// `--repo URL --trusted-root ROOT --state-dir STATE`.
-fn agent_args<'a>(url: &'a str, root: &'a Path, state: &'a Path) -> [&'a str; 6] {
-    [
-        "--repo",
-        url,
-        "--trusted-root",
-        root.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-    ]
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// `upkeep repo serve` on a free loopback port; killed by PID on drop.
-struct Serve(Child, String);
-
-impl Serve {
-    fn start(dir: &Path) -> Serve {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_upkeep"))
-            .args([
-                "repo",
-                "serve",
-                dir.to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stderr.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .expect("serve prints its URL")
-            .to_string();
-        Serve(child, url)
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{agent_args, ok, upkeep, Serve};
 
 fn published_repo(tmp: &Path) -> std::path::PathBuf {
     let dir = tmp.join("repo");
@@ -593,4 +528,84 @@ fn ctrl_c_aborts_the_download_keeps_the_partial_file_and_exits_4() {
         .expect("the partial file is kept");
     assert_eq!(part.metadata().unwrap().len(), 2_000_000);
     d.resume_and_check();
+}
+
+#[test]
+fn two_installers_in_two_processes_one_is_refused_and_status_says_busy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("repo");
+    ok(&upkeep(&["repo", "init", dir.to_str().unwrap()]));
+    let go = tmp.path().join("go");
+    let started = tmp.path().join("started");
+    let script = format!(
+        "#!/bin/sh\ntouch {s}\ni=0\nwhile [ ! -e {g} ] && [ $i -lt 3000 ]; do sleep 0.01; i=$((i+1)); done\nexit 0\n",
+        s = started.display(),
+        g = go.display()
+    );
+    std::fs::write(tmp.path().join("slow.sh"), script).unwrap();
+    let id = "99999999-9999-4999-8999-999999999999";
+    ok(&upkeep(&[
+        "repo",
+        "add",
+        dir.to_str().unwrap(),
+        "--id",
+        id,
+        "--title",
+        "Slow",
+        "--payload",
+        tmp.path().join("slow.sh").to_str().unwrap(),
+        "--handler",
+        "command",
+    ]));
+    let serve = Serve::start(&dir);
+    let root = dir.join("metadata/1.root.json");
+    let state = tmp.path().join("state");
+    let mut args: Vec<String> = agent_args(&serve.1, &root, &state)
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend([
+        "--root".to_string(),
+        tmp.path().join("root").display().to_string(),
+    ]);
+    let mut first = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .args(&args)
+        .args(["install", id, "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !started.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first install never started its command"
+        );
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the first install ended early"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let status = upkeep(&[&a[..], &["status", "--json"]].concat());
+    let v: serde_json::Value =
+        serde_json::from_str(&String::from_utf8_lossy(&status.stdout)).unwrap();
+    assert_eq!(v["busy"], true);
+    let second = upkeep(&[&a[..], &["install", id, "--json"]].concat());
+    assert_eq!(second.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("WU_E_INSTALL_NOT_ALLOWED"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    std::fs::write(&go, b"").unwrap();
+    let out = first.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["result_code"], "Succeeded");
+    let h = ok(&upkeep(&[&a[..], &["history", "--json"]].concat()));
+    let v: serde_json::Value = serde_json::from_str(&h).unwrap();
+    assert_eq!(v["total"], 1);
+    assert_eq!(v["entries"][0]["operation"], "Installation");
 }

@@ -342,3 +342,54 @@ fn abort_during_staging_rolls_back() {
         .all(|e| e.unwrap().file_name() != "f0"));
     assert!(fx.store.unfinished_txs().unwrap().is_empty());
 }
+
+#[test]
+fn conflicts_with_the_root_fail_cleanly() {
+    // A file where the archive needs a directory: refused while staging.
+    let fx1 = fx();
+    std::fs::write(fx1.layout.root.join("a"), b"a file").unwrap();
+    let before = snapshot(&fx1.layout.root);
+    let p = payload(&fx1, "p.tar", &tar(&[E::File("a/b", b"x", 0o644)]), "");
+    let e = install_and_commit(&fx1, "c1", &p).unwrap_err();
+    assert!(e.message.contains("is a file"), "{e}");
+    assert_eq!(snapshot(&fx1.layout.root), before);
+    // A directory where the archive has a file: found while applying, after earlier
+    // entries were applied — all of it is rolled back.
+    let fx2 = fx();
+    std::fs::create_dir_all(fx2.layout.root.join("z/dir")).unwrap();
+    std::fs::write(fx2.layout.root.join("keep"), b"old").unwrap();
+    let before = snapshot(&fx2.layout.root);
+    let p = payload(
+        &fx2,
+        "p.tar",
+        &tar(&[
+            E::File("keep", b"new", 0o644),
+            E::File("new/x", b"x", 0o644),
+            E::File("z/dir", b"file", 0o644),
+        ]),
+        "",
+    );
+    let e = install_and_commit(&fx2, "c2", &p).unwrap_err();
+    assert!(
+        e.message.contains("directory is where a file must go"),
+        "{e}"
+    );
+    assert_eq!(snapshot(&fx2.layout.root), before, "everything rolled back");
+    assert!(fx2.store.unfinished_txs().unwrap().is_empty());
+}
+
+#[test]
+fn a_later_entry_for_the_same_path_wins_as_with_tar() {
+    let fx = fx();
+    let p = payload(
+        &fx,
+        "p.tar",
+        &tar(&[
+            E::File("f", b"first", 0o644),
+            E::File("f", b"second", 0o600),
+        ]),
+        "",
+    );
+    install_and_commit(&fx, "d", &p).unwrap();
+    assert_eq!(std::fs::read(fx.layout.root.join("f")).unwrap(), b"second");
+}

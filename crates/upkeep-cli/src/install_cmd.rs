@@ -1,0 +1,339 @@
+//! `upkeep install`, `uninstall`, `history`, `hide`, `unhide` and `status`.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+use upkeep::{
+    AsyncState, DownloadPriority, DownloadType, Error, HResult, InstallationJob,
+    InstallationProgressChangedCallbackArgs, InstallationResult, OperationResultCode,
+    UpdateCollection, UpdateSession,
+};
+
+use crate::download_cmd::{select, transfer};
+use crate::exit::Exit;
+use crate::Global;
+
+/// What `upkeep install` was asked for.
+#[derive(clap::Args, Debug)]
+pub struct InstallArgs {
+    /// Update ids.
+    ids: Vec<uuid::Uuid>,
+    /// Every update matching IsInstalled=0 and IsHidden=0.
+    #[arg(long)]
+    all: bool,
+    /// Updates matching these criteria.
+    #[arg(long)]
+    criteria: Option<String>,
+    /// Accept the license terms of the selected updates.
+    #[arg(long)]
+    accept_eula: bool,
+    /// Install only what is already downloaded (the rest fails with WU_E_DM_NOTDOWNLOADED).
+    #[arg(long)]
+    no_download: bool,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What `upkeep uninstall` was asked for.
+#[derive(clap::Args, Debug)]
+pub struct UninstallArgs {
+    /// Update ids.
+    #[arg(required = true)]
+    ids: Vec<uuid::Uuid>,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+fn session(global: &Global, json: bool) -> Result<UpdateSession, Exit> {
+    global.session().map_err(|e| Exit::from_error(&e, json))
+}
+
+fn exit_for(r: &InstallationResult) -> Exit {
+    match Exit::for_result(r.result_code()) {
+        Exit::Success if r.reboot_required() => Exit::RebootRequired,
+        e => e,
+    }
+}
+
+/// Runs an install or uninstall job with a bar on a terminal; Ctrl-C requests abort.
+pub(crate) fn run_job(
+    session: &UpdateSession,
+    updates: &UpdateCollection,
+    uninstall: bool,
+    json: bool,
+) -> Result<InstallationResult, Exit> {
+    let mut installer = session.create_update_installer();
+    installer.set_updates(updates.clone());
+    let bar = ProgressBar::with_draw_target(
+        Some(100),
+        if std::io::stdout().is_terminal() && !json {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        },
+    )
+    .with_style(
+        ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos:>3}% {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    )
+    .with_prefix(if uninstall { "uninstall" } else { "install" });
+    let titles: Vec<String> = updates.iter().map(|u| u.title().to_string()).collect();
+    let b2 = bar.clone();
+    let on_progress = move |_: &InstallationJob, a: &InstallationProgressChangedCallbackArgs| {
+        let p = a.progress();
+        b2.set_position(p.percent_complete() as u64);
+        let title = titles
+            .get(p.current_update_index())
+            .map_or("", String::as_str);
+        b2.set_message(format!(
+            "{title} ({}%)",
+            p.current_update_percent_complete()
+        ));
+    };
+    let job = if uninstall {
+        installer.begin_uninstall(on_progress, (), AsyncState::none())
+    } else {
+        installer.begin_install(on_progress, (), AsyncState::none())
+    }
+    .map_err(|e| Exit::from_error(&e, json))?;
+    let abort_job = job.clone();
+    crate::on_ctrl_c(Box::new(move || {
+        eprintln!("\nupkeep: aborting; the update in progress is rolled back");
+        abort_job.request_abort();
+    }));
+    while !job.wait_timeout(Duration::from_millis(100)) {}
+    let r = if uninstall {
+        installer.end_uninstall(&job)
+    } else {
+        installer.end_install(&job)
+    }
+    .map_err(|e| Exit::from_error(&e, json))?;
+    bar.finish_and_clear();
+    Ok(r)
+}
+
+fn report(what: &str, updates: &UpdateCollection, r: &InstallationResult, json: bool) {
+    let rows: Vec<_> = (0..updates.len())
+        .map(|i| {
+            let x = r.update_result(i).expect("one result per update");
+            (String::new(), x.result_code(), x.hresult())
+        })
+        .collect();
+    let per: Vec<bool> = (0..updates.len())
+        .map(|i| r.update_result(i).is_some_and(|x| x.reboot_required()))
+        .collect();
+    crate::output::print_results(
+        what,
+        updates,
+        &rows,
+        r.result_code(),
+        r.hresult(),
+        Some((&per, r.reboot_required())),
+        json,
+    );
+}
+
+/// `upkeep install`.
+pub fn install(global: &Global, a: InstallArgs) -> Result<Exit, Exit> {
+    let updates = select(
+        global,
+        &a.ids,
+        a.all,
+        a.criteria.as_deref(),
+        "IsInstalled=0 and IsHidden=0",
+        a.json,
+    )?;
+    if updates.is_empty() {
+        if a.json {
+            println!("{}", json!({"result_code": "Succeeded", "updates": []}));
+        } else {
+            println!("Nothing to install.");
+        }
+        return Ok(Exit::Success);
+    }
+    let session = session(global, a.json)?;
+    for u in updates.iter() {
+        if a.accept_eula {
+            u.accept_eula()
+                .map_err(|e| Exit::from_error(&e.into(), a.json))?;
+        } else if !u.eula_accepted() && !a.json {
+            eprintln!(
+                "upkeep: {} has license terms; read them with `upkeep show {}` and install with --accept-eula",
+                u.title(),
+                u.identity().update_id
+            );
+        }
+    }
+    if !a.no_download {
+        let missing: UpdateCollection = updates
+            .iter()
+            .filter(|u| !u.is_downloaded())
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            let d = transfer(
+                &session,
+                &missing,
+                DownloadType::Full,
+                DownloadPriority::High,
+                a.json,
+            )?;
+            if d.result_code() == OperationResultCode::Aborted {
+                return Err(Exit::from_error(
+                    &Error::new(
+                        HResult::WU_E_CALL_CANCELLED,
+                        "the download was aborted; nothing was installed",
+                    ),
+                    a.json,
+                ));
+            }
+        }
+    }
+    let r = run_job(&session, &updates, false, a.json)?;
+    report("Install", &updates, &r, a.json);
+    Ok(exit_for(&r))
+}
+
+/// `upkeep uninstall`.
+pub fn uninstall(global: &Global, a: UninstallArgs) -> Result<Exit, Exit> {
+    let updates = select(global, &a.ids, false, None, "", a.json)?;
+    let session = session(global, a.json)?;
+    let r = run_job(&session, &updates, true, a.json)?;
+    report("Uninstall", &updates, &r, a.json);
+    Ok(exit_for(&r))
+}
+
+/// `upkeep history`.
+pub fn history(global: &Global, limit: usize, json: bool) -> Result<Exit, Exit> {
+    let session = session(global, json)?;
+    let s = session.create_update_searcher();
+    let total = s
+        .total_history_count()
+        .map_err(|e| Exit::from_error(&e, json))?;
+    let entries = if total == 0 {
+        Vec::new()
+    } else {
+        s.query_history(0, limit.max(1))
+            .map_err(|e| Exit::from_error(&e, json))?
+    };
+    if json {
+        let list: Vec<_> = entries
+            .iter()
+            .map(|h| {
+                json!({
+                    "date": h.date.to_string(),
+                    "operation": h.operation,
+                    "result_code": h.result_code,
+                    "hresult": format!("0x{:08X}", h.hresult.as_u32()),
+                    "id": h.update_id,
+                    "revision": h.revision,
+                    "title": h.title,
+                    "client_application_id": h.client_application_id,
+                    "unmapped_result_code": h.unmapped_result_code,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"total": total, "entries": list})).expect("JSON")
+        );
+    } else if entries.is_empty() {
+        println!("No history.");
+    } else {
+        for h in &entries {
+            let code = if h.hresult == HResult::S_OK {
+                String::new()
+            } else {
+                format!(" [{}]", h.hresult)
+            };
+            let raw = if h.unmapped_result_code != 0 {
+                format!(" (exit {})", h.unmapped_result_code)
+            } else {
+                String::new()
+            };
+            println!(
+                "{}  {:<15} {:<20} {}{code}{raw}",
+                h.date.strftime("%Y-%m-%d %H:%M:%S"),
+                h.operation.to_string(),
+                h.result_code.to_string(),
+                h.title
+            );
+        }
+        println!("{} of {total} entries", entries.len());
+    }
+    Ok(Exit::Success)
+}
+
+/// `upkeep hide` / `unhide`.
+pub fn hide(global: &Global, ids: &[uuid::Uuid], hidden: bool) -> Result<Exit, Exit> {
+    let updates = select(global, ids, false, None, "", false)?;
+    for u in updates.iter() {
+        u.set_is_hidden(hidden)
+            .map_err(|e| Exit::from_error(&e.into(), false))?;
+        println!(
+            "{} {}",
+            if hidden { "Hidden:" } else { "Shown:" },
+            u.title()
+        );
+    }
+    Ok(Exit::Success)
+}
+
+/// `upkeep status`.
+pub fn status(global: &Global, json: bool) -> Result<Exit, Exit> {
+    let session = session(global, json)?;
+    let installer = session.create_update_installer();
+    let busy = installer.is_busy();
+    let reboot = installer
+        .reboot_required_before_installation()
+        .map_err(|e| Exit::from_error(&e, json))?;
+    let s = session.create_update_searcher();
+    let last = if s
+        .total_history_count()
+        .map_err(|e| Exit::from_error(&e, json))?
+        > 0
+    {
+        s.query_history(0, 5)
+            .map_err(|e| Exit::from_error(&e, json))?
+    } else {
+        Vec::new()
+    };
+    if json {
+        let last: Vec<_> = last
+            .iter()
+            .map(|h| json!({"date": h.date.to_string(), "operation": h.operation, "result_code": h.result_code, "title": h.title}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"busy": busy, "reboot_pending": reboot, "last_results": last})
+            )
+            .expect("JSON")
+        );
+    } else {
+        println!("Installer busy:  {}", if busy { "yes" } else { "no" });
+        println!("Restart pending: {}", if reboot { "yes" } else { "no" });
+        if !last.is_empty() {
+            println!("Last results:");
+            for h in &last {
+                println!(
+                    "  {}  {} {} {}",
+                    h.date.strftime("%Y-%m-%d %H:%M:%S"),
+                    h.operation,
+                    h.result_code,
+                    h.title
+                );
+            }
+        }
+    }
+    Ok(if reboot {
+        Exit::RebootRequired
+    } else {
+        Exit::Success
+    })
+}

@@ -1,0 +1,301 @@
+//! Crash safety with real processes: `upkeep install` and `upkeep uninstall` kill themselves
+//! with SIGKILL at every named checkpoint of the transaction (and the harness also kills
+//! them from outside at random instants); the next session's recovery must leave the install
+//! root byte-identical to before or to after, and the state must agree with it.
+//! `scripts/crash-harness.sh` runs hundreds of random-instant trials.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{ok, upkeep, Serve};
+
+const ID: &str = "77777777-7777-4777-8777-777777777777";
+
+/// Path → kind, mode and content of every entry under `root`.
+fn snapshot(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let v = if m.file_type().is_symlink() {
+                format!("link {}", std::fs::read_link(&p).unwrap().display())
+            } else if m.is_dir() {
+                stack.push(p.clone());
+                format!("dir {:o}", m.permissions().mode() & 0o7777)
+            } else {
+                let data = std::fs::read(&p).unwrap();
+                format!(
+                    "file {:o} {}",
+                    m.permissions().mode() & 0o7777,
+                    String::from_utf8_lossy(&data)
+                )
+            };
+            out.insert(rel, v);
+        }
+    }
+    out
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        let m = std::fs::symlink_metadata(&src).unwrap();
+        if m.is_dir() {
+            copy_tree(&src, &dst);
+        } else if m.file_type().is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src).unwrap(), &dst).unwrap();
+        } else {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+fn payload() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, data: &[u8], mode: u32| {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(mode);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, path, data).unwrap();
+    };
+    add("etc/app.conf", b"new config\n", 0o644);
+    add("usr/bin/tool", b"#!/bin/sh\necho new\n", 0o755);
+    for i in 0..40 {
+        add(
+            &format!("opt/app/lib/part{i:02}.dat"),
+            format!("part {i}\n").as_bytes(),
+            0o644,
+        );
+    }
+    b.into_inner().unwrap()
+}
+
+fn write_before(root: &Path) {
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+    std::fs::write(root.join("etc/app.conf"), b"old config\n").unwrap();
+    std::fs::write(root.join("usr/bin/tool"), b"#!/bin/sh\necho old\n").unwrap();
+    std::fs::set_permissions(
+        root.join("usr/bin/tool"),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
+    std::fs::write(root.join("etc/other"), b"not the update's\n").unwrap();
+}
+
+struct World {
+    tmp: tempfile::TempDir,
+    _serve: Serve,
+    url: String,
+    trusted: PathBuf,
+}
+
+impl World {
+    fn new() -> World {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path().join("repo");
+        ok(&upkeep(&["repo", "init", repo.to_str().unwrap()]));
+        std::fs::write(tmp.path().join("app.tar"), payload()).unwrap();
+        ok(&upkeep(&[
+            "repo",
+            "add",
+            repo.to_str().unwrap(),
+            "--id",
+            ID,
+            "--title",
+            "App 2.0",
+            "--payload",
+            tmp.path().join("app.tar").to_str().unwrap(),
+            "--handler",
+            "files",
+        ]));
+        let serve = Serve::start(&repo);
+        let url = serve.1.clone();
+        World {
+            trusted: repo.join("metadata/1.root.json"),
+            tmp,
+            _serve: serve,
+            url,
+        }
+    }
+
+    fn args(&self, name: &str) -> Vec<String> {
+        let d = self.tmp.path().join(name);
+        vec![
+            "--repo".into(),
+            self.url.clone(),
+            "--trusted-root".into(),
+            self.trusted.display().to_string(),
+            "--state-dir".into(),
+            d.join("state").display().to_string(),
+            "--root".into(),
+            d.join("root").display().to_string(),
+        ]
+    }
+
+    fn run(&self, name: &str, cmd: &[&str], crash_at: Option<&str>) -> std::process::ExitStatus {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_upkeep"));
+        c.args(self.args(name))
+            .args(cmd)
+            .env_remove("UPKEEP_CONFIG");
+        if let Some(at) = crash_at {
+            c.env("UPKEEP_CRASH_AT", at);
+        }
+        c.output().unwrap().status
+    }
+
+    fn installed(&self, name: &str) -> bool {
+        let o = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+            .args(self.args(name))
+            .args(["search", "IsInstalled=1", "--json", "--offline"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
+        v["updates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["id"] == ID)
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    /// A fresh machine `name` copied from `template`.
+    fn clone_from(&self, template: &str, name: &str) {
+        copy_tree(&self.dir(template), &self.dir(name));
+    }
+}
+
+#[test]
+fn a_crash_at_any_checkpoint_leaves_before_or_after_and_the_state_agrees() {
+    let w = World::new();
+    // The template machine: the update downloaded, nothing installed.
+    write_before(&w.dir("template").join("root"));
+    assert!(w.run("template", &["download", ID], None).success());
+    let before = snapshot(&w.dir("template").join("root"));
+    // The reference: a complete install.
+    w.clone_from("template", "installed");
+    assert!(w.run("installed", &["install", ID], None).success());
+    let after = snapshot(&w.dir("installed").join("root"));
+    assert_ne!(before, after);
+
+    let install_points = [
+        ("install:journaled", false),
+        ("install:change#1", false),
+        ("install:change#20", false),
+        ("install:applied", false),
+        ("install:synced", false),
+        ("install:committed", true),
+    ];
+    for (i, (point, committed)) in install_points.iter().enumerate() {
+        let name = format!("i{i}");
+        w.clone_from("template", &name);
+        let st = w.run(&name, &["install", ID], Some(point));
+        assert_eq!(
+            st.signal(),
+            Some(libc::SIGKILL),
+            "{point}: the checkpoint was reached"
+        );
+        // The next session recovers.
+        assert!(w.run(&name, &["status"], None).code().is_some());
+        let now = snapshot(&w.dir(&name).join("root"));
+        let expected = if *committed { &after } else { &before };
+        assert!(
+            now == *expected,
+            "{point}: the root is neither before nor after as expected:\n{now:#?}"
+        );
+        assert_eq!(
+            w.installed(&name),
+            *committed,
+            "{point}: state agrees with the root"
+        );
+        assert!(
+            w.run(&name, &["status"], None).success(),
+            "{point}: nothing left to recover"
+        );
+    }
+
+    let uninstall_points = [
+        ("uninstall:journaled", false),
+        ("uninstall:change#3", false),
+        ("uninstall:applied", false),
+        ("uninstall:synced", false),
+        ("uninstall:committed", true),
+    ];
+    for (i, (point, committed)) in uninstall_points.iter().enumerate() {
+        let name = format!("u{i}");
+        w.clone_from("installed", &name);
+        let st = w.run(&name, &["uninstall", ID], Some(point));
+        assert_eq!(
+            st.signal(),
+            Some(libc::SIGKILL),
+            "{point}: the checkpoint was reached"
+        );
+        assert!(w.run(&name, &["status"], None).code().is_some());
+        let now = snapshot(&w.dir(&name).join("root"));
+        let expected = if *committed { &before } else { &after };
+        assert!(now == *expected, "{point}: unexpected root:\n{now:#?}");
+        assert_eq!(
+            w.installed(&name),
+            !committed,
+            "{point}: state agrees with the root"
+        );
+    }
+}
+
+#[test]
+fn kills_at_random_instants_leave_before_or_after() {
+    let w = World::new();
+    write_before(&w.dir("template").join("root"));
+    assert!(w.run("template", &["download", ID], None).success());
+    let before = snapshot(&w.dir("template").join("root"));
+    w.clone_from("template", "installed");
+    assert!(w.run("installed", &["install", ID], None).success());
+    let after = snapshot(&w.dir("installed").join("root"));
+    // A deterministic spread of kill delays (microseconds) across the install's lifetime.
+    let mut x: u64 = 0x2545F4914F6CDD1D;
+    let (mut saw_before, mut saw_after) = (0, 0);
+    for trial in 0..12 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let delay = std::time::Duration::from_micros(x % 60_000);
+        let name = format!("r{trial}");
+        w.clone_from("template", &name);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+            .args(w.args(&name))
+            .args(["install", ID])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay); // the random instant itself, not a synchronisation
+                                   // SAFETY: kill(2) on our own child's PID.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        child.wait().unwrap();
+        assert!(w.run(&name, &["status"], None).code().is_some());
+        let now = snapshot(&w.dir(&name).join("root"));
+        let installed = w.installed(&name);
+        if now == before {
+            assert!(!installed, "trial {trial}: root before, state installed");
+            saw_before += 1;
+        } else if now == after {
+            assert!(installed, "trial {trial}: root after, state not installed");
+            saw_after += 1;
+        } else {
+            panic!("trial {trial} ({delay:?}): inconsistent root:\n{now:#?}");
+        }
+    }
+    assert_eq!(saw_before + saw_after, 12);
+}
