@@ -146,6 +146,35 @@ fn ts(s: &str) -> jiff::Timestamp {
     s.parse().unwrap_or(jiff::Timestamp::UNIX_EPOCH)
 }
 
+fn insert_history(conn: &Connection, h: &HistoryEntry) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO history (operation, result_code, hresult, date, update_id, revision, title, client_application_id, unmapped_result_code) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            h.operation as i32,
+            h.result_code as i32,
+            h.hresult.0,
+            h.date.to_string(),
+            h.update_id,
+            h.revision,
+            h.title,
+            h.client_application_id,
+            h.unmapped_result_code
+        ],
+    )
+    .map(|_| ())
+}
+
+/// A `journal` or `owned` row selected as `kind, path, backup, mode, source`.
+fn journal_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JournalEntry> {
+    Ok(JournalEntry {
+        kind: r.get(0)?,
+        path: r.get(1)?,
+        backup: r.get(2)?,
+        mode: r.get(3)?,
+        source: r.get(4)?,
+    })
+}
+
 /// A transaction of the install journal, as recovery finds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OpenTx {
@@ -281,23 +310,7 @@ impl Store {
 
     /// Appends a history entry.
     pub fn add_history(&self, h: &HistoryEntry) -> Result<()> {
-        self.conn
-            .execute(
-                "INSERT INTO history (operation, result_code, hresult, date, update_id, revision, title, client_application_id, unmapped_result_code) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![
-                    h.operation as i32,
-                    h.result_code as i32,
-                    h.hresult.0,
-                    h.date.to_string(),
-                    h.update_id,
-                    h.revision,
-                    h.title,
-                    h.client_application_id,
-                    h.unmapped_result_code
-                ],
-            )
-            .map(|_| ())
-            .map_err(self.e())
+        insert_history(&self.conn, h).map_err(self.e())
     }
 
     /// History entries, newest first, from `start` (0 = newest), at most `count`.
@@ -383,17 +396,7 @@ impl Store {
                 "SELECT kind, path, backup, mode, source FROM journal WHERE tx_id = ?1 ORDER BY seq",
             )
             .map_err(self.e())?;
-        let rows = st
-            .query_map([tx_id], |r| {
-                Ok(JournalEntry {
-                    kind: r.get(0)?,
-                    path: r.get(1)?,
-                    backup: r.get(2)?,
-                    mode: r.get(3)?,
-                    source: r.get(4)?,
-                })
-            })
-            .map_err(self.e())?;
+        let rows = st.query_map([tx_id], journal_row).map_err(self.e())?;
         rows.collect::<std::result::Result<_, _>>()
             .map_err(self.e())
     }
@@ -451,7 +454,7 @@ impl Store {
             tx.execute("INSERT OR REPLACE INTO reboot VALUES (1, ?1)", [boot_id()])
                 .map_err(self.e())?;
         }
-        self.history_in(&tx, history)?;
+        insert_history(&tx, history).map_err(self.e())?;
         tx.execute(
             "UPDATE tx SET state = 'committed' WHERE tx_id = ?1",
             [tx_id],
@@ -477,32 +480,13 @@ impl Store {
             tx.execute("INSERT OR REPLACE INTO reboot VALUES (1, ?1)", [boot_id()])
                 .map_err(self.e())?;
         }
-        self.history_in(&tx, history)?;
+        insert_history(&tx, history).map_err(self.e())?;
         tx.execute(
             "UPDATE tx SET state = 'committed' WHERE tx_id = ?1",
             [tx_id],
         )
         .map_err(self.e())?;
         tx.commit().map_err(self.e())
-    }
-
-    fn history_in(&self, tx: &rusqlite::Transaction<'_>, h: &HistoryEntry) -> Result<()> {
-        tx.execute(
-            "INSERT INTO history (operation, result_code, hresult, date, update_id, revision, title, client_application_id, unmapped_result_code) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![
-                h.operation as i32,
-                h.result_code as i32,
-                h.hresult.0,
-                h.date.to_string(),
-                h.update_id,
-                h.revision,
-                h.title,
-                h.client_application_id,
-                h.unmapped_result_code
-            ],
-        )
-        .map(|_| ())
-        .map_err(self.e())
     }
 
     /// Forgets a finished (rolled back, or committed and cleaned up) transaction.
@@ -523,17 +507,7 @@ impl Store {
                 "SELECT kind, path, backup, mode, source FROM owned WHERE update_id = ?1 ORDER BY seq",
             )
             .map_err(self.e())?;
-        let rows = st
-            .query_map([update_id], |r| {
-                Ok(JournalEntry {
-                    kind: r.get(0)?,
-                    path: r.get(1)?,
-                    backup: r.get(2)?,
-                    mode: r.get(3)?,
-                    source: r.get(4)?,
-                })
-            })
-            .map_err(self.e())?;
+        let rows = st.query_map([update_id], journal_row).map_err(self.e())?;
         rows.collect::<std::result::Result<_, _>>()
             .map_err(self.e())
     }

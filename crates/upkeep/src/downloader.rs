@@ -153,41 +153,17 @@ pub struct DownloadCompletedCallbackArgs {
     _reserved: (),
 }
 
-/// `IDownloadProgressChangedCallback`; closures implement it, `()` is none.
-pub trait DownloadProgressChangedCallback: Send + Sync + 'static {
+callback_trait!(
+    /// `IDownloadProgressChangedCallback`; closures implement it, `()` is none.
+    DownloadProgressChangedCallback(DownloadJob, DownloadProgressChangedCallbackArgs),
     /// Called on the job's callback thread with the latest snapshot.
-    fn invoke(&self, job: &DownloadJob, args: &DownloadProgressChangedCallbackArgs);
-}
+);
 
-impl<F: Fn(&DownloadJob, &DownloadProgressChangedCallbackArgs) + Send + Sync + 'static>
-    DownloadProgressChangedCallback for F
-{
-    fn invoke(&self, job: &DownloadJob, args: &DownloadProgressChangedCallbackArgs) {
-        self(job, args)
-    }
-}
-
-impl DownloadProgressChangedCallback for () {
-    fn invoke(&self, _: &DownloadJob, _: &DownloadProgressChangedCallbackArgs) {}
-}
-
-/// `IDownloadCompletedCallback`; closures implement it, `()` is none.
-pub trait DownloadCompletedCallback: Send + Sync + 'static {
+callback_trait!(
+    /// `IDownloadCompletedCallback`; closures implement it, `()` is none.
+    DownloadCompletedCallback(DownloadJob, DownloadCompletedCallbackArgs),
     /// Called once, on the job's callback thread, after the last progress callback.
-    fn invoke(&self, job: &DownloadJob, args: &DownloadCompletedCallbackArgs);
-}
-
-impl<F: Fn(&DownloadJob, &DownloadCompletedCallbackArgs) + Send + Sync + 'static>
-    DownloadCompletedCallback for F
-{
-    fn invoke(&self, job: &DownloadJob, args: &DownloadCompletedCallbackArgs) {
-        self(job, args)
-    }
-}
-
-impl DownloadCompletedCallback for () {
-    fn invoke(&self, _: &DownloadJob, _: &DownloadCompletedCallbackArgs) {}
-}
+);
 
 type Inner = Job<DownloadProgress, Result<DownloadResult>>;
 
@@ -706,27 +682,12 @@ async fn run(
     ctx.update(|p| b.fill(&plan, p));
     let results = b.results.to_vec();
     drop(b);
-    let succeeded = results
-        .iter()
-        .filter(|r| r.result_code == OperationResultCode::Succeeded)
-        .count();
-    let aborted = results
-        .iter()
-        .any(|r| r.result_code == OperationResultCode::Aborted);
-    let last_error = results
-        .iter()
-        .rev()
-        .find(|r| r.result_code == OperationResultCode::Failed)
-        .map_or(HResult::E_FAIL, |r| r.hresult);
-    let (code, hresult) = if aborted {
-        (OperationResultCode::Aborted, HResult::WU_E_CALL_CANCELLED)
-    } else if succeeded == results.len() {
-        (OperationResultCode::Succeeded, HResult::S_OK)
-    } else if succeeded > 0 {
-        (OperationResultCode::SucceededWithErrors, HResult::S_OK)
-    } else {
-        (OperationResultCode::Failed, last_error)
-    };
+    let (code, hresult) = crate::overall_result(
+        &results
+            .iter()
+            .map(|r| (r.result_code, r.hresult))
+            .collect::<Vec<_>>(),
+    );
     Ok(DownloadResult {
         result_code: code,
         hresult,

@@ -129,41 +129,17 @@ pub struct InstallationCompletedCallbackArgs {
     _reserved: (),
 }
 
-/// `IInstallationProgressChangedCallback`; closures implement it, `()` is none.
-pub trait InstallationProgressChangedCallback: Send + Sync + 'static {
+callback_trait!(
+    /// `IInstallationProgressChangedCallback`; closures implement it, `()` is none.
+    InstallationProgressChangedCallback(InstallationJob, InstallationProgressChangedCallbackArgs),
     /// Called on the job's callback thread with the latest snapshot.
-    fn invoke(&self, job: &InstallationJob, args: &InstallationProgressChangedCallbackArgs);
-}
+);
 
-impl<F: Fn(&InstallationJob, &InstallationProgressChangedCallbackArgs) + Send + Sync + 'static>
-    InstallationProgressChangedCallback for F
-{
-    fn invoke(&self, job: &InstallationJob, args: &InstallationProgressChangedCallbackArgs) {
-        self(job, args)
-    }
-}
-
-impl InstallationProgressChangedCallback for () {
-    fn invoke(&self, _: &InstallationJob, _: &InstallationProgressChangedCallbackArgs) {}
-}
-
-/// `IInstallationCompletedCallback`; closures implement it, `()` is none.
-pub trait InstallationCompletedCallback: Send + Sync + 'static {
+callback_trait!(
+    /// `IInstallationCompletedCallback`; closures implement it, `()` is none.
+    InstallationCompletedCallback(InstallationJob, InstallationCompletedCallbackArgs),
     /// Called once, after the last progress callback.
-    fn invoke(&self, job: &InstallationJob, args: &InstallationCompletedCallbackArgs);
-}
-
-impl<F: Fn(&InstallationJob, &InstallationCompletedCallbackArgs) + Send + Sync + 'static>
-    InstallationCompletedCallback for F
-{
-    fn invoke(&self, job: &InstallationJob, args: &InstallationCompletedCallbackArgs) {
-        self(job, args)
-    }
-}
-
-impl InstallationCompletedCallback for () {
-    fn invoke(&self, _: &InstallationJob, _: &InstallationCompletedCallbackArgs) {}
-}
+);
 
 type Inner = Job<InstallationProgress, Result<InstallationResult>>;
 type Ctx = upkeep_job::JobContext<InstallationProgress, Result<InstallationResult>>;
@@ -505,27 +481,12 @@ fn run(
             p.percent_complete = p.percent_complete.max(percent((i + 1) as f64 / n as f64));
         });
     }
-    let succeeded = results
-        .iter()
-        .filter(|r| r.result_code == OperationResultCode::Succeeded)
-        .count();
-    let aborted = results
-        .iter()
-        .any(|r| r.result_code == OperationResultCode::Aborted);
-    let last_error = results
-        .iter()
-        .rev()
-        .find(|r| r.result_code == OperationResultCode::Failed)
-        .map_or(HResult::E_FAIL, |r| r.hresult);
-    let (code, hresult) = if aborted {
-        (OperationResultCode::Aborted, HResult::WU_E_CALL_CANCELLED)
-    } else if succeeded == n {
-        (OperationResultCode::Succeeded, HResult::S_OK)
-    } else if succeeded > 0 {
-        (OperationResultCode::SucceededWithErrors, HResult::S_OK)
-    } else {
-        (OperationResultCode::Failed, last_error)
-    };
+    let (code, hresult) = crate::overall_result(
+        &results
+            .iter()
+            .map(|r| (r.result_code, r.hresult))
+            .collect::<Vec<_>>(),
+    );
     Ok(InstallationResult {
         result_code: code,
         hresult,

@@ -9,6 +9,54 @@
 //! search-criteria language ([`criteria`]). TUF lives in `upkeep-tuf`, value types in
 //! `upkeep-types`.
 
+/// Declares a WUA callback interface as a trait with one `invoke(&self, job, args)`:
+/// closures `Fn(&Job, &Args)` implement it, and `()` is "no callback".
+macro_rules! callback_trait {
+    ($(#[$m:meta])* $name:ident($job:ty, $args:ty), $(#[$im:meta])*) => {
+        $(#[$m])*
+        pub trait $name: Send + Sync + 'static {
+            $(#[$im])*
+            fn invoke(&self, job: &$job, args: &$args);
+        }
+
+        impl<F: Fn(&$job, &$args) + Send + Sync + 'static> $name for F {
+            fn invoke(&self, job: &$job, args: &$args) {
+                self(job, args)
+            }
+        }
+
+        impl $name for () {
+            fn invoke(&self, _: &$job, _: &$args) {}
+        }
+    };
+}
+
+/// The overall result of a job from its updates' results (design, "Job semantics"): any
+/// aborted → `Aborted`; all succeeded → `Succeeded`; some → `SucceededWithErrors`; none →
+/// `Failed` with the last failure's code.
+pub(crate) fn overall_result(
+    results: &[(OperationResultCode, HResult)],
+) -> (OperationResultCode, HResult) {
+    let succeeded = results
+        .iter()
+        .filter(|r| r.0 == OperationResultCode::Succeeded)
+        .count();
+    if results.iter().any(|r| r.0 == OperationResultCode::Aborted) {
+        (OperationResultCode::Aborted, HResult::WU_E_CALL_CANCELLED)
+    } else if succeeded == results.len() {
+        (OperationResultCode::Succeeded, HResult::S_OK)
+    } else if succeeded > 0 {
+        (OperationResultCode::SucceededWithErrors, HResult::S_OK)
+    } else {
+        let last = results
+            .iter()
+            .rev()
+            .find(|r| r.0 == OperationResultCode::Failed)
+            .map_or(HResult::E_FAIL, |r| r.1);
+        (OperationResultCode::Failed, last)
+    }
+}
+
 pub mod catalog;
 pub mod config;
 pub mod criteria;

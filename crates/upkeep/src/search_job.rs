@@ -20,25 +20,12 @@ pub struct SearchCompletedCallbackArgs {
     _reserved: (),
 }
 
-/// `ISearchCompletedCallback`. Closures `Fn(&SearchJob, &SearchCompletedCallbackArgs)`
-/// implement it; pass `()` for no callback.
-pub trait SearchCompletedCallback: Send + Sync + 'static {
+callback_trait!(
+    /// `ISearchCompletedCallback`. Closures `Fn(&SearchJob, &SearchCompletedCallbackArgs)`
+    /// implement it; pass `()` for no callback.
+    SearchCompletedCallback(SearchJob, SearchCompletedCallbackArgs),
     /// Called once, on the job's callback thread, when the search has completed.
-    fn invoke(&self, job: &SearchJob, args: &SearchCompletedCallbackArgs);
-}
-
-impl<F> SearchCompletedCallback for F
-where
-    F: Fn(&SearchJob, &SearchCompletedCallbackArgs) + Send + Sync + 'static,
-{
-    fn invoke(&self, job: &SearchJob, args: &SearchCompletedCallbackArgs) {
-        self(job, args)
-    }
-}
-
-impl SearchCompletedCallback for () {
-    fn invoke(&self, _: &SearchJob, _: &SearchCompletedCallbackArgs) {}
-}
+);
 
 type Inner = Job<(), Result<SearchResult>>;
 

@@ -392,3 +392,53 @@ fn a_second_installer_is_refused_while_one_runs() {
     );
     assert!(!second.is_busy());
 }
+
+#[test]
+fn abort_stops_the_running_command_and_ends_the_rest_aborted() {
+    let gate = tempfile::tempdir().unwrap();
+    let started = gate.path().join("started");
+    // Runs until killed (bounded at 30 s by the loop).
+    let script = format!(
+        "touch {s}; i=0; while [ $i -lt 3000 ]; do sleep 0.01; i=$((i+1)); done; exit 0",
+        s = started.display()
+    );
+    let fx = Fx::new(
+        vec![
+            command(1, "long", &script, None, 60),
+            (RepoSim::update(2, "after"), tar_zst(&[("after", b"a")])),
+        ],
+        None,
+    );
+    let all = fx.search("");
+    fx.download(&all);
+    let inst = fx.installer(&all);
+    let job = inst.begin_install((), (), AsyncState::none()).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !started.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command never started"
+        );
+        std::thread::yield_now();
+    }
+    job.request_abort();
+    let r = inst.end_install(&job).unwrap();
+    assert_eq!(r.result_code(), OperationResultCode::Aborted);
+    assert_eq!(r.hresult(), HResult::WU_E_CALL_CANCELLED);
+    assert_eq!(
+        r.update_result(0).unwrap().result_code(),
+        OperationResultCode::Aborted
+    );
+    assert_eq!(
+        r.update_result(1).unwrap().result_code(),
+        OperationResultCode::Aborted
+    );
+    assert!(!fx.root().join("after").exists());
+    assert!(fx.search("IsInstalled=1").is_empty());
+    let h = fx
+        .session
+        .create_update_searcher()
+        .query_history(0, 5)
+        .unwrap();
+    assert_eq!(h[0].result_code, OperationResultCode::Aborted);
+}
