@@ -25,15 +25,22 @@ use upkeep_types::HResult;
 
 use crate::{InstallError, Result};
 
+/// A content file to put beside the command.
+#[derive(Clone, Debug)]
+pub struct RunFile {
+    /// Its verified copy in the content cache.
+    pub cached: PathBuf,
+    /// Its file name in the update.
+    pub name: String,
+    /// Its signed SHA-256 (hex), checked again while it is copied.
+    pub sha256: Option<String>,
+}
+
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct Invocation {
-    /// The executable (the update's first content file, in the cache).
-    pub executable: PathBuf,
-    /// Its name in the update (the file name it is run as).
-    pub name: String,
-    /// Other content files (cache path, name).
-    pub extra: Vec<(PathBuf, String)>,
+    /// The update's content files; the first is the executable.
+    pub files: Vec<RunFile>,
     /// Arguments.
     pub arguments: Vec<String>,
     /// Time limit.
@@ -59,8 +66,38 @@ pub struct Outcome {
     pub reboot_required: bool,
 }
 
-fn copy_in(from: &Path, to: &Path, mode: u32) -> Result<()> {
-    std::fs::copy(from, to).map_err(|e| InstallError::io(from, e))?;
+/// Copies a cached file, checking its signed hash on the way (the cache is re-verified on
+/// use: see `docs/architecture.md`, durability).
+fn copy_in(f: &RunFile, to: &Path, mode: u32) -> Result<()> {
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Write};
+    let mut src = std::fs::File::open(&f.cached).map_err(|e| InstallError::io(&f.cached, e))?;
+    let mut dst = std::fs::File::create(to).map_err(|e| InstallError::io(to, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = src
+            .read(&mut buf)
+            .map_err(|e| InstallError::io(&f.cached, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        dst.write_all(&buf[..n])
+            .map_err(|e| InstallError::io(to, e))?;
+    }
+    if let Some(want) = &f.sha256 {
+        if hex::encode(h.finalize()) != want.to_ascii_lowercase() {
+            return Err(InstallError::new(
+                HResult::WU_E_DM_INCORRECTFILEHASH,
+                format!(
+                    "{}: the cached file does not match its signed hash; download it again",
+                    f.cached.display()
+                ),
+            ));
+        }
+    }
+    drop(dst);
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode))
         .map_err(|e| InstallError::io(to, e))
 }
@@ -74,12 +111,22 @@ pub fn run(
     let dir = &inv.run_dir;
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(|e| InstallError::io(dir, e))?;
-    let exe = dir.join(&inv.name);
-    copy_in(&inv.executable, &exe, 0o755)?;
-    for (from, name) in &inv.extra {
-        copy_in(from, &dir.join(name), 0o644)?;
+    let Some(first) = inv.files.first() else {
+        return Err(InstallError::new(
+            HResult::WU_E_UH_INVALIDMETADATA,
+            "a command update without content",
+        ));
+    };
+    let exe = dir.join(&first.name);
+    let copied =
+        inv.files.iter().enumerate().try_for_each(|(i, f)| {
+            copy_in(f, &dir.join(&f.name), if i == 0 { 0o755 } else { 0o644 })
+        });
+    if let Err(e) = copied {
+        let _ = std::fs::remove_dir_all(dir);
+        return Err(e);
     }
-    let result = run_in(inv, &exe, progress, abort);
+    let result = run_in(inv, &exe, first.name.clone(), progress, abort);
     let _ = std::fs::remove_dir_all(dir);
     result
 }
@@ -87,6 +134,7 @@ pub fn run(
 fn run_in(
     inv: &Invocation,
     exe: &Path,
+    name: String,
     progress: &mut dyn FnMut(f64),
     abort: &dyn Fn() -> bool,
 ) -> Result<Outcome> {
@@ -105,14 +153,14 @@ fn run_in(
         .map_err(|e| {
             InstallError::new(
                 HResult::WU_E_UH_INSTALLERFAILURE,
-                format!("{}: cannot run: {e}", inv.name),
+                format!("{}: cannot run: {e}", name),
             )
         })?;
     // Output readers: progress lines to us, everything else to the log.
     let (tx, rx) = std::sync::mpsc::channel::<f64>();
     let out = child.stdout.take().expect("piped");
     let err = child.stderr.take().expect("piped");
-    let name = inv.name.clone();
+    let out_name = name.clone();
     let t_out = std::thread::spawn(move || {
         for line in BufReader::new(out)
             .lines()
@@ -125,17 +173,17 @@ fn run_in(
                 Some(Ok(p)) => {
                     let _ = tx.send((p / 100.0).clamp(0.0, 1.0));
                 }
-                _ => tracing::info!(target: "upkeep::command", "{name}: {line}"),
+                _ => tracing::info!(target: "upkeep::command", "{out_name}: {line}"),
             }
         }
     });
-    let name = inv.name.clone();
+    let err_name = name.clone();
     let t_err = std::thread::spawn(move || {
         for line in BufReader::new(err)
             .lines()
             .map_while(std::result::Result::ok)
         {
-            tracing::warn!(target: "upkeep::command", "{name}: {line}");
+            tracing::warn!(target: "upkeep::command", "{err_name}: {line}");
         }
     });
     let started = Instant::now();
@@ -156,10 +204,7 @@ fn run_in(
             let _ = child.wait();
             break Err(InstallError::new(
                 HResult::WU_E_UH_TIMEOUT,
-                format!(
-                    "{}: still running after {:?}; killed",
-                    inv.name, inv.timeout
-                ),
+                format!("{}: still running after {:?}; killed", name, inv.timeout),
             ));
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -188,7 +233,7 @@ fn run_in(
         }),
         _ => Err(InstallError {
             hresult: HResult::WU_E_UH_INSTALLERFAILURE,
-            message: format!("{} {} exited with {code}", inv.name, inv.operation),
+            message: format!("{} {} exited with {code}", name, inv.operation),
             unmapped: code,
         }),
     }

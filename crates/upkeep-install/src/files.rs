@@ -252,76 +252,89 @@ fn stage(
         ))
     };
     let mut count = 0u64;
-    for entry in archive.entries().map_err(what)? {
-        let mut entry = entry.map_err(what)?;
-        count += 1;
-        if count.is_multiple_of(64) && abort() {
-            return Err(InstallError::new(HResult::WU_E_CALL_CANCELLED, "aborted"));
-        }
-        let raw = entry.path().map_err(what)?.into_owned();
-        let Some(rel) = clean(&raw)? else { continue };
-        if let Some(own) = &own_dir {
-            if rel == *own || rel.starts_with(&format!("{own}/")) {
-                return Err(bad(format!("{rel}: the agent's own work directory")));
+    let mut entries = || -> Result<()> {
+        for entry in archive.entries().map_err(what)? {
+            let mut entry = entry.map_err(what)?;
+            count += 1;
+            if count.is_multiple_of(64) && abort() {
+                return Err(InstallError::new(HResult::WU_E_CALL_CANCELLED, "aborted"));
             }
-        }
-        st.parents(&rel)?;
-        // A symlink's mode means nothing (and some archivers leave it blank).
-        let mode = || Ok::<u32, InstallError>(entry.header().mode().map_err(what)? & 0o7777);
-        match entry.header().entry_type() {
-            tar::EntryType::Directory => {
-                st.add(&rel, Op::Dir(mode()?))?;
-                st.dirs_ok.insert(rel);
-            }
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
-                if st.dirs_ok.contains(&rel) {
-                    return Err(bad(format!("{rel}: both a directory and a file")));
+            let raw = entry.path().map_err(what)?.into_owned();
+            let Some(rel) = clean(&raw)? else { continue };
+            if let Some(own) = &own_dir {
+                if rel == *own || rel.starts_with(&format!("{own}/")) {
+                    return Err(bad(format!("{rel}: the agent's own work directory")));
                 }
-                let mode = mode()?;
-                let dst = st.staged();
-                let mut out = std::fs::File::create(&dst).map_err(|e| InstallError::io(&dst, e))?;
-                std::io::copy(&mut entry, &mut out).map_err(|e| InstallError::io(&dst, e))?;
-                out.set_permissions(std::fs::Permissions::from_mode(mode))
-                    .map_err(|e| InstallError::io(&dst, e))?;
-                st.symlinks.remove(&rel);
-                st.add(&rel, Op::Put(dst))?;
             }
-            tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name()
-                    .map_err(what)?
-                    .ok_or_else(|| bad(format!("{rel}: a symlink without a target")))?
-                    .into_owned();
-                if !link_stays_inside(&rel, &target) {
+            st.parents(&rel)?;
+            // A symlink's mode means nothing (and some archivers leave it blank).
+            let mode = || Ok::<u32, InstallError>(entry.header().mode().map_err(what)? & 0o7777);
+            match entry.header().entry_type() {
+                tar::EntryType::Directory => {
+                    st.add(&rel, Op::Dir(mode()?))?;
+                    st.dirs_ok.insert(rel);
+                }
+                tar::EntryType::Regular | tar::EntryType::Continuous => {
+                    if st.dirs_ok.contains(&rel) {
+                        return Err(bad(format!("{rel}: both a directory and a file")));
+                    }
+                    let mode = mode()?;
+                    let dst = st.staged();
+                    let mut out =
+                        std::fs::File::create(&dst).map_err(|e| InstallError::io(&dst, e))?;
+                    std::io::copy(&mut entry, &mut out).map_err(|e| InstallError::io(&dst, e))?;
+                    out.set_permissions(std::fs::Permissions::from_mode(mode))
+                        .map_err(|e| InstallError::io(&dst, e))?;
+                    st.symlinks.remove(&rel);
+                    st.add(&rel, Op::Put(dst))?;
+                }
+                tar::EntryType::Symlink => {
+                    let target = entry
+                        .link_name()
+                        .map_err(what)?
+                        .ok_or_else(|| bad(format!("{rel}: a symlink without a target")))?
+                        .into_owned();
+                    if !link_stays_inside(&rel, &target) {
+                        return Err(bad(format!(
+                            "{rel}: symlink to {} leaves the install root",
+                            target.display()
+                        )));
+                    }
+                    let dst = st.staged();
+                    std::os::unix::fs::symlink(&target, &dst)
+                        .map_err(|e| InstallError::io(&dst, e))?;
+                    st.symlinks.insert(rel.clone());
+                    st.add(&rel, Op::Put(dst))?;
+                }
+                tar::EntryType::XGlobalHeader
+                | tar::EntryType::XHeader
+                | tar::EntryType::GNULongName
+                | tar::EntryType::GNULongLink => {}
+                other => {
                     return Err(bad(format!(
-                        "{rel}: symlink to {} leaves the install root",
-                        target.display()
-                    )));
+                        "{rel}: {other:?} entries (devices, FIFOs, hard links) are not installed"
+                    )))
                 }
-                let dst = st.staged();
-                std::os::unix::fs::symlink(&target, &dst).map_err(|e| InstallError::io(&dst, e))?;
-                st.symlinks.insert(rel.clone());
-                st.add(&rel, Op::Put(dst))?;
             }
-            tar::EntryType::XGlobalHeader
-            | tar::EntryType::XHeader
-            | tar::EntryType::GNULongName
-            | tar::EntryType::GNULongLink => {}
-            other => {
-                return Err(bad(format!(
-                    "{rel}: {other:?} entries (devices, FIFOs, hard links) are not installed"
-                )))
-            }
+            progress((read.get() as f64 / payload.length.max(1) as f64).min(1.0));
         }
-        progress((read.get() as f64 / payload.length.max(1) as f64).min(1.0));
-    }
+        Ok(())
+    };
+    let listed = entries();
+
     drop(archive);
-    // The hash covers the whole file, trailing padding included.
-    std::io::copy(&mut input, &mut std::io::sink())
-        .map_err(|e| InstallError::io(&payload.path, e))?;
+    if let Err(e) = &listed {
+        if e.hresult == HResult::WU_E_CALL_CANCELLED {
+            return listed.map(|()| Vec::new());
+        }
+    }
+    // The hash covers the whole file, trailing padding included. It is checked even when
+    // the archive could not be read: corrupt bytes in the cache are the cause to report.
+    let drained = std::io::copy(&mut input, &mut std::io::sink());
     let h = input.into_inner();
     if let Some(want) = &payload.sha256 {
-        if read.get() != payload.length
+        if drained.is_err()
+            || read.get() != payload.length
             || hex::encode(h.hash.finalize()) != want.to_ascii_lowercase()
         {
             return Err(InstallError::new(
@@ -333,6 +346,7 @@ fn stage(
             ));
         }
     }
+    listed?;
     Ok(st.plan)
 }
 

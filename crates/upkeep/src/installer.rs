@@ -627,14 +627,15 @@ fn run_command(
     progress: &mut dyn FnMut(f64),
     abort: &dyn Fn() -> bool,
 ) -> std::result::Result<command::Outcome, InstallError> {
-    let files = u.download_contents();
     let inv = command::Invocation {
-        executable: paths[0].clone(),
-        name: file_name(&files[0].path),
-        extra: paths[1..]
+        files: paths
             .iter()
-            .zip(&files[1..])
-            .map(|(p, f)| (p.clone(), file_name(&f.path)))
+            .zip(u.download_contents())
+            .map(|(p, f)| command::RunFile {
+                cached: p.clone(),
+                name: file_name(&f.path),
+                sha256: f.hashes.get("sha256").map(str::to_string),
+            })
             .collect(),
         arguments: arguments.to_vec(),
         timeout: Duration::from_secs(timeout_secs),

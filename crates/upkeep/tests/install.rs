@@ -442,3 +442,33 @@ fn abort_stops_the_running_command_and_ends_the_rest_aborted() {
         .unwrap();
     assert_eq!(h[0].result_code, OperationResultCode::Aborted);
 }
+
+#[test]
+fn content_changed_in_the_cache_after_download_is_refused_at_install() {
+    let fx = Fx::new(
+        vec![
+            command(1, "cmd", "exit 0", None, 60),
+            (RepoSim::update(2, "files"), tar_zst(&[("f", b"f")])),
+        ],
+        None,
+    );
+    let all = fx.search("");
+    fx.download(&all);
+    // Someone with write access to the cache swaps the bytes (same length).
+    for e in std::fs::read_dir(fx.dir.path().join("state/cache/objects")).unwrap() {
+        let p = e.unwrap().path();
+        let mut data = std::fs::read(&p).unwrap();
+        let last = data.len() - 1;
+        data[last] ^= 0x20;
+        std::fs::write(&p, data).unwrap();
+    }
+    let r = fx.installer(&all).install().unwrap();
+    assert_eq!(r.result_code(), OperationResultCode::Failed);
+    for i in 0..2 {
+        assert_eq!(
+            r.update_result(i).unwrap().hresult(),
+            HResult::WU_E_DM_INCORRECTFILEHASH
+        );
+    }
+    assert!(!fx.root().join("f").exists());
+}
