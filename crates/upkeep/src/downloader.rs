@@ -574,7 +574,14 @@ async fn run(
     }
     let mut set = tokio::task::JoinSet::new();
     let mut task_file = HashMap::new();
-    for fi in 0..plan.files.len() {
+    // Only a few transfers beyond the engine's slots wait at once (in the engine's priority
+    // queue); the rest are started as earlier ones end. Thousands of waiting transfers
+    // would each wake every 25 ms to look at the abort flag.
+    let window = engine.options().parallel * 2;
+    let mut next = 0;
+    let spawn = |fi: usize,
+                 set: &mut tokio::task::JoinSet<std::result::Result<(), (HResult, String)>>,
+                 task_file: &mut HashMap<tokio::task::Id, usize>| {
         let (engine, plan, books, ctx) = (engine.clone(), plan.clone(), books.clone(), ctx.clone());
         let handle = set.spawn(async move {
             let pf = &plan.files[fi];
@@ -610,6 +617,10 @@ async fn run(
             r.map(|_| ()).map_err(|e| (e.hresult(), e.to_string()))
         });
         task_file.insert(handle.id(), fi);
+    };
+    while next < plan.files.len() && next < window {
+        spawn(next, &mut set, &mut task_file);
+        next += 1;
     }
     let mut committed = false;
     while let Some(joined) = set.join_next_with_id().await {
@@ -659,6 +670,11 @@ async fn run(
             }
         }
         ctx.update(|p| b.fill(&plan, p));
+        drop(b);
+        if next < plan.files.len() && !ctx.is_abort_requested() {
+            spawn(next, &mut set, &mut task_file);
+            next += 1;
+        }
     }
     if committed {
         // One flush for everything this job put in the cache.
