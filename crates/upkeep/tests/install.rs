@@ -309,6 +309,7 @@ exit 9"#,
             command(3, "initiated", "exit 105", None, 60),
             command(4, "fails", "echo broken >&2; exit 7", None, 60),
             command(5, "hangs", "exec sleep 30", None, 1),
+            command(6, "killed", "kill -KILL $$", None, 60),
         ],
         None,
     );
@@ -326,6 +327,7 @@ exit 9"#,
     assert!(code(1).reboot_required() && code(2).reboot_required());
     assert_eq!(code(3).hresult(), HResult::WU_E_UH_INSTALLERFAILURE);
     assert_eq!(code(4).hresult(), HResult::WU_E_UH_TIMEOUT);
+    assert_eq!(code(5).hresult(), HResult::WU_E_UH_INSTALLERFAILURE);
     assert_eq!(r.result_code(), OperationResultCode::SucceededWithErrors);
     assert!(r.reboot_required());
     let h = fx
@@ -342,6 +344,7 @@ exit 9"#,
     assert_eq!(raw("fails"), 7);
     assert_eq!(raw("reboot"), 3010);
     assert_eq!(raw("initiated"), 1641);
+    assert_eq!(raw("killed"), 128 + 9, "a signal is reported as 128 + its number");
     // Uninstall: declared for "ok", not for "reboot".
     let two: UpdateCollection = all.iter().take(2).cloned().collect();
     let r = fx.installer(&two).uninstall().unwrap();
