@@ -344,7 +344,11 @@ exit 9"#,
     assert_eq!(raw("fails"), 7);
     assert_eq!(raw("reboot"), 3010);
     assert_eq!(raw("initiated"), 1641);
-    assert_eq!(raw("killed"), 128 + 9, "a signal is reported as 128 + its number");
+    assert_eq!(
+        raw("killed"),
+        128 + 9,
+        "a signal is reported as 128 + its number"
+    );
     // Uninstall: declared for "ok", not for "reboot".
     let two: UpdateCollection = all.iter().take(2).cloned().collect();
     let r = fx.installer(&two).uninstall().unwrap();
