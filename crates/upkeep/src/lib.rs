@@ -2,12 +2,14 @@
 //!
 //! upkeep finds updates in a TUF-signed repository, downloads their content and installs
 //! them, with the programming model of the Windows Update Agent API: an [`UpdateSession`]
-//! creates an [`UpdateSearcher`] (and downloaders and installers), results carry WUA's
-//! result codes ([`HResult`], [`OperationResultCode`]).
+//! creates an [`UpdateSearcher`], an [`UpdateDownloader`] and an [`UpdateInstaller`]; every
+//! operation runs synchronously or as a job with progress and completion callbacks; results
+//! carry WUA's result codes ([`HResult`], [`OperationResultCode`]).
 //!
 //! This crate owns the public API, the catalog built from verified metadata and WUA's
 //! search-criteria language ([`criteria`]). TUF lives in `upkeep-tuf`, value types in
-//! `upkeep-types`.
+//! `upkeep-types`, jobs in `upkeep-job`, transfers in `upkeep-transfer`, transactions and
+//! handlers in `upkeep-install`, state in `upkeep-store`.
 
 /// Declares a WUA callback interface as a trait with one `invoke(&self, job, args)`:
 /// closures `Fn(&Job, &Args)` implement it, and `()` is "no callback".

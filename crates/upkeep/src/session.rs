@@ -191,8 +191,9 @@ struct SessionInner {
     engine: std::sync::OnceLock<upkeep_transfer::Engine>,
 }
 
-/// WUA's `IUpdateSession`: the entry point that creates searchers (and, later, downloaders
-/// and installers). Cheap to clone; clones share the catalog cache.
+/// WUA's `IUpdateSession`: the entry point that creates searchers, downloaders and
+/// installers. Cheap to clone; clones share the catalog cache and the transfer engine.
+/// Building one recovers install transactions a crash interrupted.
 #[derive(Clone)]
 pub struct UpdateSession {
     inner: Arc<SessionInner>,
