@@ -207,6 +207,19 @@ impl Store {
         })
     }
 
+    /// Runs a SELECT and maps every row.
+    fn rows<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        map: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>> {
+        let mut st = self.conn.prepare_cached(sql).map_err(self.e())?;
+        let rows = st.query_map(params, map).map_err(self.e())?;
+        rows.collect::<std::result::Result<_, _>>()
+            .map_err(self.e())
+    }
+
     fn e(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
         move |source| StoreError {
             path: self.path.clone(),
@@ -217,14 +230,9 @@ impl Store {
     /// Every installed update.
     pub fn installed(&self) -> Result<Vec<Installed>> {
         let pending = self.reboot_pending()?;
-        let mut st = self
-            .conn
-            .prepare_cached(
-                "SELECT update_id, revision, title, handler, installed_at, reboot_required FROM installed",
-            )
-            .map_err(self.e())?;
-        let rows = st
-            .query_map([], |r| {
+        self.rows(
+            "SELECT update_id, revision, title, handler, installed_at, reboot_required FROM installed",
+            [], |r| {
                 Ok(Installed {
                     update_id: r.get(0)?,
                     revision: r.get(1)?,
@@ -233,21 +241,13 @@ impl Store {
                     installed_at: ts(&r.get::<_, String>(4)?),
                     reboot_required: r.get::<_, bool>(5)? && pending,
                 })
-            })
-            .map_err(self.e())?;
-        rows.collect::<std::result::Result<_, _>>()
-            .map_err(self.e())
+            },
+        )
     }
 
     /// Hidden update ids.
     pub fn hidden(&self) -> Result<Vec<String>> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT update_id FROM hidden")
-            .map_err(self.e())?;
-        let rows = st.query_map([], |r| r.get(0)).map_err(self.e())?;
-        rows.collect::<std::result::Result<_, _>>()
-            .map_err(self.e())
+        self.rows("SELECT update_id FROM hidden", [], |r| r.get(0))
     }
 
     /// Hides or shows an update.
@@ -265,15 +265,9 @@ impl Store {
 
     /// (update id, revision) of every accepted EULA.
     pub fn accepted_eulas(&self) -> Result<Vec<(String, u32)>> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT update_id, revision FROM eula")
-            .map_err(self.e())?;
-        let rows = st
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(self.e())?;
-        rows.collect::<std::result::Result<_, _>>()
-            .map_err(self.e())
+        self.rows("SELECT update_id, revision FROM eula", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
     }
 
     /// Records an accepted EULA.
@@ -315,14 +309,9 @@ impl Store {
 
     /// History entries, newest first, from `start` (0 = newest), at most `count`.
     pub fn history(&self, start: usize, count: usize) -> Result<Vec<HistoryEntry>> {
-        let mut st = self
-            .conn
-            .prepare_cached(
-                "SELECT operation, result_code, hresult, date, update_id, revision, title, client_application_id, unmapped_result_code FROM history ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
-            )
-            .map_err(self.e())?;
-        let rows = st
-            .query_map(params![count as i64, start as i64], |r| {
+        self.rows(
+            "SELECT operation, result_code, hresult, date, update_id, revision, title, client_application_id, unmapped_result_code FROM history ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
+            params![count as i64, start as i64], |r| {
                 Ok(HistoryEntry {
                     operation: UpdateOperation::from_i32(r.get(0)?)
                         .unwrap_or(UpdateOperation::Installation),
@@ -336,10 +325,8 @@ impl Store {
                     client_application_id: r.get(7)?,
                     unmapped_result_code: r.get(8)?,
                 })
-            })
-            .map_err(self.e())?;
-        rows.collect::<std::result::Result<_, _>>()
-            .map_err(self.e())
+            },
+        )
     }
 
     /// Number of history entries.
@@ -390,35 +377,27 @@ impl Store {
 
     /// The journal of a transaction, in order.
     pub fn journal_entries(&self, tx_id: i64) -> Result<Vec<JournalEntry>> {
-        let mut st = self
-            .conn
-            .prepare_cached(
-                "SELECT kind, path, backup, mode, source FROM journal WHERE tx_id = ?1 ORDER BY seq",
-            )
-            .map_err(self.e())?;
-        let rows = st.query_map([tx_id], journal_row).map_err(self.e())?;
-        rows.collect::<std::result::Result<_, _>>()
-            .map_err(self.e())
+        self.rows(
+            "SELECT kind, path, backup, mode, source FROM journal WHERE tx_id = ?1 ORDER BY seq",
+            [tx_id],
+            journal_row,
+        )
     }
 
     /// Transactions recovery must look at.
     pub fn unfinished_txs(&self) -> Result<Vec<OpenTx>> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT tx_id, update_id, operation, state FROM tx ORDER BY tx_id")
-            .map_err(self.e())?;
-        let rows = st
-            .query_map([], |r| {
+        self.rows(
+            "SELECT tx_id, update_id, operation, state FROM tx ORDER BY tx_id",
+            [],
+            |r| {
                 Ok(OpenTx {
                     tx_id: r.get(0)?,
                     update_id: r.get(1)?,
                     operation: r.get(2)?,
                     state: r.get(3)?,
                 })
-            })
-            .map_err(self.e())?;
-        rows.collect::<std::result::Result<_, _>>()
-            .map_err(self.e())
+            },
+        )
     }
 
     /// Commits an install: in one SQLite transaction the journal becomes what the update
@@ -501,15 +480,11 @@ impl Store {
 
     /// What an installed update owns (its install journal), in order.
     pub fn owned(&self, update_id: &str) -> Result<Vec<JournalEntry>> {
-        let mut st = self
-            .conn
-            .prepare_cached(
-                "SELECT kind, path, backup, mode, source FROM owned WHERE update_id = ?1 ORDER BY seq",
-            )
-            .map_err(self.e())?;
-        let rows = st.query_map([update_id], journal_row).map_err(self.e())?;
-        rows.collect::<std::result::Result<_, _>>()
-            .map_err(self.e())
+        self.rows(
+            "SELECT kind, path, backup, mode, source FROM owned WHERE update_id = ?1 ORDER BY seq",
+            [update_id],
+            journal_row,
+        )
     }
 }
 
