@@ -27,23 +27,54 @@ pub enum PriorityArg {
 /// What `upkeep download` was asked for.
 #[derive(clap::Args, Debug)]
 pub struct DownloadArgs {
-    /// Update ids.
-    ids: Vec<uuid::Uuid>,
-    /// Every update matching IsInstalled=0 and IsHidden=0.
-    #[arg(long)]
-    all: bool,
-    /// Updates matching these criteria.
-    #[arg(long)]
-    criteria: Option<String>,
+    #[command(flatten)]
+    which: Selection,
     /// Only the updates' bootstrappers.
     #[arg(long)]
     bootstrapper: bool,
     /// Download priority.
     #[arg(long, value_enum, default_value = "normal")]
     priority: PriorityArg,
+}
+
+/// Which updates a `download` or `install` is for, and the output form.
+#[derive(clap::Args, Debug)]
+pub struct Selection {
+    /// Update ids.
+    pub ids: Vec<uuid::Uuid>,
+    /// Every update matching IsInstalled=0 and IsHidden=0.
+    #[arg(long)]
+    pub all: bool,
+    /// Updates matching these criteria.
+    #[arg(long)]
+    pub criteria: Option<String>,
     /// Print JSON for scripts.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
+}
+
+impl Selection {
+    /// The selected updates; `None` (after saying so) when there are none, so there is
+    /// nothing to `verb`.
+    pub fn pick(&self, global: &Global, verb: &str) -> Result<Option<UpdateCollection>, Exit> {
+        let updates = select(
+            global,
+            &self.ids,
+            self.all,
+            self.criteria.as_deref(),
+            "IsInstalled=0 and IsHidden=0",
+            self.json,
+        )?;
+        if !updates.is_empty() {
+            return Ok(Some(updates));
+        }
+        if self.json {
+            println!("{}", json!({"result_code": "Succeeded", "updates": []}));
+        } else {
+            println!("Nothing to {verb}.");
+        }
+        Ok(None)
+    }
 }
 
 /// The updates named by ids, `--all` (`all_criteria`) or `--criteria`: exactly one of
@@ -182,23 +213,11 @@ pub fn transfer(
 }
 
 pub fn run(global: &Global, a: DownloadArgs) -> Result<Exit, Exit> {
-    let updates = select(
-        global,
-        &a.ids,
-        a.all,
-        a.criteria.as_deref(),
-        "IsInstalled=0 and IsHidden=0",
-        a.json,
-    )?;
-    if updates.is_empty() {
-        if a.json {
-            println!("{}", json!({"result_code": "Succeeded", "updates": []}));
-        } else {
-            println!("Nothing to download.");
-        }
+    let Some(updates) = a.which.pick(global, "download")? else {
         return Ok(Exit::Success);
-    }
-    let session = global.session().map_err(|e| Exit::from_error(&e, a.json))?;
+    };
+    let json = a.which.json;
+    let session = global.session().map_err(|e| Exit::from_error(&e, json))?;
     let kind = if a.bootstrapper {
         DownloadType::UpdateBootstrapper
     } else {
@@ -210,7 +229,7 @@ pub fn run(global: &Global, a: DownloadArgs) -> Result<Exit, Exit> {
         PriorityArg::High => DownloadPriority::High,
         PriorityArg::ExtraHigh => DownloadPriority::ExtraHigh,
     };
-    let result = transfer(&session, &updates, kind, priority, a.json)?;
+    let result = transfer(&session, &updates, kind, priority, json)?;
     let rows: Vec<(String, OperationResultCode, HResult)> = (0..updates.len())
         .map(|i| {
             let r = result.update_result(i).expect("one result per update");
@@ -224,7 +243,7 @@ pub fn run(global: &Global, a: DownloadArgs) -> Result<Exit, Exit> {
         result.result_code(),
         result.hresult(),
         None,
-        a.json,
+        json,
     );
     Ok(Exit::for_result(result.result_code()))
 }

@@ -11,30 +11,21 @@ use upkeep::{
     UpdateCollection, UpdateSession,
 };
 
-use crate::download_cmd::{select, transfer};
+use crate::download_cmd::{select, transfer, Selection};
 use crate::exit::Exit;
 use crate::Global;
 
 /// What `upkeep install` was asked for.
 #[derive(clap::Args, Debug)]
 pub struct InstallArgs {
-    /// Update ids.
-    ids: Vec<uuid::Uuid>,
-    /// Every update matching IsInstalled=0 and IsHidden=0.
-    #[arg(long)]
-    all: bool,
-    /// Updates matching these criteria.
-    #[arg(long)]
-    criteria: Option<String>,
+    #[command(flatten)]
+    which: Selection,
     /// Accept the license terms of the selected updates.
     #[arg(long)]
     accept_eula: bool,
     /// Install only what is already downloaded (the rest fails with WU_E_DM_NOTDOWNLOADED).
     #[arg(long)]
     no_download: bool,
-    /// Print JSON for scripts.
-    #[arg(long)]
-    json: bool,
 }
 
 /// What `upkeep uninstall` was asked for.
@@ -140,28 +131,16 @@ fn report(what: &str, updates: &UpdateCollection, r: &InstallationResult, json: 
 
 /// `upkeep install`.
 pub fn install(global: &Global, a: InstallArgs) -> Result<Exit, Exit> {
-    let updates = select(
-        global,
-        &a.ids,
-        a.all,
-        a.criteria.as_deref(),
-        "IsInstalled=0 and IsHidden=0",
-        a.json,
-    )?;
-    if updates.is_empty() {
-        if a.json {
-            println!("{}", json!({"result_code": "Succeeded", "updates": []}));
-        } else {
-            println!("Nothing to install.");
-        }
+    let Some(updates) = a.which.pick(global, "install")? else {
         return Ok(Exit::Success);
-    }
-    let session = session(global, a.json)?;
+    };
+    let json = a.which.json;
+    let session = session(global, json)?;
     for u in updates.iter() {
         if a.accept_eula {
             u.accept_eula()
-                .map_err(|e| Exit::from_error(&e.into(), a.json))?;
-        } else if !u.eula_accepted() && !a.json {
+                .map_err(|e| Exit::from_error(&e.into(), json))?;
+        } else if !u.eula_accepted() && !json {
             eprintln!(
                 "upkeep: {} has license terms; read them with `upkeep show {}` and install with --accept-eula",
                 u.title(),
@@ -181,7 +160,7 @@ pub fn install(global: &Global, a: InstallArgs) -> Result<Exit, Exit> {
                 &missing,
                 DownloadType::Full,
                 DownloadPriority::High,
-                a.json,
+                json,
             )?;
             if d.result_code() == OperationResultCode::Aborted {
                 return Err(Exit::from_error(
@@ -189,13 +168,13 @@ pub fn install(global: &Global, a: InstallArgs) -> Result<Exit, Exit> {
                         HResult::WU_E_CALL_CANCELLED,
                         "the download was aborted; nothing was installed",
                     ),
-                    a.json,
+                    json,
                 ));
             }
         }
     }
-    let r = run_job(&session, &updates, false, a.json)?;
-    report("Install", &updates, &r, a.json);
+    let r = run_job(&session, &updates, false, json)?;
+    report("Install", &updates, &r, json);
     Ok(exit_for(&r))
 }
 
