@@ -174,41 +174,13 @@ pub struct DownloadJob {
     updates: UpdateCollection,
 }
 
-impl DownloadJob {
-    /// `AsyncState`; released by `end_download`.
-    pub fn async_state(&self) -> AsyncState {
-        self.job.async_state()
-    }
-    /// `IsCompleted`.
-    pub fn is_completed(&self) -> bool {
-        self.job.is_completed()
-    }
-    /// `Updates`: the job's own copy, taken at `begin_*`.
-    pub fn updates(&self) -> &UpdateCollection {
-        &self.updates
-    }
-    /// `GetProgress`.
-    pub fn progress(&self) -> DownloadProgress {
-        self.job.progress()
-    }
+job_handle!(
+    DownloadJob,
+    DownloadProgress,
+    "end_download",
     /// `RequestAbort`: returns at once; finished updates keep their results, the rest end
     /// `Aborted`; partial files are kept for resuming.
-    pub fn request_abort(&self) {
-        self.job.request_abort()
-    }
-    /// `CleanUp`.
-    pub fn clean_up(&self) -> Result<()> {
-        Ok(self.job.clean_up()?)
-    }
-    /// Waits up to `timeout`; true if complete.
-    pub fn wait_timeout(&self, timeout: std::time::Duration) -> bool {
-        self.job.wait_timeout(timeout)
-    }
-    /// Completes when the download does.
-    pub async fn wait(&self) {
-        self.job.wait().await
-    }
-}
+);
 
 /// WUA's `IUpdateDownloader`.
 #[derive(Clone, Debug)]

@@ -152,41 +152,13 @@ pub struct InstallationJob {
     uninstall: bool,
 }
 
-impl InstallationJob {
-    /// `AsyncState`; released by `end_install` / `end_uninstall`.
-    pub fn async_state(&self) -> AsyncState {
-        self.job.async_state()
-    }
-    /// `IsCompleted`.
-    pub fn is_completed(&self) -> bool {
-        self.job.is_completed()
-    }
-    /// `Updates`: the job's own copy.
-    pub fn updates(&self) -> &UpdateCollection {
-        &self.updates
-    }
-    /// `GetProgress`.
-    pub fn progress(&self) -> InstallationProgress {
-        self.job.progress()
-    }
+job_handle!(
+    InstallationJob,
+    InstallationProgress,
+    "end_install` / `end_uninstall",
     /// `RequestAbort`: returns at once; the current update is rolled back at its next safe
     /// point, the rest end `Aborted`, finished ones keep their results.
-    pub fn request_abort(&self) {
-        self.job.request_abort()
-    }
-    /// `CleanUp`.
-    pub fn clean_up(&self) -> Result<()> {
-        Ok(self.job.clean_up()?)
-    }
-    /// Waits up to `timeout`; true if complete.
-    pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.job.wait_timeout(timeout)
-    }
-    /// Completes when the job does.
-    pub async fn wait(&self) {
-        self.job.wait().await
-    }
-}
+);
 
 /// WUA's `IUpdateInstaller`.
 #[derive(Clone, Debug)]

@@ -33,6 +33,48 @@ macro_rules! callback_trait {
     };
 }
 
+/// The members WUA's `IDownloadJob` and `IInstallationJob` share, for a handle with a
+/// `job: upkeep_job::Job<$progress, _>` and an `updates: UpdateCollection` field. The
+/// caller documents `request_abort`, whose effect differs.
+macro_rules! job_handle {
+    ($handle:ident, $progress:ty, $end:literal, $(#[$abort:meta])*) => {
+        impl $handle {
+            #[doc = concat!("`AsyncState`; released by `", $end, "`.")]
+            pub fn async_state(&self) -> AsyncState {
+                self.job.async_state()
+            }
+            /// `IsCompleted`.
+            pub fn is_completed(&self) -> bool {
+                self.job.is_completed()
+            }
+            /// `Updates`: the job's own copy, taken at `begin_*`.
+            pub fn updates(&self) -> &UpdateCollection {
+                &self.updates
+            }
+            /// `GetProgress`: an owned snapshot.
+            pub fn progress(&self) -> $progress {
+                self.job.progress()
+            }
+            $(#[$abort])*
+            pub fn request_abort(&self) {
+                self.job.request_abort()
+            }
+            /// `CleanUp`; from inside the job's own callback, `WU_E_INVALID_OPERATION`.
+            pub fn clean_up(&self) -> Result<()> {
+                Ok(self.job.clean_up()?)
+            }
+            /// Waits up to `timeout`; true if complete.
+            pub fn wait_timeout(&self, timeout: std::time::Duration) -> bool {
+                self.job.wait_timeout(timeout)
+            }
+            /// Completes when the job does.
+            pub async fn wait(&self) {
+                self.job.wait().await
+            }
+        }
+    };
+}
+
 /// The overall result of a job from its updates' results (design, "Job semantics"): any
 /// aborted → `Aborted`; all succeeded → `Succeeded`; some → `SucceededWithErrors`; none →
 /// `Failed` with the last failure's code.
