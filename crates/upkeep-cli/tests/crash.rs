@@ -167,6 +167,40 @@ impl World {
             .any(|u| u["id"] == ID)
     }
 
+    /// On a copy `name` of machine `from`, runs `op` until it kills itself at `point`, lets
+    /// the next session recover, and checks the root is `expected` and the state says
+    /// `installed`.
+    fn crash_and_recover(
+        &self,
+        name: &str,
+        from: &str,
+        op: &str,
+        point: &str,
+        expected: &BTreeMap<String, String>,
+        installed: bool,
+    ) {
+        self.clone_from(from, name);
+        let st = self.run(name, &[op, ID], Some(point));
+        assert_eq!(
+            st.signal(),
+            Some(libc::SIGKILL),
+            "{point}: the checkpoint was reached"
+        );
+        // The next session recovers.
+        assert!(self.run(name, &["status"], None).code().is_some());
+        let now = snapshot(&self.dir(name).join("root"));
+        assert!(now == *expected, "{point}: unexpected root:\n{now:#?}");
+        assert_eq!(
+            self.installed(name),
+            installed,
+            "{point}: state agrees with the root"
+        );
+        assert!(
+            self.run(name, &["status"], None).success(),
+            "{point}: nothing left to recover"
+        );
+    }
+
     fn dir(&self, name: &str) -> PathBuf {
         self.tmp.path().join(name)
     }
@@ -190,6 +224,7 @@ fn a_crash_at_any_checkpoint_leaves_before_or_after_and_the_state_agrees() {
     let after = snapshot(&w.dir("installed").join("root"));
     assert_ne!(before, after);
 
+    // (checkpoint, whether it comes after the commit)
     let install_points = [
         ("install:journaled", false),
         ("install:change#1", false),
@@ -199,33 +234,17 @@ fn a_crash_at_any_checkpoint_leaves_before_or_after_and_the_state_agrees() {
         ("install:committed", true),
     ];
     for (i, (point, committed)) in install_points.iter().enumerate() {
-        let name = format!("i{i}");
-        w.clone_from("template", &name);
-        let st = w.run(&name, &["install", ID], Some(point));
-        assert_eq!(
-            st.signal(),
-            Some(libc::SIGKILL),
-            "{point}: the checkpoint was reached"
-        );
-        // The next session recovers.
-        assert!(w.run(&name, &["status"], None).code().is_some());
-        let now = snapshot(&w.dir(&name).join("root"));
+        // Uncommitted: back to before, not installed. Committed: after, installed.
         let expected = if *committed { &after } else { &before };
-        assert!(
-            now == *expected,
-            "{point}: the root is neither before nor after as expected:\n{now:#?}"
-        );
-        assert_eq!(
-            w.installed(&name),
+        w.crash_and_recover(
+            &format!("i{i}"),
+            "template",
+            "install",
+            point,
+            expected,
             *committed,
-            "{point}: state agrees with the root"
-        );
-        assert!(
-            w.run(&name, &["status"], None).success(),
-            "{point}: nothing left to recover"
         );
     }
-
     let uninstall_points = [
         ("uninstall:journaled", false),
         ("uninstall:change#3", false),
@@ -234,22 +253,14 @@ fn a_crash_at_any_checkpoint_leaves_before_or_after_and_the_state_agrees() {
         ("uninstall:committed", true),
     ];
     for (i, (point, committed)) in uninstall_points.iter().enumerate() {
-        let name = format!("u{i}");
-        w.clone_from("installed", &name);
-        let st = w.run(&name, &["uninstall", ID], Some(point));
-        assert_eq!(
-            st.signal(),
-            Some(libc::SIGKILL),
-            "{point}: the checkpoint was reached"
-        );
-        assert!(w.run(&name, &["status"], None).code().is_some());
-        let now = snapshot(&w.dir(&name).join("root"));
         let expected = if *committed { &before } else { &after };
-        assert!(now == *expected, "{point}: unexpected root:\n{now:#?}");
-        assert_eq!(
-            w.installed(&name),
+        w.crash_and_recover(
+            &format!("u{i}"),
+            "installed",
+            "uninstall",
+            point,
+            expected,
             !committed,
-            "{point}: state agrees with the root"
         );
     }
 }
