@@ -69,6 +69,9 @@ fn demo_updates() -> std::io::Result<Vec<NewUpdate>> {
         arguments: vec!["install".into()],
         uninstall_arguments: Some(vec!["uninstall".into()]),
         timeout_secs: 120,
+        success_exit_codes: vec![0],
+        // 3010 as a Linux exit status arrives as 194 (8 bits).
+        reboot_exit_codes: vec![194],
     };
     agent.release_date = Some(released(5));
 

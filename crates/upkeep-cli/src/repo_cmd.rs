@@ -146,6 +146,14 @@ pub struct AddArgs {
     /// Command timeout in seconds.
     #[arg(long, default_value_t = 3600)]
     timeout: u64,
+    /// Exit code of the command that means success (repeatable; default 0).
+    #[arg(long = "success-exit-code", allow_hyphen_values = true)]
+    success_exit_codes: Vec<i64>,
+    /// Exit code of the command that means success with a restart required (repeatable;
+    /// default 3010 and 1641; a Linux exit status has 8 bits, so scripts declare their own,
+    /// e.g. 194).
+    #[arg(long = "reboot-exit-code", allow_hyphen_values = true)]
+    reboot_exit_codes: Vec<i64>,
     /// Bootstrapper file.
     #[arg(long)]
     bootstrapper: Option<PathBuf>,
@@ -213,9 +221,13 @@ impl AddArgs {
         m.installation_behavior.requires_network_connectivity = self.requires_network;
         m.handler = match handler {
             HandlerKind::Files => {
-                if !self.args.is_empty() || !self.uninstall_args.is_empty() {
+                if !self.args.is_empty()
+                    || !self.uninstall_args.is_empty()
+                    || !self.success_exit_codes.is_empty()
+                    || !self.reboot_exit_codes.is_empty()
+                {
                     return Err(PublishError::Invalid(
-                        "--arg and --uninstall-arg belong to the command handler".into(),
+                        "--arg, --uninstall-arg, --success-exit-code and --reboot-exit-code belong to the command handler".into(),
                     ));
                 }
                 Handler::Files
@@ -225,6 +237,16 @@ impl AddArgs {
                 uninstall_arguments: (!self.uninstall_args.is_empty())
                     .then(|| self.uninstall_args.clone()),
                 timeout_secs: self.timeout,
+                success_exit_codes: if self.success_exit_codes.is_empty() {
+                    upkeep::default_success_codes()
+                } else {
+                    self.success_exit_codes.clone()
+                },
+                reboot_exit_codes: if self.reboot_exit_codes.is_empty() {
+                    upkeep::default_reboot_codes()
+                } else {
+                    self.reboot_exit_codes.clone()
+                },
             },
         };
         m.release_date = Some(self.release_date.unwrap_or_else(jiff::Timestamp::now));

@@ -1,26 +1,27 @@
-//! The `files` handler: a tar, tar.zst or tar.gz payload placed under the install root.
+//! The `files` handler's staging: tar, tar.zst or tar.gz payloads read once each, in the
+//! order the update lists them, into the transaction's stage directory.
 //!
-//! The payload is read once. Every entry is checked before anything in the root changes:
-//! its path must be relative with no `..` (a leading `./` is fine); no entry may be written
-//! through a symlink (one in the archive or one already on disk); a symlink's target must be
-//! relative and stay inside the root; directories, regular files and symlinks are accepted,
-//! devices, FIFOs and hard links are not. Regular files are written to the transaction's
-//! stage directory with their modes; the payload's signed SHA-256 is checked once the last
-//! byte is read. Only then is the plan applied as a [`Tx`].
+//! Every entry is checked before anything in the root changes: its path must be relative
+//! with no `..` (a leading `./` is fine); no entry may be written through a symlink (one in
+//! the archive or one already on disk); a symlink's target must be relative and stay inside
+//! the root; directories, regular files and symlinks are accepted, devices, FIFOs and hard
+//! links are not. Every regular file is hashed (SHA-256) as it is read: a file whose path,
+//! content and mode equal what the installed revision put there is not written at all (an
+//! upgrade leaves it untouched); every other file is written to the stage directory with
+//! its mode. A path that appears twice — in one payload or in two — takes the later entry,
+//! as `tar -x` would. Each payload's signed SHA-256 is checked once its last byte is read.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use upkeep_store::Store;
 use upkeep_types::HResult;
 
-use crate::tx::{Op, Planned, Tx};
-use crate::{checkpoint, InstallError, Layout, Result};
+use crate::{InstallError, Layout, Reporter, Result};
 
-/// The payload file in the content cache and what the signed metadata says of it.
+/// A payload file in the content cache and what the signed metadata says of it.
 #[derive(Clone, Debug)]
 pub struct Payload {
     /// The cached file.
@@ -31,19 +32,56 @@ pub struct Payload {
     pub sha256: Option<String>,
 }
 
-struct Hashing<R> {
-    inner: R,
-    hash: Sha256,
-    read: std::rc::Rc<std::cell::Cell<u64>>,
+/// What an archive entry becomes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Staged {
+    /// A directory with this mode.
+    Dir(u32),
+    /// A regular file.
+    File {
+        /// Its staged copy; `None` when it equals what is installed (see [`Known`]) and was
+        /// not written.
+        staged: Option<PathBuf>,
+        /// Permission bits.
+        mode: u32,
+        /// Size in bytes.
+        size: u64,
+        /// SHA-256 of the content (hex).
+        sha256: String,
+    },
+    /// A symbolic link.
+    Symlink {
+        /// Its staged copy; `None` when it equals what is installed.
+        staged: Option<PathBuf>,
+        /// Its target.
+        target: String,
+    },
 }
 
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hash.update(&buf[..n]);
-        self.read.set(self.read.get() + n as u64);
-        Ok(n)
-    }
+/// One staged path, relative to the install root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StagedEntry {
+    /// `/`-separated, no `.` or `..`.
+    pub rel: String,
+    /// What goes there.
+    pub what: Staged,
+}
+
+/// What the installed revision has at a path, as recorded: a file's digest and mode, or a
+/// symlink's target. A staged entry equal to it and still so on disk is not written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Known {
+    /// A file with this SHA-256, mode and size.
+    File {
+        /// SHA-256 (hex).
+        sha256: String,
+        /// Permission bits.
+        mode: u32,
+        /// Size.
+        size: u64,
+    },
+    /// A symlink to this target.
+    Symlink(String),
 }
 
 fn bad(msg: String) -> InstallError {
@@ -95,18 +133,76 @@ fn link_stays_inside(rel: &str, target: &Path) -> bool {
     true
 }
 
-struct Stager<'a> {
+struct Hashing<R> {
+    inner: R,
+    hash: Sha256,
+    read: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        self.read.set(self.read.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// Files up to this size are read into memory and hashed before deciding to write them.
+const IN_MEMORY: u64 = 1 << 20;
+
+/// Stages payloads into a stage directory.
+pub struct Stager<'a> {
     layout: &'a Layout,
     stage: PathBuf,
-    plan: Vec<Planned>,
+    known: &'a HashMap<String, Known>,
+    verify_disk: bool,
+    entries: Vec<StagedEntry>,
     index: HashMap<String, usize>,
-    /// Directories known to be real directories (on disk or planned).
+    /// Directories known to be real directories (on disk or staged).
     dirs_ok: HashSet<String>,
     symlinks: HashSet<String>,
     next: usize,
+    own_dir: Option<String>,
+    buf: Vec<u8>,
 }
 
-impl Stager<'_> {
+impl<'a> Stager<'a> {
+    /// A stager writing into `stage`. `known` is what the installed revisions being
+    /// replaced have at each path; with `verify_disk` (a forced reinstall) a file is left
+    /// untouched only if its bytes on disk still hash to the recorded digest.
+    pub fn new(
+        layout: &'a Layout,
+        stage: PathBuf,
+        known: &'a HashMap<String, Known>,
+        verify_disk: bool,
+    ) -> Stager<'a> {
+        let own_dir = layout
+            .work
+            .strip_prefix(&layout.root)
+            .ok()
+            .and_then(|p| p.to_str())
+            .map(str::to_string);
+        Stager {
+            layout,
+            stage,
+            known,
+            verify_disk,
+            entries: Vec::new(),
+            index: HashMap::new(),
+            dirs_ok: HashSet::new(),
+            symlinks: HashSet::new(),
+            next: 0,
+            own_dir,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The staged entries, in archive order (parents before children).
+    pub fn finish(self) -> Vec<StagedEntry> {
+        self.entries
+    }
+
     /// Every parent of `rel` must be a real directory (or become one): never a symlink.
     fn parents(&mut self, rel: &str) -> Result<()> {
         let mut at = 0;
@@ -130,163 +226,170 @@ impl Stager<'_> {
                 Ok(m) if !m.is_dir() => {
                     return Err(bad(format!("{rel}: {dir} is a file in the install root")))
                 }
-                Ok(_) => {}
-                Err(_) => self.add(dir, Op::Dir(0o755))?,
+                Ok(m) => self.add(dir, Staged::Dir(m.permissions().mode() & 0o7777))?,
+                Err(_) => self.add(dir, Staged::Dir(0o755))?,
             }
             self.dirs_ok.insert(dir.to_string());
         }
         Ok(())
     }
 
-    fn add(&mut self, rel: &str, op: Op) -> Result<()> {
+    fn add(&mut self, rel: &str, what: Staged) -> Result<()> {
         match self.index.get(rel) {
             Some(&i) => {
-                let was_dir = matches!(self.plan[i].op, Op::Dir(_));
-                if was_dir != matches!(op, Op::Dir(_)) {
+                let was_dir = matches!(self.entries[i].what, Staged::Dir(_));
+                if was_dir != matches!(what, Staged::Dir(_)) {
                     return Err(bad(format!(
-                        "{rel}: both a directory and a file in the archive"
+                        "{rel}: both a directory and a file in the payload"
                     )));
                 }
-                self.plan[i].op = op; // a later entry for the same path wins, as with tar
+                self.entries[i].what = what; // a later entry for the same path wins, as with tar
             }
             None => {
-                self.index.insert(rel.to_string(), self.plan.len());
-                self.plan.push(Planned {
+                self.index.insert(rel.to_string(), self.entries.len());
+                self.entries.push(StagedEntry {
                     rel: rel.to_string(),
-                    op,
+                    what,
                 });
             }
         }
         Ok(())
     }
 
-    fn staged(&mut self) -> PathBuf {
+    fn staged_path(&mut self) -> PathBuf {
         self.next += 1;
         self.stage.join(self.next.to_string())
     }
-}
 
-/// Stages and applies a `files` payload in a new transaction, leaving it applied but not
-/// committed (the caller commits with the state it records). On any error — a hostile
-/// entry, a hash mismatch, abort — everything is rolled back before it returns.
-pub fn install<'a>(
-    store: &'a Store,
-    layout: &'a Layout,
-    update_id: &str,
-    payload: &Payload,
-    progress: &mut dyn FnMut(f64),
-    abort: &dyn Fn() -> bool,
-) -> Result<Tx<'a>> {
-    let mut tx = Tx::begin(store, layout, update_id, "install")?;
-    let staged = stage(layout, &tx, payload, &mut |f| progress(f * 0.7), abort);
-    let plan = match staged {
-        Ok(plan) => plan,
-        Err(e) => {
-            tx.rollback()?;
-            return Err(e);
+    /// Whether the installed file at `rel` is the recorded one with this content.
+    fn unchanged_file(&self, rel: &str, sha256: &str, mode: u32, size: u64) -> bool {
+        let Some(Known::File {
+            sha256: k,
+            mode: km,
+            size: ks,
+        }) = self.known.get(rel)
+        else {
+            return false;
+        };
+        if k != sha256 || *km != mode || *ks != size {
+            return false;
         }
-    };
-    checkpoint("install:staged");
-    match tx.apply(&plan, &mut |f| progress(0.7 + f * 0.3), abort) {
-        Ok(()) => Ok(tx),
-        Err(e) => {
-            tx.rollback()?;
-            Err(e)
+        let path = self.layout.root.join(rel);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() && m.len() == size && m.permissions().mode() & 0o7777 == mode => {
+                !self.verify_disk || file_sha256(&path).is_ok_and(|h| h == sha256)
+            }
+            _ => false,
         }
     }
-}
 
-fn stage(
-    layout: &Layout,
-    tx: &Tx<'_>,
-    payload: &Payload,
-    progress: &mut dyn FnMut(f64),
-    abort: &dyn Fn() -> bool,
-) -> Result<Vec<Planned>> {
-    let f = std::fs::File::open(&payload.path).map_err(|e| InstallError::io(&payload.path, e))?;
-    let read = std::rc::Rc::new(std::cell::Cell::new(0u64));
-    let mut input = BufReader::with_capacity(
-        1 << 20,
-        Hashing {
-            inner: f,
-            hash: Sha256::new(),
-            read: read.clone(),
-        },
-    );
-    let magic = input
-        .fill_buf()
-        .map_err(|e| InstallError::io(&payload.path, e))?
-        .get(..4)
-        .map(<[u8]>::to_vec)
-        .unwrap_or_default();
-    let decoder: Box<dyn Read + '_> = if magic == [0x28, 0xb5, 0x2f, 0xfd] {
-        Box::new(
-            zstd::Decoder::with_buffer(&mut input)
-                .map_err(|e| InstallError::io(&payload.path, e))?,
-        )
-    } else if magic.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::bufread::MultiGzDecoder::new(&mut input))
-    } else {
-        Box::new(&mut input)
-    };
-    let mut archive = tar::Archive::new(decoder);
-    let own_dir = layout
-        .work
-        .strip_prefix(&layout.root)
-        .ok()
-        .and_then(|p| p.to_str())
-        .map(str::to_string);
-    let mut st = Stager {
-        layout,
-        stage: tx.stage_dir(),
-        plan: Vec::new(),
-        index: HashMap::new(),
-        dirs_ok: HashSet::new(),
-        symlinks: HashSet::new(),
-        next: 0,
-    };
-    let what = |e: std::io::Error| {
-        bad(format!(
-            "{}: not a valid archive: {e}",
-            payload.path.display()
-        ))
-    };
-    let mut count = 0u64;
-    let mut entries = || -> Result<()> {
+    fn unchanged_link(&self, rel: &str, target: &str) -> bool {
+        matches!(self.known.get(rel), Some(Known::Symlink(t)) if t == target)
+            && std::fs::read_link(self.layout.root.join(rel)).is_ok_and(|t| t.as_os_str() == target)
+    }
+
+    /// Reads one payload to the end, staging its entries. `progress` gets the fraction of
+    /// this payload read.
+    pub fn stage(&mut self, payload: &Payload, reporter: &dyn Reporter) -> Result<()> {
+        let f =
+            std::fs::File::open(&payload.path).map_err(|e| InstallError::io(&payload.path, e))?;
+        let read = std::rc::Rc::new(std::cell::Cell::new(0u64));
+        let mut input = BufReader::with_capacity(
+            1 << 20,
+            Hashing {
+                inner: f,
+                hash: Sha256::new(),
+                read: read.clone(),
+            },
+        );
+        let magic = input
+            .fill_buf()
+            .map_err(|e| InstallError::io(&payload.path, e))?
+            .get(..4)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
+        let listed = {
+            let decoder: Box<dyn Read + '_> = if magic == [0x28, 0xb5, 0x2f, 0xfd] {
+                Box::new(
+                    zstd::Decoder::with_buffer(&mut input)
+                        .map_err(|e| InstallError::io(&payload.path, e))?,
+                )
+            } else if magic.starts_with(&[0x1f, 0x8b]) {
+                Box::new(flate2::bufread::MultiGzDecoder::new(&mut input))
+            } else {
+                Box::new(&mut input)
+            };
+            let mut archive = tar::Archive::new(decoder);
+            self.entries_of(&mut archive, payload, &read, reporter)
+        };
+        if let Err(e) = &listed {
+            if e.hresult == HResult::WU_E_CALL_CANCELLED || e.hresult == HResult::E_DISK_FULL {
+                return listed;
+            }
+        }
+        // The hash covers the whole file, trailing padding included. It is checked even when
+        // the archive could not be read: corrupt bytes in the cache are the cause to report.
+        let drained = std::io::copy(&mut input, &mut std::io::sink());
+        let h = input.into_inner();
+        if let Some(want) = &payload.sha256 {
+            if drained.is_err()
+                || read.get() != payload.length
+                || hex::encode(h.hash.finalize()) != want.to_ascii_lowercase()
+            {
+                return Err(InstallError::new(
+                    HResult::WU_E_DM_INCORRECTFILEHASH,
+                    format!(
+                        "{}: the cached payload does not match its signed hash; download it again",
+                        payload.path.display()
+                    ),
+                ));
+            }
+        }
+        listed
+    }
+
+    fn entries_of<R: Read>(
+        &mut self,
+        archive: &mut tar::Archive<R>,
+        payload: &Payload,
+        read: &std::cell::Cell<u64>,
+        reporter: &dyn Reporter,
+    ) -> Result<()> {
+        let what = |e: std::io::Error| {
+            bad(format!(
+                "{}: not a valid archive: {e}",
+                payload.path.display()
+            ))
+        };
+        let mut count = 0u64;
         for entry in archive.entries().map_err(what)? {
             let mut entry = entry.map_err(what)?;
             count += 1;
-            if count.is_multiple_of(64) && abort() {
-                return Err(InstallError::new(HResult::WU_E_CALL_CANCELLED, "aborted"));
+            if count.is_multiple_of(64) && reporter.is_cancelled() {
+                return Err(InstallError::cancelled());
             }
             let raw = entry.path().map_err(what)?.into_owned();
             let Some(rel) = clean(&raw)? else { continue };
-            if let Some(own) = &own_dir {
+            if let Some(own) = &self.own_dir {
                 if rel == *own || rel.starts_with(&format!("{own}/")) {
                     return Err(bad(format!("{rel}: the agent's own work directory")));
                 }
             }
-            st.parents(&rel)?;
-            // A symlink's mode means nothing (and some archivers leave it blank).
-            let mode = || Ok::<u32, InstallError>(entry.header().mode().map_err(what)? & 0o7777);
+            self.parents(&rel)?;
+            let mode = entry.header().mode().map_err(what)? & 0o7777;
             match entry.header().entry_type() {
                 tar::EntryType::Directory => {
-                    st.add(&rel, Op::Dir(mode()?))?;
-                    st.dirs_ok.insert(rel);
+                    self.add(&rel, Staged::Dir(mode))?;
+                    self.dirs_ok.insert(rel);
                 }
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
-                    if st.dirs_ok.contains(&rel) {
+                    if self.dirs_ok.contains(&rel) {
                         return Err(bad(format!("{rel}: both a directory and a file")));
                     }
-                    let mode = mode()?;
-                    let dst = st.staged();
-                    let mut out =
-                        std::fs::File::create(&dst).map_err(|e| InstallError::io(&dst, e))?;
-                    std::io::copy(&mut entry, &mut out).map_err(|e| InstallError::io(&dst, e))?;
-                    out.set_permissions(std::fs::Permissions::from_mode(mode))
-                        .map_err(|e| InstallError::io(&dst, e))?;
-                    st.symlinks.remove(&rel);
-                    st.add(&rel, Op::Put(dst))?;
+                    let size = entry.header().size().map_err(what)?;
+                    let staged = self.file(&rel, &mut entry, mode, size, &what)?;
+                    self.symlinks.remove(&rel);
+                    self.add(&rel, staged)?;
                 }
                 tar::EntryType::Symlink => {
                     let target = entry
@@ -300,11 +403,26 @@ fn stage(
                             target.display()
                         )));
                     }
-                    let dst = st.staged();
-                    std::os::unix::fs::symlink(&target, &dst)
-                        .map_err(|e| InstallError::io(&dst, e))?;
-                    st.symlinks.insert(rel.clone());
-                    st.add(&rel, Op::Put(dst))?;
+                    let target_s = target
+                        .to_str()
+                        .ok_or_else(|| bad(format!("{rel}: a symlink target that is not UTF-8")))?
+                        .to_string();
+                    let staged = if self.unchanged_link(&rel, &target_s) {
+                        None
+                    } else {
+                        let dst = self.staged_path();
+                        std::os::unix::fs::symlink(&target, &dst)
+                            .map_err(|e| InstallError::io(&dst, e))?;
+                        Some(dst)
+                    };
+                    self.symlinks.insert(rel.clone());
+                    self.add(
+                        &rel,
+                        Staged::Symlink {
+                            staged,
+                            target: target_s,
+                        },
+                    )?;
                 }
                 tar::EntryType::XGlobalHeader
                 | tar::EntryType::XHeader
@@ -316,38 +434,103 @@ fn stage(
                     )))
                 }
             }
-            progress((read.get() as f64 / payload.length.max(1) as f64).min(1.0));
+            if count.is_multiple_of(16) {
+                reporter.on_progress((read.get() as f64 / payload.length.max(1) as f64).min(1.0));
+            }
         }
         Ok(())
-    };
-    let listed = entries();
+    }
 
-    drop(archive);
-    if let Err(e) = &listed {
-        if e.hresult == HResult::WU_E_CALL_CANCELLED {
-            return listed.map(|()| Vec::new());
+    /// Hashes a file entry; writes it to the stage directory unless it equals what is
+    /// installed. Small files are hashed in memory first, large ones while written.
+    fn file(
+        &mut self,
+        rel: &str,
+        entry: &mut impl Read,
+        mode: u32,
+        size: u64,
+        what: &dyn Fn(std::io::Error) -> InstallError,
+    ) -> Result<Staged> {
+        if size <= IN_MEMORY {
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.clear();
+            entry.read_to_end(&mut buf).map_err(what)?;
+            let sha256 = hex::encode(Sha256::digest(&buf));
+            let staged = if self.unchanged_file(rel, &sha256, mode, buf.len() as u64) {
+                None
+            } else {
+                let dst = self.staged_path();
+                write_new(&dst, &buf, mode)?;
+                Some(dst)
+            };
+            let size = buf.len() as u64;
+            self.buf = buf;
+            return Ok(Staged::File {
+                staged,
+                mode,
+                size,
+                sha256,
+            });
         }
-    }
-    // The hash covers the whole file, trailing padding included. It is checked even when
-    // the archive could not be read: corrupt bytes in the cache are the cause to report.
-    let drained = std::io::copy(&mut input, &mut std::io::sink());
-    let h = input.into_inner();
-    if let Some(want) = &payload.sha256 {
-        if drained.is_err()
-            || read.get() != payload.length
-            || hex::encode(h.hash.finalize()) != want.to_ascii_lowercase()
-        {
-            return Err(InstallError::new(
-                HResult::WU_E_DM_INCORRECTFILEHASH,
-                format!(
-                    "{}: the cached payload does not match its signed hash; download it again",
-                    payload.path.display()
-                ),
-            ));
+        let dst = self.staged_path();
+        let mut out = new_file(&dst, mode)?;
+        let mut h = Sha256::new();
+        let mut written = 0u64;
+        let mut chunk = vec![0u8; 1 << 16];
+        loop {
+            let n = entry.read(&mut chunk).map_err(what)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&chunk[..n]);
+            out.write_all(&chunk[..n])
+                .map_err(|e| InstallError::io(&dst, e))?;
+            written += n as u64;
         }
+        drop(out);
+        let sha256 = hex::encode(h.finalize());
+        let staged = if self.unchanged_file(rel, &sha256, mode, written) {
+            std::fs::remove_file(&dst).map_err(|e| InstallError::io(&dst, e))?;
+            None
+        } else {
+            Some(dst)
+        };
+        Ok(Staged::File {
+            staged,
+            mode,
+            size: written,
+            sha256,
+        })
     }
-    listed?;
-    Ok(st.plan)
+}
+
+/// Creates `path` with `mode` from the start (never readable by others in between).
+fn new_file(path: &Path, mode: u32) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode & 0o777)
+        .open(path)
+        .map_err(|e| InstallError::io(path, e))?;
+    // The umask may have cleared bits; set-id and sticky bits need an explicit chmod.
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(|e| InstallError::io(path, e))?;
+    Ok(f)
+}
+
+fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    new_file(path, mode)?
+        .write_all(data)
+        .map_err(|e| InstallError::io(path, e))
+}
+
+/// SHA-256 (hex) of a file's content.
+pub fn file_sha256(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(hex::encode(h.finalize()))
 }
 
 #[cfg(test)]

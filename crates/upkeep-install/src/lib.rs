@@ -1,22 +1,31 @@
-//! upkeep's install engine.
+//! upkeep's install engine: every change to the install root goes through it.
 //!
+//! - [`engine`]: [`Engine::install`](engine::Engine::install) and
+//!   [`Engine::uninstall`](engine::Engine::uninstall), shaped as plan → check → apply →
+//!   commit. Every check (license, cached content and its hashes, the installed revision's
+//!   own removal rules, file ownership, free space) runs before the root changes; an
+//!   upgrade (a new revision, or an update superseding installed ones) is one transaction
+//!   that leaves unchanged files untouched; the installed record it commits is enough to
+//!   show and uninstall the update without the repository.
 //! - [`Layout`]: the install root and a work directory on the same filesystem (staged files
 //!   and backups must reach the root by `rename`/`link`).
-//! - [`files`]: the `files` handler — a tar, tar.zst or tar.gz payload is read once, every
-//!   entry checked (no absolute paths, no `..`, nothing written through a symlink, symlinks
-//!   only to targets inside the root, no devices, FIFOs or hard links) and staged into the
-//!   work directory, and the payload's SHA-256 re-verified, before anything in the root
-//!   changes; then applied as a journalled transaction.
+//! - [`files`]: the `files` handler's staging — tar, tar.zst or tar.gz payloads read once,
+//!   every entry checked (no absolute paths, no `..`, nothing written through a symlink,
+//!   symlinks only to targets inside the root, no devices, FIFOs or hard links), hashed, and
+//!   staged into the work directory unless unchanged; each payload's SHA-256 re-verified.
 //! - [`tx`]: the transaction: each batch of journal entries is durable in the state
 //!   database before the changes it describes; a replaced file is hard-linked aside before
 //!   the new one is renamed over it; one `syncfs` precedes the commit; recovery at session
-//!   open rolls an uncommitted transaction back and finishes a committed one. Uninstall is a
-//!   transaction too and restores the previous files byte for byte.
-//! - [`command`]: the `command` handler — the payload is an executable run with declared
-//!   arguments, a timeout, and a line protocol for progress.
+//!   open rolls an uncommitted transaction back and finishes a committed one; dropping an
+//!   uncommitted transaction rolls it back.
+//! - [`command`]: the `command` handler — the payload is an executable run in its own
+//!   process group with declared arguments, a timeout, the update's exit-code table, and a
+//!   line protocol for progress.
+//! - [`Reporter`]: progress and cancellation, one small object through every step.
 //! - [`checkpoint`]: named crash points for the crash harness.
 
 pub mod command;
+pub mod engine;
 pub mod files;
 pub mod tx;
 
@@ -46,12 +55,67 @@ impl InstallError {
         }
     }
 
-    pub(crate) fn io(path: &Path, e: std::io::Error) -> InstallError {
-        InstallError::new(
-            HResult::WU_E_UH_UNEXPECTED,
-            format!("{}: {e}", path.display()),
-        )
+    /// An I/O failure on `path`; a full disk is `E_DISK_FULL`.
+    pub fn io(path: &Path, e: std::io::Error) -> InstallError {
+        let code = match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => HResult::E_DISK_FULL,
+            _ => HResult::WU_E_UH_UNEXPECTED,
+        };
+        InstallError::new(code, format!("{}: {e}", path.display()))
     }
+
+    /// The operation was cancelled (`WU_E_CALL_CANCELLED`).
+    pub fn cancelled() -> InstallError {
+        InstallError::new(HResult::WU_E_CALL_CANCELLED, "aborted")
+    }
+}
+
+/// Progress and cancellation for one operation: what the install engine reports to and
+/// asks of its caller (the installer job) at each step.
+pub trait Reporter {
+    /// The fraction of the current step done, from 0 to 1.
+    fn on_progress(&self, fraction: f64);
+    /// Whether the caller asked to stop; polled at safe points.
+    fn is_cancelled(&self) -> bool;
+}
+
+/// A reporter that reports nothing and never cancels.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Silent;
+
+impl Reporter for Silent {
+    fn on_progress(&self, _: f64) {}
+    fn is_cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// One step of a larger operation: maps the step's 0–1 onto `from..from + width` of the
+/// parent's.
+pub(crate) struct Step<'a> {
+    pub parent: &'a dyn Reporter,
+    pub from: f64,
+    pub width: f64,
+}
+
+impl Reporter for Step<'_> {
+    fn on_progress(&self, f: f64) {
+        self.parent
+            .on_progress(self.from + f.clamp(0.0, 1.0) * self.width)
+    }
+    fn is_cancelled(&self) -> bool {
+        self.parent.is_cancelled()
+    }
+}
+
+/// Creates a directory (and its parents) readable by its owner only.
+pub(crate) fn create_private_dir(d: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(d)
+        .map_err(|e| InstallError::io(d, e))
 }
 
 impl From<upkeep_store::StoreError> for InstallError {
@@ -75,6 +139,7 @@ pub struct Layout {
 impl Layout {
     /// The layout for `root` with state in `state_dir`: the work directory is
     /// `<state_dir>/tree` when that is on the root's filesystem, else `<root>/.upkeep`.
+    /// Both paths should be absolute (the session resolves them).
     pub fn new(root: &Path, state_dir: &Path) -> Result<Layout> {
         use std::os::unix::fs::MetadataExt;
         std::fs::create_dir_all(root).map_err(|e| InstallError::io(root, e))?;
@@ -84,7 +149,7 @@ impl Layout {
         } else {
             root.join(".upkeep")
         };
-        std::fs::create_dir_all(&work).map_err(|e| InstallError::io(&work, e))?;
+        create_private_dir(&work)?;
         Ok(Layout {
             root: root.to_path_buf(),
             work,

@@ -6,21 +6,27 @@
 //! (and the backup directory fsynced) before anything replaces or removes it, so the old
 //! file is reachable at every instant; new files arrive by `rename` from `stage/<tx>/`.
 //! After the last batch one `syncfs` flushes the root, and only then is the transaction
-//! committed in the database — in the same SQLite transaction that records the update as
-//! installed or uninstalled.
+//! committed in the database — in the same SQLite transaction that records what is
+//! installed ([`Tx::commit`]).
+//!
+//! A backup either outlives the commit (it is what was at the path before any installed
+//! update owned it: the new owner's *original*, put back by its uninstall) or serves
+//! rollback only (it is an earlier revision's file) and is deleted after the commit.
 //!
 //! Rollback walks the journal backwards and is idempotent, so it is also the recovery of a
 //! transaction interrupted at any instant: a backup that exists is renamed back over its
 //! path, a path that did not exist before is removed, a created directory is removed if
-//! empty, a removed directory is created again.
+//! empty, a removed directory is created again. A [`Tx`] is passed by value and rolls back
+//! when dropped uncommitted; rollback errors are logged and the transaction stays in the
+//! journal for the next session's recovery.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use upkeep_store::{JournalEntry, Store};
+use upkeep_store::{Commit, JournalEntry, JournalKind, Store, TxOperation, TxState};
 use upkeep_types::HResult;
 
-use crate::{checkpoint, syncfs, InstallError, Layout, Result};
+use crate::{checkpoint, syncfs, InstallError, Layout, Reporter, Result};
 
 /// Journal entries per durable batch.
 pub const BATCH: usize = 1000;
@@ -30,12 +36,19 @@ pub const BATCH: usize = 1000;
 pub enum Op {
     /// Create a directory with this mode (nothing to do if one is there).
     Dir(u32),
-    /// Put the staged file or symlink at this path (replacing what is there).
-    Put(PathBuf),
+    /// Put the staged file or symlink at this path, replacing what is there. What was
+    /// there is backed up; `keep_backup` keeps it after the commit (it becomes the owner's
+    /// original) instead of deleting it.
+    Put {
+        /// The staged file.
+        staged: PathBuf,
+        /// Keep the backup after the commit.
+        keep_backup: bool,
+    },
     /// Remove the file or symlink at this path (nothing to do if none is there).
     Remove,
-    /// Put back a file from an earlier backup (relative to the work directory), keeping
-    /// the backup until the transaction is committed.
+    /// Put back a file from an earlier backup (relative to the work directory); the backup
+    /// is deleted once the transaction is committed.
     Restore(String),
     /// Remove this directory if it is empty; recreated with this mode on rollback.
     Rmdir(u32),
@@ -50,14 +63,15 @@ pub struct Planned {
     pub op: Op,
 }
 
-/// A running transaction.
+/// A running transaction. Dropped without [`commit`](Tx::commit), it rolls back.
 pub struct Tx<'a> {
     store: &'a Store,
     layout: &'a Layout,
     /// Its id in the journal.
     pub id: i64,
-    operation: String,
+    operation: TxOperation,
     seq: usize,
+    finished: bool,
 }
 
 fn io(p: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
@@ -68,50 +82,77 @@ fn exists(p: &Path) -> Option<std::fs::Metadata> {
     std::fs::symlink_metadata(p).ok()
 }
 
+fn stage_dir(layout: &Layout, id: i64) -> PathBuf {
+    layout.work.join("stage").join(id.to_string())
+}
+
+fn backup_dir(layout: &Layout, id: i64) -> PathBuf {
+    layout.work.join("backups").join(id.to_string())
+}
+
+/// Where a transaction keeps a `command` update's verified content (relative to the work
+/// directory); it becomes the installed record's `pinned` directory when committed.
+pub fn pinned_rel(id: i64) -> String {
+    format!("pinned/{id}")
+}
+
 impl<'a> Tx<'a> {
     /// Starts a transaction: recorded `open` (so recovery rolls it back) before anything.
     pub fn begin(
         store: &'a Store,
         layout: &'a Layout,
         update_id: &str,
-        operation: &str,
+        operation: TxOperation,
     ) -> Result<Tx<'a>> {
         let id = store.begin_tx(update_id, operation)?;
         let tx = Tx {
             store,
             layout,
             id,
-            operation: operation.to_string(),
+            operation,
             seq: 0,
+            finished: false,
         };
-        for d in [tx.stage_dir(), tx.backup_dir()] {
-            std::fs::create_dir_all(&d).map_err(io(&d))?;
+        for d in [tx.stage_dir(), backup_dir(layout, id)] {
+            crate::create_private_dir(&d)?;
         }
         Ok(tx)
     }
 
+    /// What this transaction does.
+    pub fn operation(&self) -> TxOperation {
+        self.operation
+    }
+
     /// Where this transaction stages new files.
     pub fn stage_dir(&self) -> PathBuf {
-        self.layout.work.join("stage").join(self.id.to_string())
+        stage_dir(self.layout, self.id)
     }
 
-    fn backup_dir(&self) -> PathBuf {
-        self.layout.work.join("backups").join(self.id.to_string())
+    /// Where this transaction pins a `command` update's content.
+    pub fn pinned_dir(&self) -> PathBuf {
+        self.layout.work.join(pinned_rel(self.id))
     }
 
-    /// Applies `plan` in journalled batches. `progress` gets the fraction done; `abort`
-    /// is polled between batches. On an error the caller rolls back.
+    fn point(&self, what: &str) {
+        checkpoint(&format!("{}:{what}", self.operation.as_str()));
+    }
+
+    /// Applies `plan` in journalled batches and returns, for every path whose backup is
+    /// kept, `(path, backup)`. `reporter` gets the fraction done and is asked for
+    /// cancellation between batches. On an error the transaction is left for the caller
+    /// to drop (which rolls it back).
     pub fn apply(
         &mut self,
         plan: &[Planned],
-        progress: &mut dyn FnMut(f64),
-        abort: &dyn Fn() -> bool,
-    ) -> Result<()> {
+        reporter: &dyn Reporter,
+    ) -> Result<Vec<(String, String)>> {
         let root = &self.layout.root;
         let mut done = 0;
+        let mut kept = Vec::new();
         for batch in plan.chunks(BATCH) {
-            if abort() {
-                return Err(InstallError::new(HResult::WU_E_CALL_CANCELLED, "aborted"));
+            if reporter.is_cancelled() {
+                return Err(InstallError::cancelled());
             }
             // 1. Journal what this batch will do, durably, before doing any of it.
             let mut entries = Vec::with_capacity(batch.len());
@@ -121,16 +162,15 @@ impl<'a> Tx<'a> {
                 let there = exists(&path);
                 let seq = self.seq + entries.len();
                 let backup = || Some(format!("backups/{}/{seq}", self.id));
-                let entry = |kind: &str,
-                             backup: Option<String>,
-                             mode: u32,
-                             source: Option<String>| JournalEntry {
-                    path: p.rel.clone(),
-                    kind: kind.into(),
-                    backup,
-                    mode,
-                    source,
-                };
+                let entry =
+                    |kind, backup: Option<String>, keep_backup, mode, source| JournalEntry {
+                        path: p.rel.clone(),
+                        kind,
+                        backup,
+                        keep_backup,
+                        mode,
+                        source,
+                    };
                 let e = match (&p.op, &there) {
                     (Op::Dir(_), Some(m)) if m.is_dir() => continue,
                     (Op::Dir(_), Some(_)) => {
@@ -139,27 +179,45 @@ impl<'a> Tx<'a> {
                             format!("{}: a file is where a directory must go", p.rel),
                         ))
                     }
-                    (Op::Dir(mode), None) => entry("dir", None, *mode, None),
-                    (Op::Put(_) | Op::Restore(_), Some(m)) if m.is_dir() => {
+                    (Op::Dir(mode), None) => entry(JournalKind::Dir, None, false, *mode, None),
+                    (Op::Put { .. } | Op::Restore(_), Some(m)) if m.is_dir() => {
                         return Err(InstallError::new(
                             HResult::WU_E_UH_INSTALLERFAILURE,
                             format!("{}: a directory is where a file must go", p.rel),
                         ))
                     }
-                    (Op::Put(_), _) => entry("file", there.as_ref().and(backup()), 0, None),
-                    (Op::Restore(src), _) => {
-                        entry("file", there.as_ref().and(backup()), 0, Some(src.clone()))
-                    }
+                    (Op::Put { keep_backup, .. }, _) => entry(
+                        JournalKind::File,
+                        there.as_ref().and(backup()),
+                        *keep_backup,
+                        0,
+                        None,
+                    ),
+                    (Op::Restore(src), _) => entry(
+                        JournalKind::File,
+                        there.as_ref().and(backup()),
+                        false,
+                        0,
+                        Some(src.clone()),
+                    ),
                     (Op::Remove, None) | (Op::Rmdir(_), None) => continue,
                     (Op::Remove, Some(m)) if m.is_dir() => continue,
-                    (Op::Remove, Some(_)) => entry("file", backup(), 0, None),
-                    (Op::Rmdir(mode), Some(_)) => entry("rmdir", None, *mode, None),
+                    (Op::Remove, Some(_)) => entry(JournalKind::File, backup(), false, 0, None),
+                    (Op::Rmdir(_), Some(m)) if !m.is_dir() => continue,
+                    (Op::Rmdir(mode), Some(_)) => {
+                        entry(JournalKind::Rmdir, None, false, *mode, None)
+                    }
                 };
+                if e.keep_backup {
+                    if let Some(b) = &e.backup {
+                        kept.push((e.path.clone(), b.clone()));
+                    }
+                }
                 entries.push(e);
                 work.push(p);
             }
             self.store.journal(self.id, self.seq, &entries)?;
-            checkpoint(&format!("{}:journaled", self.operation));
+            self.point("journaled");
             // 2. Link aside every path this batch replaces or removes; make the links durable.
             let mut linked = false;
             for e in &entries {
@@ -170,7 +228,7 @@ impl<'a> Tx<'a> {
                 }
             }
             if linked {
-                let d = self.backup_dir();
+                let d = backup_dir(self.layout, self.id);
                 std::fs::File::open(&d)
                     .and_then(|f| f.sync_all())
                     .map_err(io(&d))?;
@@ -184,7 +242,7 @@ impl<'a> Tx<'a> {
                         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode))
                             .map_err(io(&path))?;
                     }
-                    Op::Put(staged) => std::fs::rename(staged, &path).map_err(io(&path))?,
+                    Op::Put { staged, .. } => std::fs::rename(staged, &path).map_err(io(&path))?,
                     Op::Remove => std::fs::remove_file(&path).map_err(io(&path))?,
                     Op::Restore(src) => {
                         let tmp = self.stage_dir().join(format!("r{}", self.seq + i));
@@ -199,30 +257,55 @@ impl<'a> Tx<'a> {
                     },
                 }
                 // `UPKEEP_CRASH_AT=install:change#N` stops after the N-th change.
-                checkpoint(&format!("{}:change", self.operation));
+                self.point("change");
             }
             self.seq += entries.len();
             done += batch.len();
-            progress(done as f64 / plan.len().max(1) as f64);
+            reporter.on_progress(done as f64 / plan.len().max(1) as f64);
         }
-        checkpoint(&format!("{}:applied", self.operation));
-        Ok(())
+        self.point("applied");
+        Ok(kept)
     }
 
-    /// Flushes the root, then commits with `commit` (which must mark the transaction
-    /// committed in the same database transaction as the state it records), then cleans up.
-    pub fn commit(self, commit: impl FnOnce(&Store, i64) -> Result<()>) -> Result<()> {
+    /// Flushes the root, then records `commit` (which marks the transaction committed in
+    /// the same database transaction as the state it records), then cleans up.
+    pub fn commit(mut self, commit: &Commit<'_>) -> Result<()> {
         syncfs(&self.layout.root)?;
-        checkpoint(&format!("{}:synced", self.operation));
-        commit(self.store, self.id)?;
-        checkpoint(&format!("{}:committed", self.operation));
-        finish_committed(self.store, self.layout, self.id, &self.operation)
+        self.point("synced");
+        self.store.commit(self.id, commit)?;
+        self.finished = true;
+        self.point("committed");
+        finish_committed(self.store, self.layout, self.id)
     }
 
-    /// Undoes everything this transaction did.
-    pub fn rollback(self) -> Result<()> {
+    /// Undoes everything this transaction did (what dropping it does, with the error
+    /// returned instead of logged).
+    pub fn rollback(mut self) -> Result<()> {
+        self.finished = true;
         rollback(self.store, self.layout, self.id)
     }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        if let Err(e) = rollback(self.store, self.layout, self.id) {
+            tracing::error!(
+                tx = self.id,
+                "rolling back the {} transaction failed; the next session retries: {e}",
+                self.operation.as_str()
+            );
+        }
+    }
+}
+
+fn remove_dir_all_if_there(p: &Path) -> Result<()> {
+    if exists(p).is_some() {
+        std::fs::remove_dir_all(p).map_err(io(p))?;
+    }
+    Ok(())
 }
 
 /// Rolls back transaction `id` from its journal (idempotent) and forgets it.
@@ -230,8 +313,8 @@ fn rollback(store: &Store, layout: &Layout, id: i64) -> Result<()> {
     let root = &layout.root;
     for e in store.journal_entries(id)?.iter().rev() {
         let path = root.join(&e.path);
-        match e.kind.as_str() {
-            "file" => match &e.backup {
+        match e.kind {
+            JournalKind::File => match &e.backup {
                 Some(b) => {
                     let b = layout.work.join(b);
                     if exists(&b).is_some() {
@@ -244,84 +327,102 @@ fn rollback(store: &Store, layout: &Layout, id: i64) -> Result<()> {
                     }
                 }
             },
-            "dir" => {
+            JournalKind::Dir => {
                 let _ = std::fs::remove_dir(&path);
             }
-            "rmdir" if exists(&path).is_none() => {
-                std::fs::create_dir(&path).map_err(io(&path))?;
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(e.mode))
-                    .map_err(io(&path))?;
-            }
-            _ => {}
-        }
-    }
-    syncfs(root)?;
-    for d in ["stage", "backups"] {
-        let p = layout.work.join(d).join(id.to_string());
-        if exists(&p).is_some() {
-            std::fs::remove_dir_all(&p).map_err(io(&p))?;
-        }
-    }
-    store.end_tx(id)?;
-    Ok(())
-}
-
-/// After the commit: drop what the committed state no longer needs, then forget the
-/// journal. An install keeps its backups (its uninstall restores them).
-fn finish_committed(store: &Store, layout: &Layout, id: i64, operation: &str) -> Result<()> {
-    let mut dirs = vec![layout.work.join("stage").join(id.to_string())];
-    if operation == "uninstall" {
-        dirs.push(layout.work.join("backups").join(id.to_string()));
-        for e in store.journal_entries(id)? {
-            if let Some(src) = &e.source {
-                let p = layout.work.join(src);
-                let _ = std::fs::remove_file(&p);
-                if let Some(parent) = p.parent() {
-                    let _ = std::fs::remove_dir(parent);
+            JournalKind::Rmdir => {
+                if exists(&path).is_none() {
+                    std::fs::create_dir(&path).map_err(io(&path))?;
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(e.mode))
+                        .map_err(io(&path))?;
                 }
             }
         }
     }
-    for d in dirs {
-        if exists(&d).is_some() {
-            std::fs::remove_dir_all(&d).map_err(io(&d))?;
+    syncfs(root)?;
+    remove_dir_all_if_there(&stage_dir(layout, id))?;
+    remove_dir_all_if_there(&backup_dir(layout, id))?;
+    remove_dir_all_if_there(&layout.work.join(pinned_rel(id)))?;
+    store.end_tx(id)?;
+    Ok(())
+}
+
+/// After the commit: delete the backups that served rollback only and the originals that
+/// were put back, the stage directory, and pinned content no installed update refers to;
+/// then forget the journal.
+fn finish_committed(store: &Store, layout: &Layout, id: i64) -> Result<()> {
+    for e in store.journal_entries(id)? {
+        let drop_backup = e.backup.as_ref().filter(|_| !e.keep_backup);
+        for rel in drop_backup.into_iter().chain(e.source.as_ref()) {
+            let p = layout.work.join(rel);
+            match std::fs::remove_file(&p) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(InstallError::io(&p, err))
+                }
+                _ => {}
+            }
+            if let Some(parent) = p.parent() {
+                let _ = std::fs::remove_dir(parent); // the last one empties it
+            }
         }
     }
+    remove_dir_all_if_there(&stage_dir(layout, id))?;
+    let _ = std::fs::remove_dir(backup_dir(layout, id));
+    collect_pinned(store, layout)?;
     store.end_tx(id)?;
+    Ok(())
+}
+
+/// Deletes pinned content that neither an installed update nor an open transaction
+/// refers to (an upgraded or uninstalled `command` update's).
+fn collect_pinned(store: &Store, layout: &Layout) -> Result<()> {
+    let dir = layout.work.join("pinned");
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Ok(());
+    };
+    let mut live: std::collections::HashSet<String> = store
+        .installed()?
+        .into_iter()
+        .filter_map(|i| i.pinned)
+        .collect();
+    live.extend(
+        store
+            .unfinished_txs()?
+            .into_iter()
+            .filter(|t| t.state == TxState::Open)
+            .map(|t| pinned_rel(t.tx_id)),
+    );
+    for e in rd.flatten() {
+        let rel = format!("pinned/{}", e.file_name().to_string_lossy());
+        if !live.contains(&rel) {
+            remove_dir_all_if_there(&e.path())?;
+        }
+    }
     Ok(())
 }
 
 /// Recovery at session open: rolls back every transaction that was not committed and
 /// finishes every committed one. Returns how many it found. The caller holds the install
-/// lock, so no live transaction is touched.
+/// lock, so no live transaction is touched. A journal this build cannot read stops it
+/// with an error, before anything is changed.
 pub fn recover(store: &Store, layout: &Layout) -> Result<usize> {
     let txs = store.unfinished_txs()?;
     for t in &txs {
-        if t.state == "committed" {
-            tracing::info!(tx = t.tx_id, update = %t.update_id, "finishing a committed {}", t.operation);
-            finish_committed(store, layout, t.tx_id, &t.operation)?;
-        } else {
-            tracing::warn!(tx = t.tx_id, update = %t.update_id, "rolling back an interrupted {}", t.operation);
-            rollback(store, layout, t.tx_id)?;
+        // Read every journal first: an entry this build does not know stops recovery
+        // before any change.
+        store.journal_entries(t.tx_id)?;
+    }
+    for t in &txs {
+        match t.state {
+            TxState::Committed => {
+                tracing::info!(tx = t.tx_id, update = %t.update_id, "finishing a committed {}", t.operation.as_str());
+                finish_committed(store, layout, t.tx_id)?;
+            }
+            TxState::Open => {
+                tracing::warn!(tx = t.tx_id, update = %t.update_id, "rolling back an interrupted {}", t.operation.as_str());
+                rollback(store, layout, t.tx_id)?;
+            }
         }
     }
     Ok(txs.len())
-}
-
-/// The uninstall plan of an installed update, from what its install journalled: created
-/// files removed, replaced files restored from their backups, created directories removed
-/// if empty — in reverse order.
-pub fn uninstall_plan(owned: &[JournalEntry]) -> Vec<Planned> {
-    owned
-        .iter()
-        .rev()
-        .map(|e| Planned {
-            rel: e.path.clone(),
-            op: match (e.kind.as_str(), &e.backup) {
-                ("dir", _) => Op::Rmdir(e.mode),
-                ("file", Some(b)) => Op::Restore(b.clone()),
-                _ => Op::Remove,
-            },
-        })
-        .collect()
 }

@@ -6,11 +6,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
-use upkeep_install::files::{install, Payload};
-use upkeep_install::tx::{recover, uninstall_plan, Tx};
-use upkeep_install::Layout;
-use upkeep_store::{HistoryEntry, Installed, Store};
-use upkeep_types::{HResult, OperationResultCode, UpdateOperation};
+use upkeep_install::engine::{Done, Engine, InstallRequest, UninstallRequest};
+use upkeep_install::files::{Payload, Staged, Stager};
+use upkeep_install::tx::{recover, Op, Planned, Tx};
+use upkeep_install::{Layout, Reporter, Silent};
+use upkeep_store::{Store, TxOperation};
+use upkeep_types::{ContentFile, HResult, UpdateMetadata, UpdateOperation, UpdateRecord};
+use uuid::Uuid;
 
 /// Every path under `root` (not the work directory) with its kind, mode and content.
 fn snapshot(root: &Path) -> BTreeMap<String, String> {
@@ -106,7 +108,10 @@ struct Fx {
 }
 
 fn fx() -> Fx {
-    let dir = tempfile::tempdir().unwrap();
+    fx_in(tempfile::tempdir().unwrap())
+}
+
+fn fx_in(dir: tempfile::TempDir) -> Fx {
     let state = dir.path().join("state");
     let root = dir.path().join("root");
     std::fs::create_dir_all(&state).unwrap();
@@ -139,41 +144,94 @@ fn payload(fx: &Fx, name: &str, bytes: &[u8], compress: &str) -> Payload {
     }
 }
 
-fn hist(id: &str, op: UpdateOperation) -> HistoryEntry {
-    HistoryEntry {
-        operation: op,
-        result_code: OperationResultCode::Succeeded,
-        hresult: HResult::S_OK,
-        date: jiff::Timestamp::now(),
-        update_id: id.into(),
-        revision: 1,
-        title: "t".into(),
-        client_application_id: "test".into(),
-        unmapped_result_code: 0,
+/// The id of a test update named `name`.
+fn uid(name: &str) -> Uuid {
+    Uuid::from_u128(u128::from_le_bytes(
+        Sha256::digest(name.as_bytes())[..16].try_into().unwrap(),
+    ))
+}
+
+/// A `files` update `name` at `revision` with these payloads.
+fn update(name: &str, revision: u32, payloads: &[&Payload]) -> UpdateRecord {
+    let id = uid(name);
+    let mut m = UpdateMetadata::new(id, name, "x");
+    m.revision = revision;
+    m.content = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, _)| format!("updates/{id}/{revision}/p{i}.tar"))
+        .collect();
+    UpdateRecord {
+        content: payloads
+            .iter()
+            .zip(&m.content)
+            .map(|(p, path)| {
+                let mut hashes = upkeep_types::Hashes::default();
+                if let Some(h) = &p.sha256 {
+                    hashes.insert("sha256", h.as_str());
+                }
+                ContentFile {
+                    path: path.clone(),
+                    length: p.length,
+                    hashes,
+                }
+            })
+            .collect(),
+        metadata: m,
+        eula: None,
+        bootstrapper: None,
     }
 }
 
-fn install_and_commit(fx: &Fx, id: &str, p: &Payload) -> upkeep_install::Result<()> {
-    let t = install(&fx.store, &fx.layout, id, p, &mut |_| {}, &|| false)?;
-    let rec = Installed {
-        update_id: id.into(),
-        revision: 1,
-        title: "t".into(),
-        handler: "files".into(),
-        installed_at: jiff::Timestamp::now(),
-        reboot_required: false,
-    };
-    t.commit(|s, tx| Ok(s.commit_install(tx, &rec, &hist(id, UpdateOperation::Installation))?))
+fn request<'a>(rec: &'a UpdateRecord, payloads: &[&Payload]) -> InstallRequest<'a> {
+    InstallRequest {
+        update: rec,
+        cached: payloads.iter().map(|p| Some(p.path.clone())).collect(),
+        eula_accepted: true,
+        supersedes: Vec::new(),
+        forced: false,
+    }
 }
 
-fn uninstall_and_commit(fx: &Fx, id: &str) {
-    let mut t = Tx::begin(&fx.store, &fx.layout, id, "uninstall").unwrap();
-    let plan = uninstall_plan(&fx.store.owned(id).unwrap());
-    t.apply(&plan, &mut |_| {}, &|| false).unwrap();
-    t.commit(|s, tx| {
-        Ok(s.commit_uninstall(tx, id, false, &hist(id, UpdateOperation::Uninstallation))?)
-    })
-    .unwrap();
+fn engine(fx: &Fx) -> Engine<'_> {
+    Engine::new(&fx.store, &fx.layout, "test")
+}
+
+fn install_rec(fx: &Fx, rec: &UpdateRecord, payloads: &[&Payload]) -> upkeep_install::Result<Done> {
+    engine(fx).install(&request(rec, payloads), &Silent)
+}
+
+fn install_and_commit(fx: &Fx, name: &str, p: &Payload) -> upkeep_install::Result<()> {
+    install_rec(fx, &update(name, 1, &[p]), &[p]).map(|_| ())
+}
+
+fn uninstall(fx: &Fx, name: &str) -> upkeep_install::Result<Done> {
+    engine(fx).uninstall(
+        &UninstallRequest {
+            update_id: &uid(name).to_string(),
+            fallback: None,
+            fallback_cached: Vec::new(),
+        },
+        &Silent,
+    )
+}
+
+fn uninstall_and_commit(fx: &Fx, name: &str) {
+    uninstall(fx, name).unwrap();
+}
+
+fn inode(p: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::symlink_metadata(p).unwrap())
+}
+
+fn no_leftovers(fx: &Fx) {
+    assert!(fx.store.unfinished_txs().unwrap().is_empty());
+    for d in ["stage", "pinned"] {
+        if let Ok(rd) = std::fs::read_dir(fx.layout.work.join(d)) {
+            let left: Vec<_> = rd.collect();
+            assert!(left.is_empty(), "{d}: {left:?}");
+        }
+    }
 }
 
 #[test]
@@ -310,8 +368,26 @@ fn an_interrupted_install_is_rolled_back_by_recovery() {
         &tar(&[E::File("f", b"new", 0o644), E::File("d/g", b"g", 0o644)]),
         "",
     );
-    // Applied but never committed: as if the process died before the commit.
-    let t = install(&fx.store, &fx.layout, "r", &p, &mut |_| {}, &|| false).unwrap();
+    // Staged and applied but never committed: as if the process died before the commit.
+    let mut t = Tx::begin(&fx.store, &fx.layout, "r", TxOperation::Install).unwrap();
+    let known = Default::default();
+    let mut st = Stager::new(&fx.layout, t.stage_dir(), &known, false);
+    st.stage(&p, &Silent).unwrap();
+    let plan: Vec<Planned> = st
+        .finish()
+        .into_iter()
+        .map(|e| Planned {
+            op: match e.what {
+                Staged::Dir(m) => Op::Dir(m),
+                Staged::File { staged, .. } | Staged::Symlink { staged, .. } => Op::Put {
+                    staged: staged.unwrap(),
+                    keep_backup: true,
+                },
+            },
+            rel: e.rel,
+        })
+        .collect();
+    t.apply(&plan, &Silent).unwrap();
     assert_eq!(std::fs::read(root.join("f")).unwrap(), b"new");
     std::mem::forget(t);
     assert_eq!(recover(&fx.store, &fx.layout).unwrap(), 1);
@@ -325,6 +401,47 @@ fn an_interrupted_install_is_rolled_back_by_recovery() {
 }
 
 #[test]
+fn a_transaction_dropped_uncommitted_rolls_back() {
+    let fx = fx();
+    let root = &fx.layout.root;
+    std::fs::write(root.join("f"), b"old").unwrap();
+    let before = snapshot(root);
+    {
+        let mut t = Tx::begin(&fx.store, &fx.layout, "d", TxOperation::Install).unwrap();
+        let staged = t.stage_dir().join("1");
+        std::fs::write(&staged, b"new").unwrap();
+        t.apply(
+            &[
+                Planned {
+                    rel: "f".into(),
+                    op: Op::Put {
+                        staged,
+                        keep_backup: true,
+                    },
+                },
+                Planned {
+                    rel: "n".into(),
+                    op: Op::Dir(0o755),
+                },
+            ],
+            &Silent,
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(root.join("f")).unwrap(), b"new");
+    }
+    assert_eq!(snapshot(root), before);
+    assert!(fx.store.unfinished_txs().unwrap().is_empty());
+}
+
+struct Cancelled;
+impl Reporter for Cancelled {
+    fn on_progress(&self, _: f64) {}
+    fn is_cancelled(&self) -> bool {
+        true
+    }
+}
+
+#[test]
 fn abort_during_staging_rolls_back() {
     let fx = fx();
     let files: Vec<(String, Vec<u8>)> = (0..300)
@@ -332,15 +449,17 @@ fn abort_during_staging_rolls_back() {
         .collect();
     let entries: Vec<E<'_>> = files.iter().map(|(n, d)| E::File(n, d, 0o644)).collect();
     let p = payload(&fx, "p.tar", &tar(&entries), "");
-    let e = match install(&fx.store, &fx.layout, "a", &p, &mut |_| {}, &|| true) {
-        Err(e) => e,
-        Ok(_) => panic!("abort was ignored"),
-    };
+    let rec = update("a", 1, &[&p]);
+    let e = engine(&fx)
+        .install(&request(&rec, &[&p]), &Cancelled)
+        .unwrap_err();
     assert_eq!(e.hresult, HResult::WU_E_CALL_CANCELLED);
     assert!(std::fs::read_dir(&fx.layout.root)
         .unwrap()
         .all(|e| e.unwrap().file_name() != "f0"));
-    assert!(fx.store.unfinished_txs().unwrap().is_empty());
+    no_leftovers(&fx);
+    let h = fx.store.history(0, 1).unwrap();
+    assert_eq!(h[0].result_code, upkeep_types::OperationResultCode::Aborted);
 }
 
 #[test]
@@ -392,4 +511,335 @@ fn a_later_entry_for_the_same_path_wins_as_with_tar() {
     );
     install_and_commit(&fx, "d", &p).unwrap();
     assert_eq!(std::fs::read(fx.layout.root.join("f")).unwrap(), b"second");
+}
+
+#[test]
+fn every_payload_is_applied_in_order_and_the_later_wins() {
+    let fx = fx();
+    let p1 = payload(
+        &fx,
+        "p1.tar",
+        &tar(&[
+            E::File("a", b"one", 0o644),
+            E::File("shared", b"from 1", 0o644),
+        ]),
+        "zst",
+    );
+    let p2 = payload(
+        &fx,
+        "p2.tar",
+        &tar(&[
+            E::File("b", b"two", 0o644),
+            E::File("shared", b"from 2", 0o600),
+        ]),
+        "gz",
+    );
+    let rec = update("multi", 1, &[&p1, &p2]);
+    install_rec(&fx, &rec, &[&p1, &p2]).unwrap();
+    let root = &fx.layout.root;
+    assert_eq!(std::fs::read(root.join("a")).unwrap(), b"one");
+    assert_eq!(std::fs::read(root.join("b")).unwrap(), b"two");
+    assert_eq!(std::fs::read(root.join("shared")).unwrap(), b"from 2");
+    assert_eq!(snapshot(root)["shared"].split(' ').nth(1), Some("600"));
+}
+
+/// The tree before r1, r1 and r2 of one update: r2 keeps `same` (unchanged), changes
+/// `changed`, drops `only1` (which replaced a file of the machine's) and adds `only2`.
+fn revisions(fx: &Fx) -> (Payload, Payload) {
+    let root = &fx.layout.root;
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/only1"), b"the machine's own").unwrap();
+    std::fs::write(root.join("etc/changed"), b"the machine's too").unwrap();
+    let r1 = payload(
+        fx,
+        "r1.tar",
+        &tar(&[
+            E::File("opt/app/same", b"same bytes", 0o755),
+            E::File("etc/changed", b"r1", 0o644),
+            E::File("etc/only1", b"r1 only", 0o644),
+            E::Dir("opt/app/old-dir"),
+            E::File("opt/app/old-dir/x", b"x", 0o644),
+            E::Link("opt/app/current", "same"),
+        ]),
+        "zst",
+    );
+    let r2 = payload(
+        fx,
+        "r2.tar",
+        &tar(&[
+            E::File("opt/app/same", b"same bytes", 0o755),
+            E::File("etc/changed", b"r2", 0o644),
+            E::File("opt/app/only2", b"r2 only", 0o644),
+            E::Link("opt/app/current", "same"),
+        ]),
+        "zst",
+    );
+    (r1, r2)
+}
+
+#[test]
+fn an_upgrade_is_one_transaction_that_leaves_unchanged_files_alone() {
+    let fx = fx();
+    let root = fx.layout.root.clone();
+    let (p1, p2) = revisions(&fx);
+    let before = snapshot(&root);
+    install_rec(&fx, &update("app", 1, &[&p1]), &[&p1]).unwrap();
+    let same_inode = inode(&root.join("opt/app/same"));
+    let link_inode = inode(&root.join("opt/app/current"));
+    let done = install_rec(&fx, &update("app", 2, &[&p2]), &[&p2]).unwrap();
+    assert_eq!(done.previous_revision, Some(1));
+    assert_eq!(
+        inode(&root.join("opt/app/same")),
+        same_inode,
+        "not rewritten"
+    );
+    assert_eq!(inode(&root.join("opt/app/current")), link_inode);
+    assert_eq!(std::fs::read(root.join("etc/changed")).unwrap(), b"r2");
+    assert_eq!(
+        std::fs::read(root.join("opt/app/only2")).unwrap(),
+        b"r2 only"
+    );
+    assert_eq!(
+        std::fs::read(root.join("etc/only1")).unwrap(),
+        b"the machine's own",
+        "a file only r1 had is put back as it was before r1"
+    );
+    assert!(
+        !root.join("opt/app/old-dir").exists(),
+        "r1's directory goes"
+    );
+    let inst = fx.store.installed().unwrap();
+    assert_eq!((inst.len(), inst[0].revision), (1, 2));
+    let h = fx.store.history(0, 10).unwrap();
+    assert_eq!(h.len(), 2, "one row for the install, one for the upgrade");
+    assert_eq!((h[0].revision, h[0].previous_revision), (2, Some(1)));
+    no_leftovers(&fx);
+    // Uninstalling r2 restores the tree from before any revision.
+    uninstall_and_commit(&fx, "app");
+    assert_eq!(snapshot(&root), before);
+    no_leftovers(&fx);
+    let backups: Vec<_> = walk(&fx.layout.work.join("backups"));
+    assert!(
+        backups.is_empty(),
+        "no backup outlives its use: {backups:?}"
+    );
+}
+
+fn walk(d: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(d) {
+        for e in rd.flatten() {
+            if e.file_type().unwrap().is_dir() {
+                out.extend(walk(&e.path()));
+            } else {
+                out.push(e.path().display().to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_failed_check_leaves_the_installed_revision_exactly_as_it_was() {
+    let fx = fx();
+    let root = fx.layout.root.clone();
+    let (p1, p2) = revisions(&fx);
+    install_rec(&fx, &update("app", 1, &[&p1]), &[&p1]).unwrap();
+    let r1 = snapshot(&root);
+    let r2 = update("app", 2, &[&p2]);
+    // Not downloaded.
+    let mut req = request(&r2, &[&p2]);
+    req.cached = vec![None];
+    let e = engine(&fx).install(&req, &Silent).unwrap_err();
+    assert_eq!(e.hresult, HResult::WU_E_DM_NOTDOWNLOADED);
+    // License not accepted.
+    let mut with_eula = r2.clone();
+    with_eula.metadata.eula = Some("LICENSE".into());
+    let mut req = request(&with_eula, &[&p2]);
+    req.eula_accepted = false;
+    let e = engine(&fx).install(&req, &Silent).unwrap_err();
+    assert_eq!(e.hresult, HResult::WU_E_EULAS_DECLINED);
+    // A payload that is not a tar, signed as such.
+    let junk = payload(&fx, "junk.tar", &b"not a tar at all ".repeat(64), "");
+    let e = install_rec(&fx, &update("app", 2, &[&junk]), &[&junk]).unwrap_err();
+    assert_eq!(e.hresult, HResult::WU_E_UH_INSTALLERFAILURE, "{e}");
+    // Corrupt bytes in the cache.
+    let mut bad = p2.clone();
+    bad.sha256 = Some("00".repeat(32));
+    let e = install_rec(&fx, &update("app", 2, &[&bad]), &[&bad]).unwrap_err();
+    assert_eq!(e.hresult, HResult::WU_E_DM_INCORRECTFILEHASH);
+    assert_eq!(snapshot(&root), r1, "r1 is untouched");
+    assert_eq!(fx.store.installed().unwrap()[0].revision, 1);
+    let h = fx.store.history(0, 10).unwrap();
+    assert_eq!(h.len(), 5);
+    assert!(h[..4]
+        .iter()
+        .all(|h| h.result_code == upkeep_types::OperationResultCode::Failed && h.revision == 2));
+    no_leftovers(&fx);
+}
+
+#[test]
+fn a_path_of_another_installed_update_is_refused_unless_superseded() {
+    let fx = fx();
+    let root = fx.layout.root.clone();
+    std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+    std::fs::write(root.join("usr/bin/hello"), b"distro hello").unwrap();
+    let before = snapshot(&root);
+    let pa = payload(
+        &fx,
+        "a.tar",
+        &tar(&[
+            E::File("usr/bin/hello", b"A", 0o755),
+            E::File("usr/share/a", b"a", 0o644),
+        ]),
+        "",
+    );
+    let pb = payload(
+        &fx,
+        "b.tar",
+        &tar(&[
+            E::File("usr/bin/hello", b"B", 0o755),
+            E::File("usr/share/b", b"b", 0o644),
+        ]),
+        "",
+    );
+    install_rec(&fx, &update("A", 1, &[&pa]), &[&pa]).unwrap();
+    let with_a = snapshot(&root);
+    // B overlaps and does not supersede A: refused before any change, naming both.
+    let e = install_rec(&fx, &update("B", 1, &[&pb]), &[&pb]).unwrap_err();
+    assert_eq!(e.hresult, HResult::E_FILE_EXISTS);
+    assert!(
+        e.message.contains("usr/bin/hello") && e.message.contains(&uid("A").to_string()),
+        "{e}"
+    );
+    assert_eq!(snapshot(&root), with_a);
+    no_leftovers(&fx);
+    // B superseding A takes over: A is replaced in the same transaction.
+    let mut b = update("B", 1, &[&pb]);
+    b.metadata.supersedes = vec![uid("A")];
+    let done = install_rec(&fx, &b, &[&pb]).unwrap();
+    assert_eq!(done.replaced, vec![uid("A").to_string()]);
+    assert_eq!(std::fs::read(root.join("usr/bin/hello")).unwrap(), b"B");
+    assert!(!root.join("usr/share/a").exists(), "A's other files go");
+    let inst = fx.store.installed().unwrap();
+    assert_eq!(inst.len(), 1);
+    assert_eq!(inst[0].update_id, uid("B").to_string());
+    let h = fx.store.history(0, 2).unwrap();
+    let replaced = h
+        .iter()
+        .find(|h| h.update_id == uid("A").to_string())
+        .unwrap();
+    assert_eq!(replaced.operation, UpdateOperation::Uninstallation);
+    assert_eq!(replaced.replaced_by, Some(uid("B").to_string()));
+    // Uninstalling B restores the machine's own file from before A.
+    uninstall_and_commit(&fx, "B");
+    assert_eq!(snapshot(&root), before);
+    no_leftovers(&fx);
+}
+
+#[test]
+fn shared_directories_go_with_their_last_user() {
+    let fx = fx();
+    let root = fx.layout.root.clone();
+    let pa = payload(
+        &fx,
+        "a.tar",
+        &tar(&[E::File("opt/suite/a", b"a", 0o644)]),
+        "",
+    );
+    let pb = payload(
+        &fx,
+        "b.tar",
+        &tar(&[E::File("opt/suite/b", b"b", 0o644)]),
+        "",
+    );
+    install_rec(&fx, &update("A", 1, &[&pa]), &[&pa]).unwrap();
+    install_rec(&fx, &update("B", 1, &[&pb]), &[&pb]).unwrap();
+    uninstall_and_commit(&fx, "A");
+    assert!(!root.join("opt/suite/a").exists());
+    assert!(root.join("opt/suite/b").exists(), "B's file stays");
+    uninstall_and_commit(&fx, "B");
+    assert!(
+        !root.join("opt").exists(),
+        "the last user removes what A created"
+    );
+    // Not installed any more.
+    assert_eq!(
+        uninstall(&fx, "B").unwrap_err().hresult,
+        HResult::WU_E_NOT_APPLICABLE
+    );
+}
+
+#[test]
+fn a_full_disk_fails_cleanly_before_or_while_staging() {
+    // A 4 MiB tmpfs holds the root and the state (needs root, as the agent does).
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .expect("mount runs");
+    assert!(
+        ok.success(),
+        "mounting a tmpfs needs root (the agent's tests run as root)"
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    let inner = tempfile::tempdir_in(&mnt).unwrap();
+    let fx = fx_in(inner);
+    let big = tempfile::tempdir().unwrap(); // payloads live elsewhere, like the cache may
+    let put = |name: &str, bytes: Vec<u8>, compress: &str| {
+        let data = if compress == "zst" {
+            zstd::encode_all(&bytes[..], 3).unwrap()
+        } else {
+            bytes
+        };
+        let p = big.path().join(name);
+        std::fs::write(&p, &data).unwrap();
+        Payload {
+            path: p,
+            length: data.len() as u64,
+            sha256: Some(hex::encode(Sha256::digest(&data))),
+        }
+    };
+    let p1 = put("r1.tar", tar(&[E::File("app/run", b"r1", 0o755)]), "");
+    install_rec(&fx, &update("app", 1, &[&p1]), &[&p1]).unwrap();
+    let r1 = snapshot(&fx.layout.root);
+    // 1. The signed content alone does not fit: refused before staging.
+    let noise: Vec<u8> = (0..10u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let p2 = put(
+        "r2.tar",
+        tar(&[
+            E::File("app/run", b"r2", 0o755),
+            E::File("app/blob", &noise, 0o644),
+        ]),
+        "",
+    );
+    let e = install_rec(&fx, &update("app", 2, &[&p2]), &[&p2]).unwrap_err();
+    assert_eq!(e.hresult, HResult::E_DISK_FULL, "{e}");
+    // 2. Small compressed, too large unpacked: the disk fills while staging.
+    let zeros = vec![0u8; 12 << 20];
+    let p3 = put(
+        "r3.tar.zst",
+        tar(&[
+            E::File("app/run", b"r3", 0o755),
+            E::File("app/zeros", &zeros, 0o644),
+        ]),
+        "zst",
+    );
+    let e = install_rec(&fx, &update("app", 3, &[&p3]), &[&p3]).unwrap_err();
+    assert_eq!(e.hresult, HResult::E_DISK_FULL, "{e}");
+    assert_eq!(snapshot(&fx.layout.root), r1, "r1 is untouched");
+    assert_eq!(fx.store.installed().unwrap()[0].revision, 1);
+    no_leftovers(&fx);
+    drop(fx);
 }

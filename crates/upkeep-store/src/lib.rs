@@ -1,36 +1,63 @@
 //! upkeep's state in one SQLite database (`<state_dir>/state.db`, WAL, `synchronous=FULL`):
-//! installed updates with their revision, hidden updates, accepted EULAs, history, the
-//! pending reboot, and the journal of install transactions with the files each installed
-//! update owns.
+//! installed updates with the record they were installed from, the paths each one owns,
+//! hidden updates, accepted EULAs, history, the pending reboot, and the journal of install
+//! transactions.
 //!
 //! Every write is one SQLite transaction, so a crash leaves the previous or the new state.
 //! The journal's durability rules (design decision 5): a batch of journal entries is
 //! committed before any change it describes is made; a transaction is marked committed only
-//! after the install root was flushed, in the same SQLite transaction that records the
-//! installed update, so state and files always agree after recovery.
+//! after the install root was flushed, in the same SQLite transaction that records what is
+//! installed and who owns which path ([`Store::commit`]), so state and files always agree
+//! after recovery.
+//!
+//! The schema has a version (`PRAGMA user_version`, [`SCHEMA_VERSION`]): opening a database
+//! written by an older agent migrates it in one transaction; a database written by a newer
+//! agent is refused with [`StoreError::TooNew`].
 
 use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
-use upkeep_types::{HResult, OperationResultCode, UpdateOperation};
+use upkeep_types::{HResult, OperationResultCode, UpdateOperation, UpdateRecord};
 
 /// A state database failure.
 #[derive(Debug, thiserror::Error)]
-#[error("state database {path}: {source}")]
-pub struct StoreError {
-    path: String,
-    #[source]
-    source: rusqlite::Error,
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("state database {path}: {source}")]
+    Sqlite {
+        /// The database file.
+        path: String,
+        /// What SQLite said.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The database was written by a newer agent.
+    #[error("state database {path} has schema version {found}; this upkeep reads versions up to {SCHEMA_VERSION}: use a newer upkeep")]
+    TooNew {
+        /// The database file.
+        path: String,
+        /// Its version.
+        found: i64,
+    },
+    /// A row holds a value this build does not know (a damaged or foreign database).
+    #[error("state database {path}: {what}")]
+    Corrupt {
+        /// The database file.
+        path: String,
+        /// What was wrong.
+        what: String,
+    },
 }
 
 impl StoreError {
-    /// The WUA code: `WU_E_DS_UNEXPECTED` (or `WU_E_DS_INUSE` when locked too long).
+    /// The WUA code: `WU_E_DS_INUSE` when locked too long, else `WU_E_DS_UNEXPECTED`.
     pub fn hresult(&self) -> HResult {
-        match &self.source {
-            rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::DatabaseBusy => {
-                HResult::WU_E_DS_INUSE
-            }
+        match self {
+            StoreError::Sqlite {
+                source: rusqlite::Error::SqliteFailure(e, _),
+                ..
+            } if e.code == rusqlite::ErrorCode::DatabaseBusy => HResult::WU_E_DS_INUSE,
             _ => HResult::WU_E_DS_UNEXPECTED,
         }
     }
@@ -38,6 +65,10 @@ impl StoreError {
 
 /// Result type of this crate.
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The schema version this build writes (`PRAGMA user_version`). Version 1 is the schema of
+/// the first release, which did not set `user_version` (it reads as 0).
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// One history entry (WUA's `IUpdateHistoryEntry`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,10 +91,16 @@ pub struct HistoryEntry {
     pub client_application_id: String,
     /// The handler's raw result (a command's exit code), 0 when there is none.
     pub unmapped_result_code: i64,
+    /// For an upgrade: the revision it replaced.
+    pub previous_revision: Option<u32>,
+    /// For an update removed because another one that supersedes it was installed: that
+    /// update's id.
+    pub replaced_by: Option<String>,
 }
 
-/// An installed update.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// An installed update: what the agent keeps to show and uninstall it without the
+/// repository.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Installed {
     /// Update id.
     pub update_id: String,
@@ -77,6 +114,66 @@ pub struct Installed {
     pub installed_at: jiff::Timestamp,
     /// Whether its install asked for a restart that has not happened yet.
     pub reboot_required: bool,
+    /// The signed record it was installed from (`None` only for updates installed by an
+    /// agent older than schema 2).
+    pub record: Option<UpdateRecord>,
+    /// For a `command` update: the directory (relative to the work directory) holding its
+    /// verified content, kept for its uninstall.
+    pub pinned: Option<String>,
+}
+
+/// The kind of a path an installed update owns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OwnedKind {
+    /// A regular file.
+    File,
+    /// A symbolic link.
+    Symlink,
+    /// A directory (shared: several updates may use one).
+    Dir,
+}
+
+/// One path an installed update owns (a file or symlink: exclusively) or uses (a
+/// directory).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedPath {
+    /// Path relative to the install root.
+    pub path: String,
+    /// What it is.
+    pub kind: OwnedKind,
+    /// Permission bits as installed.
+    pub mode: u32,
+    /// Size in bytes (files).
+    pub size: u64,
+    /// SHA-256 (hex) of a file's content, or a symlink's target; `None` when unknown
+    /// (installed by an agent older than schema 2).
+    pub digest: Option<String>,
+    /// Where what was at this path before any installed update owned it is kept (a backup
+    /// relative to the work directory); `None` when nothing was there.
+    pub original: Option<String>,
+    /// For a directory: an install created it, so the last update using it removes it.
+    pub created: bool,
+}
+
+/// What a journal entry records of one path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JournalKind {
+    /// A directory was created; undone by removing it if empty.
+    Dir,
+    /// A directory was removed; undone by creating it again.
+    Rmdir,
+    /// A file or symlink was replaced, created or removed.
+    File,
+}
+
+impl JournalKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            JournalKind::Dir => "dir",
+            JournalKind::Rmdir => "rmdir",
+            JournalKind::File => "file",
+        }
+    }
 }
 
 /// What a journal entry does to one path of the install root, recorded before it is done.
@@ -84,17 +181,66 @@ pub struct Installed {
 pub struct JournalEntry {
     /// Path relative to the install root.
     pub path: String,
-    /// `dir` (created; undone by removing it if empty), `rmdir` (removed; undone by creating
-    /// it again), or `file` (a file or symlink replaced, created or removed).
-    pub kind: String,
+    /// What kind of change.
+    pub kind: JournalKind,
     /// Where the previous file was linked aside, relative to the work directory, if the
     /// path existed.
     pub backup: Option<String>,
-    /// Mode of a `dir`/`rmdir` entry.
+    /// Whether the backup outlives the commit (it becomes the new owner's `original`);
+    /// otherwise it only serves rollback and is deleted at commit.
+    pub keep_backup: bool,
+    /// Mode of a `Dir`/`Rmdir` entry.
     pub mode: u32,
-    /// For a file an uninstall restores: the install's backup it comes from (relative to
-    /// the work directory), deleted once the uninstall is committed.
+    /// For a file put back from an earlier backup: that backup (relative to the work
+    /// directory), deleted once the transaction is committed.
     pub source: Option<String>,
+}
+
+/// The operation of an install transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxOperation {
+    /// A first install.
+    Install,
+    /// A new revision, or a superseding update, replacing installed ones.
+    Upgrade,
+    /// An uninstall.
+    Uninstall,
+}
+
+impl TxOperation {
+    /// Its name (`install`, `upgrade`, `uninstall`), used in the journal and checkpoints.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TxOperation::Install => "install",
+            TxOperation::Upgrade => "upgrade",
+            TxOperation::Uninstall => "uninstall",
+        }
+    }
+}
+
+/// The state of a journalled transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxState {
+    /// Not committed: recovery rolls it back.
+    Open,
+    /// Committed: recovery finishes its clean-up.
+    Committed,
+}
+
+/// What one commit records, in one SQLite transaction with the journal's `committed` mark.
+#[derive(Debug, Default)]
+pub struct Commit<'a> {
+    /// The update now installed, with every path it owns (replacing its earlier revision's
+    /// record and paths).
+    pub installed: Option<(&'a Installed, &'a [OwnedPath])>,
+    /// Updates no longer installed (uninstalled, or replaced by a superseding one): their
+    /// records and paths go; a directory one of them created passes to the updates that
+    /// still use it.
+    pub removed: &'a [String],
+    /// History rows.
+    pub history: &'a [HistoryEntry],
+    /// A restart is required to finish.
+    pub reboot_required: bool,
 }
 
 /// The state database. One connection; cheap to open.
@@ -109,26 +255,50 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// The current schema, for a new database.
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS installed(
+CREATE TABLE installed(
   update_id TEXT PRIMARY KEY, revision INTEGER NOT NULL, title TEXT NOT NULL,
-  handler TEXT NOT NULL, installed_at TEXT NOT NULL, reboot_required INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS hidden(update_id TEXT PRIMARY KEY);
-CREATE TABLE IF NOT EXISTS eula(update_id TEXT NOT NULL, revision INTEGER NOT NULL,
+  handler TEXT NOT NULL, installed_at TEXT NOT NULL, reboot_required INTEGER NOT NULL,
+  record TEXT, pinned TEXT);
+CREATE TABLE hidden(update_id TEXT PRIMARY KEY);
+CREATE TABLE eula(update_id TEXT NOT NULL, revision INTEGER NOT NULL,
   accepted_at TEXT NOT NULL, PRIMARY KEY(update_id, revision));
-CREATE TABLE IF NOT EXISTS history(seq INTEGER PRIMARY KEY AUTOINCREMENT,
+CREATE TABLE history(seq INTEGER PRIMARY KEY AUTOINCREMENT,
   operation INTEGER NOT NULL, result_code INTEGER NOT NULL, hresult INTEGER NOT NULL,
   date TEXT NOT NULL, update_id TEXT NOT NULL, revision INTEGER NOT NULL, title TEXT NOT NULL,
-  client_application_id TEXT NOT NULL, unmapped_result_code INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS reboot(id INTEGER PRIMARY KEY CHECK (id = 1), boot_id TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS tx(tx_id INTEGER PRIMARY KEY AUTOINCREMENT, update_id TEXT NOT NULL,
+  client_application_id TEXT NOT NULL, unmapped_result_code INTEGER NOT NULL,
+  previous_revision INTEGER, replaced_by TEXT);
+CREATE TABLE reboot(id INTEGER PRIMARY KEY CHECK (id = 1), boot_id TEXT NOT NULL);
+CREATE TABLE tx(tx_id INTEGER PRIMARY KEY AUTOINCREMENT, update_id TEXT NOT NULL,
   operation TEXT NOT NULL, state TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS journal(tx_id INTEGER NOT NULL, seq INTEGER NOT NULL,
-  kind TEXT NOT NULL, path TEXT NOT NULL, backup TEXT, mode INTEGER NOT NULL, source TEXT,
-  PRIMARY KEY(tx_id, seq));
-CREATE TABLE IF NOT EXISTS owned(update_id TEXT NOT NULL, seq INTEGER NOT NULL,
-  kind TEXT NOT NULL, path TEXT NOT NULL, backup TEXT, mode INTEGER NOT NULL, source TEXT,
-  PRIMARY KEY(update_id, seq));
+CREATE TABLE journal(tx_id INTEGER NOT NULL, seq INTEGER NOT NULL,
+  kind TEXT NOT NULL, path TEXT NOT NULL, backup TEXT, keep INTEGER NOT NULL, mode INTEGER NOT NULL,
+  source TEXT, PRIMARY KEY(tx_id, seq));
+CREATE TABLE owned(update_id TEXT NOT NULL, path TEXT NOT NULL, kind TEXT NOT NULL,
+  mode INTEGER NOT NULL, size INTEGER NOT NULL, digest TEXT, original TEXT,
+  created INTEGER NOT NULL, PRIMARY KEY(update_id, path));
+CREATE INDEX owned_path ON owned(path);
+";
+
+/// Version 1 (the first release) → 2: installed records and pinned content, owned paths
+/// with kinds, digests and originals, journal entries that say whether a backup is kept,
+/// upgrade and replacement in history.
+const MIGRATE_1_TO_2: &str = "
+ALTER TABLE installed ADD COLUMN record TEXT;
+ALTER TABLE installed ADD COLUMN pinned TEXT;
+ALTER TABLE history ADD COLUMN previous_revision INTEGER;
+ALTER TABLE history ADD COLUMN replaced_by TEXT;
+ALTER TABLE journal ADD COLUMN keep INTEGER NOT NULL DEFAULT 0;
+UPDATE journal SET keep = (SELECT operation = 'install' FROM tx WHERE tx.tx_id = journal.tx_id);
+CREATE TABLE owned2(update_id TEXT NOT NULL, path TEXT NOT NULL, kind TEXT NOT NULL,
+  mode INTEGER NOT NULL, size INTEGER NOT NULL, digest TEXT, original TEXT,
+  created INTEGER NOT NULL, PRIMARY KEY(update_id, path));
+INSERT OR REPLACE INTO owned2 SELECT update_id, path, kind, CASE kind WHEN 'dir' THEN mode ELSE 0 END,
+  0, NULL, backup, kind = 'dir' FROM owned ORDER BY seq;
+DROP TABLE owned;
+ALTER TABLE owned2 RENAME TO owned;
+CREATE INDEX owned_path ON owned(path);
 ";
 
 /// The boot id of the running kernel (changes at every boot).
@@ -148,7 +318,7 @@ fn ts(s: &str) -> jiff::Timestamp {
 
 fn insert_history(conn: &Connection, h: &HistoryEntry) -> rusqlite::Result<()> {
     conn.execute(
-        "INSERT INTO history (operation, result_code, hresult, date, update_id, revision, title, client_application_id, unmapped_result_code) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO history (operation, result_code, hresult, date, update_id, revision, title, client_application_id, unmapped_result_code, previous_revision, replaced_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             h.operation as i32,
             h.result_code as i32,
@@ -158,20 +328,66 @@ fn insert_history(conn: &Connection, h: &HistoryEntry) -> rusqlite::Result<()> {
             h.revision,
             h.title,
             h.client_application_id,
-            h.unmapped_result_code
+            h.unmapped_result_code,
+            h.previous_revision,
+            h.replaced_by,
         ],
     )
     .map(|_| ())
 }
 
-/// A `journal` or `owned` row selected as `kind, path, backup, mode, source`.
+/// A value read from a row that this build does not know.
+fn unknown(what: &str, value: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        0,
+        rusqlite::types::Type::Text,
+        format!("unknown {what} {value:?}").into(),
+    )
+}
+
+/// A `journal` row selected as `kind, path, backup, keep, mode, source`. An unknown kind is
+/// an error: recovery must not skip what it does not understand.
 fn journal_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JournalEntry> {
+    let kind: String = r.get(0)?;
     Ok(JournalEntry {
-        kind: r.get(0)?,
+        kind: match kind.as_str() {
+            "dir" => JournalKind::Dir,
+            "rmdir" => JournalKind::Rmdir,
+            "file" => JournalKind::File,
+            other => return Err(unknown("journal entry kind", other)),
+        },
         path: r.get(1)?,
         backup: r.get(2)?,
-        mode: r.get(3)?,
-        source: r.get(4)?,
+        keep_backup: r.get(3)?,
+        mode: r.get(4)?,
+        source: r.get(5)?,
+    })
+}
+
+fn owned_kind(kind: OwnedKind) -> &'static str {
+    match kind {
+        OwnedKind::File => "file",
+        OwnedKind::Symlink => "symlink",
+        OwnedKind::Dir => "dir",
+    }
+}
+
+/// An `owned` row selected as `path, kind, mode, size, digest, original, created`.
+fn owned_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OwnedPath> {
+    let kind: String = r.get(1)?;
+    Ok(OwnedPath {
+        path: r.get(0)?,
+        kind: match kind.as_str() {
+            "file" => OwnedKind::File,
+            "symlink" => OwnedKind::Symlink,
+            "dir" => OwnedKind::Dir,
+            other => return Err(unknown("owned path kind", other)),
+        },
+        mode: r.get(2)?,
+        size: r.get::<_, i64>(3)? as u64,
+        digest: r.get(4)?,
+        original: r.get(5)?,
+        created: r.get(6)?,
     })
 }
 
@@ -182,28 +398,65 @@ pub struct OpenTx {
     pub tx_id: i64,
     /// The update.
     pub update_id: String,
-    /// `install` or `uninstall`.
-    pub operation: String,
-    /// `open` (roll back) or `committed` (finish the clean-up).
-    pub state: String,
+    /// What it does.
+    pub operation: TxOperation,
+    /// Whether it was committed.
+    pub state: TxState,
 }
 
 impl Store {
-    /// Opens (creating) `<dir>/state.db`.
+    /// Opens (creating) `<dir>/state.db`, creating or migrating the schema.
     pub fn open(dir: &Path) -> Result<Store> {
         let path = dir.join("state.db");
-        let e = |source| StoreError {
+        let e = |source| StoreError::Sqlite {
             path: path.display().to_string(),
             source,
         };
-        let conn = Connection::open(&path).map_err(e)?;
+        let mut conn = Connection::open(&path).map_err(e)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(e)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(e)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(e)?;
-        conn.execute_batch(SCHEMA).map_err(e)?;
+        let store_path = path.display().to_string();
+        // One writer at a time decides and applies the schema.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(e)?;
+        let version: i64 = tx
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(e)?;
+        let has_tables: bool = tx
+            .query_row(
+                "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'installed'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(e)?;
+        match (version, has_tables) {
+            (v, _) if v > SCHEMA_VERSION => {
+                return Err(StoreError::TooNew {
+                    path: store_path,
+                    found: v,
+                })
+            }
+            (SCHEMA_VERSION, _) => {}
+            (0, false) => tx.execute_batch(SCHEMA).map_err(e)?,
+            (0 | 1, true) => {
+                tracing::info!(db = %store_path, "migrating the state database from schema 1 to {SCHEMA_VERSION}");
+                tx.execute_batch(MIGRATE_1_TO_2).map_err(e)?
+            }
+            (v, _) => {
+                return Err(StoreError::Corrupt {
+                    path: store_path,
+                    what: format!("schema version {v} without its tables"),
+                })
+            }
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(e)?;
+        tx.commit().map_err(e)?;
         Ok(Store {
             conn,
-            path: path.display().to_string(),
+            path: store_path,
         })
     }
 
@@ -221,9 +474,15 @@ impl Store {
     }
 
     fn e(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
-        move |source| StoreError {
-            path: self.path.clone(),
-            source,
+        move |source| match source {
+            rusqlite::Error::FromSqlConversionFailure(_, _, what) => StoreError::Corrupt {
+                path: self.path.clone(),
+                what: what.to_string(),
+            },
+            source => StoreError::Sqlite {
+                path: self.path.clone(),
+                source,
+            },
         }
     }
 
@@ -231,8 +490,15 @@ impl Store {
     pub fn installed(&self) -> Result<Vec<Installed>> {
         let pending = self.reboot_pending()?;
         self.rows(
-            "SELECT update_id, revision, title, handler, installed_at, reboot_required FROM installed",
+            "SELECT update_id, revision, title, handler, installed_at, reboot_required, record, pinned FROM installed ORDER BY installed_at, update_id",
             [], |r| {
+                let record: Option<String> = r.get(6)?;
+                let record = match record {
+                    None => None,
+                    Some(text) => Some(serde_json::from_str(&text).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(6, rusqlite::types::Type::Text, format!("installed record: {e}").into())
+                    })?),
+                };
                 Ok(Installed {
                     update_id: r.get(0)?,
                     revision: r.get(1)?,
@@ -240,9 +506,19 @@ impl Store {
                     handler: r.get(3)?,
                     installed_at: ts(&r.get::<_, String>(4)?),
                     reboot_required: r.get::<_, bool>(5)? && pending,
+                    record,
+                    pinned: r.get(7)?,
                 })
             },
         )
+    }
+
+    /// The installed update with this id, if any.
+    pub fn installed_update(&self, update_id: &str) -> Result<Option<Installed>> {
+        Ok(self
+            .installed()?
+            .into_iter()
+            .find(|i| i.update_id == update_id))
     }
 
     /// Hidden update ids.
@@ -310,7 +586,7 @@ impl Store {
     /// History entries, newest first, from `start` (0 = newest), at most `count`.
     pub fn history(&self, start: usize, count: usize) -> Result<Vec<HistoryEntry>> {
         self.rows(
-            "SELECT operation, result_code, hresult, date, update_id, revision, title, client_application_id, unmapped_result_code FROM history ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
+            "SELECT operation, result_code, hresult, date, update_id, revision, title, client_application_id, unmapped_result_code, previous_revision, replaced_by FROM history ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
             params![count as i64, start as i64], |r| {
                 Ok(HistoryEntry {
                     operation: UpdateOperation::from_i32(r.get(0)?)
@@ -324,6 +600,8 @@ impl Store {
                     title: r.get(6)?,
                     client_application_id: r.get(7)?,
                     unmapped_result_code: r.get(8)?,
+                    previous_revision: r.get(9)?,
+                    replaced_by: r.get(10)?,
                 })
             },
         )
@@ -341,11 +619,11 @@ impl Store {
 
     /// Starts a transaction (state `open`): from here until it is committed, recovery rolls
     /// it back.
-    pub fn begin_tx(&self, update_id: &str, operation: &str) -> Result<i64> {
+    pub fn begin_tx(&self, update_id: &str, operation: TxOperation) -> Result<i64> {
         self.conn
             .execute(
                 "INSERT INTO tx (update_id, operation, state) VALUES (?1, ?2, 'open')",
-                params![update_id, operation],
+                params![update_id, operation.as_str()],
             )
             .map_err(self.e())?;
         Ok(self.conn.last_insert_rowid())
@@ -357,15 +635,16 @@ impl Store {
         let tx = self.conn.unchecked_transaction().map_err(self.e())?;
         {
             let mut st = tx
-                .prepare_cached("INSERT INTO journal VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
+                .prepare_cached("INSERT INTO journal (tx_id, seq, kind, path, backup, keep, mode, source) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")
                 .map_err(self.e())?;
             for (i, e) in entries.iter().enumerate() {
                 st.execute(params![
                     tx_id,
                     (first_seq + i) as i64,
-                    e.kind,
+                    e.kind.as_str(),
                     e.path,
                     e.backup,
+                    e.keep_backup,
                     e.mode,
                     e.source
                 ])
@@ -375,97 +654,111 @@ impl Store {
         tx.commit().map_err(self.e())
     }
 
-    /// The journal of a transaction, in order.
+    /// The journal of a transaction, in order; an entry of an unknown kind is an error.
     pub fn journal_entries(&self, tx_id: i64) -> Result<Vec<JournalEntry>> {
         self.rows(
-            "SELECT kind, path, backup, mode, source FROM journal WHERE tx_id = ?1 ORDER BY seq",
+            "SELECT kind, path, backup, keep, mode, source FROM journal WHERE tx_id = ?1 ORDER BY seq",
             [tx_id],
             journal_row,
         )
     }
 
-    /// Transactions recovery must look at.
+    /// Transactions recovery must look at; an unknown operation or state is an error.
     pub fn unfinished_txs(&self) -> Result<Vec<OpenTx>> {
         self.rows(
             "SELECT tx_id, update_id, operation, state FROM tx ORDER BY tx_id",
             [],
             |r| {
+                let op: String = r.get(2)?;
+                let state: String = r.get(3)?;
                 Ok(OpenTx {
                     tx_id: r.get(0)?,
                     update_id: r.get(1)?,
-                    operation: r.get(2)?,
-                    state: r.get(3)?,
+                    operation: match op.as_str() {
+                        "install" => TxOperation::Install,
+                        "upgrade" => TxOperation::Upgrade,
+                        "uninstall" => TxOperation::Uninstall,
+                        other => return Err(unknown("transaction operation", other)),
+                    },
+                    state: match state.as_str() {
+                        "open" => TxState::Open,
+                        "committed" => TxState::Committed,
+                        other => return Err(unknown("transaction state", other)),
+                    },
                 })
             },
         )
     }
 
-    /// Commits an install: in one SQLite transaction the journal becomes what the update
-    /// owns, the update is recorded installed, and the transaction is marked committed.
-    /// Call only after the install root was flushed (`syncfs`).
-    pub fn commit_install(
-        &self,
-        tx_id: i64,
-        rec: &Installed,
-        history: &HistoryEntry,
-    ) -> Result<()> {
-        let tx = self.conn.unchecked_transaction().map_err(self.e())?;
-        tx.execute("DELETE FROM owned WHERE update_id = ?1", [&rec.update_id])
-            .map_err(self.e())?;
-        tx.execute(
-            "INSERT INTO owned SELECT ?2, seq, kind, path, backup, mode, source FROM journal WHERE tx_id = ?1",
-            params![tx_id, rec.update_id],
-        )
-        .map_err(self.e())?;
-        tx.execute(
-            "INSERT OR REPLACE INTO installed VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                rec.update_id,
-                rec.revision,
-                rec.title,
-                rec.handler,
-                rec.installed_at.to_string(),
-                rec.reboot_required
-            ],
-        )
-        .map_err(self.e())?;
-        if rec.reboot_required {
-            tx.execute("INSERT OR REPLACE INTO reboot VALUES (1, ?1)", [boot_id()])
-                .map_err(self.e())?;
+    /// Commits a transaction: in one SQLite transaction, records what is installed now,
+    /// who owns which path, the history rows and a pending restart, and marks the
+    /// transaction committed. Call only after the install root was flushed (`syncfs`).
+    pub fn commit(&self, tx_id: i64, c: &Commit<'_>) -> Result<()> {
+        let e = self.e();
+        let tx = self.conn.unchecked_transaction().map_err(&e)?;
+        if let Some((rec, owned)) = c.installed {
+            tx.execute("DELETE FROM owned WHERE update_id = ?1", [&rec.update_id])
+                .map_err(&e)?;
+            let mut st = tx
+                .prepare_cached("INSERT INTO owned VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")
+                .map_err(&e)?;
+            for o in owned {
+                st.execute(params![
+                    rec.update_id,
+                    o.path,
+                    owned_kind(o.kind),
+                    o.mode,
+                    o.size as i64,
+                    o.digest,
+                    o.original,
+                    o.created
+                ])
+                .map_err(&e)?;
+            }
+            let record = rec
+                .record
+                .as_ref()
+                .map(|r| serde_json::to_string(r).expect("a record serialises"));
+            tx.execute(
+                "INSERT OR REPLACE INTO installed VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    rec.update_id,
+                    rec.revision,
+                    rec.title,
+                    rec.handler,
+                    rec.installed_at.to_string(),
+                    rec.reboot_required,
+                    record,
+                    rec.pinned
+                ],
+            )
+            .map_err(&e)?;
         }
-        insert_history(&tx, history).map_err(self.e())?;
+        for id in c.removed {
+            // A directory this update created stays created for whoever still uses it.
+            tx.execute(
+                "UPDATE owned SET created = 1 WHERE kind = 'dir' AND update_id != ?1 AND path IN (SELECT path FROM owned WHERE update_id = ?1 AND kind = 'dir' AND created = 1)",
+                [id],
+            )
+            .map_err(&e)?;
+            tx.execute("DELETE FROM owned WHERE update_id = ?1", [id])
+                .map_err(&e)?;
+            tx.execute("DELETE FROM installed WHERE update_id = ?1", [id])
+                .map_err(&e)?;
+        }
+        if c.reboot_required {
+            tx.execute("INSERT OR REPLACE INTO reboot VALUES (1, ?1)", [boot_id()])
+                .map_err(&e)?;
+        }
+        for h in c.history {
+            insert_history(&tx, h).map_err(&e)?;
+        }
         tx.execute(
             "UPDATE tx SET state = 'committed' WHERE tx_id = ?1",
             [tx_id],
         )
-        .map_err(self.e())?;
-        tx.commit().map_err(self.e())
-    }
-
-    /// Commits an uninstall: the update is no longer installed nor owns anything.
-    pub fn commit_uninstall(
-        &self,
-        tx_id: i64,
-        update_id: &str,
-        reboot_required: bool,
-        history: &HistoryEntry,
-    ) -> Result<()> {
-        let tx = self.conn.unchecked_transaction().map_err(self.e())?;
-        tx.execute("DELETE FROM installed WHERE update_id = ?1", [update_id])
-            .map_err(self.e())?;
-        tx.execute("DELETE FROM owned WHERE update_id = ?1", [update_id])
-            .map_err(self.e())?;
-        if reboot_required {
-            tx.execute("INSERT OR REPLACE INTO reboot VALUES (1, ?1)", [boot_id()])
-                .map_err(self.e())?;
-        }
-        insert_history(&tx, history).map_err(self.e())?;
-        tx.execute(
-            "UPDATE tx SET state = 'committed' WHERE tx_id = ?1",
-            [tx_id],
-        )
-        .map_err(self.e())?;
-        tx.commit().map_err(self.e())
+        .map_err(&e)?;
+        tx.commit().map_err(&e)
     }
 
     /// Forgets a finished (rolled back, or committed and cleaned up) transaction.
@@ -478,13 +771,42 @@ impl Store {
         tx.commit().map_err(self.e())
     }
 
-    /// What an installed update owns (its install journal), in order.
-    pub fn owned(&self, update_id: &str) -> Result<Vec<JournalEntry>> {
+    /// What an installed update owns and uses, in path order (parents before children).
+    pub fn owned(&self, update_id: &str) -> Result<Vec<OwnedPath>> {
         self.rows(
-            "SELECT kind, path, backup, mode, source FROM owned WHERE update_id = ?1 ORDER BY seq",
+            "SELECT path, kind, mode, size, digest, original, created FROM owned WHERE update_id = ?1 ORDER BY path",
             [update_id],
-            journal_row,
+            owned_row,
         )
+    }
+
+    /// Every owned path with its owner: `(update id, path, kind)`.
+    pub fn owners(&self) -> Result<Vec<(String, String, OwnedKind)>> {
+        self.rows("SELECT update_id, path, kind FROM owned", [], |r| {
+            let kind: String = r.get(2)?;
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                match kind.as_str() {
+                    "file" => OwnedKind::File,
+                    "symlink" => OwnedKind::Symlink,
+                    "dir" => OwnedKind::Dir,
+                    other => return Err(unknown("owned path kind", other)),
+                },
+            ))
+        })
+    }
+
+    /// Bytes of the files an installed update owns.
+    pub fn owned_size(&self, update_id: &str) -> Result<u64> {
+        self.conn
+            .query_row(
+                "SELECT COALESCE(SUM(size), 0) FROM owned WHERE update_id = ?1",
+                [update_id],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(self.e())
     }
 }
 
@@ -503,6 +825,33 @@ mod tests {
             title: format!("t {id}"),
             client_application_id: "test".into(),
             unmapped_result_code: 0,
+            previous_revision: None,
+            replaced_by: None,
+        }
+    }
+
+    fn rec(id: &str, revision: u32) -> Installed {
+        Installed {
+            update_id: id.into(),
+            revision,
+            title: "T".into(),
+            handler: "files".into(),
+            installed_at: jiff::Timestamp::now(),
+            reboot_required: true,
+            record: None,
+            pinned: None,
+        }
+    }
+
+    fn path(p: &str, kind: OwnedKind, created: bool) -> OwnedPath {
+        OwnedPath {
+            path: p.into(),
+            kind,
+            mode: 0o644,
+            size: 3,
+            digest: Some("ab".into()),
+            original: None,
+            created,
         }
     }
 
@@ -529,48 +878,107 @@ mod tests {
     }
 
     #[test]
-    fn commit_install_records_ownership_state_and_history_together() {
+    fn commit_records_ownership_state_and_history_together() {
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(d.path()).unwrap();
-        let tx = s.begin_tx("u", "install").unwrap();
+        let tx = s.begin_tx("u", TxOperation::Install).unwrap();
         let e = JournalEntry {
             path: "a/b".into(),
-            kind: "file".into(),
+            kind: JournalKind::File,
             backup: Some("backups/1/0".into()),
+            keep_backup: true,
             mode: 0,
             source: None,
         };
         s.journal(tx, 0, std::slice::from_ref(&e)).unwrap();
-        assert_eq!(s.unfinished_txs().unwrap()[0].state, "open");
-        let rec = Installed {
-            update_id: "u".into(),
-            revision: 2,
-            title: "T".into(),
-            handler: "files".into(),
-            installed_at: jiff::Timestamp::now(),
-            reboot_required: true,
-        };
-        s.commit_install(
+        assert_eq!(s.journal_entries(tx).unwrap(), vec![e]);
+        assert_eq!(s.unfinished_txs().unwrap()[0].state, TxState::Open);
+        let owned = [
+            path("a", OwnedKind::Dir, true),
+            path("a/b", OwnedKind::File, false),
+        ];
+        s.commit(
             tx,
-            &rec,
-            &entry(
-                "u",
-                UpdateOperation::Installation,
-                OperationResultCode::Succeeded,
-            ),
+            &Commit {
+                installed: Some((&rec("u", 2), &owned)),
+                history: &[entry(
+                    "u",
+                    UpdateOperation::Installation,
+                    OperationResultCode::Succeeded,
+                )],
+                reboot_required: true,
+                ..Default::default()
+            },
         )
         .unwrap();
-        assert_eq!(s.unfinished_txs().unwrap()[0].state, "committed");
-        assert_eq!(s.owned("u").unwrap(), vec![e]);
+        assert_eq!(s.unfinished_txs().unwrap()[0].state, TxState::Committed);
+        assert_eq!(s.owned("u").unwrap(), owned);
         assert_eq!(s.installed().unwrap()[0].revision, 2);
+        assert_eq!(s.owned_size("u").unwrap(), 6);
         assert!(s.reboot_pending().unwrap());
         s.end_tx(tx).unwrap();
         assert!(s.unfinished_txs().unwrap().is_empty());
         assert_eq!(
             s.owned("u").unwrap().len(),
-            1,
+            2,
             "ownership outlives the journal"
         );
+    }
+
+    #[test]
+    fn a_removed_update_passes_the_directories_it_created_to_their_other_users() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        for (id, created) in [("a", true), ("b", false)] {
+            let tx = s.begin_tx(id, TxOperation::Install).unwrap();
+            let owned = [
+                path("opt", OwnedKind::Dir, created),
+                path(&format!("opt/{id}"), OwnedKind::File, false),
+            ];
+            s.commit(
+                tx,
+                &Commit {
+                    installed: Some((&rec(id, 1), &owned)),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        }
+        let tx = s.begin_tx("a", TxOperation::Uninstall).unwrap();
+        s.commit(
+            tx,
+            &Commit {
+                removed: &["a".to_string()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(s.owned("a").unwrap().is_empty());
+        assert_eq!(s.installed().unwrap().len(), 1);
+        assert!(
+            s.owned("b").unwrap()[0].created,
+            "b now removes opt when it goes"
+        );
+    }
+
+    #[test]
+    fn unknown_journal_entries_stop_recovery_with_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let tx = s.begin_tx("u", TxOperation::Install).unwrap();
+        s.conn
+            .execute(
+                "INSERT INTO journal VALUES (?1, 0, 'chmod', 'a', NULL, 0, 0, NULL)",
+                [tx],
+            )
+            .unwrap();
+        let e = s.journal_entries(tx).unwrap_err();
+        assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains("chmod"), "{e}");
+        s.conn
+            .execute("UPDATE tx SET operation = 'frobnicate'", [])
+            .unwrap();
+        assert!(s.unfinished_txs().is_err());
     }
 
     #[test]

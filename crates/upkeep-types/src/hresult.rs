@@ -54,6 +54,11 @@ codes! {
     E_FAIL = 0x8000_4005u32, "unspecified failure";
     /// An argument was invalid.
     E_INVALIDARG = 0x8007_0057u32, "an argument is invalid";
+    /// `HRESULT_FROM_WIN32(ERROR_FILE_EXISTS)`: a path the update writes belongs to
+    /// another installed update that it does not supersede.
+    E_FILE_EXISTS = 0x8007_0050u32, "a path belongs to another installed update";
+    /// `HRESULT_FROM_WIN32(ERROR_DISK_FULL)`: not enough free space for the operation.
+    E_DISK_FULL = 0x8007_0070u32, "not enough free disk space";
     /// The agent could not provide the service.
     WU_E_NO_SERVICE = 0x8024_0001u32, "the agent could not provide the service";
     /// An ID was not found.

@@ -73,11 +73,43 @@ pub enum Handler {
         /// How long the command may run, in seconds.
         #[serde(default = "default_timeout")]
         timeout_secs: u64,
+        /// Exit codes that mean success (default `[0]`).
+        #[serde(default = "default_success_codes")]
+        success_exit_codes: Vec<i64>,
+        /// Exit codes that mean success with a restart required (default `[3010, 1641]`,
+        /// as Windows installers and Intune's return-code table use them; a Linux exit
+        /// status has 8 bits, so a script declares its own, e.g. `[194]`).
+        #[serde(default = "default_reboot_codes")]
+        reboot_exit_codes: Vec<i64>,
     },
 }
 
 fn default_timeout() -> u64 {
     3600
+}
+
+/// The default `success_exit_codes`.
+pub fn default_success_codes() -> Vec<i64> {
+    vec![0]
+}
+
+/// The default `reboot_exit_codes`.
+pub fn default_reboot_codes() -> Vec<i64> {
+    vec![3010, 1641]
+}
+
+impl Handler {
+    /// A `command` handler with these install arguments, no uninstall command, the default
+    /// timeout and the default exit-code tables.
+    pub fn command(arguments: Vec<String>) -> Handler {
+        Handler::Command {
+            arguments,
+            uninstall_arguments: None,
+            timeout_secs: default_timeout(),
+            success_exit_codes: default_success_codes(),
+            reboot_exit_codes: default_reboot_codes(),
+        }
+    }
 }
 
 impl Handler {
@@ -271,9 +303,30 @@ impl UpdateMetadata {
                 "an update cannot supersede itself".into(),
             ));
         }
-        if let Handler::Command { timeout_secs, .. } = &self.handler {
+        if let Handler::Command {
+            timeout_secs,
+            success_exit_codes,
+            reboot_exit_codes,
+            ..
+        } = &self.handler
+        {
             if *timeout_secs == 0 {
                 return Err(err("handler.timeout_secs", "must be at least 1".into()));
+            }
+            if success_exit_codes.is_empty() {
+                return Err(err(
+                    "handler.success_exit_codes",
+                    "must name at least one code".into(),
+                ));
+            }
+            if let Some(c) = success_exit_codes
+                .iter()
+                .find(|c| reboot_exit_codes.contains(c))
+            {
+                return Err(err(
+                    "handler.reboot_exit_codes",
+                    format!("{c} is also a success code"),
+                ));
             }
         }
         Ok(())
@@ -323,6 +376,26 @@ pub struct UpdateState {
     pub reboot_required: bool,
     /// Installed for at least one product (equals `is_installed` here).
     pub is_present: bool,
+    /// The revision installed on this machine, if any: equal to the update's own revision
+    /// when it is installed, lower when this update is an upgrade of what is installed.
+    pub installed_revision: Option<u32>,
+}
+
+/// What the agent keeps of an installed update, so that it can be shown and uninstalled
+/// after the repository removed or replaced it: the signed record and its resolved files,
+/// as they were when it was installed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UpdateRecord {
+    /// The signed metadata.
+    pub metadata: UpdateMetadata,
+    /// The content files.
+    pub content: Vec<ContentFile>,
+    /// The license text's target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eula: Option<ContentFile>,
+    /// The bootstrapper's target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrapper: Option<ContentFile>,
 }
 
 /// A failure of a state change requested through an update (`accept_eula`,
@@ -354,9 +427,11 @@ struct UpdateInner {
     eula_file: Option<ContentFile>,
     bootstrapper: Option<ContentFile>,
     state: UpdateState,
-    /// `accept_eula` and `set_is_hidden` change these for every clone of the update.
+    /// `accept_eula`, `set_is_hidden` and a finished download change these for every
+    /// clone of the update.
     eula_accepted: std::sync::atomic::AtomicBool,
     hidden: std::sync::atomic::AtomicBool,
+    downloaded: std::sync::atomic::AtomicBool,
     sink: Option<Arc<dyn StateSink>>,
 }
 
@@ -382,6 +457,7 @@ impl Update {
         Update(Arc::new(UpdateInner {
             eula_accepted: state.eula_accepted.into(),
             hidden: state.is_hidden.into(),
+            downloaded: state.is_downloaded.into(),
             metadata,
             content,
             eula_file,
@@ -389,6 +465,27 @@ impl Update {
             state,
             sink: None,
         }))
+    }
+
+    /// An update from what the agent kept of it at install.
+    pub fn from_record(record: UpdateRecord, state: UpdateState) -> Update {
+        Update::new(
+            record.metadata,
+            record.content,
+            record.eula,
+            record.bootstrapper,
+            state,
+        )
+    }
+
+    /// What the agent keeps of this update when it installs it.
+    pub fn record(&self) -> UpdateRecord {
+        UpdateRecord {
+            metadata: self.0.metadata.clone(),
+            content: self.0.content.clone(),
+            eula: self.0.eula_file.clone(),
+            bootstrapper: self.0.bootstrapper.clone(),
+        }
     }
 
     /// A copy of this update with other per-machine state.
@@ -599,9 +696,22 @@ impl Update {
     pub fn is_hidden(&self) -> bool {
         self.0.hidden.load(std::sync::atomic::Ordering::SeqCst)
     }
-    /// `IsDownloaded`: all content is cached and verified.
+    /// `IsDownloaded`: all content is cached and verified — as the search found it, or
+    /// since a download job on this update (or a clone of it) succeeded.
     pub fn is_downloaded(&self) -> bool {
-        self.0.state.is_downloaded
+        self.0.downloaded.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    /// Records that every content file is now cached and verified (the downloader calls
+    /// this when the update's download succeeds); every clone sees it.
+    pub fn mark_downloaded(&self) {
+        self.0
+            .downloaded
+            .store(true, std::sync::atomic::Ordering::SeqCst)
+    }
+    /// The revision installed on this machine when the search ran: this update's own
+    /// revision, a lower one (this update is an upgrade), or none.
+    pub fn installed_revision(&self) -> Option<u32> {
+        self.0.state.installed_revision
     }
     /// `EulaAccepted`; true for an update without a EULA.
     pub fn eula_accepted(&self) -> bool {
@@ -784,10 +894,14 @@ mod tests {
             Handler::Command {
                 timeout_secs,
                 uninstall_arguments,
+                success_exit_codes,
+                reboot_exit_codes,
                 ..
             } => {
                 assert_eq!(timeout_secs, 3600);
                 assert_eq!(uninstall_arguments, None);
+                assert_eq!(success_exit_codes, [0]);
+                assert_eq!(reboot_exit_codes, [3010, 1641]);
             }
             _ => panic!("wrong handler"),
         }

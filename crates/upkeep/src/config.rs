@@ -107,14 +107,17 @@ impl Config {
     }
 
     /// Fills defaults: state in `/var/lib/upkeep` for root, else
-    /// `$XDG_STATE_HOME/upkeep` or `~/.local/state/upkeep`; install root `/`.
+    /// `$XDG_STATE_HOME/upkeep` or `~/.local/state/upkeep`; install root `/`. Relative
+    /// state and install paths are made absolute against the current directory, so that
+    /// what a `command` update is told is the same wherever it runs.
     pub fn resolve(self) -> ResolvedConfig {
-        let state_dir = self.state_dir.unwrap_or_else(default_state_dir);
+        let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+        let state_dir = absolute(self.state_dir.unwrap_or_else(default_state_dir));
         ResolvedConfig {
             repository: self.repository,
             trusted_root: self.trusted_root,
             state_dir,
-            install_root: self.install_root.unwrap_or_else(|| PathBuf::from("/")),
+            install_root: absolute(self.install_root.unwrap_or_else(|| PathBuf::from("/"))),
             client_application_id: self
                 .client_application_id
                 .unwrap_or_else(|| "Unknown".to_string()),

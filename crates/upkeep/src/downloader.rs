@@ -344,9 +344,19 @@ impl UpdateDownloader {
             });
         let plan = Arc::new(Plan::new(plan, &bases, consistent));
         let priority = self.priority;
+        let done_updates = updates.clone();
         let job = Job::spawn("upkeep-download", initial, state, callbacks, move |ctx| {
             let ctx = ctx.clone();
-            engine.clone().block_on(run(ctx, engine, plan, priority))
+            let r = engine.clone().block_on(run(ctx, engine, plan, priority));
+            // `IsDownloaded` of these very objects (and their clones) follows the download.
+            if let Ok(r) = &r {
+                for (u, res) in done_updates.iter().zip(&r.results) {
+                    if res.result_code == OperationResultCode::Succeeded {
+                        u.mark_downloaded();
+                    }
+                }
+            }
+            r
         })
         .map_err(|e| {
             Error::new(

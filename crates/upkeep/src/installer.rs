@@ -4,20 +4,17 @@
 //! One install or uninstall runs at a time per state directory, across processes: `begin_*`
 //! takes `<state_dir>/install.lock` or fails with `WU_E_INSTALL_NOT_ALLOWED`, and
 //! [`UpdateInstaller::is_busy`] is true meanwhile. Updates are installed one after another in
-//! collection order, each in its own crash-safe transaction; an update that fails is rolled
-//! back and the next one goes on. Abort stops at the next safe point of the current update
-//! (which is rolled back) and ends the rest `Aborted`.
+//! collection order, each in its own crash-safe transaction of the install engine
+//! (`upkeep-install`: installs, upgrades that replace earlier revisions and superseded
+//! updates, uninstalls from the installed record); an update that fails is rolled back and
+//! the next one goes on. Abort stops at the next safe point of the current update (which is
+//! rolled back) and ends the rest `Aborted`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use upkeep_install::{command, files, tx, InstallError};
+use upkeep_install::engine::{Engine, InstallRequest, UninstallRequest};
 use upkeep_job::{Callbacks, Job};
-use upkeep_store::{HistoryEntry, Installed, Store};
-use upkeep_types::{
-    HResult, Handler, InstallationImpact, InstallationRebootBehavior, OperationResultCode, Update,
-    UpdateCollection, UpdateOperation,
-};
+use upkeep_types::{HResult, InstallationImpact, OperationResultCode, Update, UpdateCollection};
 
 use crate::error::{Error, Result};
 use crate::search_job::AsyncState;
@@ -370,6 +367,27 @@ fn percent(x: f64) -> i32 {
     (x * 100.0).clamp(0.0, 100.0) as i32
 }
 
+/// The job's progress and abort, as the install engine sees them: one update's fraction
+/// mapped into the job's snapshot.
+struct JobReporter<'a> {
+    ctx: &'a Ctx,
+    index: usize,
+    count: usize,
+}
+
+impl upkeep_install::Reporter for JobReporter<'_> {
+    fn on_progress(&self, f: f64) {
+        let (i, n) = (self.index as f64, self.count as f64);
+        self.ctx.update(|p| {
+            p.current_update_percent_complete = p.current_update_percent_complete.max(percent(f));
+            p.percent_complete = p.percent_complete.max(percent((i + f) / n));
+        })
+    }
+    fn is_cancelled(&self) -> bool {
+        self.ctx.is_abort_requested()
+    }
+}
+
 fn run(
     ctx: &Ctx,
     session: &UpdateSession,
@@ -378,10 +396,14 @@ fn run(
     forced: bool,
 ) -> Result<InstallationResult> {
     let store = session.store()?;
+    let layout = session.layout()?;
+    let cache = session.content_cache()?;
+    let client = session.client_application_id();
+    let engine = Engine::new(&store, &layout, &client);
+    let supersedes = session.supersedence();
     let n = updates.len();
     let mut results =
         vec![UpdateInstallationResult::new(OperationResultCode::NotStarted, HResult::S_OK); n];
-    let client = session.client_application_id();
     for (i, u) in updates.iter().enumerate() {
         if ctx.is_abort_requested() {
             results[i] = UpdateInstallationResult::new(
@@ -397,41 +419,46 @@ fn run(
             p.current_update_percent_complete = 0;
             p.results = snapshot;
         });
-        let mut progress = |f: f64| {
-            ctx.update(|p| {
-                p.current_update_percent_complete =
-                    p.current_update_percent_complete.max(percent(f));
-                p.percent_complete = p.percent_complete.max(percent((i as f64 + f) / n as f64));
-            })
+        let reporter = JobReporter {
+            ctx,
+            index: i,
+            count: n,
         };
-        let abort = || ctx.is_abort_requested();
-        let history = |code: OperationResultCode, hresult: HResult, unmapped: i64| HistoryEntry {
-            operation: match op {
-                Operation::Install => UpdateOperation::Installation,
-                Operation::Uninstall => UpdateOperation::Uninstallation,
-            },
-            result_code: code,
-            hresult,
-            date: jiff::Timestamp::now(),
-            update_id: u.identity().update_id.to_string(),
-            revision: u.identity().revision_number,
-            title: u.title().to_string(),
-            client_application_id: client.clone(),
-            unmapped_result_code: unmapped,
-        };
+        let record = u.record();
+        let cached: Vec<_> = u.download_contents().iter().map(|f| cache.get(f)).collect();
+        let id = u.identity().update_id.to_string();
         let outcome = match op {
             Operation::Install => {
-                install_one(session, &store, u, forced, &history, &mut progress, &abort)
+                if u.eula_accepted() && u.metadata().eula.is_some() {
+                    store.accept_eula(&id, u.identity().revision_number)?;
+                }
+                let accepted = store.accepted_eulas()?;
+                engine.install(
+                    &InstallRequest {
+                        update: &record,
+                        cached,
+                        eula_accepted: u.eula_accepted()
+                            || accepted.contains(&(id.clone(), u.identity().revision_number)),
+                        supersedes: supersedence_closure(&supersedes, u),
+                        forced,
+                    },
+                    &reporter,
+                )
             }
-            Operation::Uninstall => {
-                uninstall_one(session, &store, u, forced, &history, &mut progress, &abort)
-            }
+            Operation::Uninstall => engine.uninstall(
+                &UninstallRequest {
+                    update_id: &id,
+                    fallback: Some(&record),
+                    fallback_cached: cached,
+                },
+                &reporter,
+            ),
         };
         results[i] = match outcome {
-            Ok(reboot) => UpdateInstallationResult {
+            Ok(done) => UpdateInstallationResult {
                 result_code: OperationResultCode::Succeeded,
                 hresult: HResult::S_OK,
-                reboot_required: reboot,
+                reboot_required: done.reboot_required,
             },
             Err(e) => {
                 let code = if e.hresult == HResult::WU_E_CALL_CANCELLED {
@@ -440,9 +467,6 @@ fn run(
                     OperationResultCode::Failed
                 };
                 tracing::warn!("{} {}: {}", u.identity().update_id, u.title(), e.message);
-                if let Err(h) = store.add_history(&history(code, e.hresult, e.unmapped)) {
-                    tracing::error!("recording history: {h}");
-                }
                 UpdateInstallationResult::new(code, e.hresult)
             }
         };
@@ -467,239 +491,19 @@ fn run(
     })
 }
 
-/// The cached copy of every content file, or `WU_E_DM_NOTDOWNLOADED`.
-fn cached_content(
-    session: &UpdateSession,
+/// The ids `u` supersedes, followed through every update the session's catalog knows.
+fn supersedence_closure(
+    graph: &std::collections::HashMap<uuid::Uuid, Vec<uuid::Uuid>>,
     u: &Update,
-) -> std::result::Result<Vec<std::path::PathBuf>, InstallError> {
-    let cache = session
-        .content_cache()
-        .map_err(|e| InstallError::new(e.hresult(), e.message().to_string()))?;
-    u.download_contents()
-        .iter()
-        .map(|f| {
-            cache.get(f).ok_or_else(|| {
-                InstallError::new(
-                    HResult::WU_E_DM_NOTDOWNLOADED,
-                    format!(
-                        "update {} ({}): {} is not downloaded",
-                        u.identity().update_id,
-                        u.title(),
-                        f.path
-                    ),
-                )
-            })
-        })
-        .collect()
-}
-
-fn err(e: Error) -> InstallError {
-    InstallError::new(e.hresult(), e.message().to_string())
-}
-
-fn file_name(path: &str) -> String {
-    path.rsplit('/').next().unwrap_or(path).to_string()
-}
-
-fn install_one(
-    session: &UpdateSession,
-    store: &Store,
-    u: &Update,
-    forced: bool,
-    history: &dyn Fn(OperationResultCode, HResult, i64) -> HistoryEntry,
-    progress: &mut dyn FnMut(f64),
-    abort: &dyn Fn() -> bool,
-) -> std::result::Result<bool, InstallError> {
-    let id = u.identity().update_id.to_string();
-    let rev = u.identity().revision_number;
-    let installed = store.installed()?.into_iter().find(|i| i.update_id == id);
-    if !forced && installed.as_ref().is_some_and(|i| i.revision >= rev) {
-        return Ok(installed.is_some_and(|i| i.reboot_required));
-    }
-    if installed.is_some() {
-        // A new revision (or a forced reinstall) replaces the old one: uninstall it first,
-        // so that the new one's backups are of the files from before any revision.
-        uninstall_one(session, store, u, true, history, &mut |_| {}, abort)?;
-    }
-    if u.metadata().eula.is_some()
-        && !u.eula_accepted()
-        && !store.accepted_eulas()?.contains(&(id.clone(), rev))
-    {
-        return Err(InstallError::new(
-            HResult::WU_E_EULAS_DECLINED,
-            format!(
-                "update {id} ({}): its license terms were not accepted",
-                u.title()
-            ),
-        ));
-    }
-    if u.eula_accepted() && u.metadata().eula.is_some() {
-        store.accept_eula(&id, rev)?;
-    }
-    let paths = cached_content(session, u)?;
-    let layout = session.layout().map_err(err)?;
-    let always_reboot = u.metadata().installation_behavior.reboot_behavior
-        == InstallationRebootBehavior::AlwaysRequiresReboot;
-    let (t, reboot, unmapped) = match u.handler() {
-        Handler::Files => {
-            let f = &u.download_contents()[0];
-            let payload = files::Payload {
-                path: paths[0].clone(),
-                length: f.length,
-                sha256: f.hashes.get("sha256").map(str::to_string),
-            };
-            (
-                files::install(store, &layout, &id, &payload, progress, abort)?,
-                always_reboot,
-                0,
-            )
-        }
-        Handler::Command {
-            arguments,
-            timeout_secs,
-            ..
-        } => {
-            let out = run_command(
-                session,
-                u,
-                &paths,
-                arguments,
-                *timeout_secs,
-                "install",
-                &layout,
-                progress,
-                abort,
-            )?;
-            let t = tx::Tx::begin(store, &layout, &id, "install")?;
-            (t, always_reboot || out.reboot_required, out.exit_code)
-        }
-    };
-    let rec = Installed {
-        update_id: id,
-        revision: rev,
-        title: u.title().to_string(),
-        handler: u.handler_id().to_string(),
-        installed_at: jiff::Timestamp::now(),
-        reboot_required: reboot,
-    };
-    let h = history(OperationResultCode::Succeeded, HResult::S_OK, unmapped);
-    t.commit(|s, txid| Ok(s.commit_install(txid, &rec, &h)?))?;
-    Ok(reboot)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn run_command(
-    session: &UpdateSession,
-    u: &Update,
-    paths: &[std::path::PathBuf],
-    arguments: &[String],
-    timeout_secs: u64,
-    operation: &str,
-    layout: &upkeep_install::Layout,
-    progress: &mut dyn FnMut(f64),
-    abort: &dyn Fn() -> bool,
-) -> std::result::Result<command::Outcome, InstallError> {
-    let inv = command::Invocation {
-        files: paths
-            .iter()
-            .zip(u.download_contents())
-            .map(|(p, f)| command::RunFile {
-                cached: p.clone(),
-                name: file_name(&f.path),
-                sha256: f.hashes.get("sha256").map(str::to_string),
-            })
-            .collect(),
-        arguments: arguments.to_vec(),
-        timeout: Duration::from_secs(timeout_secs),
-        operation: operation.into(),
-        install_root: session.config().install_root.clone(),
-        update_id: u.identity().update_id.to_string(),
-        revision: u.identity().revision_number,
-        run_dir: layout
-            .work
-            .join("run")
-            .join(u.identity().update_id.to_string()),
-    };
-    command::run(&inv, progress, abort)
-}
-
-fn uninstall_one(
-    session: &UpdateSession,
-    store: &Store,
-    u: &Update,
-    forced: bool,
-    history: &dyn Fn(OperationResultCode, HResult, i64) -> HistoryEntry,
-    progress: &mut dyn FnMut(f64),
-    abort: &dyn Fn() -> bool,
-) -> std::result::Result<bool, InstallError> {
-    let id = u.identity().update_id.to_string();
-    if !u.is_uninstallable() {
-        return Err(InstallError::new(
-            HResult::WU_E_UNINSTALL_NOT_ALLOWED,
-            format!("update {id} ({}) cannot be uninstalled", u.title()),
-        ));
-    }
-    let installed = store.installed()?.into_iter().find(|i| i.update_id == id);
-    if installed.is_none() && !forced {
-        return Err(InstallError::new(
-            HResult::WU_E_NOT_APPLICABLE,
-            format!("update {id} ({}) is not installed", u.title()),
-        ));
-    }
-    let layout = session.layout().map_err(err)?;
-    let behavior = u
-        .metadata()
-        .uninstallation_behavior
-        .clone()
-        .unwrap_or_else(|| u.metadata().installation_behavior.clone());
-    let mut reboot = behavior.reboot_behavior == InstallationRebootBehavior::AlwaysRequiresReboot;
-    let mut unmapped = 0;
-    let mut t = tx::Tx::begin(store, &layout, &id, "uninstall")?;
-    let plan = match u.handler() {
-        Handler::Files => tx::uninstall_plan(&store.owned(&id)?),
-        Handler::Command {
-            uninstall_arguments,
-            timeout_secs,
-            ..
-        } => {
-            let Some(args) = uninstall_arguments else {
-                t.rollback()?;
-                return Err(InstallError::new(
-                    HResult::WU_E_UNINSTALL_NOT_ALLOWED,
-                    format!("update {id} ({}) declares no uninstall command", u.title()),
-                ));
-            };
-            let ran = cached_content(session, u).and_then(|paths| {
-                run_command(
-                    session,
-                    u,
-                    &paths,
-                    args,
-                    *timeout_secs,
-                    "uninstall",
-                    &layout,
-                    progress,
-                    abort,
-                )
-            });
-            match ran {
-                Ok(out) => {
-                    reboot |= out.reboot_required;
-                    unmapped = out.exit_code;
-                }
-                Err(e) => {
-                    t.rollback()?;
-                    return Err(e);
-                }
+) -> Vec<String> {
+    let mut seen: std::collections::HashSet<uuid::Uuid> = std::collections::HashSet::new();
+    let mut todo: Vec<uuid::Uuid> = u.superseded_update_ids().to_vec();
+    while let Some(id) = todo.pop() {
+        if seen.insert(id) {
+            if let Some(next) = graph.get(&id) {
+                todo.extend(next.iter().copied());
             }
-            Vec::new()
         }
-    };
-    if let Err(e) = t.apply(&plan, progress, abort) {
-        t.rollback()?;
-        return Err(e);
     }
-    let h = history(OperationResultCode::Succeeded, HResult::S_OK, unmapped);
-    t.commit(|s, txid| Ok(s.commit_uninstall(txid, &id, reboot, &h)?))?;
-    Ok(reboot)
+    seen.into_iter().map(|id| id.to_string()).collect()
 }

@@ -125,7 +125,9 @@ pub use installer::{
     UpdateInstaller,
 };
 pub use search_job::{AsyncState, SearchCompletedCallback, SearchCompletedCallbackArgs, SearchJob};
-pub use session::{SearchResult, UpdateSearcher, UpdateSession, UpdateSessionBuilder};
+pub use session::{
+    InstalledUpdate, SearchResult, UpdateSearcher, UpdateSession, UpdateSessionBuilder,
+};
 pub use upkeep_store::HistoryEntry as UpdateHistoryEntry;
 pub use upkeep_tuf::Limits;
 pub use upkeep_types::*;

@@ -375,21 +375,45 @@ pub(crate) struct LocalState {
 }
 
 impl LocalState {
+    /// The state of a published update: installed when this revision (or a later one) is;
+    /// an upgrade (not installed, with `installed_revision` set) when an earlier one is.
     pub(crate) fn state_of(&self, u: &Update) -> upkeep_types::UpdateState {
         let id = u.identity().update_id.to_string();
         let rev = u.identity().revision_number;
-        let inst = self.installed.get(&id).filter(|i| i.revision >= rev);
+        let any = self.installed.get(&id);
+        let inst = any.filter(|i| i.revision >= rev);
         upkeep_types::UpdateState {
             is_installed: inst.is_some(),
             is_present: inst.is_some(),
             is_hidden: self.hidden.contains(&id),
-            is_downloaded: !self.cached.is_empty()
-                && u.download_contents().iter().all(|f| {
-                    upkeep_transfer::cache_key(f).is_some_and(|k| self.cached.contains(&k))
-                }),
+            is_downloaded: self.is_cached(u),
             eula_accepted: self.eulas.contains(&(id, rev)),
             reboot_required: inst.is_some_and(|i| i.reboot_required),
+            installed_revision: any.map(|i| i.revision),
         }
+    }
+
+    fn is_cached(&self, u: &Update) -> bool {
+        !self.cached.is_empty()
+            && u.download_contents()
+                .iter()
+                .all(|f| upkeep_transfer::cache_key(f).is_some_and(|k| self.cached.contains(&k)))
+    }
+
+    /// An installed update as the agent recorded it at install, when it has the record.
+    fn installed_update(&self, i: &upkeep_store::Installed) -> Option<Update> {
+        let record = i.record.clone()?;
+        let u = Update::from_record(record, upkeep_types::UpdateState::default());
+        let st = upkeep_types::UpdateState {
+            is_installed: true,
+            is_present: true,
+            is_hidden: self.hidden.contains(&i.update_id),
+            is_downloaded: self.is_cached(&u),
+            eula_accepted: self.eulas.contains(&(i.update_id.clone(), i.revision)),
+            reboot_required: i.reboot_required,
+            installed_revision: Some(i.revision),
+        };
+        Some(u.with_state(st))
     }
 }
 
@@ -484,6 +508,50 @@ impl UpdateSession {
         })
     }
 
+    /// Who supersedes whom, as the catalog in memory knows it (no refresh): id → the ids
+    /// it supersedes.
+    pub(crate) fn supersedence(&self) -> std::collections::HashMap<uuid::Uuid, Vec<uuid::Uuid>> {
+        let cache = self.inner.catalog.lock().expect("not poisoned");
+        cache
+            .as_ref()
+            .map(|(_, cat)| {
+                cat.entries()
+                    .iter()
+                    .filter(|u| !u.superseded_update_ids().is_empty())
+                    .map(|u| (u.identity().update_id, u.superseded_update_ids().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every installed update, from the records the agent keeps (no repository needed),
+    /// oldest install first.
+    pub fn installed_updates(&self) -> Result<Vec<InstalledUpdate>> {
+        let store = self.store()?;
+        let local = self.local_state()?;
+        let mut out = Vec::new();
+        for i in store.installed()? {
+            let size_on_disk = store.owned_size(&i.update_id)?;
+            let update = local.installed_update(&i).map(|u| {
+                u.with_state_and_sink(
+                    u.state().clone(),
+                    Some(Arc::new(SessionSink(self.clone())) as Arc<dyn upkeep_types::StateSink>),
+                )
+            });
+            out.push(InstalledUpdate {
+                update_id: i.update_id,
+                revision: i.revision,
+                title: i.title,
+                handler: i.handler,
+                installed_at: i.installed_at,
+                reboot_required: i.reboot_required,
+                size_on_disk,
+                update,
+            });
+        }
+        Ok(out)
+    }
+
     /// The install root and its work directory.
     pub(crate) fn layout(&self) -> Result<upkeep_install::Layout> {
         Ok(upkeep_install::Layout::new(
@@ -537,6 +605,29 @@ impl UpdateSession {
     ) -> Result<Vec<upkeep_store::HistoryEntry>> {
         Ok(self.store()?.history(start, count)?)
     }
+}
+
+/// An installed update as the agent keeps it (not WUA's: WUA answers `IsInstalled=1`
+/// searches only; this also works with no repository at all).
+#[derive(Clone, Debug)]
+pub struct InstalledUpdate {
+    /// The update id.
+    pub update_id: String,
+    /// The installed revision.
+    pub revision: u32,
+    /// Its title.
+    pub title: String,
+    /// Its handler id.
+    pub handler: String,
+    /// When it was installed (or last upgraded).
+    pub installed_at: jiff::Timestamp,
+    /// Its install asked for a restart that has not happened yet.
+    pub reboot_required: bool,
+    /// Bytes of the files it owns.
+    pub size_on_disk: u64,
+    /// The update from its installed record (`None` for one installed by an agent that
+    /// kept no record).
+    pub update: Option<Update>,
 }
 
 fn metadata_url(repo: &str) -> String {
@@ -611,28 +702,71 @@ impl UpdateSearcher {
         let catalog = self.session.catalog(self.online)?;
         let local = self.session.local_state()?;
         let sink: Arc<dyn upkeep_types::StateSink> = Arc::new(SessionSink(self.session.clone()));
-        // Per-machine state first (installed, hidden, downloaded…), so criteria see it.
+        // Per-machine state first (installed, hidden, downloaded…), so criteria see it. An
+        // installed update is shown at its installed revision, from its own record — also
+        // when the repository has a newer revision (shown as well, as an upgrade) or no
+        // longer has it at all.
         let mut installed_supersede: HashSet<uuid::Uuid> = HashSet::new();
         let mut updates: Vec<Update> = Vec::new();
-        for u in catalog.entries() {
-            let st = local.state_of(u);
-            if st.is_installed {
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut consider = |u: Update, updates: &mut Vec<Update>| {
+            if u.is_installed() {
                 installed_supersede.extend(u.superseded_update_ids().iter().copied());
             }
-            let u = u.with_state_and_sink(st, Some(sink.clone()));
             if criteria.matches(&u) {
                 updates.push(u);
             }
+        };
+        for u in catalog.entries() {
+            let id = u.identity().update_id.to_string();
+            let st = local.state_of(u);
+            let published = u.with_state_and_sink(st, Some(sink.clone()));
+            match local.installed.get(&id) {
+                Some(i) => {
+                    seen.insert(id.clone());
+                    let mine = local
+                        .installed_update(i)
+                        .map(|m| m.with_state_and_sink(m.state().clone(), Some(sink.clone())));
+                    match mine {
+                        // This revision is installed: one entry, from the record.
+                        Some(m) if i.revision >= u.identity().revision_number => {
+                            consider(m, &mut updates)
+                        }
+                        // An earlier one: both, the published one as an upgrade.
+                        Some(m) => {
+                            consider(m, &mut updates);
+                            consider(published, &mut updates);
+                        }
+                        // Installed by an agent that kept no record: the published one
+                        // stands for it.
+                        None => consider(published, &mut updates),
+                    }
+                }
+                None => consider(published, &mut updates),
+            }
+        }
+        for i in local.installed.values() {
+            if seen.contains(&i.update_id) {
+                continue;
+            }
+            if let Some(m) = local.installed_update(i) {
+                consider(
+                    m.with_state_and_sink(m.state().clone(), Some(sink.clone())),
+                    &mut updates,
+                );
+            }
         }
         if !self.include_superseded {
-            // Superseded by another update in the result, or by an installed one.
+            // Updates not installed that another update in the result, or an installed
+            // one, supersedes. Installed updates stay in view.
             let superseded: HashSet<uuid::Uuid> = updates
                 .iter()
                 .flat_map(|u| u.superseded_update_ids().iter().copied())
                 .chain(installed_supersede)
                 .collect();
             if !superseded.is_empty() {
-                updates.retain(|u| !superseded.contains(&u.identity().update_id));
+                updates
+                    .retain(|u| u.is_installed() || !superseded.contains(&u.identity().update_id));
             }
         }
         let warnings = catalog.warnings().to_vec();

@@ -36,6 +36,9 @@ fn command(
         arguments: vec!["install-arg".into()],
         uninstall_arguments: uninstall.map(|a| vec![a.to_string()]),
         timeout_secs,
+        success_exit_codes: vec![0],
+        // 3010 as a Linux exit status.
+        reboot_exit_codes: vec![194],
     };
     (m, format!("#!/bin/sh\n{script}\n").into_bytes())
 }
@@ -306,7 +309,7 @@ exit 9"#,
                 60,
             ),
             command(2, "reboot", "exit 194", None, 60),
-            command(3, "initiated", "exit 105", None, 60),
+            command(3, "not in the table", "exit 105", None, 60),
             command(4, "fails", "echo broken >&2; exit 7", None, 60),
             command(5, "hangs", "exec sleep 30", None, 1),
             command(6, "killed", "kill -KILL $$", None, 60),
@@ -324,7 +327,12 @@ exit 9"#,
         code(0)
     );
     assert!(!code(0).reboot_required());
-    assert!(code(1).reboot_required() && code(2).reboot_required());
+    assert!(code(1).reboot_required());
+    assert_eq!(
+        code(2).hresult(),
+        HResult::WU_E_UH_INSTALLERFAILURE,
+        "only the update's own codes are success"
+    );
     assert_eq!(code(3).hresult(), HResult::WU_E_UH_INSTALLERFAILURE);
     assert_eq!(code(4).hresult(), HResult::WU_E_UH_TIMEOUT);
     assert_eq!(code(5).hresult(), HResult::WU_E_UH_INSTALLERFAILURE);
@@ -342,8 +350,8 @@ exit 9"#,
             .unmapped_result_code
     };
     assert_eq!(raw("fails"), 7);
-    assert_eq!(raw("reboot"), 3010);
-    assert_eq!(raw("initiated"), 1641);
+    assert_eq!(raw("reboot"), 194);
+    assert_eq!(raw("not in the table"), 105);
     assert_eq!(
         raw("killed"),
         128 + 9,

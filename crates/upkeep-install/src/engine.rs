@@ -1,0 +1,797 @@
+//! The install engine: install, upgrade and uninstall as plan → check → apply → commit.
+//!
+//! **Install.** An update whose id is not installed, and which supersedes nothing
+//! installed, is a first install. An update whose id is installed at a lower revision, or
+//! which supersedes installed updates (directly, or through updates the caller or the
+//! installed records know), is an **upgrade**: one transaction that replaces all of them.
+//! Files only the old updates had are put back as they were before any of them (or
+//! removed), files only the new one has are added, files whose content and mode are
+//! unchanged are not touched (same inode), changed files are replaced. Backups keep
+//! pointing at what was there before the first revision, so uninstalling the new one
+//! restores the root as it was before any revision. History gets one row for the upgrade
+//! (with the previous revision) and one row for each other update it replaced.
+//!
+//! **Checks**, all before the root changes: the license accepted, every content file cached
+//! (and its signed hashes right: payloads are re-hashed while staged, command content while
+//! pinned), free space for at least the content, and ownership — every file or symlink path
+//! belongs to at most one installed update; an update may write another installed update's
+//! path only if it supersedes it, else the install fails with `E_FILE_EXISTS` naming both
+//! updates and the path.
+//!
+//! **Uninstall** uses the installed record alone (its own removal rules, its own uninstall
+//! command and its pinned content), so it works after the repository removed or replaced
+//! the update. It never removes or restores a path another installed update owns, and a
+//! directory goes only when no installed update uses it.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use upkeep_store::{Commit, HistoryEntry, Installed, OwnedKind, OwnedPath, Store, TxOperation};
+use upkeep_types::{
+    HResult, Handler, InstallationRebootBehavior, OperationResultCode, UpdateOperation,
+    UpdateRecord,
+};
+
+use crate::command::{self, Invocation, RunFile};
+use crate::files::{Known, Payload, Staged, Stager};
+use crate::tx::{pinned_rel, Op, Planned, Tx};
+use crate::{checkpoint, InstallError, Layout, Reporter, Result, Step};
+
+/// Free space kept in reserve beyond what an operation is known to write.
+pub const SPACE_MARGIN: u64 = 4 << 20;
+
+/// What to install.
+#[derive(Clone, Debug)]
+pub struct InstallRequest<'a> {
+    /// The update's signed record.
+    pub update: &'a UpdateRecord,
+    /// Its content files in the cache, one per `update.content` entry (`None`: not
+    /// downloaded).
+    pub cached: Vec<Option<PathBuf>>,
+    /// Whether its license was accepted (ignored when it has none).
+    pub eula_accepted: bool,
+    /// Ids of updates it supersedes, as far as the caller knows them transitively; the
+    /// engine follows the installed records' own supersedence further.
+    pub supersedes: Vec<String>,
+    /// Reinstall even if this revision is installed, rewriting files that changed on disk.
+    pub forced: bool,
+}
+
+/// What to uninstall.
+#[derive(Clone, Debug)]
+pub struct UninstallRequest<'a> {
+    /// The update id.
+    pub update_id: &'a str,
+    /// The update as the repository has it now: used only for an update installed by an
+    /// agent that kept no record (schema 1).
+    pub fallback: Option<&'a UpdateRecord>,
+    /// Its cached content (for `fallback`).
+    pub fallback_cached: Vec<Option<PathBuf>>,
+}
+
+/// A successful operation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Done {
+    /// A restart is required to finish.
+    pub reboot_required: bool,
+    /// A command's raw exit code (0 for `files`).
+    pub exit_code: i64,
+    /// For an upgrade: the revision of the same update it replaced.
+    pub previous_revision: Option<u32>,
+    /// Other installed updates it replaced because it supersedes them.
+    pub replaced: Vec<String>,
+    /// Nothing was done: this revision (or a later one) is installed.
+    pub already_installed: bool,
+}
+
+/// The install engine over one install root and state database.
+pub struct Engine<'a> {
+    store: &'a Store,
+    layout: &'a Layout,
+    client_application_id: String,
+}
+
+fn title_of(i: &Installed) -> &str {
+    &i.title
+}
+
+fn depth(p: &str) -> usize {
+    p.matches('/').count()
+}
+
+/// Fails with `E_DISK_FULL` unless the filesystem holding `dir` has `need` bytes (plus a
+/// margin) available.
+fn check_space(dir: &Path, need: u64) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| InstallError::new(HResult::E_INVALIDARG, "a path with a NUL byte"))?;
+    // SAFETY: statvfs writes into the struct we pass and reads the NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(InstallError::io(dir, std::io::Error::last_os_error()));
+    }
+    let avail = st.f_bavail as u64 * st.f_frsize as u64;
+    if avail < need.saturating_add(SPACE_MARGIN) {
+        return Err(InstallError::new(
+            HResult::E_DISK_FULL,
+            format!(
+                "{}: {} bytes free, the operation needs at least {} (plus {} in reserve)",
+                dir.display(),
+                avail,
+                need,
+                SPACE_MARGIN
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn file_name(path: &str) -> String {
+    path.rsplit('/').next().unwrap_or(path).to_string()
+}
+
+/// The record's content files as they run beside a command: from `dir` (pinned) or the
+/// cache.
+fn run_files(record: &UpdateRecord, paths: &[PathBuf]) -> Vec<RunFile> {
+    paths
+        .iter()
+        .zip(&record.content)
+        .map(|(p, f)| RunFile {
+            cached: p.clone(),
+            name: file_name(&f.path),
+            sha256: f.hashes.get("sha256").map(str::to_string),
+        })
+        .collect()
+}
+
+fn always_reboot(b: &upkeep_types::InstallationBehavior) -> bool {
+    b.reboot_behavior == InstallationRebootBehavior::AlwaysRequiresReboot
+}
+
+impl<'a> Engine<'a> {
+    /// An engine recording `client_application_id` in history.
+    pub fn new(store: &'a Store, layout: &'a Layout, client_application_id: &str) -> Engine<'a> {
+        Engine {
+            store,
+            layout,
+            client_application_id: client_application_id.to_string(),
+        }
+    }
+
+    fn history(
+        &self,
+        operation: UpdateOperation,
+        id: &str,
+        revision: u32,
+        title: &str,
+        result: std::result::Result<&Done, &InstallError>,
+    ) -> HistoryEntry {
+        let (result_code, hresult, unmapped) = match result {
+            Ok(d) => (OperationResultCode::Succeeded, HResult::S_OK, d.exit_code),
+            Err(e) if e.hresult == HResult::WU_E_CALL_CANCELLED => {
+                (OperationResultCode::Aborted, e.hresult, e.unmapped)
+            }
+            Err(e) => (OperationResultCode::Failed, e.hresult, e.unmapped),
+        };
+        HistoryEntry {
+            operation,
+            result_code,
+            hresult,
+            date: jiff::Timestamp::now(),
+            update_id: id.to_string(),
+            revision,
+            title: title.to_string(),
+            client_application_id: self.client_application_id.clone(),
+            unmapped_result_code: unmapped,
+            previous_revision: result.ok().and_then(|d| d.previous_revision),
+            replaced_by: None,
+        }
+    }
+
+    fn record_failure(&self, h: HistoryEntry) {
+        if let Err(e) = self.store.add_history(&h) {
+            tracing::error!("recording history: {e}");
+        }
+    }
+
+    /// Installs (or upgrades to) `req.update`. On failure nothing in the root or the
+    /// state has changed but a history row recording the failure.
+    pub fn install(&self, req: &InstallRequest<'_>, reporter: &dyn Reporter) -> Result<Done> {
+        let m = &req.update.metadata;
+        let r = self.try_install(req, reporter);
+        if let Err(e) = &r {
+            self.record_failure(self.history(
+                UpdateOperation::Installation,
+                &m.id.to_string(),
+                m.revision,
+                &m.title,
+                Err(e),
+            ));
+        }
+        r
+    }
+
+    fn try_install(&self, req: &InstallRequest<'_>, reporter: &dyn Reporter) -> Result<Done> {
+        let record = req.update;
+        let m = &record.metadata;
+        let id = m.id.to_string();
+        let what = format!("update {id} ({})", m.title);
+        let installed = self.store.installed()?;
+        let prev = installed.iter().find(|i| i.update_id == id);
+        if let Some(p) = prev {
+            if !req.forced && p.revision >= m.revision {
+                return Ok(Done {
+                    reboot_required: p.reboot_required,
+                    already_installed: true,
+                    ..Done::default()
+                });
+            }
+        }
+        // Supersedence, followed through what the installed records say.
+        let mut sup: HashSet<String> = req.supersedes.iter().cloned().collect();
+        sup.extend(m.supersedes.iter().map(|u| u.to_string()));
+        loop {
+            let more: Vec<String> = installed
+                .iter()
+                .filter(|i| sup.contains(&i.update_id))
+                .filter_map(|i| i.record.as_ref())
+                .flat_map(|r| r.metadata.supersedes.iter().map(|u| u.to_string()))
+                .filter(|u| !sup.contains(u))
+                .collect();
+            if more.is_empty() {
+                break;
+            }
+            sup.extend(more);
+        }
+        sup.remove(&id);
+        let replaced: Vec<&Installed> = installed
+            .iter()
+            .filter(|i| i.update_id != id && sup.contains(&i.update_id))
+            .collect();
+
+        // Checks that need no I/O on the root.
+        if m.eula.is_some() && !req.eula_accepted {
+            return Err(InstallError::new(
+                HResult::WU_E_EULAS_DECLINED,
+                format!("{what}: its license terms were not accepted"),
+            ));
+        }
+        if req.cached.len() != record.content.len() {
+            return Err(InstallError::new(
+                HResult::E_INVALIDARG,
+                format!(
+                    "{what}: {} cached paths for {} content files",
+                    req.cached.len(),
+                    record.content.len()
+                ),
+            ));
+        }
+        let mut paths = Vec::with_capacity(record.content.len());
+        for (p, f) in req.cached.iter().zip(&record.content) {
+            match p {
+                Some(p) => paths.push(p.clone()),
+                None => {
+                    return Err(InstallError::new(
+                        HResult::WU_E_DM_NOTDOWNLOADED,
+                        format!("{what}: {} is not downloaded", f.path),
+                    ))
+                }
+            }
+        }
+        let content_bytes: u64 = record.content.iter().map(|f| f.length).sum();
+        check_space(&self.layout.work, content_bytes)?;
+
+        let leaving: Vec<&Installed> = prev.into_iter().chain(replaced.iter().copied()).collect();
+        let leaving_ids: HashSet<&str> = leaving.iter().map(|i| i.update_id.as_str()).collect();
+        let op = if leaving.is_empty() {
+            TxOperation::Install
+        } else {
+            TxOperation::Upgrade
+        };
+        // What the leaving updates own, and what the others own.
+        let mut old: HashMap<String, OwnedPath> = HashMap::new();
+        for l in &leaving {
+            for o in self.store.owned(&l.update_id)? {
+                match old.get_mut(&o.path) {
+                    Some(e) if e.kind == OwnedKind::Dir => e.created |= o.created,
+                    _ => {
+                        old.insert(o.path.clone(), o);
+                    }
+                }
+            }
+        }
+        let mut others: HashMap<String, String> = HashMap::new();
+        let mut dirs_in_use: HashSet<String> = HashSet::new();
+        for (owner, path, kind) in self.store.owners()? {
+            if leaving_ids.contains(owner.as_str()) {
+                continue;
+            }
+            if kind == OwnedKind::Dir {
+                dirs_in_use.insert(path);
+            } else {
+                others.insert(path, owner);
+            }
+        }
+
+        let mut tx = Tx::begin(self.store, self.layout, &id, op)?;
+        // Stage (files) or pin (command): content verified, the root untouched.
+        let staged = match &m.handler {
+            Handler::Files => {
+                let known: HashMap<String, Known> = old
+                    .iter()
+                    .filter_map(|(p, o)| {
+                        let digest = o.digest.clone()?;
+                        let k = match o.kind {
+                            OwnedKind::File => Known::File {
+                                sha256: digest,
+                                mode: o.mode,
+                                size: o.size,
+                            },
+                            OwnedKind::Symlink => Known::Symlink(digest),
+                            OwnedKind::Dir => return None,
+                        };
+                        Some((p.clone(), k))
+                    })
+                    .collect();
+                let mut stager = Stager::new(self.layout, tx.stage_dir(), &known, req.forced);
+                let n = paths.len() as f64;
+                for (i, (p, f)) in paths.iter().zip(&record.content).enumerate() {
+                    let payload = Payload {
+                        path: p.clone(),
+                        length: f.length,
+                        sha256: f.hashes.get("sha256").map(str::to_string),
+                    };
+                    let step = Step {
+                        parent: reporter,
+                        from: 0.7 * i as f64 / n,
+                        width: 0.7 / n,
+                    };
+                    stager.stage(&payload, &step)?;
+                }
+                stager.finish()
+            }
+            Handler::Command { .. } => {
+                let dir = tx.pinned_dir();
+                crate::create_private_dir(&dir)?;
+                for (i, f) in run_files(record, &paths).iter().enumerate() {
+                    let mode = if i == 0 { 0o700 } else { 0o600 };
+                    command::copy_in(f, &dir.join(&f.name), mode)?;
+                }
+                Vec::new()
+            }
+        };
+        checkpoint(&format!("{}:staged", op.as_str()));
+
+        // Ownership.
+        for e in &staged {
+            if matches!(e.what, Staged::Dir(_)) {
+                continue;
+            }
+            if let Some(owner) = others.get(&e.rel) {
+                let title = installed
+                    .iter()
+                    .find(|i| &i.update_id == owner)
+                    .map_or("", title_of);
+                return Err(InstallError::new(
+                    HResult::E_FILE_EXISTS,
+                    format!(
+                        "{what} writes {}, which belongs to installed update {owner} ({title}); it does not supersede that update",
+                        e.rel
+                    ),
+                ));
+            }
+        }
+
+        // The plan: removals of what only the leaving updates had, then the new entries,
+        // then directories no one uses any more (deepest first).
+        let root = &self.layout.root;
+        let mut plan = Vec::new();
+        let mut owned_new: Vec<OwnedPath> = Vec::with_capacity(staged.len());
+        let new_paths: HashSet<&str> = staged.iter().map(|e| e.rel.as_str()).collect();
+        let mut leaving_files: Vec<&OwnedPath> = old
+            .values()
+            .filter(|o| o.kind != OwnedKind::Dir && !new_paths.contains(o.path.as_str()))
+            .collect();
+        leaving_files.sort_by(|a, b| b.path.cmp(&a.path));
+        for o in leaving_files {
+            plan.push(Planned {
+                rel: o.path.clone(),
+                op: match &o.original {
+                    Some(b) => Op::Restore(b.clone()),
+                    None => Op::Remove,
+                },
+            });
+        }
+        for e in staged {
+            let prior = old.get(&e.rel);
+            let original = prior
+                .filter(|o| o.kind != OwnedKind::Dir)
+                .and_then(|o| o.original.clone());
+            match e.what {
+                Staged::Dir(mode) => {
+                    let on_disk = std::fs::symlink_metadata(root.join(&e.rel)).is_ok();
+                    if !on_disk {
+                        plan.push(Planned {
+                            rel: e.rel.clone(),
+                            op: Op::Dir(mode),
+                        });
+                    }
+                    owned_new.push(OwnedPath {
+                        path: e.rel,
+                        kind: OwnedKind::Dir,
+                        mode,
+                        size: 0,
+                        digest: None,
+                        original: None,
+                        created: !on_disk || prior.is_some_and(|o| o.created),
+                    });
+                }
+                Staged::File {
+                    staged,
+                    mode,
+                    size,
+                    sha256,
+                } => {
+                    if let Some(s) = staged {
+                        plan.push(Planned {
+                            rel: e.rel.clone(),
+                            op: Op::Put {
+                                staged: s,
+                                keep_backup: prior.is_none(),
+                            },
+                        });
+                    }
+                    owned_new.push(OwnedPath {
+                        path: e.rel,
+                        kind: OwnedKind::File,
+                        mode,
+                        size,
+                        digest: Some(sha256),
+                        original,
+                        created: false,
+                    });
+                }
+                Staged::Symlink { staged, target } => {
+                    if let Some(s) = staged {
+                        plan.push(Planned {
+                            rel: e.rel.clone(),
+                            op: Op::Put {
+                                staged: s,
+                                keep_backup: prior.is_none(),
+                            },
+                        });
+                    }
+                    owned_new.push(OwnedPath {
+                        path: e.rel,
+                        kind: OwnedKind::Symlink,
+                        mode: 0o777,
+                        size: 0,
+                        digest: Some(target),
+                        original,
+                        created: false,
+                    });
+                }
+            }
+        }
+        let owned_paths: HashSet<&str> = owned_new.iter().map(|o| o.path.as_str()).collect();
+        let mut rmdirs: Vec<&OwnedPath> = old
+            .values()
+            .filter(|o| {
+                o.kind == OwnedKind::Dir
+                    && o.created
+                    && !owned_paths.contains(o.path.as_str())
+                    && !dirs_in_use.contains(&o.path)
+            })
+            .collect();
+        rmdirs.sort_by(|a, b| {
+            depth(&b.path)
+                .cmp(&depth(&a.path))
+                .then(b.path.cmp(&a.path))
+        });
+        plan.extend(rmdirs.into_iter().map(|o| Planned {
+            rel: o.path.clone(),
+            op: Op::Rmdir(o.mode),
+        }));
+
+        // Apply.
+        let command = matches!(m.handler, Handler::Command { .. });
+        let apply_step = if command {
+            Step {
+                parent: reporter,
+                from: 0.0,
+                width: 0.1,
+            }
+        } else {
+            Step {
+                parent: reporter,
+                from: 0.7,
+                width: 0.3,
+            }
+        };
+        let kept = tx.apply(&plan, &apply_step)?;
+        if !kept.is_empty() {
+            let kept: HashMap<String, String> = kept.into_iter().collect();
+            for o in &mut owned_new {
+                if let Some(b) = kept.get(&o.path) {
+                    o.original = Some(b.clone());
+                }
+            }
+        }
+        let mut done = Done {
+            reboot_required: always_reboot(&m.installation_behavior),
+            previous_revision: prev.map(|p| p.revision),
+            replaced: replaced.iter().map(|r| r.update_id.clone()).collect(),
+            ..Done::default()
+        };
+        if let Handler::Command {
+            arguments,
+            timeout_secs,
+            success_exit_codes,
+            reboot_exit_codes,
+            ..
+        } = &m.handler
+        {
+            let pinned: Vec<PathBuf> = record
+                .content
+                .iter()
+                .map(|f| tx.pinned_dir().join(file_name(&f.path)))
+                .collect();
+            let out = command::run(
+                &Invocation {
+                    files: run_files(record, &pinned),
+                    arguments: arguments.clone(),
+                    timeout: std::time::Duration::from_secs(*timeout_secs),
+                    operation: if prev.is_some() { "upgrade" } else { "install" }.into(),
+                    previous_revision: done.previous_revision,
+                    success_exit_codes: success_exit_codes.clone(),
+                    reboot_exit_codes: reboot_exit_codes.clone(),
+                    install_root: root.clone(),
+                    update_id: id.clone(),
+                    revision: m.revision,
+                    run_dir: self.layout.work.join("run").join(&id),
+                },
+                &Step {
+                    parent: reporter,
+                    from: 0.1,
+                    width: 0.9,
+                },
+            )?;
+            done.reboot_required |= out.reboot_required;
+            done.exit_code = out.exit_code;
+        }
+
+        // Commit: the record, what it owns, the replaced updates gone, history.
+        let rec = Installed {
+            update_id: id.clone(),
+            revision: m.revision,
+            title: m.title.clone(),
+            handler: m.handler.id().to_string(),
+            installed_at: jiff::Timestamp::now(),
+            reboot_required: done.reboot_required,
+            record: Some(record.clone()),
+            pinned: command.then(|| pinned_rel(tx.id)),
+        };
+        let mut history = vec![self.history(
+            UpdateOperation::Installation,
+            &id,
+            m.revision,
+            &m.title,
+            Ok(&done),
+        )];
+        for r in &replaced {
+            let mut h = self.history(
+                UpdateOperation::Uninstallation,
+                &r.update_id,
+                r.revision,
+                &r.title,
+                Ok(&Done::default()),
+            );
+            h.replaced_by = Some(id.clone());
+            history.push(h);
+        }
+        tx.commit(&Commit {
+            installed: Some((&rec, &owned_new)),
+            removed: &done.replaced,
+            history: &history,
+            reboot_required: done.reboot_required,
+        })?;
+        Ok(done)
+    }
+
+    /// Uninstalls an installed update from its own record. On failure nothing in the root
+    /// or the state has changed but a history row recording the failure.
+    pub fn uninstall(&self, req: &UninstallRequest<'_>, reporter: &dyn Reporter) -> Result<Done> {
+        let rec = self.store.installed_update(req.update_id)?;
+        let r = match &rec {
+            Some(rec) => self.try_uninstall(req, rec, reporter),
+            None => Err(InstallError::new(
+                HResult::WU_E_NOT_APPLICABLE,
+                format!("update {} is not installed", req.update_id),
+            )),
+        };
+        if let (Err(e), Some(rec)) = (&r, &rec) {
+            self.record_failure(self.history(
+                UpdateOperation::Uninstallation,
+                &rec.update_id,
+                rec.revision,
+                &rec.title,
+                Err(e),
+            ));
+        }
+        r
+    }
+
+    fn try_uninstall(
+        &self,
+        req: &UninstallRequest<'_>,
+        rec: &Installed,
+        reporter: &dyn Reporter,
+    ) -> Result<Done> {
+        let id = &rec.update_id;
+        let what = format!("update {id} ({})", rec.title);
+        let (record, from_record) = match (&rec.record, req.fallback) {
+            (Some(r), _) => (Some(r), true),
+            (None, f) => (f, false),
+        };
+        if record.is_some_and(|r| !r.metadata.uninstallable) {
+            return Err(InstallError::new(
+                HResult::WU_E_UNINSTALL_NOT_ALLOWED,
+                format!("{what} cannot be uninstalled"),
+            ));
+        }
+        // A command update: its own uninstall command and its pinned content.
+        let mut command_run = None;
+        if rec.handler == "command" {
+            let Some(record) = record else {
+                return Err(InstallError::new(
+                    HResult::WU_E_UH_INVALIDMETADATA,
+                    format!("{what}: no record of how it was installed; it is no longer published"),
+                ));
+            };
+            let Handler::Command {
+                uninstall_arguments,
+                timeout_secs,
+                success_exit_codes,
+                reboot_exit_codes,
+                ..
+            } = &record.metadata.handler
+            else {
+                return Err(InstallError::new(
+                    HResult::WU_E_UH_INVALIDMETADATA,
+                    format!("{what}: installed by the command handler, recorded otherwise"),
+                ));
+            };
+            let Some(args) = uninstall_arguments else {
+                return Err(InstallError::new(
+                    HResult::WU_E_UNINSTALL_NOT_ALLOWED,
+                    format!("{what} declares no uninstall command"),
+                ));
+            };
+            let paths: Vec<PathBuf> = match (&rec.pinned, from_record) {
+                (Some(pinned), true) => record
+                    .content
+                    .iter()
+                    .map(|f| self.layout.work.join(pinned).join(file_name(&f.path)))
+                    .collect(),
+                _ => req
+                    .fallback_cached
+                    .iter()
+                    .zip(&record.content)
+                    .map(|(p, f)| {
+                        p.clone().ok_or_else(|| {
+                            InstallError::new(
+                                HResult::WU_E_DM_NOTDOWNLOADED,
+                                format!("{what}: {} is not downloaded", f.path),
+                            )
+                        })
+                    })
+                    .collect::<Result<_>>()?,
+            };
+            command_run = Some(Invocation {
+                files: run_files(record, &paths),
+                arguments: args.clone(),
+                timeout: std::time::Duration::from_secs(*timeout_secs),
+                operation: "uninstall".into(),
+                previous_revision: None,
+                success_exit_codes: success_exit_codes.clone(),
+                reboot_exit_codes: reboot_exit_codes.clone(),
+                install_root: self.layout.root.clone(),
+                update_id: id.clone(),
+                revision: rec.revision,
+                run_dir: self.layout.work.join("run").join(id),
+            });
+        }
+        // The plan: every file restored or removed (unless another update owns it now),
+        // then the directories it created that no one else uses, deepest first.
+        let owned = self.store.owned(id)?;
+        let mut others: HashSet<String> = HashSet::new();
+        let mut dirs_in_use: HashSet<String> = HashSet::new();
+        for (owner, path, kind) in self.store.owners()? {
+            if owner == *id {
+                continue;
+            }
+            if kind == OwnedKind::Dir {
+                dirs_in_use.insert(path);
+            } else {
+                others.insert(path);
+            }
+        }
+        let mut plan: Vec<Planned> = owned
+            .iter()
+            .rev()
+            .filter(|o| o.kind != OwnedKind::Dir && !others.contains(&o.path))
+            .map(|o| Planned {
+                rel: o.path.clone(),
+                op: match &o.original {
+                    Some(b) => Op::Restore(b.clone()),
+                    None => Op::Remove,
+                },
+            })
+            .collect();
+        let mut rmdirs: Vec<&OwnedPath> = owned
+            .iter()
+            .filter(|o| o.kind == OwnedKind::Dir && o.created && !dirs_in_use.contains(&o.path))
+            .collect();
+        rmdirs.sort_by(|a, b| {
+            depth(&b.path)
+                .cmp(&depth(&a.path))
+                .then(b.path.cmp(&a.path))
+        });
+        plan.extend(rmdirs.into_iter().map(|o| Planned {
+            rel: o.path.clone(),
+            op: Op::Rmdir(o.mode),
+        }));
+
+        let behavior = record.map(|r| {
+            r.metadata
+                .uninstallation_behavior
+                .clone()
+                .unwrap_or_else(|| r.metadata.installation_behavior.clone())
+        });
+        let mut done = Done {
+            reboot_required: behavior.as_ref().is_some_and(always_reboot),
+            ..Done::default()
+        };
+        let mut tx = Tx::begin(self.store, self.layout, id, TxOperation::Uninstall)?;
+        if let Some(inv) = &command_run {
+            let out = command::run(
+                inv,
+                &Step {
+                    parent: reporter,
+                    from: 0.0,
+                    width: 0.9,
+                },
+            )?;
+            done.reboot_required |= out.reboot_required;
+            done.exit_code = out.exit_code;
+        }
+        let step = if command_run.is_some() {
+            Step {
+                parent: reporter,
+                from: 0.9,
+                width: 0.1,
+            }
+        } else {
+            Step {
+                parent: reporter,
+                from: 0.0,
+                width: 1.0,
+            }
+        };
+        tx.apply(&plan, &step)?;
+        let history = [self.history(
+            UpdateOperation::Uninstallation,
+            id,
+            rec.revision,
+            &rec.title,
+            Ok(&done),
+        )];
+        tx.commit(&Commit {
+            installed: None,
+            removed: std::slice::from_ref(id),
+            history: &history,
+            reboot_required: done.reboot_required,
+        })?;
+        Ok(done)
+    }
+}
