@@ -120,14 +120,16 @@ pub fn select(
         );
         return Err(Exit::from_error(&e, json));
     }
-    // In the order the ids were given.
+    // In the order the ids were given; the newest revision of each (an installed
+    // revision is listed beside a newer published one).
     if !ids.is_empty() {
         return Ok(ids
             .iter()
             .filter_map(|id| {
                 found
                     .iter()
-                    .find(|u| u.identity().update_id == *id)
+                    .filter(|u| u.identity().update_id == *id)
+                    .max_by_key(|u| u.identity().revision_number)
                     .cloned()
             })
             .collect());

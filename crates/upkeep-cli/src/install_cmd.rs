@@ -178,13 +178,87 @@ pub fn install(global: &Global, a: InstallArgs) -> Result<Exit, Exit> {
     Ok(exit_for(&r))
 }
 
-/// `upkeep uninstall`.
+/// `upkeep uninstall`: from the installed records, so the repository is not needed (an
+/// update installed by an agent that kept no record is looked up in the repository).
 pub fn uninstall(global: &Global, a: UninstallArgs) -> Result<Exit, Exit> {
-    let updates = select(global, &a.ids, false, None, "", a.json)?;
     let session = session(global, a.json)?;
+    let installed = session
+        .installed_updates()
+        .map_err(|e| Exit::from_error(&e, a.json))?;
+    let mut updates = UpdateCollection::new();
+    for id in &a.ids {
+        let Some(i) = installed.iter().find(|i| i.update_id == id.to_string()) else {
+            let e = Error::new(
+                HResult::WU_E_NOT_APPLICABLE,
+                format!("update {id} is not installed"),
+            );
+            return Err(Exit::from_error(&e, a.json));
+        };
+        match &i.update {
+            Some(u) => {
+                updates.push(u.clone());
+            }
+            None => updates.extend(
+                select(global, &[*id], false, None, "", a.json)?
+                    .iter()
+                    .cloned(),
+            ),
+        }
+    }
     let r = run_job(&session, &updates, true, a.json)?;
     report("Uninstall", &updates, &r, a.json);
     Ok(exit_for(&r))
+}
+
+/// `upkeep list`: what is installed, from the agent's own records.
+pub fn list(global: &Global, json: bool) -> Result<Exit, Exit> {
+    let session = session(global, json)?;
+    let installed = session
+        .installed_updates()
+        .map_err(|e| Exit::from_error(&e, json))?;
+    if json {
+        let list: Vec<_> = installed
+            .iter()
+            .map(|i| {
+                json!({
+                    "id": i.update_id,
+                    "revision": i.revision,
+                    "title": i.title,
+                    "handler": i.handler,
+                    "installed_at": i.installed_at.to_string(),
+                    "size_on_disk": i.size_on_disk,
+                    "reboot_required": i.reboot_required,
+                    "kb_article_ids": i.update.as_ref().map(|u| u.kb_article_ids().to_vec()).unwrap_or_default(),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "installed": list })).expect("JSON")
+        );
+    } else if installed.is_empty() {
+        println!("Nothing is installed.");
+    } else {
+        let rows: Vec<[String; 6]> = installed
+            .iter()
+            .map(|i| {
+                [
+                    i.update_id.clone(),
+                    i.revision.to_string(),
+                    i.installed_at.strftime("%Y-%m-%d %H:%M").to_string(),
+                    crate::output::human_bytes(i.size_on_disk),
+                    if i.reboot_required { "yes" } else { "-" }.to_string(),
+                    i.title.clone(),
+                ]
+            })
+            .collect();
+        crate::output::print_table(
+            &["ID", "REV", "INSTALLED", "ON DISK", "RESTART", "TITLE"],
+            &rows,
+        );
+        println!("{} installed update(s)", rows.len());
+    }
+    Ok(Exit::Success)
 }
 
 /// `upkeep history`.
@@ -214,6 +288,8 @@ pub fn history(global: &Global, limit: usize, json: bool) -> Result<Exit, Exit> 
                     "title": h.title,
                     "client_application_id": h.client_application_id,
                     "unmapped_result_code": h.unmapped_result_code,
+                    "previous_revision": h.previous_revision,
+                    "replaced_by": h.replaced_by,
                 })
             })
             .collect();
@@ -235,8 +311,13 @@ pub fn history(global: &Global, limit: usize, json: bool) -> Result<Exit, Exit> 
             } else {
                 String::new()
             };
+            let how = match (&h.previous_revision, &h.replaced_by) {
+                (Some(p), _) => format!(" (upgrade r{p} → r{})", h.revision),
+                (None, Some(by)) => format!(" (replaced by {by})"),
+                _ => String::new(),
+            };
             println!(
-                "{}  {:<15} {:<20} {}{code}{raw}",
+                "{}  {:<15} {:<20} {}{how}{code}{raw}",
                 h.date.strftime("%Y-%m-%d %H:%M:%S"),
                 h.operation.to_string(),
                 h.result_code.to_string(),

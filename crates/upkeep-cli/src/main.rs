@@ -88,6 +88,12 @@ enum Command {
     Install(install_cmd::InstallArgs),
     /// Uninstall updates, restoring what their install replaced.
     Uninstall(install_cmd::UninstallArgs),
+    /// List installed updates (from the agent's own records; no repository needed).
+    List {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show install and uninstall history, newest first.
     History {
         /// At most this many entries.
@@ -197,6 +203,7 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
         Command::Download(args) => download_cmd::run(&cli.global, args),
         Command::Install(a) => install_cmd::install(&cli.global, a),
         Command::Uninstall(a) => install_cmd::uninstall(&cli.global, a),
+        Command::List { json } => install_cmd::list(&cli.global, json),
         Command::History { limit, json } => install_cmd::history(&cli.global, limit, json),
         Command::Hide { ids } => install_cmd::hide(&cli.global, &ids, true),
         Command::Unhide { ids } => install_cmd::hide(&cli.global, &ids, false),

@@ -31,6 +31,7 @@ pub fn update_json(u: &Update) -> Value {
         "max_download_size": u.max_download_size(),
         "content": u.download_contents(),
         "is_installed": u.is_installed(),
+        "installed_revision": u.installed_revision(),
         "is_hidden": u.is_hidden(),
         "is_downloaded": u.is_downloaded(),
         "eula_accepted": u.eula_accepted(),
@@ -78,7 +79,12 @@ pub fn print_search(r: &SearchResult, json: bool) {
         .map(|u| {
             [
                 u.identity().update_id.to_string(),
-                u.identity().revision_number.to_string(),
+                match u.installed_revision() {
+                    Some(r) if r < u.identity().revision_number => {
+                        format!("{r} → {}", u.identity().revision_number)
+                    }
+                    _ => u.identity().revision_number.to_string(),
+                },
                 u.update_type().to_string(),
                 if u.msrc_severity().is_empty() {
                     "-".into()
@@ -94,7 +100,7 @@ pub fn print_search(r: &SearchResult, json: bool) {
     println!("{} update(s)", rows.len());
 }
 
-fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
+pub fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
     let mut widths = header.map(|h| h.chars().count());
     for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -133,6 +139,14 @@ pub fn print_update(u: &Update, json: bool) {
     println!("{}", m.title);
     println!("  id:               {}", m.id);
     println!("  revision:         {}", m.revision);
+    match u.installed_revision() {
+        Some(r) if r == m.revision => println!("  installed:        yes"),
+        Some(r) => println!(
+            "  installed:        revision {r} (this is an upgrade: {r} → {})",
+            m.revision
+        ),
+        None => println!("  installed:        no"),
+    }
     println!("  type:             {}", m.update_type);
     if !m.severity.is_empty() {
         println!("  severity:         {}", m.severity);
@@ -195,7 +209,6 @@ pub fn print_update(u: &Update, json: bool) {
     for c in u.download_contents() {
         println!("    {}  {}", c.path, human_bytes(c.length));
     }
-    println!("  installed:        {}", yes(u.is_installed()));
     println!("  hidden:           {}", yes(u.is_hidden()));
     if !m.description.is_empty() {
         println!();

@@ -185,6 +185,19 @@ mod tests {
     }
 
     #[test]
+    fn relative_state_and_install_paths_become_absolute() {
+        let c = Config {
+            state_dir: Some("state".into()),
+            install_root: Some("./root".into()),
+            ..Default::default()
+        }
+        .resolve();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(c.state_dir, cwd.join("state"));
+        assert!(c.install_root.is_absolute() && c.install_root.ends_with("root"));
+    }
+
+    #[test]
     fn unknown_keys_are_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");

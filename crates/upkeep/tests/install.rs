@@ -44,7 +44,7 @@ fn command(
 }
 
 struct Fx {
-    _sim: RepoSim,
+    sim: RepoSim,
     _server: upkeep_publish::serve::Server,
     dir: tempfile::TempDir,
     session: UpdateSession,
@@ -74,11 +74,24 @@ impl Fx {
             .build()
             .unwrap();
         Fx {
-            _sim: sim,
+            sim,
             _server: server,
             dir,
             session,
         }
+    }
+
+    /// Publishes `m` with `payload`, replacing every earlier revision of its id.
+    fn republish(&mut self, m: Option<UpdateMetadata>, drop_id: u128, payload: &[u8]) {
+        let prefix = format!("updates/{}/", uuid::Uuid::from_u128(drop_id));
+        self.sim
+            .role_mut("targets")
+            .targets
+            .retain(|p, _| !p.starts_with(&prefix));
+        if let Some(m) = m {
+            self.sim.add_update("targets", m, payload);
+        }
+        self.sim.publish();
     }
 
     fn root(&self) -> std::path::PathBuf {
@@ -486,4 +499,190 @@ fn content_changed_in_the_cache_after_download_is_refused_at_install() {
         );
     }
     assert!(!fx.root().join("f").exists());
+}
+
+fn tree(root: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            if p.is_dir() {
+                stack.push(p);
+                out.insert(rel, b"<dir>".to_vec());
+            } else {
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_next_revision_upgrades_and_the_installed_one_stays_in_view_and_removable() {
+    let r1 = tar_zst(&[("opt/app/a", b"a1"), ("opt/app/b", b"b1")]);
+    let mut fx = Fx::new(vec![(RepoSim::update(1, "App"), r1)], None);
+    std::fs::create_dir_all(fx.root()).unwrap();
+    let before = tree(&fx.root());
+    let all = fx.search("");
+    fx.download(&all);
+    fx.installer(&all).install().unwrap();
+    // Revision 2 replaces revision 1 in the repository.
+    let mut m2 = RepoSim::update(1, "App");
+    m2.revision = 2;
+    let r2 = tar_zst(&[("opt/app/b", b"b2"), ("opt/app/c", b"c2")]);
+    fx.republish(Some(m2), 1, &r2);
+    let installed = fx.search("IsInstalled=1");
+    assert_eq!(installed.len(), 1, "the installed revision stays in view");
+    let i = installed.get(0).unwrap();
+    assert_eq!(
+        (i.identity().revision_number, i.installed_revision()),
+        (1, Some(1))
+    );
+    let offered = fx.search("IsInstalled=0");
+    assert_eq!(offered.len(), 1);
+    let u = offered.get(0).unwrap();
+    assert_eq!(
+        (u.identity().revision_number, u.installed_revision()),
+        (2, Some(1))
+    );
+    // Downloading updates the very objects the search returned.
+    assert!(!u.is_downloaded());
+    fx.download(&offered);
+    assert!(u.is_downloaded() && offered.get(0).unwrap().is_downloaded());
+    assert_eq!(
+        fx.installer(&offered).install().unwrap().result_code(),
+        OperationResultCode::Succeeded
+    );
+    assert!(!fx.root().join("opt/app/a").exists());
+    assert_eq!(std::fs::read(fx.root().join("opt/app/b")).unwrap(), b"b2");
+    let h = fx
+        .session
+        .create_update_searcher()
+        .query_history(0, 1)
+        .unwrap();
+    assert_eq!((h[0].revision, h[0].previous_revision), (2, Some(1)));
+    // The repository drops the update altogether: it is still installed, shown, and
+    // uninstalled from its own record.
+    fx.republish(None, 1, b"");
+    let installed = fx.search("IsInstalled=1");
+    assert_eq!(installed.len(), 1);
+    assert_eq!(installed.get(0).unwrap().identity().revision_number, 2);
+    let list = fx.session.installed_updates().unwrap();
+    assert_eq!((list.len(), list[0].revision), (1, 2));
+    assert!(list[0].size_on_disk >= 4);
+    let r = fx.installer(&installed).uninstall().unwrap();
+    assert_eq!(r.result_code(), OperationResultCode::Succeeded);
+    assert_eq!(tree(&fx.root()), before, "as before any revision");
+    assert!(fx.search("IsInstalled=1").is_empty());
+}
+
+#[test]
+fn a_command_upgrade_runs_only_the_new_revision_and_uninstalls_from_pinned_content() {
+    let script = |rev: u32| {
+        format!(
+            r#"echo "$UPKEEP_OPERATION r{rev} prev=$UPKEEP_PREVIOUS_REVISION $1" >> "$UPKEEP_INSTALL_ROOT/log"
+exit 0"#
+        )
+    };
+    let (m1, p1) = command(7, "Agent", &script(1), Some("remove"), 60);
+    let mut fx = Fx::new(vec![(m1, p1)], None);
+    std::fs::create_dir_all(fx.root()).unwrap();
+    let all = fx.search("");
+    fx.download(&all);
+    fx.installer(&all).install().unwrap();
+    let (mut m2, p2) = command(7, "Agent", &script(2), Some("remove"), 60);
+    m2.revision = 2;
+    fx.republish(Some(m2), 7, &p2);
+    let up = fx.search("IsInstalled=0");
+    fx.download(&up);
+    assert_eq!(
+        fx.installer(&up).install().unwrap().result_code(),
+        OperationResultCode::Succeeded
+    );
+    // The repository drops it and the cache is emptied: uninstall still runs r2's own
+    // uninstall command, from the content pinned at install.
+    fx.republish(None, 7, b"");
+    for e in std::fs::read_dir(fx.dir.path().join("state/cache/objects")).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    let installed = fx.search("IsInstalled=1");
+    assert_eq!(
+        fx.installer(&installed).uninstall().unwrap().result_code(),
+        OperationResultCode::Succeeded
+    );
+    let log = std::fs::read_to_string(fx.root().join("log")).unwrap();
+    assert_eq!(
+        log,
+        "install r1 prev= install-arg\nupgrade r2 prev=1 install-arg\nuninstall r2 prev= remove\n",
+        "r1's uninstall never ran"
+    );
+    let pinned = fx.dir.path().join("state/tree/pinned");
+    assert_eq!(
+        std::fs::read_dir(&pinned).unwrap().count(),
+        0,
+        "pinned content goes with it"
+    );
+}
+
+/// Whether `pid` runs (a zombie waiting for its reaper does not).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn a_command_over_its_timeout_is_stopped_with_its_whole_process_group() {
+    let gate = tempfile::tempdir().unwrap();
+    let pids = gate.path().join("pids");
+    // Ignores SIGTERM, and so does the child it waits for.
+    let script = format!(
+        "trap '' TERM; sh -c \"trap '' TERM; sleep 300\" & echo $$ $! > {p}; wait",
+        p = pids.display()
+    );
+    let fx = Fx::new(vec![command(1, "stubborn", &script, None, 1)], None);
+    let all = fx.search("");
+    fx.download(&all);
+    let r = fx.installer(&all).install().unwrap();
+    assert_eq!(
+        r.update_result(0).unwrap().hresult(),
+        HResult::WU_E_UH_TIMEOUT
+    );
+    let text = std::fs::read_to_string(&pids).unwrap();
+    for pid in text.split_whitespace() {
+        let pid: i32 = pid.parse().unwrap();
+        assert!(!alive(pid), "process {pid} of the command's group survived");
+    }
+}
+
+#[test]
+fn a_background_child_holding_the_output_does_not_block_the_install() {
+    let gate = tempfile::tempdir().unwrap();
+    let pidfile = gate.path().join("pid");
+    // Starts a "daemon" that keeps stdout and stderr open, then exits 0.
+    let script = format!("sleep 300 & echo $! > {p}; exit 0", p = pidfile.display());
+    let fx = Fx::new(
+        vec![command(1, "starts a daemon", &script, None, 600)],
+        None,
+    );
+    let all = fx.search("");
+    fx.download(&all);
+    let r = fx.installer(&all).install().unwrap();
+    assert_eq!(r.result_code(), OperationResultCode::Succeeded);
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(alive(pid), "the daemon is left running, not waited for");
+    // SAFETY: ending the test's own child process.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
 }
