@@ -1,74 +1,99 @@
 #!/usr/bin/env bash
-# Install benchmark (issue 4): a `files` update of FILES files (default 10,000) totalling
-# about MB MiB (default 500) as tar.zst, installed by `upkeep install --no-download` (a whole
-# process: session, metadata refresh, staging, journalled crash-safe apply, one syncfs,
-# commit) against `tar --zstd -xf` into a fresh directory followed by `sync`, in the same
-# rounds (alternating order, after a warm-up), on the root filesystem (ext4 here, where
-# /tmp lives). Also times `upkeep uninstall` (which restores the tree) and the whole demo.
-# Every extraction goes to a new directory; nothing is deleted between timed runs.
+# Install and upgrade benchmark, on the mixed-size tree of ../shared/bench/mktree.py
+# (10,000 files, ~500 MiB; SCALE=0.1 for a tenth), as tar.zst `files` updates:
+#
+#   fresh install: `upkeep install --no-download` (a whole process: session, metadata
+#     refresh, staging, journalled crash-safe apply, one syncfs, commit) into an empty root,
+#     against `tar --zstd -xf` into a fresh directory followed by `sync`;
+#   upgrade: revision 1 installed (untimed), then revision 2 — 1 % of the files changed —
+#     installed over it by `upkeep install`, against `tar --zstd -xf` of revision 2 over a
+#     tree extracted from revision 1 (untimed), followed by `sync`.
+#
+# Rounds alternate the order after a warm-up round; every run writes into a directory of
+# its own and nothing is deleted until the end (deleting a large tree slows file creation
+# here for minutes: see bench-notes). Each timed run starts with `sync` (untimed). Every
+# upkeep run gets a state directory of its own, cloned from a template (the content cache
+# hard-linked). Prints medians and ratios (> 1: upkeep is faster).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROUNDS=${ROUNDS:-3}
-FILES=${FILES:-10000}
-MB=${MB:-500}
+ROUNDS=${ROUNDS:-5}
+SCALE=${SCALE:-1.0}
+MKTREE=${MKTREE:-../shared/bench/mktree.py}
 command -v zstd >/dev/null || { apt-get update -qq && apt-get install -y -qq zstd >/dev/null; }
 cargo build --release -q -p upkeep-cli
 BIN=$PWD/target/release/upkeep
 data=$(mktemp -d -p /dev/shm upkeep-ibench.XXXXXX)
 disk=$(mktemp -d -p /tmp upkeep-ibench.XXXXXX)
-server_pid=""
-cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$data" "$disk"; }
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$data" "$disk"; }
 trap cleanup EXIT
 ID=88888888-8888-4888-8888-888888888888
 
-echo "generating $FILES files, $MB MiB"
-python3 - "$data/src" "$FILES" "$MB" <<'PY'
+echo "generating the tree (mktree.py, scale $SCALE) and revision 2 (1 % of the files changed)"
+python3 "$MKTREE" "$data/r1" "$SCALE" >/dev/null
+cp -a "$data/r1" "$data/r2"
+python3 - "$data/r2" <<'PY'
 import os, sys
-root, n, mb = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-size = mb * 1024 * 1024 // n
-for i in range(n):
-    p = os.path.join(root, "usr/share/app/d%03d" % (i % 100), "f%05d.bin" % i)
-    os.makedirs(os.path.dirname(p), exist_ok=True)
-    # Half random, half text: compressible like real payloads.
-    with open(p, "wb") as f:
-        f.write(os.urandom(size // 2)); f.write((b"line %d\n" % i) * (size // 2 // 10))
+root = sys.argv[1]
+files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs)
+for p in files[::100]:
+    with open(p, "ab") as f:
+        f.write(b"revision 2\n")
+print(f"{len(files[::100])} of {len(files)} files changed")
 PY
-tar --zstd -cf "$data/app.tar.zst" -C "$data/src" .
-rm -rf "$data/src"
-"$BIN" repo init "$data/repo" >/dev/null
-"$BIN" repo add "$data/repo" --id "$ID" --title "Big app" --payload "$data/app.tar.zst" --handler files >/dev/null
-"$BIN" repo serve "$data/repo" --listen 127.0.0.1:0 2> "$data/serve.log" &
-server_pid=$!
-for _ in $(seq 1 100); do grep -q http:// "$data/serve.log" 2>/dev/null && break; sleep 0.05; done
-url=$(grep -o 'http://[^ ]*' "$data/serve.log" | head -1)
-agent() { "$BIN" --repo "$url" --trusted-root "$data/repo/metadata/1.root.json" --state-dir "$disk/state" --root "$disk/root-$1" "${@:2}"; }
-agent 0 download "$ID" >/dev/null
+tar --zstd -cf "$data/r1.tar.zst" -C "$data/r1" .
+tar --zstd -cf "$data/r2.tar.zst" -C "$data/r2" .
+files=$(find "$data/r1" -type f | wc -l); mib=$(du -sm "$data/r1" | cut -f1)
+rm -rf "$data/r1" "$data/r2"
 
-# Each timed run starts with nothing dirty: `sync` first, untimed, so no run pays for the
-# previous one's writes or deletions.
+# Repository A has revision 1; B is A plus revision 2 (same keys, later metadata).
+"$BIN" repo init "$data/repoA" >/dev/null
+"$BIN" repo add "$data/repoA" --id "$ID" --title "Big app" --payload "$data/r1.tar.zst" --handler files >/dev/null
+cp -a "$data/repoA" "$data/repoB"
+"$BIN" repo add "$data/repoB" --id "$ID" --revision 2 --title "Big app" --payload "$data/r2.tar.zst" --handler files >/dev/null
+serve() {
+  "$BIN" repo serve "$1" --listen 127.0.0.1:0 2> "$1.log" &
+  pids+=($!)
+  for _ in $(seq 1 100); do grep -q http:// "$1.log" 2>/dev/null && break; sleep 0.05; done
+  grep -o 'http://[^ ]*' "$1.log" | head -1
+}
+urlA=$(serve "$data/repoA"); urlB=$(serve "$data/repoB")
+agent() { local url=$1 state=$2 root=$3; shift 3
+  "$BIN" --repo "$url" --trusted-root "$data/repoA/metadata/1.root.json" --state-dir "$disk/$state" --root "$disk/$root" "$@"; }
+# Template state: revision 1 downloaded with A's metadata; revision 2's content added to
+# its cache from a second state that saw B.
+agent "$urlA" tmpl root-tmpl download "$ID" >/dev/null
+cp -a "$disk/tmpl" "$disk/tmplB"
+agent "$urlB" tmplB root-tmpl download "$ID" >/dev/null
+cp -n "$disk/tmplB/cache/objects/"* "$disk/tmpl/cache/objects/"
+clone_state() { mkdir -p "$disk/$1"; cp -al "$disk/tmpl/cache" "$disk/$1/"; cp -a "$disk/tmpl/metadata" "$disk/tmpl/state.db" "$disk/$1/"; }
+
 secs() { local t0 t1; sync; t0=$(date +%s%N); "$@" >/dev/null; t1=$(date +%s%N); awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f\n", (b - a) / 1e9 }'; }
-run_tar() { mkdir -p "$disk/tar-$1"; secs bash -c "tar --zstd -xf '$data/app.tar.zst' -C '$disk/tar-$1' && sync"; }
-run_upkeep() { secs agent "$1" install "$ID" --no-download; }
-run_uninstall() { secs agent "$1" uninstall "$ID"; }
+fresh_tar() { mkdir -p "$disk/tar-f$1"; secs bash -c "tar --zstd -xf '$data/r1.tar.zst' -C '$disk/tar-f$1' && sync"; }
+fresh_upkeep() { clone_state "st-f$1"; secs agent "$urlA" "st-f$1" "root-f$1" install "$ID" --no-download; }
+upgrade_tar() { mkdir -p "$disk/tar-u$1"; tar --zstd -xf "$data/r1.tar.zst" -C "$disk/tar-u$1"
+  secs bash -c "tar --zstd -xf '$data/r2.tar.zst' -C '$disk/tar-u$1' && sync"; }
+upgrade_upkeep() { clone_state "st-u$1"; agent "$urlA" "st-u$1" "root-u$1" install "$ID" --no-download >/dev/null
+  secs agent "$urlB" "st-u$1" "root-u$1" install "$ID" --no-download; }
 
-echo "warm-up"; run_tar w >/dev/null; run_upkeep w >/dev/null; run_uninstall w >/dev/null
+echo "warm-up"; fresh_tar w >/dev/null; fresh_upkeep w >/dev/null; upgrade_tar w >/dev/null; upgrade_upkeep w >/dev/null
+# Check the work was done: revision 2 installed, byte-identical to tar's tree.
+diff -r "$disk/root-uw" "$disk/tar-uw" >/dev/null || { echo "upkeep's upgraded tree differs from tar's"; exit 1; }
 : > "$data/rows"
 for r in $(seq 1 "$ROUNDS"); do
-  if [ $((r % 2)) = 1 ]; then u=$(run_upkeep "$r"); t=$(run_tar "$r"); else t=$(run_tar "$r"); u=$(run_upkeep "$r"); fi
-  un=$(run_uninstall "$r")
-  echo "$u $t $un" >> "$data/rows"
-  echo "round $r: upkeep install $u s | tar+sync $t s | upkeep uninstall $un s"
+  if [ $((r % 2)) = 1 ]; then fu=$(fresh_upkeep "$r"); ft=$(fresh_tar "$r"); gu=$(upgrade_upkeep "$r"); gt=$(upgrade_tar "$r")
+  else ft=$(fresh_tar "$r"); fu=$(fresh_upkeep "$r"); gt=$(upgrade_tar "$r"); gu=$(upgrade_upkeep "$r"); fi
+  echo "$fu $ft $gu $gt" >> "$data/rows"
+  echo "round $r: install upkeep $fu s, tar+sync $ft s | upgrade upkeep $gu s, tar+sync $gt s"
 done
-demo=$(secs "$BIN" demo)
-python3 - "$data/rows" "$demo" "$FILES" "$MB" <<'PY'
+python3 - "$data/rows" "$files" "$mib" <<'PY'
 import statistics, sys
 rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
-u, t, un = (statistics.median(r[i] for r in rows) for i in range(3))
+fu, ft, gu, gt = (statistics.median(r[i] for r in rows) for i in range(4))
 print()
-print(f"install benchmark: {sys.argv[3]} files, {sys.argv[4]} MiB tar.zst, medians of {len(rows)} rounds; ratio > 1 means upkeep is faster")
+print(f"install benchmark: mktree.py tree, {sys.argv[2]} files, {sys.argv[3]} MiB, tar.zst; medians of {len(rows)} rounds; ratio > 1 means upkeep is faster")
 print("| work | upkeep | peer | ratio |")
 print("|---|---|---|---|")
-print(f"| install (crash-safe) vs `tar --zstd -xf` + `sync` | {u:.2f} s | {t:.2f} s | **{t/u:.2f}×** |")
-print(f"| uninstall (restores the previous tree) | {un:.2f} s | – | – |")
-print(f"| `upkeep demo` (publish, serve, search, download, install, uninstall, clean up) | {float(sys.argv[2]):.2f} s | – | – |")
+print(f"| fresh install (crash-safe) vs `tar --zstd -xf` + `sync` | {fu:.2f} s | {ft:.2f} s | **{ft/fu:.2f}×** |")
+print(f"| upgrade, 1 % changed (crash-safe) vs `tar --zstd -xf` over the old tree + `sync` | {gu:.2f} s | {gt:.2f} s | **{gt/gu:.2f}×** |")
 PY

@@ -310,3 +310,113 @@ fn kills_at_random_instants_leave_before_or_after() {
     }
     assert_eq!(saw_before + saw_after, 12);
 }
+
+/// Revision 2 of the crash tests' update: `usr/bin/tool` and 38 parts unchanged,
+/// `etc/app.conf` and two parts changed, `part39` gone, a new file added.
+fn payload_r2() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, data: &[u8], mode: u32| {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(mode);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, path, data).unwrap();
+    };
+    add("etc/app.conf", b"config of revision 2\n", 0o644);
+    add("usr/bin/tool", b"#!/bin/sh\necho new\n", 0o755);
+    for i in 0..39 {
+        let data = match i {
+            3 | 17 => format!("part {i}, revision 2\n"),
+            _ => format!("part {i}\n"),
+        };
+        add(
+            &format!("opt/app/lib/part{i:02}.dat"),
+            data.as_bytes(),
+            0o644,
+        );
+    }
+    add("opt/app/share/new.txt", b"only in revision 2\n", 0o644);
+    b.into_inner().unwrap()
+}
+
+impl World {
+    /// Publishes revision 2 of the update.
+    fn publish_r2(&self) {
+        let repo = self.tmp.path().join("repo");
+        std::fs::write(self.tmp.path().join("app2.tar"), payload_r2()).unwrap();
+        ok(&upkeep(&[
+            "repo",
+            "add",
+            repo.to_str().unwrap(),
+            "--id",
+            ID,
+            "--revision",
+            "2",
+            "--title",
+            "App 2.1",
+            "--payload",
+            self.tmp.path().join("app2.tar").to_str().unwrap(),
+            "--handler",
+            "files",
+        ]));
+    }
+
+    /// The installed revision, from the agent's own list.
+    fn installed_revision(&self, name: &str) -> Option<u64> {
+        let o = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+            .args(self.args(name))
+            .args(["list", "--json"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
+        v["installed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["id"] == ID)
+            .map(|u| u["revision"].as_u64().unwrap())
+    }
+}
+
+#[test]
+fn a_crash_at_any_upgrade_checkpoint_leaves_revision_1_or_revision_2() {
+    let w = World::new();
+    write_before(&w.dir("template").join("root"));
+    assert!(w.run("template", &["install", ID], None).success());
+    let r1 = snapshot(&w.dir("template").join("root"));
+    w.publish_r2();
+    assert!(w.run("template", &["download", ID], None).success());
+    w.clone_from("template", "upgraded");
+    assert!(w.run("upgraded", &["install", ID], None).success());
+    let r2 = snapshot(&w.dir("upgraded").join("root"));
+    assert_ne!(r1, r2);
+    assert_eq!(w.installed_revision("upgraded"), Some(2));
+    let points = [
+        ("upgrade:staged", false),
+        ("upgrade:journaled", false),
+        ("upgrade:change#1", false),
+        ("upgrade:change#3", false),
+        ("upgrade:applied", false),
+        ("upgrade:synced", false),
+        ("upgrade:committed", true),
+    ];
+    for (i, (point, committed)) in points.iter().enumerate() {
+        let name = format!("g{i}");
+        w.clone_from("template", &name);
+        let st = w.run(&name, &["install", ID], Some(point));
+        assert_eq!(st.signal(), Some(libc::SIGKILL), "{point}: reached");
+        assert!(
+            w.run(&name, &["status"], None).success(),
+            "{point}: recovered"
+        );
+        let now = snapshot(&w.dir(&name).join("root"));
+        let (want, rev) = if *committed { (&r2, 2) } else { (&r1, 1) };
+        assert!(now == *want, "{point}: neither revision:\n{now:#?}");
+        assert_eq!(w.installed_revision(&name), Some(rev), "{point}");
+    }
+    // Uninstalling revision 2 goes back to the machine before revision 1.
+    assert!(w.run("upgraded", &["uninstall", ID], None).success());
+    let mut before = w.dir("before");
+    before.push("root");
+    write_before(&before);
+    assert_eq!(snapshot(&w.dir("upgraded").join("root")), snapshot(&before));
+}
