@@ -51,13 +51,13 @@ rm -rf "$data/r1" "$data/r2"
 "$BIN" repo add "$data/repoA" --id "$ID" --title "Big app" --payload "$data/r1.tar.zst" --handler files >/dev/null
 cp -a "$data/repoA" "$data/repoB"
 "$BIN" repo add "$data/repoB" --id "$ID" --revision 2 --title "Big app" --payload "$data/r2.tar.zst" --handler files >/dev/null
-serve() {
-  "$BIN" repo serve "$1" --listen 127.0.0.1:0 2> "$1.log" &
+for r in repoA repoB; do
+  "$BIN" repo serve "$data/$r" --listen 127.0.0.1:0 > /dev/null 2> "$data/$r.log" &
   pids+=($!)
-  for _ in $(seq 1 100); do grep -q http:// "$1.log" 2>/dev/null && break; sleep 0.05; done
-  grep -o 'http://[^ ]*' "$1.log" | head -1
-}
-urlA=$(serve "$data/repoA"); urlB=$(serve "$data/repoB")
+  for _ in $(seq 1 100); do grep -q http:// "$data/$r.log" 2>/dev/null && break; sleep 0.05; done
+done
+urlA=$(grep -o 'http://[^ ]*' "$data/repoA.log" | head -1)
+urlB=$(grep -o 'http://[^ ]*' "$data/repoB.log" | head -1)
 agent() { local url=$1 state=$2 root=$3; shift 3
   "$BIN" --repo "$url" --trusted-root "$data/repoA/metadata/1.root.json" --state-dir "$disk/$state" --root "$disk/$root" "$@"; }
 # Template state: revision 1 downloaded with A's metadata; revision 2's content added to

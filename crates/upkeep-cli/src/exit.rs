@@ -42,6 +42,7 @@ impl Exit {
             HResult::WU_E_INVALID_FILE,
             HResult::WU_E_PT_INVALID_URL,
             HResult::WU_E_UNKNOWN_ID,
+            HResult::WU_E_NOT_APPLICABLE,
             HResult::E_INVALIDARG,
         ];
         if input.contains(&code) {

@@ -609,3 +609,65 @@ fn two_installers_in_two_processes_one_is_refused_and_status_says_busy() {
     assert_eq!(v["total"], 1);
     assert_eq!(v["entries"][0]["operation"], "Installation");
 }
+
+#[test]
+fn relative_paths_reach_a_command_update_as_absolute_ones_and_list_shows_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    ok(&upkeep(&["repo", "init", repo.to_str().unwrap()]));
+    let script = tmp.path().join("cmd.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ncase \"$UPKEEP_INSTALL_ROOT\" in /*) ;; *) exit 9 ;; esac\necho \"$UPKEEP_OPERATION\" > \"$UPKEEP_INSTALL_ROOT/marker\"\n",
+    )
+    .unwrap();
+    let id = "66666666-6666-4666-8666-666666666666";
+    ok(&upkeep(&[
+        "repo",
+        "add",
+        repo.to_str().unwrap(),
+        "--id",
+        id,
+        "--title",
+        "Marker",
+        "--payload",
+        script.to_str().unwrap(),
+        "--handler",
+        "command",
+        "--uninstall-arg",
+        "remove",
+    ]));
+    let serve = Serve::start(&repo);
+    let machine = tmp.path().join("machine");
+    std::fs::create_dir_all(machine.join("root")).unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_upkeep"))
+            .current_dir(&machine)
+            .args(["--repo", &serve.1, "--trusted-root"])
+            .arg(repo.join("metadata/1.root.json"))
+            .args(["--state-dir", "state", "--root", "root"])
+            .args(args)
+            .env_remove("UPKEEP_CONFIG")
+            .output()
+            .unwrap()
+    };
+    ok(&run(&["install", id]));
+    assert_eq!(
+        std::fs::read_to_string(machine.join("root/marker")).unwrap(),
+        "install\n",
+        "the command wrote into the install root, told to it as an absolute path"
+    );
+    let list: serde_json::Value = serde_json::from_str(&ok(&run(&["list", "--json"]))).unwrap();
+    assert_eq!(list["installed"][0]["id"], id);
+    assert_eq!(list["installed"][0]["revision"], 1);
+    assert!(ok(&run(&["list"])).contains("Marker"));
+    ok(&run(&["uninstall", id]));
+    assert_eq!(
+        std::fs::read_to_string(machine.join("root/marker")).unwrap(),
+        "uninstall\n"
+    );
+    let list: serde_json::Value = serde_json::from_str(&ok(&run(&["list", "--json"]))).unwrap();
+    assert!(list["installed"].as_array().unwrap().is_empty());
+    let o = run(&["uninstall", id]);
+    assert_eq!(o.status.code(), Some(2), "not installed");
+}

@@ -313,6 +313,7 @@ impl<'a> Engine<'a> {
             }
         }
 
+        let started = std::time::Instant::now();
         let mut tx = Tx::begin(self.store, self.layout, &id, op)?;
         // Stage (files) or pin (command): content verified, the root untouched.
         let staged = match &m.handler {
@@ -361,6 +362,7 @@ impl<'a> Engine<'a> {
             }
         };
         checkpoint(&format!("{}:staged", op.as_str()));
+        tracing::debug!(elapsed = ?started.elapsed(), entries = staged.len(), "staged");
 
         // Ownership.
         for e in &staged {
@@ -508,7 +510,9 @@ impl<'a> Engine<'a> {
                 width: 0.3,
             }
         };
+        tracing::debug!(elapsed = ?started.elapsed(), changes = plan.len(), "planned");
         let kept = tx.apply(&plan, &apply_step)?;
+        tracing::debug!(elapsed = ?started.elapsed(), "applied");
         if !kept.is_empty() {
             let kept: HashMap<String, String> = kept.into_iter().collect();
             for o in &mut owned_new {
@@ -595,6 +599,7 @@ impl<'a> Engine<'a> {
             history: &history,
             reboot_required: done.reboot_required,
         })?;
+        tracing::debug!(elapsed = ?started.elapsed(), "committed");
         Ok(done)
     }
 

@@ -148,119 +148,37 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
-/// Files up to this size are read into memory and hashed before deciding to write them.
-const IN_MEMORY: u64 = 1 << 20;
+/// Files up to this size are read into memory by the decoding thread and handed to a
+/// writer thread, which hashes them and writes the ones that changed; larger files are
+/// hashed and written as they are decoded.
+const IN_MEMORY: u64 = 4 << 20;
 
-/// Stages payloads into a stage directory.
-pub struct Stager<'a> {
+/// Writer threads beside the decoding thread (measured: one decoder and two writers place
+/// a tree fastest on two cores; see `install-notes.md`).
+const WRITERS: usize = 2;
+
+/// Files waiting for each writer.
+const QUEUE: usize = 8;
+
+/// What writers need to know, shared read-only.
+#[derive(Clone, Copy)]
+struct Context<'a> {
     layout: &'a Layout,
-    stage: PathBuf,
     known: &'a HashMap<String, Known>,
     verify_disk: bool,
-    entries: Vec<StagedEntry>,
-    index: HashMap<String, usize>,
-    /// Directories known to be real directories (on disk or staged).
-    dirs_ok: HashSet<String>,
-    symlinks: HashSet<String>,
-    next: usize,
-    own_dir: Option<String>,
-    buf: Vec<u8>,
 }
 
-impl<'a> Stager<'a> {
-    /// A stager writing into `stage`. `known` is what the installed revisions being
-    /// replaced have at each path; with `verify_disk` (a forced reinstall) a file is left
-    /// untouched only if its bytes on disk still hash to the recorded digest.
-    pub fn new(
-        layout: &'a Layout,
-        stage: PathBuf,
-        known: &'a HashMap<String, Known>,
-        verify_disk: bool,
-    ) -> Stager<'a> {
-        let own_dir = layout
-            .work
-            .strip_prefix(&layout.root)
-            .ok()
-            .and_then(|p| p.to_str())
-            .map(str::to_string);
-        Stager {
-            layout,
-            stage,
-            known,
-            verify_disk,
-            entries: Vec::new(),
-            index: HashMap::new(),
-            dirs_ok: HashSet::new(),
-            symlinks: HashSet::new(),
-            next: 0,
-            own_dir,
-            buf: Vec::new(),
-        }
-    }
+/// A file for a writer: the `seq`-th assignment of `entries[index]`.
+struct Job {
+    seq: u64,
+    index: usize,
+    rel: String,
+    data: Vec<u8>,
+    mode: u32,
+    dst: PathBuf,
+}
 
-    /// The staged entries, in archive order (parents before children).
-    pub fn finish(self) -> Vec<StagedEntry> {
-        self.entries
-    }
-
-    /// Every parent of `rel` must be a real directory (or become one): never a symlink.
-    fn parents(&mut self, rel: &str) -> Result<()> {
-        let mut at = 0;
-        while let Some(i) = rel[at..].find('/') {
-            let dir = &rel[..at + i];
-            at += i + 1;
-            if self.dirs_ok.contains(dir) {
-                continue;
-            }
-            if self.symlinks.contains(dir) {
-                return Err(bad(format!(
-                    "{rel}: written through the archive's symlink {dir}"
-                )));
-            }
-            match std::fs::symlink_metadata(self.layout.root.join(dir)) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    return Err(bad(format!(
-                        "{rel}: written through the symlink {dir} in the install root"
-                    )))
-                }
-                Ok(m) if !m.is_dir() => {
-                    return Err(bad(format!("{rel}: {dir} is a file in the install root")))
-                }
-                Ok(m) => self.add(dir, Staged::Dir(m.permissions().mode() & 0o7777))?,
-                Err(_) => self.add(dir, Staged::Dir(0o755))?,
-            }
-            self.dirs_ok.insert(dir.to_string());
-        }
-        Ok(())
-    }
-
-    fn add(&mut self, rel: &str, what: Staged) -> Result<()> {
-        match self.index.get(rel) {
-            Some(&i) => {
-                let was_dir = matches!(self.entries[i].what, Staged::Dir(_));
-                if was_dir != matches!(what, Staged::Dir(_)) {
-                    return Err(bad(format!(
-                        "{rel}: both a directory and a file in the payload"
-                    )));
-                }
-                self.entries[i].what = what; // a later entry for the same path wins, as with tar
-            }
-            None => {
-                self.index.insert(rel.to_string(), self.entries.len());
-                self.entries.push(StagedEntry {
-                    rel: rel.to_string(),
-                    what,
-                });
-            }
-        }
-        Ok(())
-    }
-
-    fn staged_path(&mut self) -> PathBuf {
-        self.next += 1;
-        self.stage.join(self.next.to_string())
-    }
-
+impl Context<'_> {
     /// Whether the installed file at `rel` is the recorded one with this content.
     fn unchanged_file(&self, rel: &str, sha256: &str, mode: u32, size: u64) -> bool {
         let Some(Known::File {
@@ -288,8 +206,155 @@ impl<'a> Stager<'a> {
             && std::fs::read_link(self.layout.root.join(rel)).is_ok_and(|t| t.as_os_str() == target)
     }
 
-    /// Reads one payload to the end, staging its entries. `progress` gets the fraction of
-    /// this payload read.
+    /// A writer's work: hash, and write unless unchanged.
+    fn write(&self, job: Job) -> Result<(u64, usize, Staged)> {
+        let sha256 = hex::encode(Sha256::digest(&job.data));
+        let size = job.data.len() as u64;
+        let staged = if self.unchanged_file(&job.rel, &sha256, job.mode, size) {
+            None
+        } else {
+            write_new(&job.dst, &job.data, job.mode)?;
+            Some(job.dst)
+        };
+        Ok((
+            job.seq,
+            job.index,
+            Staged::File {
+                staged,
+                mode: job.mode,
+                size,
+                sha256,
+            },
+        ))
+    }
+}
+
+/// Stages payloads into a stage directory.
+pub struct Stager<'a> {
+    ctx: Context<'a>,
+    stage: PathBuf,
+    entries: Vec<StagedEntry>,
+    /// For each entry, the number of the assignment that holds (a later entry for the same
+    /// path wins over a writer's result for an earlier one).
+    assigned: Vec<u64>,
+    seq: u64,
+    index: HashMap<String, usize>,
+    /// Directories known to be real directories (on disk or staged).
+    dirs_ok: HashSet<String>,
+    symlinks: HashSet<String>,
+    next: usize,
+    own_dir: Option<String>,
+}
+
+impl<'a> Stager<'a> {
+    /// A stager writing into `stage`. `known` is what the installed revisions being
+    /// replaced have at each path; with `verify_disk` (a forced reinstall) a file is left
+    /// untouched only if its bytes on disk still hash to the recorded digest.
+    pub fn new(
+        layout: &'a Layout,
+        stage: PathBuf,
+        known: &'a HashMap<String, Known>,
+        verify_disk: bool,
+    ) -> Stager<'a> {
+        let own_dir = layout
+            .work
+            .strip_prefix(&layout.root)
+            .ok()
+            .and_then(|p| p.to_str())
+            .map(str::to_string);
+        Stager {
+            ctx: Context {
+                layout,
+                known,
+                verify_disk,
+            },
+            stage,
+            entries: Vec::new(),
+            assigned: Vec::new(),
+            seq: 0,
+            index: HashMap::new(),
+            dirs_ok: HashSet::new(),
+            symlinks: HashSet::new(),
+            next: 0,
+            own_dir,
+        }
+    }
+
+    /// The staged entries, in archive order (parents before children).
+    pub fn finish(self) -> Vec<StagedEntry> {
+        self.entries
+    }
+
+    /// Every parent of `rel` must be a real directory (or become one): never a symlink.
+    fn parents(&mut self, rel: &str) -> Result<()> {
+        let mut at = 0;
+        while let Some(i) = rel[at..].find('/') {
+            let dir = &rel[..at + i];
+            at += i + 1;
+            if self.dirs_ok.contains(dir) {
+                continue;
+            }
+            if self.symlinks.contains(dir) {
+                return Err(bad(format!(
+                    "{rel}: written through the archive's symlink {dir}"
+                )));
+            }
+            match std::fs::symlink_metadata(self.ctx.layout.root.join(dir)) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(bad(format!(
+                        "{rel}: written through the symlink {dir} in the install root"
+                    )))
+                }
+                Ok(m) if !m.is_dir() => {
+                    return Err(bad(format!("{rel}: {dir} is a file in the install root")))
+                }
+                Ok(m) => {
+                    self.add(dir, Staged::Dir(m.permissions().mode() & 0o7777))?;
+                }
+                Err(_) => {
+                    self.add(dir, Staged::Dir(0o755))?;
+                }
+            }
+            self.dirs_ok.insert(dir.to_string());
+        }
+        Ok(())
+    }
+
+    /// Sets what goes at `rel`; returns its index and the assignment's number.
+    fn add(&mut self, rel: &str, what: Staged) -> Result<(usize, u64)> {
+        self.seq += 1;
+        let i = match self.index.get(rel) {
+            Some(&i) => {
+                let was_dir = matches!(self.entries[i].what, Staged::Dir(_));
+                if was_dir != matches!(what, Staged::Dir(_)) {
+                    return Err(bad(format!(
+                        "{rel}: both a directory and a file in the payload"
+                    )));
+                }
+                self.entries[i].what = what; // a later entry for the same path wins, as with tar
+                self.assigned[i] = self.seq;
+                i
+            }
+            None => {
+                self.index.insert(rel.to_string(), self.entries.len());
+                self.entries.push(StagedEntry {
+                    rel: rel.to_string(),
+                    what,
+                });
+                self.assigned.push(self.seq);
+                self.entries.len() - 1
+            }
+        };
+        Ok((i, self.seq))
+    }
+
+    fn staged_path(&mut self) -> PathBuf {
+        self.next += 1;
+        self.stage.join(self.next.to_string())
+    }
+
+    /// Reads one payload to the end, staging its entries. `reporter` gets the fraction of
+    /// this payload read; writer errors (a full disk) are reported after the writers stop.
     pub fn stage(&mut self, payload: &Payload, reporter: &dyn Reporter) -> Result<()> {
         let f =
             std::fs::File::open(&payload.path).map_err(|e| InstallError::io(&payload.path, e))?;
@@ -320,7 +385,53 @@ impl<'a> Stager<'a> {
                 Box::new(&mut input)
             };
             let mut archive = tar::Archive::new(decoder);
-            self.entries_of(&mut archive, payload, &read, reporter)
+            let ctx = self.ctx;
+            let failed = std::sync::atomic::AtomicBool::new(false);
+            std::thread::scope(|s| {
+                let (done_tx, done_rx) = std::sync::mpsc::channel::<Result<(u64, usize, Staged)>>();
+                let mut writers = Vec::with_capacity(WRITERS);
+                for _ in 0..WRITERS {
+                    let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(QUEUE);
+                    let done_tx = done_tx.clone();
+                    let failed = &failed;
+                    s.spawn(move || {
+                        for job in rx {
+                            let r = ctx.write(job);
+                            if r.is_err() {
+                                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            if done_tx.send(r).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    writers.push(tx);
+                }
+                drop(done_tx);
+                let listed =
+                    self.entries_of(&mut archive, payload, &read, reporter, &writers, &failed);
+                drop(writers); // the writers finish their queues and end
+                let mut results = Vec::new();
+                let mut first_err = None;
+                for r in done_rx {
+                    match r {
+                        Ok(x) => results.push(x),
+                        Err(e) => {
+                            first_err.get_or_insert(e);
+                        }
+                    }
+                }
+                listed?;
+                if let Some(e) = first_err {
+                    return Err(e);
+                }
+                for (seq, index, staged) in results {
+                    if self.assigned[index] == seq {
+                        self.entries[index].what = staged;
+                    }
+                }
+                Ok(())
+            })
         };
         if let Err(e) = &listed {
             if e.hresult == HResult::WU_E_CALL_CANCELLED || e.hresult == HResult::E_DISK_FULL {
@@ -354,6 +465,8 @@ impl<'a> Stager<'a> {
         payload: &Payload,
         read: &std::cell::Cell<u64>,
         reporter: &dyn Reporter,
+        writers: &[std::sync::mpsc::SyncSender<Job>],
+        failed: &std::sync::atomic::AtomicBool,
     ) -> Result<()> {
         let what = |e: std::io::Error| {
             bad(format!(
@@ -367,6 +480,9 @@ impl<'a> Stager<'a> {
             count += 1;
             if count.is_multiple_of(64) && reporter.is_cancelled() {
                 return Err(InstallError::cancelled());
+            }
+            if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                return Ok(()); // a writer's error is reported once they have all stopped
             }
             let raw = entry.path().map_err(what)?.into_owned();
             let Some(rel) = clean(&raw)? else { continue };
@@ -387,9 +503,36 @@ impl<'a> Stager<'a> {
                         return Err(bad(format!("{rel}: both a directory and a file")));
                     }
                     let size = entry.header().size().map_err(what)?;
-                    let staged = self.file(&rel, &mut entry, mode, size, &what)?;
                     self.symlinks.remove(&rel);
-                    self.add(&rel, staged)?;
+                    if size <= IN_MEMORY {
+                        let mut data = Vec::with_capacity(size as usize);
+                        entry.read_to_end(&mut data).map_err(what)?;
+                        let dst = self.staged_path();
+                        // Until the writer's result: a placeholder with the file's place.
+                        let (index, seq) = self.add(
+                            &rel,
+                            Staged::File {
+                                staged: Some(dst.clone()),
+                                mode,
+                                size,
+                                sha256: String::new(),
+                            },
+                        )?;
+                        let job = Job {
+                            seq,
+                            index,
+                            rel,
+                            data,
+                            mode,
+                            dst,
+                        };
+                        if writers[count as usize % writers.len()].send(job).is_err() {
+                            return Ok(()); // a writer stopped: its error is reported
+                        }
+                    } else {
+                        let staged = self.large_file(&rel, &mut entry, mode, &what)?;
+                        self.add(&rel, staged)?;
+                    }
                 }
                 tar::EntryType::Symlink => {
                     let target = entry
@@ -407,7 +550,7 @@ impl<'a> Stager<'a> {
                         .to_str()
                         .ok_or_else(|| bad(format!("{rel}: a symlink target that is not UTF-8")))?
                         .to_string();
-                    let staged = if self.unchanged_link(&rel, &target_s) {
+                    let staged = if self.ctx.unchanged_link(&rel, &target_s) {
                         None
                     } else {
                         let dst = self.staged_path();
@@ -441,37 +584,15 @@ impl<'a> Stager<'a> {
         Ok(())
     }
 
-    /// Hashes a file entry; writes it to the stage directory unless it equals what is
-    /// installed. Small files are hashed in memory first, large ones while written.
-    fn file(
+    /// Hashes a large file entry while writing it to the stage directory; removes the
+    /// staged copy if it equals what is installed.
+    fn large_file(
         &mut self,
         rel: &str,
         entry: &mut impl Read,
         mode: u32,
-        size: u64,
         what: &dyn Fn(std::io::Error) -> InstallError,
     ) -> Result<Staged> {
-        if size <= IN_MEMORY {
-            let mut buf = std::mem::take(&mut self.buf);
-            buf.clear();
-            entry.read_to_end(&mut buf).map_err(what)?;
-            let sha256 = hex::encode(Sha256::digest(&buf));
-            let staged = if self.unchanged_file(rel, &sha256, mode, buf.len() as u64) {
-                None
-            } else {
-                let dst = self.staged_path();
-                write_new(&dst, &buf, mode)?;
-                Some(dst)
-            };
-            let size = buf.len() as u64;
-            self.buf = buf;
-            return Ok(Staged::File {
-                staged,
-                mode,
-                size,
-                sha256,
-            });
-        }
         let dst = self.staged_path();
         let mut out = new_file(&dst, mode)?;
         let mut h = Sha256::new();
@@ -489,7 +610,7 @@ impl<'a> Stager<'a> {
         }
         drop(out);
         let sha256 = hex::encode(h.finalize());
-        let staged = if self.unchanged_file(rel, &sha256, mode, written) {
+        let staged = if self.ctx.unchanged_file(rel, &sha256, mode, written) {
             std::fs::remove_file(&dst).map_err(|e| InstallError::io(&dst, e))?;
             None
         } else {

@@ -270,9 +270,12 @@ impl<'a> Tx<'a> {
     /// Flushes the root, then records `commit` (which marks the transaction committed in
     /// the same database transaction as the state it records), then cleans up.
     pub fn commit(mut self, commit: &Commit<'_>) -> Result<()> {
+        let started = std::time::Instant::now();
         syncfs(&self.layout.root)?;
         self.point("synced");
+        tracing::debug!(elapsed = ?started.elapsed(), "root flushed");
         self.store.commit(self.id, commit)?;
+        tracing::debug!(elapsed = ?started.elapsed(), "state committed");
         self.finished = true;
         self.point("committed");
         finish_committed(self.store, self.layout, self.id)

@@ -686,3 +686,77 @@ fn a_background_child_holding_the_output_does_not_block_the_install() {
         libc::kill(pid, libc::SIGKILL);
     }
 }
+
+#[test]
+fn a_superseded_update_stays_in_view_uninstalls_and_is_replaced_by_its_successor() {
+    let hello_a = tar_zst(&[("usr/bin/hello", b"hello from A"), ("usr/share/a", b"a")]);
+    let mut fx = Fx::new(vec![(RepoSim::update(1, "Hello A"), hello_a.clone())], None);
+    std::fs::create_dir_all(fx.root()).unwrap();
+    let before = tree(&fx.root());
+    let a = fx.search("");
+    fx.download(&a);
+    fx.installer(&a).install().unwrap();
+    // B supersedes A and ships the same path.
+    let mut b = RepoSim::update(2, "Hello B");
+    b.supersedes = vec![uuid::Uuid::from_u128(1)];
+    fx.sim.add_update(
+        "targets",
+        b,
+        &tar_zst(&[("usr/bin/hello", b"hello from B")]),
+    );
+    fx.sim.publish();
+    let mut s = fx.session.create_update_searcher();
+    let shown: Vec<String> = s
+        .search("IsInstalled=1")
+        .unwrap()
+        .updates()
+        .iter()
+        .map(|u| u.title().to_string())
+        .collect();
+    assert_eq!(
+        shown,
+        ["Hello A"],
+        "superseded but installed: still in view"
+    );
+    let offered = s.search("IsInstalled=0").unwrap().updates().clone();
+    assert_eq!(offered.len(), 1);
+    assert_eq!(offered.get(0).unwrap().title(), "Hello B");
+    // A superseded update uninstalls from its own record.
+    let inst_a = fx.search("IsInstalled=1");
+    fx.installer(&inst_a).uninstall().unwrap();
+    assert_eq!(tree(&fx.root()), before);
+    // Installed again, then B takes over its path and replaces it.
+    s.set_include_potentially_superseded_updates(true);
+    let a_again: UpdateCollection = s
+        .search(&format!("UpdateID='{}'", uuid::Uuid::from_u128(1)))
+        .unwrap()
+        .updates()
+        .iter()
+        .cloned()
+        .collect();
+    fx.installer(&a_again).install().unwrap();
+    fx.download(&offered);
+    let r = fx.installer(&offered).install().unwrap();
+    assert_eq!(r.result_code(), OperationResultCode::Succeeded);
+    assert_eq!(
+        std::fs::read(fx.root().join("usr/bin/hello")).unwrap(),
+        b"hello from B"
+    );
+    assert!(!fx.root().join("usr/share/a").exists());
+    let installed = fx.search("IsInstalled=1");
+    assert_eq!(installed.len(), 1);
+    assert_eq!(installed.get(0).unwrap().title(), "Hello B");
+    let h = fx
+        .session
+        .create_update_searcher()
+        .query_history(0, 2)
+        .unwrap();
+    let replaced = h.iter().find(|h| h.title == "Hello A").unwrap();
+    assert_eq!(replaced.operation, UpdateOperation::Uninstallation);
+    assert_eq!(
+        replaced.replaced_by.as_deref(),
+        Some(uuid::Uuid::from_u128(2).to_string().as_str())
+    );
+    fx.installer(&installed).uninstall().unwrap();
+    assert_eq!(tree(&fx.root()), before, "as before A");
+}
