@@ -59,24 +59,35 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-fn payload() -> Vec<u8> {
+/// A tar of `(path, content, mode)` entries.
+fn tar_of(entries: &[(String, Vec<u8>, u32)]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
-    let mut add = |path: &str, data: &[u8], mode: u32| {
+    for (path, data, mode) in entries {
         let mut h = tar::Header::new_gnu();
-        h.set_mode(mode);
+        h.set_mode(*mode);
         h.set_size(data.len() as u64);
-        b.append_data(&mut h, path, data).unwrap();
-    };
-    add("etc/app.conf", b"new config\n", 0o644);
-    add("usr/bin/tool", b"#!/bin/sh\necho new\n", 0o755);
-    for i in 0..40 {
-        add(
-            &format!("opt/app/lib/part{i:02}.dat"),
-            format!("part {i}\n").as_bytes(),
-            0o644,
-        );
+        b.append_data(&mut h, path, &data[..]).unwrap();
     }
     b.into_inner().unwrap()
+}
+
+fn payload() -> Vec<u8> {
+    let mut e = vec![
+        ("etc/app.conf".to_string(), b"new config\n".to_vec(), 0o644),
+        (
+            "usr/bin/tool".to_string(),
+            b"#!/bin/sh\necho new\n".to_vec(),
+            0o755,
+        ),
+    ];
+    for i in 0..40 {
+        e.push((
+            format!("opt/app/lib/part{i:02}.dat"),
+            format!("part {i}\n").into_bytes(),
+            0o644,
+        ));
+    }
+    tar_of(&e)
 }
 
 fn write_before(root: &Path) {
@@ -314,28 +325,35 @@ fn kills_at_random_instants_leave_before_or_after() {
 /// Revision 2 of the crash tests' update: `usr/bin/tool` and 38 parts unchanged,
 /// `etc/app.conf` and two parts changed, `part39` gone, a new file added.
 fn payload_r2() -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut add = |path: &str, data: &[u8], mode: u32| {
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(mode);
-        h.set_size(data.len() as u64);
-        b.append_data(&mut h, path, data).unwrap();
-    };
-    add("etc/app.conf", b"config of revision 2\n", 0o644);
-    add("usr/bin/tool", b"#!/bin/sh\necho new\n", 0o755);
+    let mut e = vec![
+        (
+            "etc/app.conf".to_string(),
+            b"config of revision 2\n".to_vec(),
+            0o644,
+        ),
+        (
+            "usr/bin/tool".to_string(),
+            b"#!/bin/sh\necho new\n".to_vec(),
+            0o755,
+        ),
+    ];
     for i in 0..39 {
         let data = match i {
             3 | 17 => format!("part {i}, revision 2\n"),
             _ => format!("part {i}\n"),
         };
-        add(
-            &format!("opt/app/lib/part{i:02}.dat"),
-            data.as_bytes(),
+        e.push((
+            format!("opt/app/lib/part{i:02}.dat"),
+            data.into_bytes(),
             0o644,
-        );
+        ));
     }
-    add("opt/app/share/new.txt", b"only in revision 2\n", 0o644);
-    b.into_inner().unwrap()
+    e.push((
+        "opt/app/share/new.txt".into(),
+        b"only in revision 2\n".to_vec(),
+        0o644,
+    ));
+    tar_of(&e)
 }
 
 impl World {

@@ -144,6 +144,53 @@ fn run_files(record: &UpdateRecord, paths: &[PathBuf]) -> Vec<RunFile> {
         .collect()
 }
 
+/// Gives a path back to what was there before its owner: its original, or nothing.
+fn take_back(o: &OwnedPath) -> Planned {
+    Planned {
+        rel: o.path.clone(),
+        op: match &o.original {
+            Some(b) => Op::Restore(b.clone()),
+            None => Op::Remove,
+        },
+    }
+}
+
+/// Removes directories (if empty), deepest first.
+fn rmdir_plan(mut dirs: Vec<&OwnedPath>) -> impl Iterator<Item = Planned> + '_ {
+    dirs.sort_by(|a, b| {
+        depth(&b.path)
+            .cmp(&depth(&a.path))
+            .then(b.path.cmp(&a.path))
+    });
+    dirs.into_iter().map(|o| Planned {
+        rel: o.path.clone(),
+        op: Op::Rmdir(o.mode),
+    })
+}
+
+/// Plans a staged file or symlink (nothing to do when unchanged: `staged` is `None`) and
+/// records what the update will own at `rel`.
+fn put(
+    plan: &mut Vec<Planned>,
+    owned: &mut Vec<OwnedPath>,
+    rel: String,
+    staged: Option<PathBuf>,
+    new_path: bool,
+    mut record: OwnedPath,
+) {
+    if let Some(s) = staged {
+        plan.push(Planned {
+            rel: rel.clone(),
+            op: Op::Put {
+                staged: s,
+                keep_backup: new_path,
+            },
+        });
+    }
+    record.path = rel;
+    owned.push(record);
+}
+
 fn always_reboot(b: &upkeep_types::InstallationBehavior) -> bool {
     b.reboot_behavior == InstallationRebootBehavior::AlwaysRequiresReboot
 }
@@ -395,15 +442,7 @@ impl<'a> Engine<'a> {
             .filter(|o| o.kind != OwnedKind::Dir && !new_paths.contains(o.path.as_str()))
             .collect();
         leaving_files.sort_by(|a, b| b.path.cmp(&a.path));
-        for o in leaving_files {
-            plan.push(Planned {
-                rel: o.path.clone(),
-                op: match &o.original {
-                    Some(b) => Op::Restore(b.clone()),
-                    None => Op::Remove,
-                },
-            });
-        }
+        plan.extend(leaving_files.into_iter().map(take_back));
         for e in staged {
             let prior = old.get(&e.rel);
             let original = prior
@@ -433,50 +472,42 @@ impl<'a> Engine<'a> {
                     mode,
                     size,
                     sha256,
-                } => {
-                    if let Some(s) = staged {
-                        plan.push(Planned {
-                            rel: e.rel.clone(),
-                            op: Op::Put {
-                                staged: s,
-                                keep_backup: prior.is_none(),
-                            },
-                        });
-                    }
-                    owned_new.push(OwnedPath {
-                        path: e.rel,
+                } => put(
+                    &mut plan,
+                    &mut owned_new,
+                    e.rel,
+                    staged,
+                    prior.is_none(),
+                    OwnedPath {
+                        path: String::new(),
                         kind: OwnedKind::File,
                         mode,
                         size,
                         digest: Some(sha256),
                         original,
                         created: false,
-                    });
-                }
-                Staged::Symlink { staged, target } => {
-                    if let Some(s) = staged {
-                        plan.push(Planned {
-                            rel: e.rel.clone(),
-                            op: Op::Put {
-                                staged: s,
-                                keep_backup: prior.is_none(),
-                            },
-                        });
-                    }
-                    owned_new.push(OwnedPath {
-                        path: e.rel,
+                    },
+                ),
+                Staged::Symlink { staged, target } => put(
+                    &mut plan,
+                    &mut owned_new,
+                    e.rel,
+                    staged,
+                    prior.is_none(),
+                    OwnedPath {
+                        path: String::new(),
                         kind: OwnedKind::Symlink,
                         mode: 0o777,
                         size: 0,
                         digest: Some(target),
                         original,
                         created: false,
-                    });
-                }
+                    },
+                ),
             }
         }
         let owned_paths: HashSet<&str> = owned_new.iter().map(|o| o.path.as_str()).collect();
-        let mut rmdirs: Vec<&OwnedPath> = old
+        let rmdirs: Vec<&OwnedPath> = old
             .values()
             .filter(|o| {
                 o.kind == OwnedKind::Dir
@@ -485,15 +516,7 @@ impl<'a> Engine<'a> {
                     && !dirs_in_use.contains(&o.path)
             })
             .collect();
-        rmdirs.sort_by(|a, b| {
-            depth(&b.path)
-                .cmp(&depth(&a.path))
-                .then(b.path.cmp(&a.path))
-        });
-        plan.extend(rmdirs.into_iter().map(|o| Planned {
-            rel: o.path.clone(),
-            op: Op::Rmdir(o.mode),
-        }));
+        plan.extend(rmdir_plan(rmdirs));
 
         // Apply.
         let command = matches!(m.handler, Handler::Command { .. });
@@ -725,27 +748,13 @@ impl<'a> Engine<'a> {
             .iter()
             .rev()
             .filter(|o| o.kind != OwnedKind::Dir && !others.contains(&o.path))
-            .map(|o| Planned {
-                rel: o.path.clone(),
-                op: match &o.original {
-                    Some(b) => Op::Restore(b.clone()),
-                    None => Op::Remove,
-                },
-            })
+            .map(take_back)
             .collect();
-        let mut rmdirs: Vec<&OwnedPath> = owned
+        let rmdirs: Vec<&OwnedPath> = owned
             .iter()
             .filter(|o| o.kind == OwnedKind::Dir && o.created && !dirs_in_use.contains(&o.path))
             .collect();
-        rmdirs.sort_by(|a, b| {
-            depth(&b.path)
-                .cmp(&depth(&a.path))
-                .then(b.path.cmp(&a.path))
-        });
-        plan.extend(rmdirs.into_iter().map(|o| Planned {
-            rel: o.path.clone(),
-            op: Op::Rmdir(o.mode),
-        }));
+        plan.extend(rmdir_plan(rmdirs));
 
         let behavior = record.map(|r| {
             r.metadata
