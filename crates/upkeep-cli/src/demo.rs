@@ -311,9 +311,77 @@ pub fn run() -> Result<Exit, Exit> {
 
     step(
         11,
-        "Uninstall Acme Tools 2.2: its files go, what it replaced comes back",
+        "Publish revision 2 of Acme Tools 2.2; the search offers it as an upgrade",
     );
-    let tools: upkeep::UpdateCollection = inst
+    let mut rev2 = UpdateMetadata::new(TOOLS_NEW, "Acme Tools 2.2.1", "x");
+    if let Some(u) = inst
+        .updates()
+        .iter()
+        .find(|u| u.identity().update_id == TOOLS_NEW)
+    {
+        rev2 = u.metadata().clone();
+    }
+    rev2.revision = 2;
+    rev2.title = "Acme Tools 2.2.1".into();
+    repo.add_updates(vec![NewUpdate {
+        metadata: rev2,
+        payload: ContentSource::Bytes {
+            name: "acme-tools-2.2.1.tar".into(),
+            data: tarball(&[
+                (
+                    "usr/local/bin/acme-tool",
+                    b"#!/bin/sh\necho acme-tools 2.2.1\n",
+                    0o755,
+                ),
+                ("usr/local/share/acme/README", b"Acme Tools\n", 0o644),
+            ])
+            .map_err(demo_err)?,
+        },
+        extra_content: vec![],
+        eula: None,
+        bootstrapper: None,
+    }])
+    .map_err(demo_err)?;
+    let readme = root.join("usr/local/share/acme/README");
+    let inode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .ok()
+    };
+    let readme_inode = inode(&readme);
+    searcher.set_include_potentially_superseded_updates(false);
+    let upgrades = searcher.search("IsInstalled=0").map_err(demo_err)?;
+    output::print_search(&upgrades, false);
+    step(
+        12,
+        "Install the upgrade: one transaction; the unchanged README is not rewritten",
+    );
+    crate::download_cmd::transfer(
+        &session,
+        upgrades.updates(),
+        upkeep::DownloadType::Full,
+        upkeep::DownloadPriority::Normal,
+        false,
+    )?;
+    let up = crate::install_cmd::run_job(&session, upgrades.updates(), false, false)?;
+    println!(
+        "   {}; acme-tool says: {}; README same inode: {}",
+        up.result_code(),
+        std::fs::read_to_string(&tool)
+            .map_err(demo_err)?
+            .lines()
+            .nth(1)
+            .unwrap_or(""),
+        readme_inode.is_some() && inode(&readme) == readme_inode
+    );
+
+    step(
+        13,
+        "Uninstall Acme Tools: its files go, what was there before revision 1 comes back",
+    );
+    let tools: upkeep::UpdateCollection = searcher
+        .search("IsInstalled=1")
+        .map_err(demo_err)?
         .updates()
         .iter()
         .filter(|u| u.identity().update_id == TOOLS_NEW)
@@ -326,15 +394,19 @@ pub fn run() -> Result<Exit, Exit> {
         tool.exists()
     );
 
-    step(12, "History, newest first");
+    step(14, "History, newest first");
     for h in searcher.query_history(0, 10).map_err(demo_err)? {
         let raw = if h.unmapped_result_code != 0 {
             format!(" (exit {})", h.unmapped_result_code)
         } else {
             String::new()
         };
+        let how = match h.previous_revision {
+            Some(p) => format!(" (upgrade r{p} → r{})", h.revision),
+            None => String::new(),
+        };
         println!(
-            "   {:<15} {:<10} {}{raw}",
+            "   {:<15} {:<10} {}{how}{raw}",
             h.operation.to_string(),
             h.result_code.to_string(),
             h.title
@@ -342,7 +414,7 @@ pub fn run() -> Result<Exit, Exit> {
     }
 
     step(
-        13,
+        15,
         "Stop the server and search offline, from the metadata trusted locally",
     );
     let requests = server.request_count();
@@ -355,7 +427,7 @@ pub fn run() -> Result<Exit, Exit> {
         offline.updates().len()
     );
 
-    step(14, "Clean up");
+    step(16, "Clean up");
     let path = tmp.path().to_path_buf();
     drop(repo);
     tmp.close().map_err(demo_err)?;

@@ -190,7 +190,13 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
         Command::Show { id, json, offline } => {
             let criteria = format!("UpdateID='{id}' and DeploymentAction=*");
             let (_session, result) = cli.global.search(&criteria, offline, true, json)?;
-            let Some(u) = result.updates().get(0) else {
+            // An installed revision is listed beside a newer published one: show the newest
+            // (it says which revision is installed).
+            let newest = result
+                .updates()
+                .iter()
+                .max_by_key(|u| u.identity().revision_number);
+            let Some(u) = newest else {
                 let e = Error::new(
                     HResult::WU_E_UNKNOWN_ID,
                     format!("update {id} is not in the repository"),
