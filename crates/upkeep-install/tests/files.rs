@@ -838,8 +838,45 @@ fn a_full_disk_fails_cleanly_before_or_while_staging() {
     );
     let e = install_rec(&fx, &update("app", 3, &[&p3]), &[&p3]).unwrap_err();
     assert_eq!(e.hresult, HResult::E_DISK_FULL, "{e}");
+    // 3. Many small files, handed to the writer threads, fill it.
+    let small: Vec<(String, Vec<u8>)> = (0..3000)
+        .map(|i| (format!("app/many/f{i}"), vec![b'x'; 8192]))
+        .collect();
+    let entries: Vec<E<'_>> = small.iter().map(|(n, d)| E::File(n, d, 0o644)).collect();
+    let p4 = put("r4.tar.zst", tar(&entries), "zst");
+    let e = install_rec(&fx, &update("app", 4, &[&p4]), &[&p4]).unwrap_err();
+    assert_eq!(e.hresult, HResult::E_DISK_FULL, "{e}");
     assert_eq!(snapshot(&fx.layout.root), r1, "r1 is untouched");
     assert_eq!(fx.store.installed().unwrap()[0].revision, 1);
     no_leftovers(&fx);
     drop(fx);
+}
+
+#[test]
+fn an_upgrade_follows_the_new_revision_rules_and_uninstall_the_installed_ones() {
+    let fx = fx();
+    let root = fx.layout.root.clone();
+    let p1 = payload(&fx, "r1.tar", &tar(&[E::File("f", b"1", 0o644)]), "");
+    let p2 = payload(&fx, "r2.tar", &tar(&[E::File("f", b"2", 0o644)]), "");
+    install_rec(&fx, &update("app", 1, &[&p1]), &[&p1]).unwrap();
+    // Revision 2 may not be uninstalled: that does not stop it replacing revision 1…
+    let mut r2 = update("app", 2, &[&p2]);
+    r2.metadata.uninstallable = false;
+    install_rec(&fx, &r2, &[&p2]).unwrap();
+    assert_eq!(std::fs::read(root.join("f")).unwrap(), b"2");
+    // …but its own record now forbids uninstalling it, whatever the caller passes.
+    let before = snapshot(&root);
+    let e = engine(&fx)
+        .uninstall(
+            &UninstallRequest {
+                update_id: &uid("app").to_string(),
+                fallback: Some(&update("app", 1, &[&p1])),
+                fallback_cached: Vec::new(),
+            },
+            &Silent,
+        )
+        .unwrap_err();
+    assert_eq!(e.hresult, HResult::WU_E_UNINSTALL_NOT_ALLOWED);
+    assert_eq!(snapshot(&root), before);
+    assert_eq!(fx.store.installed().unwrap()[0].revision, 2);
 }
