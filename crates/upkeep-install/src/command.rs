@@ -200,12 +200,26 @@ fn run_in(inv: &Invocation, exe: &Path, name: String, reporter: &dyn Reporter) -
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| {
-        InstallError::new(
-            HResult::WU_E_UH_INSTALLERFAILURE,
-            format!("{}: cannot run: {e}", name),
-        )
-    })?;
+    // A process forked by another thread between our writing the executable and running
+    // it still holds the written file open for a moment: exec fails with ETXTBSY until it
+    // has exec'd or exited. Try again a few times, as Go's os/exec and cargo do.
+    let mut tries = 0;
+    let mut child = loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            r => {
+                break r.map_err(|e| {
+                    InstallError::new(
+                        HResult::WU_E_UH_INSTALLERFAILURE,
+                        format!("{}: cannot run: {e}", name),
+                    )
+                })?
+            }
+        }
+    };
     // Output readers: progress lines to us, everything else to the log. Each says when its
     // pipe closed.
     let (tx, rx) = std::sync::mpsc::channel::<Option<f64>>();

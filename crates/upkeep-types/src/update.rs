@@ -420,12 +420,19 @@ pub trait StateSink: Send + Sync + std::fmt::Debug {
     fn eula_text(&self, file: &ContentFile) -> Result<String, StateError>;
 }
 
+/// What every copy of an update shares, whatever its per-machine state: the signed parts.
 #[derive(Debug)]
-struct UpdateInner {
+struct Signed {
     metadata: UpdateMetadata,
     content: Vec<ContentFile>,
     eula_file: Option<ContentFile>,
     bootstrapper: Option<ContentFile>,
+}
+
+#[derive(Debug)]
+struct UpdateInner {
+    /// Shared by the copies `with_state` makes (a search makes one per catalog entry).
+    signed: Arc<Signed>,
     state: UpdateState,
     /// `accept_eula`, `set_is_hidden` and a finished download change these for every
     /// clone of the update.
@@ -454,16 +461,30 @@ impl Update {
         bootstrapper: Option<ContentFile>,
         state: UpdateState,
     ) -> Update {
+        Update::from_signed(
+            Arc::new(Signed {
+                metadata,
+                content,
+                eula_file,
+                bootstrapper,
+            }),
+            state,
+            None,
+        )
+    }
+
+    fn from_signed(
+        signed: Arc<Signed>,
+        state: UpdateState,
+        sink: Option<Arc<dyn StateSink>>,
+    ) -> Update {
         Update(Arc::new(UpdateInner {
             eula_accepted: state.eula_accepted.into(),
             hidden: state.is_hidden.into(),
             downloaded: state.is_downloaded.into(),
-            metadata,
-            content,
-            eula_file,
-            bootstrapper,
+            signed,
             state,
-            sink: None,
+            sink,
         }))
     }
 
@@ -481,10 +502,10 @@ impl Update {
     /// What the agent keeps of this update when it installs it.
     pub fn record(&self) -> UpdateRecord {
         UpdateRecord {
-            metadata: self.0.metadata.clone(),
-            content: self.0.content.clone(),
-            eula: self.0.eula_file.clone(),
-            bootstrapper: self.0.bootstrapper.clone(),
+            metadata: self.0.signed.metadata.clone(),
+            content: self.0.signed.content.clone(),
+            eula: self.0.signed.eula_file.clone(),
+            bootstrapper: self.0.signed.bootstrapper.clone(),
         }
     }
 
@@ -499,25 +520,17 @@ impl Update {
         state: UpdateState,
         sink: Option<Arc<dyn StateSink>>,
     ) -> Update {
-        let mut u = Update::new(
-            self.0.metadata.clone(),
-            self.0.content.clone(),
-            self.0.eula_file.clone(),
-            self.0.bootstrapper.clone(),
-            state,
-        );
-        Arc::get_mut(&mut u.0).expect("new").sink = sink;
-        u
+        Update::from_signed(self.0.signed.clone(), state, sink)
     }
 
     /// `AcceptEula`: records acceptance (in the session's state when the update came from
     /// a search) and makes `eula_accepted` true for every clone of this update.
     pub fn accept_eula(&self) -> Result<(), StateError> {
-        if self.0.metadata.eula.is_none() {
+        if self.0.signed.metadata.eula.is_none() {
             return Ok(());
         }
         if let Some(s) = &self.0.sink {
-            s.accept_eula(&self.0.metadata.id, self.0.metadata.revision)?;
+            s.accept_eula(&self.0.signed.metadata.id, self.0.signed.metadata.revision)?;
         }
         self.0
             .eula_accepted
@@ -532,17 +545,17 @@ impl Update {
             hresult: crate::HResult::WU_E_EULA_UNAVAILABLE,
             message: m,
         };
-        let f = self.0.eula_file.as_ref().ok_or_else(|| {
+        let f = self.0.signed.eula_file.as_ref().ok_or_else(|| {
             unavailable(format!(
                 "update {} has no license terms",
-                self.0.metadata.id
+                self.0.signed.metadata.id
             ))
         })?;
         match &self.0.sink {
             Some(s) => s.eula_text(f),
             None => Err(unavailable(format!(
                 "update {}: no session to read its license from",
-                self.0.metadata.id
+                self.0.signed.metadata.id
             ))),
         }
     }
@@ -550,17 +563,17 @@ impl Update {
     /// Sets `IsHidden` (recorded in the session's state). Hiding a mandatory update is
     /// `WU_E_DS_DECLINENOTALLOWED`.
     pub fn set_is_hidden(&self, hidden: bool) -> Result<(), StateError> {
-        if hidden && self.0.metadata.mandatory {
+        if hidden && self.0.signed.metadata.mandatory {
             return Err(StateError {
                 hresult: crate::HResult::WU_E_DS_DECLINENOTALLOWED,
                 message: format!(
                     "update {} is mandatory and cannot be hidden",
-                    self.0.metadata.id
+                    self.0.signed.metadata.id
                 ),
             });
         }
         if let Some(s) = &self.0.sink {
-            s.set_hidden(&self.0.metadata.id, hidden)?;
+            s.set_hidden(&self.0.signed.metadata.id, hidden)?;
         }
         self.0
             .hidden
@@ -570,7 +583,7 @@ impl Update {
 
     /// The whole signed record.
     pub fn metadata(&self) -> &UpdateMetadata {
-        &self.0.metadata
+        &self.0.signed.metadata
     }
     /// Per-machine state at search time.
     pub fn state(&self) -> &UpdateState {
@@ -578,111 +591,112 @@ impl Update {
     }
     /// `Title`.
     pub fn title(&self) -> &str {
-        &self.0.metadata.title
+        &self.0.signed.metadata.title
     }
     /// `Description`.
     pub fn description(&self) -> &str {
-        &self.0.metadata.description
+        &self.0.signed.metadata.description
     }
     /// `Identity`.
     pub fn identity(&self) -> UpdateIdentity {
-        self.0.metadata.identity()
+        self.0.signed.metadata.identity()
     }
     /// `KBArticleIDs`.
     pub fn kb_article_ids(&self) -> &[String] {
-        &self.0.metadata.kb_article_ids
+        &self.0.signed.metadata.kb_article_ids
     }
     /// `Categories`.
     pub fn categories(&self) -> &[Category] {
-        &self.0.metadata.categories
+        &self.0.signed.metadata.categories
     }
     /// `Type`.
     pub fn update_type(&self) -> UpdateType {
-        self.0.metadata.update_type
+        self.0.signed.metadata.update_type
     }
     /// `MsrcSeverity`.
     pub fn msrc_severity(&self) -> &str {
-        &self.0.metadata.severity
+        &self.0.signed.metadata.severity
     }
     /// `SupersededUpdateIDs`.
     pub fn superseded_update_ids(&self) -> &[Uuid] {
-        &self.0.metadata.supersedes
+        &self.0.signed.metadata.supersedes
     }
     /// `IsMandatory`.
     pub fn is_mandatory(&self) -> bool {
-        self.0.metadata.mandatory
+        self.0.signed.metadata.mandatory
     }
     /// `IsUninstallable`.
     pub fn is_uninstallable(&self) -> bool {
-        self.0.metadata.uninstallable
+        self.0.signed.metadata.uninstallable
     }
     /// `InstallationBehavior`.
     pub fn installation_behavior(&self) -> &InstallationBehavior {
-        &self.0.metadata.installation_behavior
+        &self.0.signed.metadata.installation_behavior
     }
     /// `UninstallationBehavior`.
     pub fn uninstallation_behavior(&self) -> &InstallationBehavior {
         self.0
+            .signed
             .metadata
             .uninstallation_behavior
             .as_ref()
-            .unwrap_or(&self.0.metadata.installation_behavior)
+            .unwrap_or(&self.0.signed.metadata.installation_behavior)
     }
     /// `HandlerID`.
     pub fn handler_id(&self) -> &'static str {
-        self.0.metadata.handler.id()
+        self.0.signed.metadata.handler.id()
     }
     /// The handler and its arguments.
     pub fn handler(&self) -> &Handler {
-        &self.0.metadata.handler
+        &self.0.signed.metadata.handler
     }
     /// `DeploymentAction`.
     pub fn deployment_action(&self) -> DeploymentAction {
-        self.0.metadata.deployment_action
+        self.0.signed.metadata.deployment_action
     }
     /// `BrowseOnly`.
     pub fn browse_only(&self) -> bool {
-        self.0.metadata.browse_only
+        self.0.signed.metadata.browse_only
     }
     /// `AutoSelectOnWebSites`.
     pub fn auto_select_on_web_sites(&self) -> bool {
-        self.0.metadata.auto_select_on_web_sites
+        self.0.signed.metadata.auto_select_on_web_sites
     }
     /// Whether the update is assigned for automatic deployment (`IsAssigned` criterion).
     pub fn is_assigned(&self) -> bool {
-        self.0.metadata.is_assigned
+        self.0.signed.metadata.is_assigned
     }
     /// `Deadline`.
     pub fn deadline(&self) -> Option<jiff::Timestamp> {
-        self.0.metadata.deadline
+        self.0.signed.metadata.deadline
     }
     /// `LastDeploymentChangeTime` (the release date).
     pub fn release_date(&self) -> Option<jiff::Timestamp> {
-        self.0.metadata.release_date
+        self.0.signed.metadata.release_date
     }
     /// `MoreInfoUrls`.
     pub fn more_info_urls(&self) -> &[String] {
-        &self.0.metadata.more_info_urls
+        &self.0.signed.metadata.more_info_urls
     }
     /// `DownloadContents`: the content files with their signed lengths and hashes.
     pub fn download_contents(&self) -> &[ContentFile] {
-        &self.0.content
+        &self.0.signed.content
     }
     /// The license text's target, if the update has a EULA.
     pub fn eula_file(&self) -> Option<&ContentFile> {
-        self.0.eula_file.as_ref()
+        self.0.signed.eula_file.as_ref()
     }
     /// The bootstrapper's target, if any.
     pub fn bootstrapper(&self) -> Option<&ContentFile> {
-        self.0.bootstrapper.as_ref()
+        self.0.signed.bootstrapper.as_ref()
     }
     /// `MaxDownloadSize`: all content plus the bootstrapper.
     pub fn max_download_size(&self) -> u64 {
-        self.min_download_size() + self.0.bootstrapper.as_ref().map_or(0, |b| b.length)
+        self.min_download_size() + self.0.signed.bootstrapper.as_ref().map_or(0, |b| b.length)
     }
     /// `MinDownloadSize`: the content files.
     pub fn min_download_size(&self) -> u64 {
-        self.0.content.iter().map(|c| c.length).sum()
+        self.0.signed.content.iter().map(|c| c.length).sum()
     }
     /// `IsInstalled` (as seen when the search ran).
     pub fn is_installed(&self) -> bool {
@@ -715,7 +729,7 @@ impl Update {
     }
     /// `EulaAccepted`; true for an update without a EULA.
     pub fn eula_accepted(&self) -> bool {
-        self.0.metadata.eula.is_none()
+        self.0.signed.metadata.eula.is_none()
             || self
                 .0
                 .eula_accepted

@@ -368,9 +368,9 @@ impl UpdateSession {
 /// Per-machine state read once per search: installed and hidden updates, accepted
 /// licenses, cached content.
 pub(crate) struct LocalState {
-    installed: std::collections::HashMap<String, upkeep_store::Installed>,
-    hidden: HashSet<String>,
-    eulas: HashSet<(String, u32)>,
+    installed: std::collections::HashMap<uuid::Uuid, upkeep_store::Installed>,
+    hidden: HashSet<uuid::Uuid>,
+    eulas: HashSet<(uuid::Uuid, u32)>,
     cached: HashSet<String>,
 }
 
@@ -378,7 +378,7 @@ impl LocalState {
     /// The state of a published update: installed when this revision (or a later one) is;
     /// an upgrade (not installed, with `installed_revision` set) when an earlier one is.
     pub(crate) fn state_of(&self, u: &Update) -> upkeep_types::UpdateState {
-        let id = u.identity().update_id.to_string();
+        let id = u.identity().update_id;
         let rev = u.identity().revision_number;
         let any = self.installed.get(&id);
         let inst = any.filter(|i| i.revision >= rev);
@@ -403,13 +403,14 @@ impl LocalState {
     /// An installed update as the agent recorded it at install, when it has the record.
     fn installed_update(&self, i: &upkeep_store::Installed) -> Option<Update> {
         let record = i.record.clone()?;
+        let id = record.metadata.id;
         let u = Update::from_record(record, upkeep_types::UpdateState::default());
         let st = upkeep_types::UpdateState {
             is_installed: true,
             is_present: true,
-            is_hidden: self.hidden.contains(&i.update_id),
+            is_hidden: self.hidden.contains(&id),
             is_downloaded: self.is_cached(&u),
-            eula_accepted: self.eulas.contains(&(i.update_id.clone(), i.revision)),
+            eula_accepted: self.eulas.contains(&(id, i.revision)),
             reboot_required: i.reboot_required,
             installed_revision: Some(i.revision),
         };
@@ -496,14 +497,20 @@ impl UpdateSession {
             .content_cache()
             .map(|c| c.object_keys())
             .unwrap_or_default();
+        // Keyed by UUID: a search looks every catalog entry up here.
+        let uuid = |s: &str| s.parse::<uuid::Uuid>().ok();
         Ok(LocalState {
             installed: store
                 .installed()?
                 .into_iter()
-                .map(|i| (i.update_id.clone(), i))
+                .filter_map(|i| Some((uuid(&i.update_id)?, i)))
                 .collect(),
-            hidden: store.hidden()?.into_iter().collect(),
-            eulas: store.accepted_eulas()?.into_iter().collect(),
+            hidden: store.hidden()?.iter().filter_map(|h| uuid(h)).collect(),
+            eulas: store
+                .accepted_eulas()?
+                .iter()
+                .filter_map(|(id, r)| Some((uuid(id)?, *r)))
+                .collect(),
             cached,
         })
     }
@@ -706,24 +713,30 @@ impl UpdateSearcher {
         // installed update is shown at its installed revision, from its own record — also
         // when the repository has a newer revision (shown as well, as an upgrade) or no
         // longer has it at all.
-        let mut installed_supersede: HashSet<uuid::Uuid> = HashSet::new();
-        let mut updates: Vec<Update> = Vec::new();
-        let mut seen: HashSet<String> = HashSet::new();
-        let mut consider = |u: Update, updates: &mut Vec<Update>| {
-            if u.is_installed() {
-                installed_supersede.extend(u.superseded_update_ids().iter().copied());
+        // Who is superseded — by an installed update, or by one in the result — is
+        // gathered while each update is at hand; the result keeps each one's id and
+        // whether it is installed beside it, so the filter below touches no update again.
+        let mut superseded: HashSet<uuid::Uuid> = HashSet::new();
+        let mut updates: Vec<(uuid::Uuid, bool, Update)> = Vec::new();
+        let mut seen: HashSet<uuid::Uuid> = HashSet::new();
+        let include_superseded = self.include_superseded;
+        let mut consider = |u: Update, updates: &mut Vec<(uuid::Uuid, bool, Update)>| {
+            let installed = u.is_installed();
+            let matches = criteria.matches(&u);
+            if !include_superseded && (installed || matches) {
+                superseded.extend(u.superseded_update_ids().iter().copied());
             }
-            if criteria.matches(&u) {
-                updates.push(u);
+            if matches {
+                updates.push((u.identity().update_id, installed, u));
             }
         };
         for u in catalog.entries() {
-            let id = u.identity().update_id.to_string();
+            let id = u.identity().update_id;
             let st = local.state_of(u);
             let published = u.with_state_and_sink(st, Some(sink.clone()));
             match local.installed.get(&id) {
                 Some(i) => {
-                    seen.insert(id.clone());
+                    seen.insert(id);
                     let mine = local
                         .installed_update(i)
                         .map(|m| m.with_state_and_sink(m.state().clone(), Some(sink.clone())));
@@ -745,8 +758,8 @@ impl UpdateSearcher {
                 None => consider(published, &mut updates),
             }
         }
-        for i in local.installed.values() {
-            if seen.contains(&i.update_id) {
+        for (id, i) in &local.installed {
+            if seen.contains(id) {
                 continue;
             }
             if let Some(m) = local.installed_update(i) {
@@ -756,18 +769,10 @@ impl UpdateSearcher {
                 );
             }
         }
-        if !self.include_superseded {
+        if !superseded.is_empty() {
             // Updates not installed that another update in the result, or an installed
             // one, supersedes. Installed updates stay in view.
-            let superseded: HashSet<uuid::Uuid> = updates
-                .iter()
-                .flat_map(|u| u.superseded_update_ids().iter().copied())
-                .chain(installed_supersede)
-                .collect();
-            if !superseded.is_empty() {
-                updates
-                    .retain(|u| u.is_installed() || !superseded.contains(&u.identity().update_id));
-            }
+            updates.retain(|(id, installed, _)| *installed || !superseded.contains(id));
         }
         let warnings = catalog.warnings().to_vec();
         Ok(SearchResult {
@@ -776,7 +781,7 @@ impl UpdateSearcher {
             } else {
                 OperationResultCode::SucceededWithErrors
             },
-            updates: updates.into_iter().collect(),
+            updates: updates.into_iter().map(|(_, _, u)| u).collect(),
             warnings,
         })
     }

@@ -674,7 +674,12 @@ fn a_background_child_holding_the_output_does_not_block_the_install() {
     let all = fx.search("");
     fx.download(&all);
     let r = fx.installer(&all).install().unwrap();
-    assert_eq!(r.result_code(), OperationResultCode::Succeeded);
+    assert_eq!(
+        r.result_code(),
+        OperationResultCode::Succeeded,
+        "{:?}",
+        r.update_result(0)
+    );
     let pid: i32 = std::fs::read_to_string(&pidfile)
         .unwrap()
         .trim()
