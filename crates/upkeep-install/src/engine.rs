@@ -169,25 +169,24 @@ fn rmdir_plan(mut dirs: Vec<&OwnedPath>) -> impl Iterator<Item = Planned> + '_ {
 }
 
 /// Plans a staged file or symlink (nothing to do when unchanged: `staged` is `None`) and
-/// records what the update will own at `rel`.
+/// records what the update will own at its path. What is there now is kept as the
+/// original when no leaving update owned the path (`new_path`).
 fn put(
     plan: &mut Vec<Planned>,
     owned: &mut Vec<OwnedPath>,
-    rel: String,
     staged: Option<PathBuf>,
     new_path: bool,
-    mut record: OwnedPath,
+    record: OwnedPath,
 ) {
     if let Some(s) = staged {
         plan.push(Planned {
-            rel: rel.clone(),
+            rel: record.path.clone(),
             op: Op::Put {
                 staged: s,
                 keep_backup: new_path,
             },
         });
     }
-    record.path = rel;
     owned.push(record);
 }
 
@@ -475,11 +474,10 @@ impl<'a> Engine<'a> {
                 } => put(
                     &mut plan,
                     &mut owned_new,
-                    e.rel,
                     staged,
                     prior.is_none(),
                     OwnedPath {
-                        path: String::new(),
+                        path: e.rel,
                         kind: OwnedKind::File,
                         mode,
                         size,
@@ -491,11 +489,10 @@ impl<'a> Engine<'a> {
                 Staged::Symlink { staged, target } => put(
                     &mut plan,
                     &mut owned_new,
-                    e.rel,
                     staged,
                     prior.is_none(),
                     OwnedPath {
-                        path: String::new(),
+                        path: e.rel,
                         kind: OwnedKind::Symlink,
                         mode: 0o777,
                         size: 0,
