@@ -671,3 +671,28 @@ fn relative_paths_reach_a_command_update_as_absolute_ones_and_list_shows_it() {
     let o = run(&["uninstall", id]);
     assert_eq!(o.status.code(), Some(2), "not installed");
 }
+
+#[test]
+fn the_state_directory_is_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    ok(&upkeep(&["repo", "init", repo.to_str().unwrap()]));
+    let state = tmp.path().join("state");
+    let o = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "umask 000; exec {} --trusted-root {} --state-dir {} --root {} status",
+            env!("CARGO_BIN_EXE_upkeep"),
+            repo.join("metadata/1.root.json").display(),
+            state.display(),
+            tmp.path().join("root").display()
+        ))
+        .env_remove("UPKEEP_CONFIG")
+        .output()
+        .unwrap();
+    ok(&o);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700, "not 0777 from the umask");
+    assert_eq!(mode(&state.join("install.lock")) & 0o077, 0);
+}

@@ -247,7 +247,7 @@ pub struct Stager<'a> {
     symlinks: HashSet<String>,
     /// Files staged so far by each writer (the last: by the decoding thread itself).
     next: [usize; WRITERS + 1],
-    own_dir: Option<String>,
+    protected: &'a [String],
 }
 
 impl<'a> Stager<'a> {
@@ -260,12 +260,6 @@ impl<'a> Stager<'a> {
         known: &'a HashMap<String, Known>,
         verify_disk: bool,
     ) -> Stager<'a> {
-        let own_dir = layout
-            .work
-            .strip_prefix(&layout.root)
-            .ok()
-            .and_then(|p| p.to_str())
-            .map(str::to_string);
         Stager {
             ctx: Context {
                 layout,
@@ -280,7 +274,7 @@ impl<'a> Stager<'a> {
             dirs_ok: HashSet::new(),
             symlinks: HashSet::new(),
             next: [0; WRITERS + 1],
-            own_dir,
+            protected: &layout.protected,
         }
     }
 
@@ -499,10 +493,14 @@ impl<'a> Stager<'a> {
             }
             let raw = entry.path().map_err(what)?.into_owned();
             let Some(rel) = clean(&raw)? else { continue };
-            if let Some(own) = &self.own_dir {
-                if rel == *own || rel.starts_with(&format!("{own}/")) {
-                    return Err(bad(format!("{rel}: the agent's own work directory")));
-                }
+            if let Some(own) = self
+                .protected
+                .iter()
+                .find(|own| rel == **own || rel.starts_with(&format!("{own}/")))
+            {
+                return Err(bad(format!(
+                    "{rel}: inside the agent's own directory {own}; a payload may not write there"
+                )));
             }
             self.parents(&rel)?;
             let mode = entry.header().mode().map_err(what)? & 0o7777;

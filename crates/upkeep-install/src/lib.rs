@@ -134,6 +134,9 @@ pub struct Layout {
     pub root: PathBuf,
     /// `stage/<tx>/` and `backups/<tx>/` live here, on the root's filesystem.
     pub work: PathBuf,
+    /// The agent's own directories inside the root (the state directory, the work
+    /// directory), relative to it: no payload may write there.
+    pub protected: Vec<String>,
 }
 
 impl Layout {
@@ -150,9 +153,29 @@ impl Layout {
             root.join(".upkeep")
         };
         create_private_dir(&work)?;
+        // One made by an older agent may be readable by others: it holds backups.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&work)
+                .map_err(|e| InstallError::io(&work, e))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o700))
+                    .map_err(|e| InstallError::io(&work, e))?;
+            }
+        }
+        let protected = [state_dir, work.as_path()]
+            .iter()
+            .filter_map(|d| d.strip_prefix(root).ok())
+            .filter_map(|p| p.to_str())
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect();
         Ok(Layout {
             root: root.to_path_buf(),
             work,
+            protected,
         })
     }
 }

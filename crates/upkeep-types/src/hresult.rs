@@ -54,6 +54,8 @@ codes! {
     E_FAIL = 0x8000_4005u32, "unspecified failure";
     /// An argument was invalid.
     E_INVALIDARG = 0x8007_0057u32, "an argument is invalid";
+    /// Access denied: a state directory other users could change.
+    E_ACCESSDENIED = 0x8007_0005u32, "access denied";
     /// `HRESULT_FROM_WIN32(ERROR_FILE_EXISTS)`: a path the update writes belongs to
     /// another installed update that it does not supersede.
     E_FILE_EXISTS = 0x8007_0050u32, "a path belongs to another installed update";

@@ -132,6 +132,7 @@ impl UpdateSessionBuilder {
                 ));
             }
         }
+        secure_state_dir(&cfg.state_dir)?;
         let md = cfg.state_dir.join("metadata");
         std::fs::create_dir_all(&md).map_err(|e| {
             Error::new(
@@ -176,6 +177,59 @@ impl UpdateSessionBuilder {
         session.recover()?;
         Ok(session)
     }
+}
+
+/// Makes the state directory the one gate that keeps other local users out of everything
+/// the agent keeps there (trusted metadata, the cache and its partial files, staged files,
+/// backups of replaced files — setuid ones too —, pinned content, the state database, the
+/// install lock): created `0700` whatever the umask (its parents as usual), an existing one
+/// that others could only read (as older agents made it) tightened to `0700`; one that
+/// other users could write, that belongs to another user, or that is a symlink, is refused
+/// with `E_ACCESSDENIED`: nothing in it could be trusted.
+fn secure_state_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let fail = |what: String| Error::new(HResult::WU_E_DS_UNEXPECTED, what);
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| fail(format!("{}: {e}", parent.display())))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(fail(format!("{}: {e}", dir.display()))),
+    }
+    let m = std::fs::symlink_metadata(dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+    let denied = |why: &str| {
+        Err(Error::new(
+            HResult::E_ACCESSDENIED,
+            format!(
+                "state directory {}: {why}; fix it or choose another with --state-dir",
+                dir.display()
+            ),
+        ))
+    };
+    if !m.is_dir() {
+        return denied("not a directory (a symlink or a file is where it must be)");
+    }
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if m.uid() != me {
+        return denied(&format!(
+            "owned by uid {}, not by this user (uid {me})",
+            m.uid()
+        ));
+    }
+    if m.mode() & 0o022 != 0 {
+        return denied(&format!(
+            "other users can write to it (mode {:o})",
+            m.mode() & 0o7777
+        ));
+    }
+    if m.mode() & 0o077 != 0 {
+        tracing::info!(dir = %dir.display(), mode = format!("{:o}", m.mode() & 0o7777), "making the state directory private (0700)");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+    }
+    Ok(())
 }
 
 type CatalogKey = (u64, u64);
@@ -570,11 +624,13 @@ impl UpdateSession {
     /// Tries to take the machine-wide install lock (`<state_dir>/install.lock`); `None`
     /// when another installer, in this process or another, holds it.
     pub(crate) fn try_install_lock(&self) -> Result<Option<std::fs::File>> {
+        use std::os::unix::fs::OpenOptionsExt;
         let p = self.inner.cfg.state_dir.join("install.lock");
         let f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&p)
             .map_err(|e| {
                 Error::new(HResult::WU_E_DS_UNEXPECTED, format!("{}: {e}", p.display()))
