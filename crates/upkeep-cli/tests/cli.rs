@@ -696,3 +696,85 @@ fn the_state_directory_is_private_whatever_the_umask() {
     assert_eq!(mode(&state), 0o700, "not 0777 from the umask");
     assert_eq!(mode(&state.join("install.lock")) & 0o077, 0);
 }
+
+#[test]
+fn ctrl_c_at_the_terminal_aborts_an_install_and_the_command_is_stopped_by_the_agent() {
+    use std::os::unix::process::CommandExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("repo");
+    ok(&upkeep(&["repo", "init", dir.to_str().unwrap()]));
+    let started = tmp.path().join("started");
+    let pidfile = tmp.path().join("pid");
+    // Ignores nothing: it runs until stopped (bounded at 30 s by its loop).
+    let script = format!(
+        "#!/bin/sh\necho $$ > {p}\ntouch {s}\ni=0\nwhile [ $i -lt 3000 ]; do sleep 0.01; i=$((i+1)); done\nexit 0\n",
+        p = pidfile.display(),
+        s = started.display()
+    );
+    std::fs::write(tmp.path().join("long.sh"), script).unwrap();
+    let id = "55555555-5555-4555-8555-555555555555";
+    ok(&upkeep(&[
+        "repo",
+        "add",
+        dir.to_str().unwrap(),
+        "--id",
+        id,
+        "--title",
+        "Long",
+        "--payload",
+        tmp.path().join("long.sh").to_str().unwrap(),
+        "--handler",
+        "command",
+    ]));
+    let serve = Serve::start(&dir);
+    let root = dir.join("metadata/1.root.json");
+    let state = tmp.path().join("state");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .args(agent_args(&serve.1, &root, &state))
+        .arg("--root")
+        .arg(tmp.path().join("root"))
+        .args(["install", id, "--json"])
+        .process_group(0) // a foreground job of its own, as a shell would make it
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !started.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command never started"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "upkeep ended early");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // The terminal's Ctrl-C: SIGINT to the whole foreground process group.
+    // SAFETY: kill(2) on the process group of our own child.
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGINT) };
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(4), "aborted: {stdout}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["updates"][0]["result_code"], "Aborted");
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(
+        stat.is_empty()
+            || stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, r)| r.starts_with('Z')),
+        "the command was stopped"
+    );
+    let h = ok(&Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .args(agent_args(&serve.1, &root, &state))
+        .args(["history", "--json"])
+        .output()
+        .unwrap());
+    let h: serde_json::Value = serde_json::from_str(&h).unwrap();
+    assert_eq!(h["entries"][0]["result_code"], "Aborted");
+}

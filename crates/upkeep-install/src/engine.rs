@@ -424,7 +424,7 @@ impl<'a> Engine<'a> {
                     HResult::E_FILE_EXISTS,
                     format!(
                         "{what} writes {}, which belongs to installed update {owner} ({title}); it does not supersede that update",
-                        e.rel
+                        crate::escape_controls(&e.rel)
                     ),
                 ));
             }

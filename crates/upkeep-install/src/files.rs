@@ -84,8 +84,13 @@ pub enum Known {
     Symlink(String),
 }
 
+/// A refused payload; names from the archive in `msg` are shown with control characters
+/// escaped.
 fn bad(msg: String) -> InstallError {
-    InstallError::new(HResult::WU_E_UH_INSTALLERFAILURE, msg)
+    InstallError::new(
+        HResult::WU_E_UH_INSTALLERFAILURE,
+        crate::escape_controls(&msg),
+    )
 }
 
 /// `a/./b/` → `a/b`; `None` for an empty path (the archive root itself); an error for an

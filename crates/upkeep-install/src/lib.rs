@@ -70,6 +70,24 @@ impl InstallError {
     }
 }
 
+/// `s` with control characters (newlines, escape sequences) written as escapes, for
+/// messages that name what an archive or a command supplied: a name cannot forge log lines
+/// or drive a terminal.
+pub fn escape_controls(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// Progress and cancellation for one operation: what the install engine reports to and
 /// asks of its caller (the installer job) at each step.
 pub trait Reporter {

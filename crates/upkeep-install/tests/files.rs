@@ -880,3 +880,26 @@ fn an_upgrade_follows_the_new_revision_rules_and_uninstall_the_installed_ones() 
     assert_eq!(snapshot(&root), before);
     assert_eq!(fx.store.installed().unwrap()[0].revision, 2);
 }
+
+#[test]
+fn control_characters_in_archive_names_are_escaped_in_errors() {
+    let fx = fx();
+    let p = payload(
+        &fx,
+        "p.tar",
+        &tar(&[E::Link("bin/\nWARN forged line\x1b[31m", "/etc/passwd")]),
+        "",
+    );
+    let e = install_and_commit(&fx, "c", &p).unwrap_err();
+    assert_eq!(e.hresult, HResult::WU_E_UH_INSTALLERFAILURE);
+    assert!(
+        !e.message.contains('\n') && !e.message.contains('\x1b'),
+        "{:?}",
+        e.message
+    );
+    assert!(
+        e.message.contains("\\nWARN forged line\\u{1b}"),
+        "{}",
+        e.message
+    );
+}

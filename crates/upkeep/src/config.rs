@@ -64,9 +64,20 @@ impl Config {
     }
 
     /// Reads `UPKEEP_*` variables through `get` (so tests need not touch the process
-    /// environment).
-    pub fn from_env_with(get: impl Fn(&str) -> Option<String>) -> Config {
-        Config {
+    /// environment). A number that does not parse is an error naming the variable.
+    pub fn from_env_with(get: impl Fn(&str) -> Option<String>) -> Result<Config> {
+        fn number<T: std::str::FromStr>(name: &str, v: Option<String>) -> Result<Option<T>> {
+            v.map(|v| {
+                v.trim().parse::<T>().map_err(|_| {
+                    Error::new(
+                        HResult::E_INVALIDARG,
+                        format!("{name}={v:?} is not a whole number"),
+                    )
+                })
+            })
+            .transpose()
+        }
+        Ok(Config {
             repository: get("UPKEEP_REPOSITORY"),
             trusted_root: get("UPKEEP_TRUSTED_ROOT").map(PathBuf::from),
             state_dir: get("UPKEEP_STATE_DIR").map(PathBuf::from),
@@ -79,14 +90,19 @@ impl Config {
                     .map(String::from)
                     .collect()
             }),
-            parallel_downloads: get("UPKEEP_PARALLEL_DOWNLOADS").and_then(|v| v.parse().ok()),
-            low_priority_bytes_per_second: get("UPKEEP_LOW_PRIORITY_BYTES_PER_SECOND")
-                .and_then(|v| v.parse().ok()),
-        }
+            parallel_downloads: number(
+                "UPKEEP_PARALLEL_DOWNLOADS",
+                get("UPKEEP_PARALLEL_DOWNLOADS"),
+            )?,
+            low_priority_bytes_per_second: number(
+                "UPKEEP_LOW_PRIORITY_BYTES_PER_SECOND",
+                get("UPKEEP_LOW_PRIORITY_BYTES_PER_SECOND"),
+            )?,
+        })
     }
 
     /// Reads `UPKEEP_*` variables of this process.
-    pub fn from_env() -> Config {
+    pub fn from_env() -> Result<Config> {
         Self::from_env_with(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
     }
 
@@ -109,11 +125,27 @@ impl Config {
     /// Fills defaults: state in `/var/lib/upkeep` for root, else
     /// `$XDG_STATE_HOME/upkeep` or `~/.local/state/upkeep`; install root `/`. Relative
     /// state and install paths are made absolute against the current directory, so that
-    /// what a `command` update is told is the same wherever it runs.
-    pub fn resolve(self) -> ResolvedConfig {
+    /// what a `command` update is told is the same wherever it runs. A value out of its
+    /// range (`parallel_downloads` 1 to 64, `low_priority_bytes_per_second` at least 1) is
+    /// `E_INVALIDARG`, not silently changed.
+    pub fn resolve(self) -> Result<ResolvedConfig> {
+        if let Some(n) = self.parallel_downloads {
+            if !(1..=64).contains(&n) {
+                return Err(Error::new(
+                    HResult::E_INVALIDARG,
+                    format!("parallel_downloads = {n}: it must be from 1 to 64"),
+                ));
+            }
+        }
+        if self.low_priority_bytes_per_second == Some(0) {
+            return Err(Error::new(
+                HResult::E_INVALIDARG,
+                "low_priority_bytes_per_second = 0: leave it unset for no cap",
+            ));
+        }
         let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
         let state_dir = absolute(self.state_dir.unwrap_or_else(default_state_dir));
-        ResolvedConfig {
+        Ok(ResolvedConfig {
             repository: self.repository,
             trusted_root: self.trusted_root,
             state_dir,
@@ -122,9 +154,9 @@ impl Config {
                 .client_application_id
                 .unwrap_or_else(|| "Unknown".to_string()),
             mirrors: self.mirrors.unwrap_or_default(),
-            parallel_downloads: self.parallel_downloads.unwrap_or(8).clamp(1, 64),
-            low_priority_bytes_per_second: self.low_priority_bytes_per_second.filter(|r| *r > 0),
-        }
+            parallel_downloads: self.parallel_downloads.unwrap_or(8),
+            low_priority_bytes_per_second: self.low_priority_bytes_per_second,
+        })
     }
 }
 
@@ -172,12 +204,13 @@ mod tests {
     #[test]
     fn precedence_is_file_then_env_then_builder() {
         let file: Config = toml::from_str("repository = 'http://a/'\nstate_dir = '/s'").unwrap();
-        let env = Config::from_env_with(|k| (k == "UPKEEP_REPOSITORY").then(|| "http://b/".into()));
+        let env = Config::from_env_with(|k| (k == "UPKEEP_REPOSITORY").then(|| "http://b/".into()))
+            .unwrap();
         let builder = Config {
             install_root: Some("/r".into()),
             ..Default::default()
         };
-        let c = file.merge(env).merge(builder).resolve();
+        let c = file.merge(env).merge(builder).resolve().unwrap();
         assert_eq!(c.repository.as_deref(), Some("http://b/"));
         assert_eq!(c.state_dir, PathBuf::from("/s"));
         assert_eq!(c.install_root, PathBuf::from("/r"));
@@ -191,10 +224,40 @@ mod tests {
             install_root: Some("./root".into()),
             ..Default::default()
         }
-        .resolve();
+        .resolve()
+        .unwrap();
         let cwd = std::env::current_dir().unwrap();
         assert_eq!(c.state_dir, cwd.join("state"));
         assert!(c.install_root.is_absolute() && c.install_root.ends_with("root"));
+    }
+
+    #[test]
+    fn out_of_range_and_unparsable_values_are_errors() {
+        for n in [0usize, 65, 100_000_000_000] {
+            let c = Config {
+                parallel_downloads: Some(n),
+                ..Default::default()
+            };
+            assert_eq!(
+                c.resolve().unwrap_err().hresult(),
+                HResult::E_INVALIDARG,
+                "{n}"
+            );
+        }
+        let e =
+            Config::from_env_with(|k| (k == "UPKEEP_PARALLEL_DOWNLOADS").then(|| "eight".into()))
+                .unwrap_err();
+        assert_eq!(e.hresult(), HResult::E_INVALIDARG);
+        assert!(
+            e.message().contains("UPKEEP_PARALLEL_DOWNLOADS"),
+            "{}",
+            e.message()
+        );
+        let zero = Config {
+            low_priority_bytes_per_second: Some(0),
+            ..Default::default()
+        };
+        assert!(zero.resolve().is_err());
     }
 
     #[test]

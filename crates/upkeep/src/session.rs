@@ -118,9 +118,9 @@ impl UpdateSessionBuilder {
             None => Config::default(),
         };
         if !self.no_env {
-            cfg = cfg.merge(Config::from_env());
+            cfg = cfg.merge(Config::from_env()?);
         }
-        let cfg = cfg.merge(self.over).resolve();
+        let cfg = cfg.merge(self.over).resolve()?;
         if let Some(url) = &cfg.repository {
             if !(url.starts_with("http://")
                 || url.starts_with("https://")
