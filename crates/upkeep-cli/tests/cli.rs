@@ -530,20 +530,18 @@ fn ctrl_c_aborts_the_download_keeps_the_partial_file_and_exits_4() {
     d.resume_and_check();
 }
 
-#[test]
-fn two_installers_in_two_processes_one_is_refused_and_status_says_busy() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("repo");
+/// A repository in `tmp/repo` with one `command` update running `script`, served on
+/// loopback; returns the server and the trusted root file.
+fn command_update_repo(
+    tmp: &Path,
+    id: &str,
+    title: &str,
+    script: &str,
+) -> (Serve, std::path::PathBuf) {
+    let dir = tmp.join("repo");
     ok(&upkeep(&["repo", "init", dir.to_str().unwrap()]));
-    let go = tmp.path().join("go");
-    let started = tmp.path().join("started");
-    let script = format!(
-        "#!/bin/sh\ntouch {s}\ni=0\nwhile [ ! -e {g} ] && [ $i -lt 3000 ]; do sleep 0.01; i=$((i+1)); done\nexit 0\n",
-        s = started.display(),
-        g = go.display()
-    );
-    std::fs::write(tmp.path().join("slow.sh"), script).unwrap();
-    let id = "99999999-9999-4999-8999-999999999999";
+    let payload = tmp.join("command.sh");
+    std::fs::write(&payload, script).unwrap();
     ok(&upkeep(&[
         "repo",
         "add",
@@ -551,14 +549,27 @@ fn two_installers_in_two_processes_one_is_refused_and_status_says_busy() {
         "--id",
         id,
         "--title",
-        "Slow",
+        title,
         "--payload",
-        tmp.path().join("slow.sh").to_str().unwrap(),
+        payload.to_str().unwrap(),
         "--handler",
         "command",
     ]));
-    let serve = Serve::start(&dir);
-    let root = dir.join("metadata/1.root.json");
+    (Serve::start(&dir), dir.join("metadata/1.root.json"))
+}
+
+#[test]
+fn two_installers_in_two_processes_one_is_refused_and_status_says_busy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let go = tmp.path().join("go");
+    let started = tmp.path().join("started");
+    let script = format!(
+        "#!/bin/sh\ntouch {s}\ni=0\nwhile [ ! -e {g} ] && [ $i -lt 3000 ]; do sleep 0.01; i=$((i+1)); done\nexit 0\n",
+        s = started.display(),
+        g = go.display()
+    );
+    let id = "99999999-9999-4999-8999-999999999999";
+    let (serve, root) = command_update_repo(tmp.path(), id, "Slow", &script);
     let state = tmp.path().join("state");
     let mut args: Vec<String> = agent_args(&serve.1, &root, &state)
         .iter()
@@ -701,8 +712,6 @@ fn the_state_directory_is_private_whatever_the_umask() {
 fn ctrl_c_at_the_terminal_aborts_an_install_and_the_command_is_stopped_by_the_agent() {
     use std::os::unix::process::CommandExt;
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("repo");
-    ok(&upkeep(&["repo", "init", dir.to_str().unwrap()]));
     let started = tmp.path().join("started");
     let pidfile = tmp.path().join("pid");
     // Ignores nothing: it runs until stopped (bounded at 30 s by its loop).
@@ -711,23 +720,8 @@ fn ctrl_c_at_the_terminal_aborts_an_install_and_the_command_is_stopped_by_the_ag
         p = pidfile.display(),
         s = started.display()
     );
-    std::fs::write(tmp.path().join("long.sh"), script).unwrap();
     let id = "55555555-5555-4555-8555-555555555555";
-    ok(&upkeep(&[
-        "repo",
-        "add",
-        dir.to_str().unwrap(),
-        "--id",
-        id,
-        "--title",
-        "Long",
-        "--payload",
-        tmp.path().join("long.sh").to_str().unwrap(),
-        "--handler",
-        "command",
-    ]));
-    let serve = Serve::start(&dir);
-    let root = dir.join("metadata/1.root.json");
+    let (serve, root) = command_update_repo(tmp.path(), id, "Long", &script);
     let state = tmp.path().join("state");
     let mut child = Command::new(env!("CARGO_BIN_EXE_upkeep"))
         .args(agent_args(&serve.1, &root, &state))

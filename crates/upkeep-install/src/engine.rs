@@ -84,6 +84,14 @@ pub struct Done {
     pub already_installed: bool,
 }
 
+impl Done {
+    /// Takes in a command's outcome: its exit code, and a restart it asked for.
+    fn absorb(&mut self, out: command::Outcome) {
+        self.reboot_required |= out.reboot_required;
+        self.exit_code = out.exit_code;
+    }
+}
+
 /// The install engine over one install root and state database.
 pub struct Engine<'a> {
     store: &'a Store,
@@ -580,8 +588,7 @@ impl<'a> Engine<'a> {
                     width: 0.9,
                 },
             )?;
-            done.reboot_required |= out.reboot_required;
-            done.exit_code = out.exit_code;
+            done.absorb(out);
         }
 
         // Commit: the record, what it owns, the replaced updates gone, history.
@@ -773,8 +780,7 @@ impl<'a> Engine<'a> {
                     width: 0.9,
                 },
             )?;
-            done.reboot_required |= out.reboot_required;
-            done.exit_code = out.exit_code;
+            done.absorb(out);
         }
         let step = if command_run.is_some() {
             Step {

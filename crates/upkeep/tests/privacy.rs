@@ -41,6 +41,22 @@ fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
 }
 
+/// Searches, downloads and installs everything the repository offers.
+fn download_and_install(s: &UpdateSession) -> upkeep::InstallationResult {
+    let all: UpdateCollection = s
+        .create_update_searcher()
+        .search("")
+        .unwrap()
+        .updates()
+        .clone();
+    let mut d = s.create_update_downloader();
+    d.set_updates(all.clone());
+    d.download().unwrap();
+    let mut i = s.create_update_installer();
+    i.set_updates(all);
+    i.install().unwrap()
+}
+
 fn session(
     server: &upkeep_publish::serve::Server,
     sim: &RepoSim,
@@ -77,19 +93,8 @@ fn other_users_cannot_read_run_or_lock_what_the_agent_keeps() {
     std::fs::write(&tool, b"#!/bin/sh\necho old setuid tool\n").unwrap();
     std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o4755)).unwrap();
     let s = session(&server, &sim, &state, &root).unwrap();
-    let all = s
-        .create_update_searcher()
-        .search("")
-        .unwrap()
-        .updates()
-        .clone();
-    let mut d = s.create_update_downloader();
-    d.set_updates(all.clone());
-    d.download().unwrap();
-    let mut i = s.create_update_installer();
-    i.set_updates(all);
     assert_eq!(
-        i.install().unwrap().result_code(),
+        download_and_install(&s).result_code(),
         OperationResultCode::Succeeded
     );
     assert_eq!(mode(&state), 0o700);
@@ -178,19 +183,8 @@ fn a_payload_may_not_write_into_the_state_directory_inside_the_root() {
     let root = dir.path().join("root");
     let state = root.join("var/lib/upkeep");
     let s = session(&server, &sim, &state, &root).unwrap();
-    let all: UpdateCollection = s
-        .create_update_searcher()
-        .search("")
-        .unwrap()
-        .updates()
-        .clone();
-    let mut d = s.create_update_downloader();
-    d.set_updates(all.clone());
-    d.download().unwrap();
     let db = std::fs::read(state.join("state.db")).unwrap();
-    let mut i = s.create_update_installer();
-    i.set_updates(all);
-    let r = i.install().unwrap();
+    let r = download_and_install(&s);
     assert_eq!(
         r.update_result(0).unwrap().hresult(),
         HResult::WU_E_UH_INSTALLERFAILURE
