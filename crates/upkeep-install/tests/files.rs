@@ -909,7 +909,12 @@ fn a_damaged_compressed_payload_is_a_refused_payload_not_an_io_error() {
     for compress in ["zst", "gz"] {
         let fx = fx();
         let files: Vec<(String, Vec<u8>)> = (0..50)
-            .map(|i| (format!("d/f{i}"), format!("file {i} ").repeat(500).into_bytes()))
+            .map(|i| {
+                (
+                    format!("d/f{i}"),
+                    format!("file {i} ").repeat(500).into_bytes(),
+                )
+            })
             .collect();
         let entries: Vec<E<'_>> = files.iter().map(|(n, d)| E::File(n, d, 0o644)).collect();
         let whole = payload(&fx, "whole", &tar(&entries), compress);
@@ -925,7 +930,11 @@ fn a_damaged_compressed_payload_is_a_refused_payload_not_an_io_error() {
             sha256: Some(hex::encode(Sha256::digest(&data))),
         };
         let e = install_and_commit(&fx, "t", &p).unwrap_err();
-        assert_eq!(e.hresult, HResult::WU_E_UH_INSTALLERFAILURE, "{compress}: {e}");
+        assert_eq!(
+            e.hresult,
+            HResult::WU_E_UH_INSTALLERFAILURE,
+            "{compress}: {e}"
+        );
         assert!(e.message.contains("not a valid archive"), "{compress}: {e}");
         assert!(!fx.layout.root.join("d").exists(), "{compress}");
         no_leftovers(&fx);
