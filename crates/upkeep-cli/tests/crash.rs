@@ -59,6 +59,27 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
+/// Publishes revision `revision` of the update with this tar payload.
+fn add_revision(repo: &Path, revision: u32, title: &str, tar: &[u8]) {
+    let file = repo.with_file_name(format!("app-r{revision}.tar"));
+    std::fs::write(&file, tar).unwrap();
+    ok(&upkeep(&[
+        "repo",
+        "add",
+        repo.to_str().unwrap(),
+        "--id",
+        ID,
+        "--revision",
+        &revision.to_string(),
+        "--title",
+        title,
+        "--payload",
+        file.to_str().unwrap(),
+        "--handler",
+        "files",
+    ]));
+}
+
 /// A tar of `(path, content, mode)` entries.
 fn tar_of(entries: &[(String, Vec<u8>, u32)]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
@@ -115,20 +136,7 @@ impl World {
         let tmp = tempfile::tempdir().unwrap();
         let repo = tmp.path().join("repo");
         ok(&upkeep(&["repo", "init", repo.to_str().unwrap()]));
-        std::fs::write(tmp.path().join("app.tar"), payload()).unwrap();
-        ok(&upkeep(&[
-            "repo",
-            "add",
-            repo.to_str().unwrap(),
-            "--id",
-            ID,
-            "--title",
-            "App 2.0",
-            "--payload",
-            tmp.path().join("app.tar").to_str().unwrap(),
-            "--handler",
-            "files",
-        ]));
+        add_revision(&repo, 1, "App 2.0", &payload());
         let serve = Serve::start(&repo);
         let url = serve.1.clone();
         World {
@@ -359,23 +367,7 @@ fn payload_r2() -> Vec<u8> {
 impl World {
     /// Publishes revision 2 of the update.
     fn publish_r2(&self) {
-        let repo = self.tmp.path().join("repo");
-        std::fs::write(self.tmp.path().join("app2.tar"), payload_r2()).unwrap();
-        ok(&upkeep(&[
-            "repo",
-            "add",
-            repo.to_str().unwrap(),
-            "--id",
-            ID,
-            "--revision",
-            "2",
-            "--title",
-            "App 2.1",
-            "--payload",
-            self.tmp.path().join("app2.tar").to_str().unwrap(),
-            "--handler",
-            "files",
-        ]));
+        add_revision(&self.tmp.path().join("repo"), 2, "App 2.1", &payload_r2());
     }
 
     /// The installed revision, from the agent's own list.
