@@ -154,6 +154,14 @@ pub struct AddArgs {
     /// e.g. 194).
     #[arg(long = "reboot-exit-code", allow_hyphen_values = true)]
     reboot_exit_codes: Vec<i64>,
+    /// Path in a `files` payload that may carry set-user-id or set-group-id bits
+    /// (repeatable); devices refuse any other entry with them.
+    #[arg(long = "setid", value_name = "PATH")]
+    setid: Vec<String>,
+    /// Bytes the `files` payloads expand to once installed; devices stop extracting beyond
+    /// it (without it: 100× the payloads' size, at least 64 MiB).
+    #[arg(long, value_name = "BYTES")]
+    installed_size: Option<u64>,
     /// Bootstrapper file.
     #[arg(long)]
     bootstrapper: Option<PathBuf>,
@@ -230,7 +238,14 @@ impl AddArgs {
                         "--arg, --uninstall-arg, --success-exit-code and --reboot-exit-code belong to the command handler".into(),
                     ));
                 }
+                m.setid_paths = self.setid.clone();
+                m.installed_size = self.installed_size;
                 Handler::Files
+            }
+            HandlerKind::Command if !self.setid.is_empty() || self.installed_size.is_some() => {
+                return Err(PublishError::Invalid(
+                    "--setid and --installed-size belong to the files handler".into(),
+                ))
             }
             HandlerKind::Command => Handler::Command {
                 arguments: self.args.clone(),

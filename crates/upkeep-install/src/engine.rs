@@ -33,7 +33,7 @@ use upkeep_types::{
 };
 
 use crate::command::{self, Invocation, RunFile};
-use crate::files::{Known, Payload, Staged, Stager};
+use crate::files::{Known, Payload, Policy, Staged, Stager};
 use crate::tx::{pinned_rel, Op, Planned, Tx};
 use crate::{checkpoint, InstallError, Layout, Reporter, Result, Step};
 
@@ -333,7 +333,11 @@ impl<'a> Engine<'a> {
             }
         }
         let content_bytes: u64 = record.content.iter().map(|f| f.length).sum();
-        check_space(&self.layout.work, content_bytes)?;
+        // A declared installed size is what staging will write (at most): check for it.
+        check_space(
+            &self.layout.work,
+            content_bytes.max(m.installed_size.unwrap_or(0)),
+        )?;
 
         let leaving: Vec<&Installed> = prev.into_iter().chain(replaced.iter().copied()).collect();
         let leaving_ids: HashSet<&str> = leaving.iter().map(|i| i.update_id.as_str()).collect();
@@ -388,7 +392,24 @@ impl<'a> Engine<'a> {
                         Some((p.clone(), k))
                     })
                     .collect();
-                let mut stager = Stager::new(self.layout, tx.stage_dir(), &known, req.forced);
+                let policy = Policy {
+                    setid: m.setid_paths.clone(),
+                    max_bytes: Some(m.installed_size.unwrap_or_else(|| {
+                        content_bytes
+                            .saturating_mul(upkeep_types::DEFAULT_EXPANSION)
+                            .max(upkeep_types::MIN_EXPANSION_BOUND)
+                    })),
+                    max_bytes_source: match m.installed_size {
+                        Some(_) => "the installed size the update declares".into(),
+                        None => format!(
+                            "the update declares no installed size: {}× its payloads, at least {} MiB",
+                            upkeep_types::DEFAULT_EXPANSION,
+                            upkeep_types::MIN_EXPANSION_BOUND >> 20
+                        ),
+                    },
+                };
+                let mut stager = Stager::new(self.layout, tx.stage_dir(), &known, req.forced)
+                    .with_policy(policy);
                 let n = paths.len() as f64;
                 for (i, (p, f)) in paths.iter().zip(&record.content).enumerate() {
                     let payload = Payload {
@@ -403,7 +424,7 @@ impl<'a> Engine<'a> {
                     };
                     stager.stage(&payload, &step)?;
                 }
-                stager.finish()
+                stager.finish()?
             }
             Handler::Command { .. } => {
                 let dir = tx.pinned_dir();
@@ -457,7 +478,7 @@ impl<'a> Engine<'a> {
                 .and_then(|o| o.original.clone());
             match e.what {
                 Staged::Dir(mode) => {
-                    let on_disk = std::fs::symlink_metadata(root.join(&e.rel)).is_ok();
+                    let on_disk = self.layout.dir.stat(&e.rel)?.is_some();
                     if !on_disk {
                         plan.push(Planned {
                             rel: e.rel.clone(),

@@ -19,6 +19,7 @@ use std::path::{Component, Path, PathBuf};
 use sha2::{Digest, Sha256};
 use upkeep_types::HResult;
 
+use crate::root::Node;
 use crate::{InstallError, Layout, Reporter, Result};
 
 /// A payload file in the content cache and what the signed metadata says of it.
@@ -200,10 +201,15 @@ impl Context<'_> {
         if k != sha256 || *km != mode || *ks != size {
             return false;
         }
-        let path = self.layout.root.join(rel);
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.is_file() && m.len() == size && m.permissions().mode() & 0o7777 == mode => {
-                !self.verify_disk || file_sha256(&path).is_ok_and(|h| h == sha256)
+        let root = &self.layout.dir;
+        match root.stat(rel) {
+            Ok(Some(m)) if m.is_file() && m.size == size && m.mode == mode => {
+                !self.verify_disk
+                    || root
+                        .open_file(rel)
+                        .ok()
+                        .and_then(|f| reader_sha256(f).ok())
+                        .is_some_and(|h| h == sha256)
             }
             _ => false,
         }
@@ -211,7 +217,11 @@ impl Context<'_> {
 
     fn unchanged_link(&self, rel: &str, target: &str) -> bool {
         matches!(self.known.get(rel), Some(Known::Symlink(t)) if t == target)
-            && std::fs::read_link(self.layout.root.join(rel)).is_ok_and(|t| t.as_os_str() == target)
+            && self
+                .layout
+                .dir
+                .read_link(rel)
+                .is_ok_and(|t| t.as_deref() == Some(target))
     }
 
     /// A writer's work: hash, and write unless unchanged.
@@ -253,6 +263,25 @@ pub struct Stager<'a> {
     /// Files staged so far by each writer (the last: by the decoding thread itself).
     next: [usize; WRITERS + 1],
     protected: &'a [String],
+    /// Archive directory path → the canonical path it reaches inside the root.
+    canon: HashMap<String, String>,
+    /// Hard links to resolve once every writer is done: (entry, its assignment, target).
+    hardlinks: Vec<(usize, u64, usize)>,
+    policy: Policy,
+    /// Bytes of file content read so far, against `policy.max_bytes`.
+    total: u64,
+}
+
+/// What the update's signed metadata allows its payloads.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    /// Paths that may carry set-user-id or set-group-id bits (as the archive names them
+    /// or as they resolve in the root); any other entry with them is refused.
+    pub setid: Vec<String>,
+    /// The most file content the payloads may expand to (`None`: no bound).
+    pub max_bytes: Option<u64>,
+    /// Where `max_bytes` comes from, for the refusal's message.
+    pub max_bytes_source: String,
 }
 
 impl<'a> Stager<'a> {
@@ -280,12 +309,138 @@ impl<'a> Stager<'a> {
             symlinks: HashSet::new(),
             next: [0; WRITERS + 1],
             protected: &layout.protected,
+            canon: HashMap::new(),
+            hardlinks: Vec::new(),
+            policy: Policy::default(),
+            total: 0,
         }
     }
 
-    /// The staged entries, in archive order (parents before children).
-    pub fn finish(self) -> Vec<StagedEntry> {
-        self.entries
+    /// Sets what the payloads may contain (set-id paths, a size bound).
+    pub fn with_policy(mut self, policy: Policy) -> Stager<'a> {
+        self.policy = policy;
+        self
+    }
+
+    /// The staged entries, in archive order (parents before children), once hard links are
+    /// staged and every symlink is checked against the final tree: no chain of symlinks
+    /// — the payloads' own, and those already in the root — may lead out of the root.
+    pub fn finish(mut self) -> Result<Vec<StagedEntry>> {
+        for (i, seq, ti) in std::mem::take(&mut self.hardlinks) {
+            if self.assigned[i] != seq {
+                continue; // a later entry replaced the link
+            }
+            let rel = self.entries[i].rel.clone();
+            let target = self.entries[ti].rel.clone();
+            let Staged::File {
+                staged,
+                mode,
+                size,
+                sha256,
+            } = self.entries[ti].what.clone()
+            else {
+                return Err(bad(format!(
+                    "{rel}: a hard link to {target}, which is no longer a regular file"
+                )));
+            };
+            let mine = if self.ctx.unchanged_file(&rel, &sha256, mode, size) {
+                None
+            } else {
+                let dst = self.staged_path(WRITERS)?;
+                match &staged {
+                    Some(p) => std::fs::hard_link(p, &dst).map_err(|e| InstallError::io(p, e))?,
+                    // The target is unchanged in the root: link to it there.
+                    None => self.ctx.layout.dir.link_out(&target, &dst)?,
+                }
+                Some(dst)
+            };
+            self.entries[i].what = Staged::File {
+                staged: mine,
+                mode,
+                size,
+                sha256,
+            };
+        }
+        let root = &*self.ctx.layout.dir;
+        let node = |p: &str| -> Result<Node> {
+            match self.index.get(p).map(|&i| &self.entries[i].what) {
+                Some(Staged::Symlink { target, .. }) => Ok(Node::Link(target.clone())),
+                Some(_) => Ok(Node::Other),
+                None => root.node(p),
+            }
+        };
+        for e in &self.entries {
+            if let Staged::Symlink { target, .. } = &e.what {
+                if let (_, Some(why)) = root.walk(&e.rel, true, &node, true)? {
+                    return Err(bad(format!(
+                        "{}: symlink to {target} leads out of the install root ({why})",
+                        e.rel
+                    )));
+                }
+            }
+        }
+        Ok(self.entries)
+    }
+
+    /// Where the archive path `raw` goes: its directory resolved through the symlinks
+    /// already in the root (a merged-/usr `lib/x` is `usr/lib/x`), never through a
+    /// symlink the payloads create. A directory entry where the root has a symlink to a
+    /// directory keeps the symlink and means its target.
+    fn place(&mut self, raw: &str, is_dir: bool) -> Result<String> {
+        self.not_through_archive_link(raw, raw)?;
+        let (dir, name) = match raw.rsplit_once('/') {
+            Some((d, n)) => (d, n),
+            None => ("", raw),
+        };
+        let cdir = self.canon_dir(dir)?;
+        let rel = if cdir.is_empty() {
+            name.to_string()
+        } else {
+            format!("{cdir}/{name}")
+        };
+        if is_dir && !self.index.contains_key(&rel) {
+            if let Some(s) = self.ctx.layout.dir.stat(&rel)? {
+                if s.is_symlink() {
+                    let target = self.canon_dir(raw)?;
+                    return match self.ctx.layout.dir.stat(&target)? {
+                        Some(t) if t.is_dir() => Ok(target),
+                        _ => Err(bad(format!(
+                            "{raw}: a directory where the install root has a symlink to {target}, which is not a directory"
+                        ))),
+                    };
+                }
+            }
+        }
+        self.not_through_archive_link(raw, &rel)?;
+        Ok(rel)
+    }
+
+    /// Refuses `path` if one of its parents is a symlink the payloads create.
+    fn not_through_archive_link(&self, raw: &str, path: &str) -> Result<()> {
+        let mut at = 0;
+        while let Some(i) = path[at..].find('/') {
+            let dir = &path[..at + i];
+            at += i + 1;
+            if self.symlinks.contains(dir) {
+                return Err(bad(format!(
+                    "{raw}: written through the archive's symlink {dir}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The canonical path of the archive directory `dir` (cached per directory).
+    fn canon_dir(&mut self, dir: &str) -> Result<String> {
+        if dir.is_empty() {
+            return Ok(String::new());
+        }
+        if let Some(c) = self.canon.get(dir) {
+            return Ok(c.clone());
+        }
+        let c = self.ctx.layout.dir.canonical(dir, true)?;
+        self.canon.insert(dir.to_string(), c.clone());
+        Ok(c)
     }
 
     /// Every parent of `rel` must be a real directory (or become one): never a symlink.
@@ -302,19 +457,20 @@ impl<'a> Stager<'a> {
                     "{rel}: written through the archive's symlink {dir}"
                 )));
             }
-            match std::fs::symlink_metadata(self.ctx.layout.root.join(dir)) {
-                Ok(m) if m.file_type().is_symlink() => {
+            match self.ctx.layout.dir.stat(dir)? {
+                // Resolved by `place`; one here appeared since, or dangles.
+                Some(m) if m.is_symlink() => {
                     return Err(bad(format!(
                         "{rel}: written through the symlink {dir} in the install root"
                     )))
                 }
-                Ok(m) if !m.is_dir() => {
+                Some(m) if !m.is_dir() => {
                     return Err(bad(format!("{rel}: {dir} is a file in the install root")))
                 }
-                Ok(m) => {
-                    self.add(dir, Staged::Dir(m.permissions().mode() & 0o7777))?;
+                Some(m) => {
+                    self.add(dir, Staged::Dir(m.mode))?;
                 }
-                Err(_) => {
+                None => {
                     self.add(dir, Staged::Dir(0o755))?;
                 }
             }
@@ -497,7 +653,11 @@ impl<'a> Stager<'a> {
                 return Ok(()); // a writer's error is reported once they have all stopped
             }
             let raw = entry.path().map_err(what)?.into_owned();
-            let Some(rel) = clean(&raw)? else { continue };
+            let Some(archived) = clean(&raw)? else {
+                continue;
+            };
+            let kind = entry.header().entry_type();
+            let rel = self.place(&archived, kind == tar::EntryType::Directory)?;
             if let Some(own) = self
                 .protected
                 .iter()
@@ -509,7 +669,18 @@ impl<'a> Stager<'a> {
             }
             self.parents(&rel)?;
             let mode = entry.header().mode().map_err(what)? & 0o7777;
-            match entry.header().entry_type() {
+            if mode & 0o6000 != 0
+                && !self
+                    .policy
+                    .setid
+                    .iter()
+                    .any(|p| p.trim_start_matches("./") == archived || *p == rel)
+            {
+                return Err(bad(format!(
+                    "{archived}: set-user-id or set-group-id bits (mode {mode:o}) the update does not declare"
+                )));
+            }
+            match kind {
                 tar::EntryType::Directory => {
                     self.add(&rel, Staged::Dir(mode))?;
                     self.dirs_ok.insert(rel);
@@ -519,6 +690,14 @@ impl<'a> Stager<'a> {
                         return Err(bad(format!("{rel}: both a directory and a file")));
                     }
                     let size = entry.header().size().map_err(what)?;
+                    self.total = self.total.saturating_add(size);
+                    if let Some(max) = self.policy.max_bytes.filter(|m| self.total > *m) {
+                        return Err(bad(format!(
+                            "{}: expands to more than {max} bytes ({}); refused before it fills the disk",
+                            payload.path.display(),
+                            self.policy.max_bytes_source
+                        )));
+                    }
                     self.symlinks.remove(&rel);
                     if size <= IN_MEMORY {
                         let mut data = Vec::with_capacity(size as usize);
@@ -557,7 +736,9 @@ impl<'a> Stager<'a> {
                         .map_err(what)?
                         .ok_or_else(|| bad(format!("{rel}: a symlink without a target")))?
                         .into_owned();
-                    if !link_stays_inside(&rel, &target) {
+                    if !(target.is_absolute() && self.ctx.layout.dir.is_slash())
+                        && !link_stays_inside(&rel, &target)
+                    {
                         return Err(bad(format!(
                             "{rel}: symlink to {} leaves the install root",
                             target.display()
@@ -576,6 +757,7 @@ impl<'a> Stager<'a> {
                         Some(dst)
                     };
                     self.symlinks.insert(rel.clone());
+                    self.symlinks.insert(archived.clone());
                     self.add(
                         &rel,
                         Staged::Symlink {
@@ -584,13 +766,46 @@ impl<'a> Stager<'a> {
                         },
                     )?;
                 }
+                tar::EntryType::Link => {
+                    let to = entry
+                        .link_name()
+                        .map_err(what)?
+                        .ok_or_else(|| bad(format!("{rel}: a hard link without a target")))?
+                        .into_owned();
+                    let to = clean(&to)?
+                        .ok_or_else(|| bad(format!("{rel}: a hard link to the archive root")))?;
+                    let to = self.place(&to, false)?;
+                    let target = self
+                        .index
+                        .get(&to)
+                        .copied()
+                        .filter(|&i| matches!(self.entries[i].what, Staged::File { .. }))
+                        .ok_or_else(|| {
+                            bad(format!(
+                                "{rel}: a hard link to {to}, which is not a regular file earlier in the payload"
+                            ))
+                        })?;
+                    self.symlinks.remove(&rel);
+                    // Staged once every writer is done (`finish`): the target's content
+                    // may still be on its way.
+                    let (index, seq) = self.add(
+                        &rel,
+                        Staged::File {
+                            staged: None,
+                            mode,
+                            size: 0,
+                            sha256: String::new(),
+                        },
+                    )?;
+                    self.hardlinks.push((index, seq, target));
+                }
                 tar::EntryType::XGlobalHeader
                 | tar::EntryType::XHeader
                 | tar::EntryType::GNULongName
                 | tar::EntryType::GNULongLink => {}
                 other => {
                     return Err(bad(format!(
-                        "{rel}: {other:?} entries (devices, FIFOs, hard links) are not installed"
+                        "{rel}: {other:?} entries (devices, FIFOs, sockets) are not installed"
                     )))
                 }
             }
@@ -679,9 +894,13 @@ fn start_writeback(f: &std::fs::File) {
 
 /// SHA-256 (hex) of a file's content.
 pub fn file_sha256(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
+    reader_sha256(std::fs::File::open(path)?)
+}
+
+/// SHA-256 (hex) of everything `r` reads.
+fn reader_sha256(mut r: impl Read) -> std::io::Result<String> {
     let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h)?;
+    std::io::copy(&mut r, &mut h)?;
     Ok(hex::encode(h.finalize()))
 }
 

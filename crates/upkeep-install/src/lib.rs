@@ -27,6 +27,7 @@
 pub mod command;
 pub mod engine;
 pub mod files;
+pub mod root;
 pub mod tx;
 
 use std::path::{Path, PathBuf};
@@ -150,6 +151,9 @@ pub type Result<T> = std::result::Result<T, InstallError>;
 pub struct Layout {
     /// Where updates are installed.
     pub root: PathBuf,
+    /// The root, opened: every read and change under it goes through this handle, which
+    /// resolves every path inside the root.
+    pub dir: std::sync::Arc<root::RootDir>,
     /// `stage/<tx>/` and `backups/<tx>/` live here, on the root's filesystem.
     pub work: PathBuf,
     /// The agent's own directories inside the root (the state directory, the work
@@ -183,14 +187,18 @@ impl Layout {
                     .map_err(|e| InstallError::io(&work, e))?;
             }
         }
-        let protected = [state_dir, work.as_path()]
+        // Compared with canonical paths inside the root: resolve symlinks on both sides.
+        let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let real_root = real(root);
+        let protected = [real(state_dir), real(&work)]
             .iter()
-            .filter_map(|d| d.strip_prefix(root).ok())
+            .filter_map(|d| d.strip_prefix(&real_root).ok())
             .filter_map(|p| p.to_str())
             .filter(|p| !p.is_empty())
             .map(str::to_string)
             .collect();
         Ok(Layout {
+            dir: std::sync::Arc::new(root::RootDir::open(root)?),
             root: root.to_path_buf(),
             work,
             protected,

@@ -20,13 +20,12 @@
 //! when dropped uncommitted; rollback errors are logged and the transaction stays in the
 //! journal for the next session's recovery.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use upkeep_store::{Commit, JournalEntry, JournalKind, Store, TxOperation, TxState};
 use upkeep_types::HResult;
 
-use crate::{checkpoint, syncfs, InstallError, Layout, Reporter, Result};
+use crate::{checkpoint, InstallError, Layout, Reporter, Result};
 
 /// Journal entries per durable batch.
 pub const BATCH: usize = 1000;
@@ -147,7 +146,7 @@ impl<'a> Tx<'a> {
         plan: &[Planned],
         reporter: &dyn Reporter,
     ) -> Result<Vec<(String, String)>> {
-        let root = &self.layout.root;
+        let root = &*self.layout.dir;
         let mut done = 0;
         let mut kept = Vec::new();
         for batch in plan.chunks(BATCH) {
@@ -158,8 +157,7 @@ impl<'a> Tx<'a> {
             let mut entries = Vec::with_capacity(batch.len());
             let mut work = Vec::with_capacity(batch.len());
             for p in batch {
-                let path = root.join(&p.rel);
-                let there = exists(&path);
+                let there = root.stat(&p.rel)?;
                 let seq = self.seq + entries.len();
                 let backup = || Some(format!("backups/{}/{seq}", self.id));
                 let entry =
@@ -222,8 +220,7 @@ impl<'a> Tx<'a> {
             let mut linked = false;
             for e in &entries {
                 if let Some(b) = &e.backup {
-                    let (from, to) = (root.join(&e.path), self.layout.work.join(b));
-                    std::fs::hard_link(&from, &to).map_err(io(&from))?;
+                    root.link_out(&e.path, &self.layout.work.join(b))?;
                     linked = true;
                 }
             }
@@ -235,25 +232,21 @@ impl<'a> Tx<'a> {
             }
             // 3. The changes.
             for (i, (e, p)) in entries.iter().zip(&work).enumerate() {
-                let path = root.join(&e.path);
+                let path = &e.path;
                 match &p.op {
-                    Op::Dir(mode) => {
-                        std::fs::create_dir(&path).map_err(io(&path))?;
-                        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode))
-                            .map_err(io(&path))?;
-                    }
-                    Op::Put { staged, .. } => std::fs::rename(staged, &path).map_err(io(&path))?,
-                    Op::Remove => std::fs::remove_file(&path).map_err(io(&path))?,
+                    Op::Dir(mode) => root.mkdir(path, *mode)?,
+                    Op::Put { staged, .. } => root.rename_in(staged, path)?,
+                    Op::Remove => root.remove_file(path)?,
                     Op::Restore(src) => {
                         let tmp = self.stage_dir().join(format!("r{}", self.seq + i));
                         let src = self.layout.work.join(src);
                         std::fs::hard_link(&src, &tmp).map_err(io(&src))?;
-                        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+                        root.rename_in(&tmp, path)?;
                     }
-                    Op::Rmdir(_) => match std::fs::remove_dir(&path) {
+                    Op::Rmdir(_) => match root.rmdir(path) {
                         // Someone put files there since: the directory stays.
                         Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {}
-                        r => r.map_err(io(&path))?,
+                        r => r.map_err(|e| InstallError::io(&root.display(path), e))?,
                     },
                 }
                 // `UPKEEP_CRASH_AT=install:change#N` stops after the N-th change.
@@ -271,7 +264,7 @@ impl<'a> Tx<'a> {
     /// the same database transaction as the state it records), then cleans up.
     pub fn commit(mut self, commit: &Commit<'_>) -> Result<()> {
         let started = std::time::Instant::now();
-        syncfs(&self.layout.root)?;
+        self.layout.dir.syncfs()?;
         self.point("synced");
         tracing::debug!(elapsed = ?started.elapsed(), "root flushed");
         self.store.commit(self.id, commit)?;
@@ -313,36 +306,34 @@ fn remove_dir_all_if_there(p: &Path) -> Result<()> {
 
 /// Rolls back transaction `id` from its journal (idempotent) and forgets it.
 fn rollback(store: &Store, layout: &Layout, id: i64) -> Result<()> {
-    let root = &layout.root;
+    let root = &*layout.dir;
     for e in store.journal_entries(id)?.iter().rev() {
-        let path = root.join(&e.path);
+        let path = &e.path;
         match e.kind {
             JournalKind::File => match &e.backup {
                 Some(b) => {
                     let b = layout.work.join(b);
                     if exists(&b).is_some() {
-                        std::fs::rename(&b, &path).map_err(io(&path))?;
+                        root.rename_in(&b, path)?;
                     }
                 }
                 None => {
-                    if exists(&path).is_some_and(|m| !m.is_dir()) {
-                        std::fs::remove_file(&path).map_err(io(&path))?;
+                    if root.stat(path)?.is_some_and(|m| !m.is_dir()) {
+                        root.remove_file(path)?;
                     }
                 }
             },
             JournalKind::Dir => {
-                let _ = std::fs::remove_dir(&path);
+                let _ = root.rmdir(path);
             }
             JournalKind::Rmdir => {
-                if exists(&path).is_none() {
-                    std::fs::create_dir(&path).map_err(io(&path))?;
-                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(e.mode))
-                        .map_err(io(&path))?;
+                if root.stat(path)?.is_none() {
+                    root.mkdir(path, e.mode)?;
                 }
             }
         }
     }
-    syncfs(root)?;
+    root.syncfs()?;
     remove_dir_all_if_there(&stage_dir(layout, id))?;
     remove_dir_all_if_there(&backup_dir(layout, id))?;
     remove_dir_all_if_there(&layout.work.join(pinned_rel(id)))?;

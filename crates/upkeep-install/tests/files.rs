@@ -49,6 +49,10 @@ enum E<'a> {
     File(&'a str, &'a [u8], u32),
     Link(&'a str, &'a str),
     Fifo(&'a str),
+    /// A hard link at the first path to the second.
+    Hard(&'a str, &'a str),
+    /// A character device.
+    Char(&'a str),
     Raw(&'a [u8]), // a pre-built header+data block (for paths the builder refuses)
 }
 
@@ -77,6 +81,19 @@ fn tar(entries: &[E<'_>]) -> Vec<u8> {
             }
             E::Fifo(p) => {
                 h.set_entry_type(tar::EntryType::Fifo);
+                h.set_mode(0o644);
+                h.set_size(0);
+                b.append_data(&mut h, p, std::io::empty()).unwrap();
+            }
+            E::Hard(p, target) => {
+                h.set_entry_type(tar::EntryType::Link);
+                h.set_mode(0o644);
+                h.set_size(0);
+                b.append_link(&mut h, p, target).unwrap();
+            }
+            E::Char(p) => {
+                h.set_entry_type(tar::EntryType::Char);
+                h.set_mode(0o666);
                 h.set_size(0);
                 b.append_data(&mut h, p, std::io::empty()).unwrap();
             }
@@ -314,6 +331,50 @@ fn hostile_archives_are_refused_before_anything_changes() {
             ]),
         ),
         ("fifo", tar(&[E::File("a", b"1", 0o644), E::Fifo("f")])),
+        ("char device", tar(&[E::Char("dev/null")])),
+        // Each link is lexically inside; the chain leaves the root.
+        (
+            "chained symlinks",
+            tar(&[E::Link("s", "."), E::Link("esc", "s/..")]),
+        ),
+        (
+            "deep chained symlinks",
+            tar(&[
+                E::Link("p/q/r/t/s", "../../../.."),
+                E::Link("etc_link", "p/q/r/t/s/../../../../../etc"),
+            ]),
+        ),
+        (
+            "a link through a later link",
+            tar(&[E::Link("x", "y/.."), E::Link("y", ".")]),
+        ),
+        (
+            "symlink loop",
+            tar(&[E::Link("l1", "l2"), E::Link("l2", "l1")]),
+        ),
+        (
+            "hard link out",
+            tar(&[E::Raw(&{
+                let mut h = tar::Header::new_old();
+                h.as_old_mut().name[..4].copy_from_slice(b"hard");
+                h.as_old_mut().linkname[..13].copy_from_slice(b"../etc/passwd");
+                h.set_entry_type(tar::EntryType::Link);
+                h.set_mode(0o644);
+                h.set_size(0);
+                h.set_cksum();
+                h.as_bytes().to_vec()
+            })]),
+        ),
+        // `a` is in the root, not in the payload: a hard link may not take it.
+        ("hard link to the root", tar(&[E::Hard("h", "a")])),
+        (
+            "undeclared setuid",
+            tar(&[E::File("bin/su", b"#!", 0o4755)]),
+        ),
+        (
+            "undeclared setgid",
+            tar(&[E::File("bin/wall", b"#!", 0o2755)]),
+        ),
         (
             "garbage",
             b"this is not a tar archive at all, not even close".repeat(20),
@@ -327,6 +388,38 @@ fn hostile_archives_are_refused_before_anything_changes() {
         let p = payload(&fx, "p.tar", &bytes, "");
         let e = install_and_commit(&fx, "h", &p).unwrap_err();
         assert_eq!(e.hresult, HResult::WU_E_UH_INSTALLERFAILURE, "{what}: {e}");
+        let why = [
+            ("parent dir", "`..` in an archive path"),
+            ("absolute", "absolute archive path"),
+            ("symlink out", "leaves the install root"),
+            ("absolute symlink", "leaves the install root"),
+            ("through a symlink", "through the archive's symlink"),
+            ("fifo", "Fifo entries"),
+            ("char device", "Char entries"),
+            ("chained symlinks", "esc: symlink to s/.. leads out"),
+            ("deep chained symlinks", "etc_link: symlink to"),
+            (
+                "a link through a later link",
+                "x: symlink to y/.. leads out",
+            ),
+            ("symlink loop", "too many levels of symbolic links"),
+            ("hard link out", "`..` in an archive path"),
+            (
+                "hard link to the root",
+                "not a regular file earlier in the payload",
+            ),
+            (
+                "undeclared setuid",
+                "mode 4755) the update does not declare",
+            ),
+            (
+                "undeclared setgid",
+                "mode 2755) the update does not declare",
+            ),
+            ("garbage", "not a valid archive"),
+        ];
+        let want = why.iter().find(|(w, _)| *w == what).expect("a reason").1;
+        assert!(e.message.contains(want), "{what}: {e}");
         assert_eq!(snapshot(root), before, "{what}: the root is unchanged");
         assert!(fx.store.unfinished_txs().unwrap().is_empty(), "{what}");
         assert!(fx.store.installed().unwrap().is_empty(), "{what}");
@@ -334,16 +427,196 @@ fn hostile_archives_are_refused_before_anything_changes() {
 }
 
 #[test]
-fn an_existing_symlink_in_the_root_is_not_followed() {
+fn a_symlink_in_the_root_resolves_inside_the_root() {
     let fx = fx();
     let root = &fx.layout.root;
+    // Absolute and relative links out of the root, as a hostile local user or an image
+    // built elsewhere would leave them: followed as in a chroot, never out of it.
     let elsewhere = fx.state.join("elsewhere");
     std::fs::create_dir_all(&elsewhere).unwrap();
     std::os::unix::fs::symlink(&elsewhere, root.join("data")).unwrap();
-    let p = payload(&fx, "p.tar", &tar(&[E::File("data/x", b"x", 0o644)]), "");
-    let e = install_and_commit(&fx, "s", &p).unwrap_err();
-    assert!(e.message.contains("symlink"), "{e}");
+    std::os::unix::fs::symlink("../../..", root.join("up")).unwrap();
+    let p = payload(
+        &fx,
+        "p.tar",
+        &tar(&[E::File("data/x", b"x", 0o644), E::File("up/y", b"y", 0o644)]),
+        "",
+    );
+    install_and_commit(&fx, "s", &p).unwrap();
     assert!(std::fs::read_dir(&elsewhere).unwrap().next().is_none());
+    let inside = root.join(elsewhere.strip_prefix("/").unwrap()).join("x");
+    assert_eq!(std::fs::read(&inside).unwrap(), b"x");
+    assert_eq!(std::fs::read(root.join("y")).unwrap(), b"y");
+    assert!(!fx.layout.root.parent().unwrap().join("y").exists());
+    uninstall_and_commit(&fx, "s");
+    assert!(!inside.exists() && !root.join("y").exists());
+    assert!(std::fs::symlink_metadata(root.join("data"))
+        .unwrap()
+        .is_symlink());
+}
+
+#[test]
+fn a_merged_usr_root_installs_through_its_symlinks_and_one_path_has_one_owner() {
+    let fx = fx();
+    let root = &fx.layout.root;
+    for d in ["usr/lib", "usr/bin"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::os::unix::fs::symlink("usr/lib", root.join("lib")).unwrap();
+    std::os::unix::fs::symlink("usr/bin", root.join("bin")).unwrap();
+    let before = snapshot(root);
+    let p = payload(
+        &fx,
+        "p.tar",
+        &tar(&[
+            E::Dir("lib"),
+            E::File("lib/libx.so.1", b"lib", 0o644),
+            E::Link("lib/libx.so", "libx.so.1"),
+            E::File("bin/tool", b"#!/bin/sh\n", 0o755),
+        ]),
+        "zst",
+    );
+    install_and_commit(&fx, "m", &p).unwrap();
+    assert!(std::fs::symlink_metadata(root.join("lib"))
+        .unwrap()
+        .is_symlink());
+    assert_eq!(
+        std::fs::read(root.join("usr/lib/libx.so.1")).unwrap(),
+        b"lib"
+    );
+    assert_eq!(std::fs::read(root.join("lib/libx.so")).unwrap(), b"lib");
+    let owned: Vec<String> = fx
+        .store
+        .owned(&uid("m").to_string())
+        .unwrap()
+        .into_iter()
+        .map(|o| o.path)
+        .collect();
+    assert!(
+        owned.contains(&"usr/lib/libx.so.1".to_string()),
+        "{owned:?}"
+    );
+    assert!(owned.contains(&"usr/bin/tool".to_string()), "{owned:?}");
+    assert!(!owned
+        .iter()
+        .any(|p| p.starts_with("lib/") || p.starts_with("bin/")));
+    // The same file by its other name is the same path: another update may not take it.
+    let q = payload(
+        &fx,
+        "q.tar",
+        &tar(&[E::File("usr/bin/tool", b"x", 0o755)]),
+        "",
+    );
+    let e = install_and_commit(&fx, "other", &q).unwrap_err();
+    assert_eq!(e.hresult, HResult::E_FILE_EXISTS, "{e}");
+    uninstall_and_commit(&fx, "m");
+    assert_eq!(snapshot(root), before);
+    no_leftovers(&fx);
+}
+
+#[test]
+fn hard_links_within_a_payload_install_as_one_file() {
+    let fx = fx();
+    let root = &fx.layout.root;
+    let p = payload(
+        &fx,
+        "p.tar",
+        &tar(&[
+            E::File("bin/gzip", b"gzip program", 0o755),
+            E::Hard("bin/gunzip", "bin/gzip"),
+            E::Hard("bin/zcat", "./bin/gzip"),
+        ]),
+        "gz",
+    );
+    install_and_commit(&fx, "h", &p).unwrap();
+    let ino = inode(&root.join("bin/gzip"));
+    for n in ["bin/gunzip", "bin/zcat"] {
+        assert_eq!(inode(&root.join(n)), ino, "{n}");
+        assert_eq!(std::fs::read(root.join(n)).unwrap(), b"gzip program");
+    }
+    // The next revision keeps the links; unchanged, they are not rewritten.
+    let q = payload(
+        &fx,
+        "q.tar",
+        &tar(&[
+            E::File("bin/gzip", b"gzip program", 0o755),
+            E::Hard("bin/gunzip", "bin/gzip"),
+            E::File("bin/zcat", b"now a script", 0o755),
+        ]),
+        "",
+    );
+    install_rec(&fx, &update("h", 2, &[&q]), &[&q]).unwrap();
+    assert_eq!(inode(&root.join("bin/gzip")), ino);
+    assert_eq!(inode(&root.join("bin/gunzip")), ino);
+    assert_eq!(
+        std::fs::read(root.join("bin/zcat")).unwrap(),
+        b"now a script"
+    );
+    uninstall_and_commit(&fx, "h");
+    assert!(!root.join("bin").exists());
+    no_leftovers(&fx);
+}
+
+#[test]
+fn declared_setid_bits_are_installed_and_others_refused() {
+    let fx = fx();
+    let root = &fx.layout.root;
+    let p = payload(
+        &fx,
+        "p.tar",
+        &tar(&[
+            E::File("bin/su", b"su", 0o4755),
+            E::File("bin/plain", b"p", 0o755),
+        ]),
+        "",
+    );
+    let mut rec = update("su", 1, &[&p]);
+    rec.metadata.setid_paths = vec!["bin/su".into()];
+    install_rec(&fx, &rec, &[&p]).unwrap();
+    let mode = std::fs::metadata(root.join("bin/su"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o4755);
+    // The declaration is per path: another path with the bit is refused.
+    let q = payload(&fx, "q.tar", &tar(&[E::File("bin/sg", b"sg", 0o2755)]), "");
+    let mut rec = update("sg", 1, &[&q]);
+    rec.metadata.setid_paths = vec!["bin/su".into()];
+    let e = install_rec(&fx, &rec, &[&q]).unwrap_err();
+    assert_eq!(e.hresult, HResult::WU_E_UH_INSTALLERFAILURE);
+    assert!(
+        e.message.contains("bin/sg") && e.message.contains("set-"),
+        "{e}"
+    );
+    assert!(!root.join("bin/sg").exists());
+}
+
+#[test]
+fn a_decompression_bomb_stops_at_its_bound_before_filling_the_disk() {
+    let fx = fx();
+    // 80 MiB of zeros: a few KiB compressed, over the 64 MiB floor of the default bound.
+    let zeros = vec![0u8; 80 << 20];
+    let p = payload(
+        &fx,
+        "bomb.tar.zst",
+        &tar(&[E::File("big", &zeros, 0o644)]),
+        "zst",
+    );
+    drop(zeros);
+    assert!(p.length < 1 << 20, "{}", p.length);
+    let e = install_and_commit(&fx, "bomb", &p).unwrap_err();
+    assert_eq!(e.hresult, HResult::WU_E_UH_INSTALLERFAILURE, "{e}");
+    assert!(e.message.contains("expands to more than"), "{e}");
+    assert!(!fx.layout.root.join("big").exists());
+    no_leftovers(&fx);
+    // A declared installed size is the bound: one byte short is refused, exact is fine.
+    let small = payload(&fx, "s.tar", &tar(&[E::File("f", &[7u8; 1000], 0o644)]), "");
+    let mut rec = update("sized", 1, &[&small]);
+    rec.metadata.installed_size = Some(999);
+    let e = install_rec(&fx, &rec, &[&small]).unwrap_err();
+    assert!(e.message.contains("installed size"), "{e}");
+    rec.metadata.installed_size = Some(1000);
+    install_rec(&fx, &rec, &[&small]).unwrap();
 }
 
 #[test]
@@ -375,6 +648,7 @@ fn an_interrupted_install_is_rolled_back_by_recovery() {
     st.stage(&p, &Silent).unwrap();
     let plan: Vec<Planned> = st
         .finish()
+        .unwrap()
         .into_iter()
         .map(|e| Planned {
             op: match e.what {

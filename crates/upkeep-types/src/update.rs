@@ -198,7 +198,24 @@ pub struct UpdateMetadata {
     /// More-information URLs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub more_info_urls: Vec<String>,
+    /// Bytes of file content the `files` payloads expand to once installed. The agent
+    /// stops extracting beyond it and checks free space for it before staging; when
+    /// absent, [`DEFAULT_EXPANSION`] times the payloads' size bounds the extraction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installed_size: Option<u64>,
+    /// Paths (relative to the install root, as the archive names them) that may carry
+    /// set-user-id or set-group-id bits; an entry with them that is not listed is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub setid_paths: Vec<String>,
 }
+
+/// Without a declared `installed_size`, payloads may expand to this many times their
+/// signed size (at least [`MIN_EXPANSION_BOUND`] bytes) before extraction is refused as a
+/// decompression bomb.
+pub const DEFAULT_EXPANSION: u64 = 100;
+
+/// The smallest expansion bound without a declared `installed_size` (64 MiB).
+pub const MIN_EXPANSION_BOUND: u64 = 64 << 20;
 
 fn yes() -> bool {
     true
@@ -245,6 +262,8 @@ impl UpdateMetadata {
             auto_select_on_web_sites: false,
             is_assigned: true,
             more_info_urls: Vec::new(),
+            installed_size: None,
+            setid_paths: Vec::new(),
         }
     }
 
@@ -285,6 +304,14 @@ impl UpdateMetadata {
                 return Err(err(
                     field,
                     format!("{p:?} is not a valid relative target path"),
+                ));
+            }
+        }
+        for p in &self.setid_paths {
+            if !is_valid_target_path(p.trim_start_matches("./")) {
+                return Err(err(
+                    "setid_paths",
+                    format!("{p:?} is not a valid relative path"),
                 ));
             }
         }
