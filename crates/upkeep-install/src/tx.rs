@@ -95,15 +95,116 @@ pub fn pinned_rel(id: i64) -> String {
     format!("pinned/{id}")
 }
 
+/// The file in the work directory naming the state database it belongs to.
+pub const OWNER_FILE: &str = "owner";
+
+/// What the work directory holds that only its database can explain: backups (originals of
+/// installed updates), pinned content, staged files.
+fn work_in_use(layout: &Layout) -> bool {
+    ["backups", "pinned", "stage"]
+        .iter()
+        .any(|d| std::fs::read_dir(layout.work.join(d)).is_ok_and(|mut rd| rd.next().is_some()))
+}
+
+/// Binds the work directory to `store`, or refuses to use either when they do not belong
+/// together: a work directory bound to another database, or one holding backups or pinned
+/// content while the database knows of nothing (it was deleted, truncated or replaced),
+/// is damage — applying or reusing what it holds could put stale files over live ones.
+/// The error says so and changes nothing; the operator restores the database or moves
+/// the work directory aside.
+pub fn claim_work_tree(store: &Store, layout: &Layout) -> Result<()> {
+    let f = layout.work.join(OWNER_FILE);
+    let damage = |why: String| {
+        InstallError::new(
+            HResult::WU_E_DS_UNEXPECTED,
+            format!(
+                "the work directory {} {why}: the state database {} was lost or replaced. Nothing was changed; restore the database, or move the work directory aside (the backups in it are what uninstalling would have put back)",
+                layout.work.display(),
+                store.path()
+            ),
+        )
+    };
+    match std::fs::read_to_string(&f) {
+        Ok(id) if id.trim() == store.id() => Ok(()),
+        Ok(id) => Err(damage(format!(
+            "belongs to another state database (id {})",
+            crate::escape_controls(id.trim())
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let knows_nothing = store.installed()?.is_empty()
+                && store.history_count()? == 0
+                && store.unfinished_txs()?.is_empty();
+            if knows_nothing && work_in_use(layout) {
+                return Err(damage(
+                    "holds backups or pinned content no installed update accounts for".into(),
+                ));
+            }
+            // A new work directory, or one from before databases had an identity.
+            let tmp = layout.work.join(format!("{OWNER_FILE}.tmp"));
+            std::fs::write(&tmp, format!("{}\n", store.id())).map_err(io(&tmp))?;
+            std::fs::File::open(&tmp)
+                .and_then(|t| t.sync_all())
+                .map_err(io(&tmp))?;
+            std::fs::rename(&tmp, &f).map_err(io(&f))?;
+            std::fs::File::open(&layout.work)
+                .and_then(|d| d.sync_all())
+                .map_err(io(&layout.work))?;
+            Ok(())
+        }
+        Err(e) => Err(InstallError::io(&f, e)),
+    }
+}
+
+/// Creates a directory that must not exist yet: a transaction's directories are its own.
+fn create_own_dir(d: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(parent) = d.parent() {
+        crate::create_private_dir(parent)?;
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(d)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                InstallError::new(
+                    HResult::WU_E_DS_UNEXPECTED,
+                    format!(
+                        "{} exists already: it is not this transaction's; nothing was changed",
+                        d.display()
+                    ),
+                )
+            } else {
+                InstallError::io(d, e)
+            }
+        })
+}
+
 impl<'a> Tx<'a> {
     /// Starts a transaction: recorded `open` (so recovery rolls it back) before anything.
+    /// The work directory must belong to `store` ([`claim_work_tree`]), and the
+    /// transaction's stage and backup directories must not exist yet.
     pub fn begin(
         store: &'a Store,
         layout: &'a Layout,
         update_id: &str,
         operation: TxOperation,
     ) -> Result<Tx<'a>> {
+        claim_work_tree(store, layout)?;
         let id = store.begin_tx(update_id, operation)?;
+        let dirs = [stage_dir(layout, id), backup_dir(layout, id)];
+        let mut made: Vec<&Path> = Vec::new();
+        for d in &dirs {
+            if let Err(e) = create_own_dir(d) {
+                // Nothing was done under this transaction: forget it, touching no one
+                // else's directory.
+                for m in made {
+                    let _ = std::fs::remove_dir(m);
+                }
+                store.end_tx(id)?;
+                return Err(e);
+            }
+            made.push(d);
+        }
         let tx = Tx {
             store,
             layout,
@@ -112,9 +213,6 @@ impl<'a> Tx<'a> {
             seq: 0,
             finished: false,
         };
-        for d in [tx.stage_dir(), backup_dir(layout, id)] {
-            crate::create_private_dir(&d)?;
-        }
         Ok(tx)
     }
 
@@ -400,6 +498,7 @@ fn collect_pinned(store: &Store, layout: &Layout) -> Result<()> {
 /// lock, so no live transaction is touched. A journal this build cannot read stops it
 /// with an error, before anything is changed.
 pub fn recover(store: &Store, layout: &Layout) -> Result<usize> {
+    claim_work_tree(store, layout)?;
     let txs = store.unfinished_txs()?;
     for t in &txs {
         // Read every journal first: an entry this build does not know stops recovery

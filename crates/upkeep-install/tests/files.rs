@@ -1214,3 +1214,73 @@ fn a_damaged_compressed_payload_is_a_refused_payload_not_an_io_error() {
         no_leftovers(&fx);
     }
 }
+
+#[test]
+fn a_lost_state_database_is_damage_not_a_fresh_start() {
+    for how in ["truncated", "deleted"] {
+        let fx = fx();
+        let root = &fx.layout.root;
+        std::fs::write(root.join("a"), b"the machine's own a").unwrap();
+        let p = payload(
+            &fx,
+            "p.tar",
+            &tar(&[E::File("a", b"update's a", 0o644)]),
+            "",
+        );
+        install_and_commit(&fx, "first", &p).unwrap();
+        // The original of `a` is kept aside in the work tree.
+        assert!(std::fs::read_dir(fx.layout.work.join("backups"))
+            .unwrap()
+            .next()
+            .is_some());
+        let q = payload(&fx, "q.tar", &tar(&[E::File("a", b"another a", 0o644)]), "");
+        let Fx {
+            _dir,
+            state,
+            layout,
+            store,
+        } = fx;
+        drop(store);
+        let db = state.join("state.db");
+        for f in ["state.db-wal", "state.db-shm"] {
+            let _ = std::fs::remove_file(state.join(f));
+        }
+        match how {
+            "truncated" => std::fs::File::create(&db).map(|_| ()).unwrap(),
+            _ => std::fs::remove_file(&db).unwrap(),
+        }
+        let store = Store::open(&state).unwrap();
+        let root = &layout.root;
+        let before = snapshot(root);
+        let work_before = walk(&layout.work);
+        let e = Engine::new(&store, &layout, "test")
+            .install(&request(&update("second", 1, &[&q]), &[&q]), &Silent)
+            .unwrap_err();
+        assert_eq!(e.hresult, HResult::WU_E_DS_UNEXPECTED, "{how}: {e}");
+        assert!(e.message.contains("lost or replaced"), "{how}: {e}");
+        let e = recover(&store, &layout).unwrap_err();
+        assert!(e.message.contains("lost or replaced"), "{how}: {e}");
+        assert_eq!(snapshot(root), before, "{how}");
+        assert_eq!(walk(&layout.work), work_before, "{how}");
+        assert!(store.installed().unwrap().is_empty());
+    }
+}
+
+#[test]
+fn a_work_tree_from_before_database_identities_is_adopted() {
+    let fx = fx();
+    let p = payload(&fx, "p.tar", &tar(&[E::File("a", b"a", 0o644)]), "");
+    install_and_commit(&fx, "first", &p).unwrap();
+    let owner = fx.layout.work.join(upkeep_install::tx::OWNER_FILE);
+    assert_eq!(
+        std::fs::read_to_string(&owner).unwrap().trim(),
+        fx.store.id()
+    );
+    // As an older agent left it: no owner file, a database that knows what it installed.
+    std::fs::remove_file(&owner).unwrap();
+    uninstall_and_commit(&fx, "first");
+    assert_eq!(
+        std::fs::read_to_string(&owner).unwrap().trim(),
+        fx.store.id()
+    );
+}

@@ -68,7 +68,7 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// The schema version this build writes (`PRAGMA user_version`). Version 1 is the schema of
 /// the first release, which did not set `user_version` (it reads as 0).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// One history entry (WUA's `IUpdateHistoryEntry`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -247,6 +247,23 @@ pub struct Commit<'a> {
 pub struct Store {
     conn: Connection,
     path: String,
+    id: String,
+}
+
+/// 128 random bits as hex, from the kernel.
+fn random_id() -> String {
+    let mut b = [0u8; 16];
+    // SAFETY: getrandom writes at most b.len() bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        // No entropy source: time and pid still never repeat on one machine.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        return format!("{t:x}-{:x}", std::process::id());
+    }
+    hex::encode(b)
 }
 
 impl std::fmt::Debug for Store {
@@ -279,6 +296,13 @@ CREATE TABLE owned(update_id TEXT NOT NULL, path TEXT NOT NULL, kind TEXT NOT NU
   mode INTEGER NOT NULL, size INTEGER NOT NULL, digest TEXT, original TEXT,
   created INTEGER NOT NULL, PRIMARY KEY(update_id, path));
 CREATE INDEX owned_path ON owned(path);
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+";
+
+/// Version 2 → 3: the database's own identity (`meta.store_id`), which the install work
+/// tree is bound to.
+const MIGRATE_2_TO_3: &str = "
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 ";
 
 /// Version 1 (the first release) → 2: installed records and pinned content, owned paths
@@ -439,10 +463,15 @@ impl Store {
                 })
             }
             (SCHEMA_VERSION, _) => {}
-            (0, false) => tx.execute_batch(SCHEMA).map_err(e)?,
-            (0 | 1, true) => {
-                tracing::info!(db = %store_path, "migrating the state database from schema 1 to {SCHEMA_VERSION}");
-                tx.execute_batch(MIGRATE_1_TO_2).map_err(e)?
+            (0, false) => {
+                tx.execute_batch(SCHEMA).map_err(e)?;
+            }
+            (0..=2, true) => {
+                tracing::info!(db = %store_path, "migrating the state database from schema {} to {SCHEMA_VERSION}", version.max(1));
+                if version < 2 {
+                    tx.execute_batch(MIGRATE_1_TO_2).map_err(e)?;
+                }
+                tx.execute_batch(MIGRATE_2_TO_3).map_err(e)?
             }
             (v, _) => {
                 return Err(StoreError::Corrupt {
@@ -453,11 +482,34 @@ impl Store {
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(e)?;
+        tx.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?1)",
+            [random_id()],
+        )
+        .map_err(e)?;
+        let id: String = tx
+            .query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |r| {
+                r.get(0)
+            })
+            .map_err(e)?;
         tx.commit().map_err(e)?;
         Ok(Store {
             conn,
             path: store_path,
+            id,
         })
+    }
+
+    /// This database's identity: random, made when the database was created (or migrated
+    /// to schema 3), never reused. Files the agent keeps beside the database (the install
+    /// work tree) are bound to it, so a lost or replaced database is recognised.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &str {
+        &self.path
     }
 
     /// Runs a SELECT and maps every row.
