@@ -30,6 +30,10 @@ pub enum Fault {
     WrongByte(u64),
     /// Answer a `Range` request with `200` and the whole file.
     IgnoreRange,
+    /// Send headers and this many body bytes, then one byte per interval (never idle long
+    /// enough to look stalled) until the body is sent, a minute passes, the client goes
+    /// away or the server stops.
+    Trickle(u64, Duration),
 }
 
 /// One logged request.
@@ -236,13 +240,27 @@ fn serve(stream: TcpStream, script: &Mutex<Script>, stop: &AtomicBool) -> std::i
     head.push_str("\r\n");
     w.write_all(head.as_bytes())?;
     let send = match fault {
-        Some(Fault::DropAfter(n)) | Some(Fault::ShortBody(n)) | Some(Fault::StallAfter(n)) => {
-            (n as usize).min(body.len())
-        }
+        Some(Fault::DropAfter(n))
+        | Some(Fault::ShortBody(n))
+        | Some(Fault::StallAfter(n))
+        | Some(Fault::Trickle(n, _)) => (n as usize).min(body.len()),
         _ => body.len(),
     };
     w.write_all(&body[..send])?;
     w.flush()?;
+    if let Some(Fault::Trickle(_, every)) = fault {
+        let until = Instant::now() + Duration::from_secs(60);
+        for b in &body[send..] {
+            if Instant::now() >= until || stop.load(Ordering::SeqCst) {
+                break;
+            }
+            std::thread::sleep(every);
+            // A failed write means the client went away.
+            w.write_all(std::slice::from_ref(b))?;
+            w.flush()?;
+        }
+        return Ok(());
+    }
     if let Some(Fault::StallAfter(_)) = fault {
         let until = Instant::now() + Duration::from_secs(60);
         let mut probe = [0u8; 1];

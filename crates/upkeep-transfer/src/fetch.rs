@@ -23,6 +23,14 @@ pub struct TransferOptions {
     pub stall_timeout: Duration,
     /// TCP connect timeout. Default 10 s.
     pub connect_timeout: Duration,
+    /// The slowest acceptable transfer, in bytes per second, averaged over
+    /// `min_rate_window` (curl's `--speed-limit` / `--speed-time`): a slower one — a
+    /// server trickling bytes to hold the agent — is retried, so no transfer of a signed
+    /// length L lasts longer than about L / `min_rate` + `min_rate_window` per attempt.
+    /// 0 disables it. Default 1024 (1 KiB/s).
+    pub min_rate: u64,
+    /// The window `min_rate` is measured over. Default 30 s.
+    pub min_rate_window: Duration,
     /// Transfers running at once per engine; the rest wait in priority order. Default 8.
     pub parallel: usize,
     /// A bandwidth cap shared by every `Low` priority transfer, in bytes per second.
@@ -42,6 +50,8 @@ impl Default for TransferOptions {
             backoff: Duration::from_millis(200),
             stall_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
+            min_rate: 1024,
+            min_rate_window: Duration::from_secs(30),
             parallel: 8,
             low_priority_bytes_per_second: None,
             inline_below: 1 << 20,
@@ -455,7 +465,10 @@ impl Engine {
                 (Partial::Disk(_), None) => unreachable!("a complete attempt has its digests"),
             };
             match checked {
-                Ok(()) => return Ok(obj),
+                Ok(()) => {
+                    self.inner.cache.stamp(&key).map_err(io_err(&obj))?;
+                    return Ok(obj);
+                }
                 Err(alg) => {
                     // Wrong bytes: start again from nothing (perhaps from another mirror).
                     part.restart()?;
@@ -643,6 +656,13 @@ impl Engine {
         progress(*report);
         let mut resp = resp;
         let mut idle = Duration::ZERO;
+        // The minimum rate; a capped transfer is held to what its share of the cap allows.
+        let opts = &self.inner.opts;
+        let min_rate = match (capped, opts.low_priority_bytes_per_second) {
+            (true, Some(cap)) => opts.min_rate.min(cap / (2 * opts.parallel.max(1) as u64)),
+            _ => opts.min_rate,
+        };
+        let mut window = (std::time::Instant::now(), 0u64);
         let mut failed: Option<Result<(Attempt, Option<Digests>), TransferError>> = None;
         while have < file.length {
             if abort() {
@@ -695,6 +715,18 @@ impl Engine {
             have += take as u64;
             report.bytes_done = have;
             report.bytes_received += take as u64;
+            window.1 += take as u64;
+            let span = window.0.elapsed();
+            if min_rate > 0 && span >= opts.min_rate_window {
+                if window.1 < min_rate.saturating_mul(span.as_secs().max(1)) {
+                    failed = Some(retry(format!(
+                        "too slow: {} bytes in {span:.0?} at byte {have}, below the minimum of {min_rate} bytes/s",
+                        window.1
+                    )));
+                    break;
+                }
+                window = (std::time::Instant::now(), 0);
+            }
             progress(*report);
             if capped {
                 if let Some(cap) = &self.inner.low_cap {

@@ -468,3 +468,49 @@ fn low_priority_transfers_keep_to_the_bandwidth_cap() {
         started.elapsed()
     );
 }
+
+#[test]
+fn a_trickling_server_is_dropped_below_the_minimum_rate_and_the_transfer_resumes() {
+    for o in modes() {
+        let s = setup();
+        // A byte every 50 ms never looks stalled (300 ms), but is 20 bytes/s.
+        s.server
+            .push_fault(PATH, Fault::Trickle(1000, Duration::from_millis(50)));
+        let o = TransferOptions {
+            min_rate: 1000,
+            min_rate_window: Duration::from_millis(600),
+            ..o
+        };
+        let started = std::time::Instant::now();
+        let (r, _) = fetch_with(&s, &url(&s), o.clone());
+        assert_eq!(std::fs::read(r.unwrap()).unwrap(), content());
+        assert!(started.elapsed() < Duration::from_secs(20));
+        let log = s.server.log();
+        assert_eq!(log.len(), 2, "{log:?}");
+        if o.inline_below == 0 {
+            // On disk: the second request resumes after what the first one delivered.
+            let from = log[1].range.clone().expect("a resumed request");
+            let n: u64 = from["bytes=".len()..from.len() - 1].parse().unwrap();
+            assert!(n >= 1000, "{from}");
+        }
+    }
+}
+
+#[test]
+fn a_server_that_always_trickles_fails_with_a_clear_error() {
+    let s = setup();
+    for _ in 0..5 {
+        s.server
+            .push_fault(PATH, Fault::Trickle(0, Duration::from_millis(50)));
+    }
+    let o = TransferOptions {
+        min_rate: 1000,
+        min_rate_window: Duration::from_millis(400),
+        ..opts()
+    };
+    let (r, _) = fetch_with(&s, &url(&s), o);
+    let e = r.unwrap_err();
+    assert!(e.to_string().contains("too slow"), "{e}");
+    assert_eq!(s.server.log().len(), 5);
+    assert_eq!(objects(&s), 0);
+}

@@ -10,6 +10,8 @@ use crate::error::TransportError;
 #[derive(Clone)]
 pub struct HttpTransport {
     client: reqwest::blocking::Client,
+    min_rate: u64,
+    window: Duration,
 }
 
 impl std::fmt::Debug for HttpTransport {
@@ -30,7 +32,53 @@ impl HttpTransport {
                 url: String::new(),
                 message: format!("cannot build an HTTP client: {e}"),
             })?;
-        Ok(HttpTransport { client })
+        Ok(HttpTransport {
+            client,
+            min_rate: 1024,
+            window: Duration::from_secs(30),
+        })
+    }
+
+    /// Drops a response whose body arrives slower than `bytes_per_second` averaged over
+    /// `window` (default 1024 over 30 s; 0 disables): a server trickling bytes cannot hold
+    /// a refresh, and a body of at most L bytes (the client's length limits) takes at most
+    /// about L / `bytes_per_second` + `window`.
+    pub fn with_min_rate(mut self, bytes_per_second: u64, window: Duration) -> HttpTransport {
+        self.min_rate = bytes_per_second;
+        self.window = window;
+        self
+    }
+}
+
+/// A body reader that fails once the transfer falls below a minimum rate.
+struct Paced<R> {
+    inner: R,
+    url: String,
+    min_rate: u64,
+    window: Duration,
+    since: std::time::Instant,
+    bytes: u64,
+}
+
+impl<R: Read> Read for Paced<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes += n as u64;
+        let span = self.since.elapsed();
+        if self.min_rate > 0 && span >= self.window {
+            if self.bytes < self.min_rate.saturating_mul(span.as_secs().max(1)) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "{}: too slow: {} bytes in {span:.0?}, below the minimum of {} bytes/s",
+                        self.url, self.bytes, self.min_rate
+                    ),
+                ));
+            }
+            self.since = std::time::Instant::now();
+            self.bytes = 0;
+        }
+        Ok(n)
     }
 }
 
@@ -49,7 +97,14 @@ impl Transport for HttpTransport {
             })?;
         let status = resp.status().as_u16();
         match status {
-            200 => Ok(Box::new(resp)),
+            200 => Ok(Box::new(Paced {
+                inner: resp,
+                url: url.to_string(),
+                min_rate: self.min_rate,
+                window: self.window,
+                since: std::time::Instant::now(),
+                bytes: 0,
+            })),
             403 | 404 => Err(TransportError::NotFound {
                 url: url.to_string(),
                 status,

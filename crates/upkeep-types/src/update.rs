@@ -749,6 +749,13 @@ impl Update {
             .downloaded
             .store(true, std::sync::atomic::Ordering::SeqCst)
     }
+    /// Records that cached content was found damaged and removed (the installer calls
+    /// this); every clone sees it.
+    pub fn mark_not_downloaded(&self) {
+        self.0
+            .downloaded
+            .store(false, std::sync::atomic::Ordering::SeqCst)
+    }
     /// The revision installed on this machine when the search ran: this update's own
     /// revision, a lower one (this update is an upgrade), or none.
     pub fn installed_revision(&self) -> Option<u32> {

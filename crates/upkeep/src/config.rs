@@ -10,10 +10,13 @@
 //! mirrors = ["http://mirror.example/upkeep/"]  # same targets/, tried in turn
 //! parallel_downloads = 8                   # transfers at once
 //! low_priority_bytes_per_second = 1000000  # cap shared by Low priority downloads
+//! min_transfer_rate = 1024                 # slower for min_transfer_rate_seconds: retried
+//! min_transfer_rate_seconds = 30
 //! ```
 //! Environment: `UPKEEP_REPOSITORY`, `UPKEEP_TRUSTED_ROOT`, `UPKEEP_STATE_DIR`,
 //! `UPKEEP_INSTALL_ROOT`, `UPKEEP_CLIENT_APPLICATION_ID`, `UPKEEP_MIRRORS` (comma-separated),
-//! `UPKEEP_PARALLEL_DOWNLOADS`, `UPKEEP_LOW_PRIORITY_BYTES_PER_SECOND`; `UPKEEP_CONFIG`
+//! `UPKEEP_PARALLEL_DOWNLOADS`, `UPKEEP_LOW_PRIORITY_BYTES_PER_SECOND`,
+//! `UPKEEP_MIN_TRANSFER_RATE`, `UPKEEP_MIN_TRANSFER_RATE_SECONDS`; `UPKEEP_CONFIG`
 //! names the file.
 
 use std::path::{Path, PathBuf};
@@ -44,6 +47,12 @@ pub struct Config {
     pub parallel_downloads: Option<usize>,
     /// Bandwidth cap shared by `Low` priority downloads, bytes per second (default none).
     pub low_priority_bytes_per_second: Option<u64>,
+    /// The slowest acceptable metadata or content transfer, bytes per second averaged
+    /// over `min_transfer_rate_seconds` (default 1024; 0 disables): a slower one is
+    /// dropped (content is retried, resuming).
+    pub min_transfer_rate: Option<u64>,
+    /// The window of `min_transfer_rate`, seconds (default 30, at least 1).
+    pub min_transfer_rate_seconds: Option<u64>,
 }
 
 impl Config {
@@ -98,6 +107,11 @@ impl Config {
                 "UPKEEP_LOW_PRIORITY_BYTES_PER_SECOND",
                 get("UPKEEP_LOW_PRIORITY_BYTES_PER_SECOND"),
             )?,
+            min_transfer_rate: number("UPKEEP_MIN_TRANSFER_RATE", get("UPKEEP_MIN_TRANSFER_RATE"))?,
+            min_transfer_rate_seconds: number(
+                "UPKEEP_MIN_TRANSFER_RATE_SECONDS",
+                get("UPKEEP_MIN_TRANSFER_RATE_SECONDS"),
+            )?,
         })
     }
 
@@ -119,6 +133,10 @@ impl Config {
             low_priority_bytes_per_second: over
                 .low_priority_bytes_per_second
                 .or(self.low_priority_bytes_per_second),
+            min_transfer_rate: over.min_transfer_rate.or(self.min_transfer_rate),
+            min_transfer_rate_seconds: over
+                .min_transfer_rate_seconds
+                .or(self.min_transfer_rate_seconds),
         }
     }
 
@@ -143,6 +161,14 @@ impl Config {
                 "low_priority_bytes_per_second = 0: leave it unset for no cap",
             ));
         }
+        if let Some(n) = self.min_transfer_rate_seconds {
+            if !(1..=3600).contains(&n) {
+                return Err(Error::new(
+                    HResult::E_INVALIDARG,
+                    format!("min_transfer_rate_seconds = {n}: it must be from 1 to 3600"),
+                ));
+            }
+        }
         let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
         let state_dir = absolute(self.state_dir.unwrap_or_else(default_state_dir));
         Ok(ResolvedConfig {
@@ -156,6 +182,8 @@ impl Config {
             mirrors: self.mirrors.unwrap_or_default(),
             parallel_downloads: self.parallel_downloads.unwrap_or(8),
             low_priority_bytes_per_second: self.low_priority_bytes_per_second,
+            min_transfer_rate: self.min_transfer_rate.unwrap_or(1024),
+            min_transfer_rate_seconds: self.min_transfer_rate_seconds.unwrap_or(30),
         })
     }
 }
@@ -195,6 +223,10 @@ pub struct ResolvedConfig {
     pub parallel_downloads: usize,
     /// Bandwidth cap of `Low` priority downloads.
     pub low_priority_bytes_per_second: Option<u64>,
+    /// Slowest acceptable transfer, bytes per second (0: no minimum).
+    pub min_transfer_rate: u64,
+    /// Its window, seconds.
+    pub min_transfer_rate_seconds: u64,
 }
 
 #[cfg(test)]

@@ -426,6 +426,9 @@ fn run(
         };
         let record = u.record();
         let cached: Vec<_> = u.download_contents().iter().map(|f| cache.get(f)).collect();
+        if cached.iter().any(Option::is_none) {
+            u.mark_not_downloaded(); // missing, or found damaged and removed
+        }
         let id = u.identity().update_id.to_string();
         let outcome = match op {
             Operation::Install => {
@@ -467,6 +470,17 @@ fn run(
                     OperationResultCode::Failed
                 };
                 tracing::warn!("{} {}: {}", u.identity().update_id, u.title(), e.message);
+                if e.hresult == HResult::WU_E_DM_INCORRECTFILEHASH {
+                    // Damaged in the cache since it was verified: drop what is wrong so
+                    // that the next download fetches it again.
+                    let mut all = true;
+                    for f in u.download_contents() {
+                        all &= cache.verify(f);
+                    }
+                    if !all {
+                        u.mark_not_downloaded();
+                    }
+                }
                 UpdateInstallationResult::new(code, e.hresult)
             }
         };

@@ -84,6 +84,14 @@ impl UpdateSessionBuilder {
         self.over.low_priority_bytes_per_second = Some(rate);
         self
     }
+
+    /// The slowest acceptable transfer: `bytes_per_second` averaged over `seconds`
+    /// (default 1024 over 30; 0 bytes disables it).
+    pub fn min_transfer_rate(mut self, bytes_per_second: u64, seconds: u64) -> Self {
+        self.over.min_transfer_rate = Some(bytes_per_second);
+        self.over.min_transfer_rate_seconds = Some(seconds);
+        self
+    }
     /// A TOML configuration file.
     pub fn config_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.config_file = Some(path.into());
@@ -162,7 +170,14 @@ impl UpdateSessionBuilder {
         }
         let transport: Arc<dyn Transport> = match self.transport {
             Some(t) => t,
-            None => Arc::new(HttpTransport::new().map_err(upkeep_tuf::Error::from)?),
+            None => Arc::new(
+                HttpTransport::new()
+                    .map_err(upkeep_tuf::Error::from)?
+                    .with_min_rate(
+                        cfg.min_transfer_rate,
+                        std::time::Duration::from_secs(cfg.min_transfer_rate_seconds),
+                    ),
+            ),
         };
         let session = UpdateSession {
             inner: Arc::new(SessionInner {
@@ -364,6 +379,8 @@ impl UpdateSession {
         let opts = upkeep_transfer::TransferOptions {
             parallel: cfg.parallel_downloads,
             low_priority_bytes_per_second: cfg.low_priority_bytes_per_second,
+            min_rate: cfg.min_transfer_rate,
+            min_rate_window: std::time::Duration::from_secs(cfg.min_transfer_rate_seconds),
             ..Default::default()
         };
         let engine = upkeep_transfer::Engine::new(self.content_cache()?, opts)

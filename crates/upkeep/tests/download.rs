@@ -308,3 +308,39 @@ fn updates_download_in_parallel_and_abort_keeps_finished_results() {
         assert_eq!(log.iter().filter(|l| &l.path == url).count(), 1);
     }
 }
+
+#[test]
+fn a_metadata_server_trickling_bytes_is_dropped_at_the_minimum_rate() {
+    let mut sim = RepoSim::new();
+    sim.add_update("targets", RepoSim::update(1, "One"), &payload(1000));
+    sim.publish();
+    let server = upkeep_testkit::faults::FaultServer::start();
+    server.put_dir(sim.dir());
+    // 20 bytes a second, never idle for long: only a rate limit stops it.
+    server.push_fault(
+        "/metadata/timestamp.json",
+        upkeep_testkit::faults::Fault::Trickle(0, std::time::Duration::from_millis(50)),
+    );
+    let state = tempfile::tempdir().unwrap();
+    let session = UpdateSession::builder()
+        .env(false)
+        .repository(server.base_url())
+        .trusted_root(sim.trusted_root_file())
+        .state_dir(state.path())
+        .min_transfer_rate(1000, 1)
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let e = session
+        .create_update_searcher()
+        .search("IsInstalled=0")
+        .unwrap_err();
+    assert!(e.to_string().contains("too slow"), "{e}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    // The next refresh, from a server that behaves, works.
+    let r = session
+        .create_update_searcher()
+        .search("IsInstalled=0")
+        .unwrap();
+    assert_eq!(r.updates().len(), 1);
+}

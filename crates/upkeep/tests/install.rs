@@ -471,34 +471,89 @@ fn abort_stops_the_running_command_and_ends_the_rest_aborted() {
     assert_eq!(h[0].result_code, OperationResultCode::Aborted);
 }
 
-#[test]
-fn content_changed_in_the_cache_after_download_is_refused_at_install() {
-    let fx = Fx::new(
-        vec![
-            command(1, "cmd", "exit 0", None, 60),
-            (RepoSim::update(2, "files"), tar_zst(&[("f", b"f")])),
-        ],
-        None,
-    );
-    let all = fx.search("");
-    fx.download(&all);
-    // Someone with write access to the cache swaps the bytes (same length).
-    for e in std::fs::read_dir(fx.dir.path().join("state/cache/objects")).unwrap() {
+/// Flips a byte of every cached object; `restamp` also rewrites its stamp as if the
+/// change had happened below the file system (bit rot: nothing in its metadata changed).
+fn damage_cache(fx: &Fx, restamp: bool) {
+    use std::os::unix::fs::MetadataExt;
+    let cache = fx.dir.path().join("state/cache");
+    for e in std::fs::read_dir(cache.join("objects")).unwrap() {
         let p = e.unwrap().path();
         let mut data = std::fs::read(&p).unwrap();
         let last = data.len() - 1;
         data[last] ^= 0x20;
         std::fs::write(&p, data).unwrap();
+        if restamp {
+            let m = std::fs::metadata(&p).unwrap();
+            let stamp = cache.join("verified").join(p.file_name().unwrap());
+            std::fs::remove_file(&stamp).unwrap();
+            let t = format!(
+                "{}.{}.{:09}.{}",
+                m.ino(),
+                m.ctime(),
+                m.ctime_nsec(),
+                m.len()
+            );
+            std::os::unix::fs::symlink(t, &stamp).unwrap();
+        }
     }
-    let r = fx.installer(&all).install().unwrap();
-    assert_eq!(r.result_code(), OperationResultCode::Failed);
-    for i in 0..2 {
-        assert_eq!(
-            r.update_result(i).unwrap().hresult(),
-            HResult::WU_E_DM_INCORRECTFILEHASH
+}
+
+#[test]
+fn cached_content_damaged_after_download_is_removed_and_fetched_again() {
+    for restamp in [false, true] {
+        let fx = Fx::new(
+            vec![
+                command(1, "cmd", "exit 0", None, 60),
+                (RepoSim::update(2, "files"), tar_zst(&[("f", b"f")])),
+            ],
+            None,
         );
+        let all = fx.search("");
+        fx.download(&all);
+        damage_cache(&fx, restamp);
+        // Changed in place: no longer downloaded as far as a search can tell (unless the
+        // damage left no trace in the file's metadata).
+        let again = fx.search("");
+        assert_eq!(
+            again.iter().all(|u| u.is_downloaded()),
+            restamp,
+            "restamp={restamp}"
+        );
+        let r = fx.installer(&all).install().unwrap();
+        assert_eq!(r.result_code(), OperationResultCode::Failed);
+        let want = if restamp {
+            // Found by the install's own hash check.
+            HResult::WU_E_DM_INCORRECTFILEHASH
+        } else {
+            // Found before the install began: not downloaded any more.
+            HResult::WU_E_DM_NOTDOWNLOADED
+        };
+        for i in 0..2 {
+            assert_eq!(
+                r.update_result(i).unwrap().hresult(),
+                want,
+                "restamp={restamp}"
+            );
+            assert!(!all.get(i).unwrap().is_downloaded(), "restamp={restamp}");
+        }
+        assert!(!fx.root().join("f").exists());
+        // The damaged objects are gone; the next download fetches them and installs work.
+        assert_eq!(
+            std::fs::read_dir(fx.dir.path().join("state/cache/objects"))
+                .unwrap()
+                .count(),
+            0,
+            "restamp={restamp}"
+        );
+        fx.download(&all);
+        let r = fx.installer(&all).install().unwrap();
+        assert_eq!(
+            r.result_code(),
+            OperationResultCode::Succeeded,
+            "restamp={restamp}"
+        );
+        assert_eq!(std::fs::read(fx.root().join("f")).unwrap(), b"f");
     }
-    assert!(!fx.root().join("f").exists());
 }
 
 fn tree(root: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
