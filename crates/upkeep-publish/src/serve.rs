@@ -15,6 +15,33 @@ const MAX_CONNECTIONS: usize = 256;
 /// Largest request head accepted.
 const MAX_HEAD: usize = 16 * 1024;
 
+/// The longest a client may take to send a request head, counted from when the server
+/// starts waiting for it (keep-alive idle time included): a client trickling its headers
+/// cannot hold a connection slot longer than this.
+pub const HEAD_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A socket whose reads fail once a deadline has passed, however the bytes trickle in.
+struct Timed {
+    stream: TcpStream,
+    deadline: Option<std::time::Instant>,
+}
+
+impl Read for Timed {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(d) = self.deadline {
+            let left = d.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "request head not received in time",
+                ));
+            }
+            self.stream.set_read_timeout(Some(left))?;
+        }
+        self.stream.read(buf)
+    }
+}
+
 /// URL prefix → directory.
 #[derive(Clone, Debug)]
 pub struct Mount {
@@ -155,7 +182,14 @@ struct Request {
     if_range: Option<String>,
 }
 
-fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>> {
+fn read_request(reader: &mut BufReader<Timed>) -> io::Result<Option<Request>> {
+    reader.get_mut().deadline = Some(std::time::Instant::now() + HEAD_DEADLINE);
+    let r = read_head(reader);
+    reader.get_mut().deadline = None;
+    r
+}
+
+fn read_head(reader: &mut BufReader<Timed>) -> io::Result<Option<Request>> {
     let mut head = Vec::new();
     loop {
         let start = head.len();
@@ -226,11 +260,23 @@ fn handle_connection(
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     stream.set_nodelay(true)?;
     let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
+    let mut reader = BufReader::new(Timed {
+        stream,
+        deadline: None,
+    });
     while !stop.load(Ordering::SeqCst) {
         let req = match read_request(&mut reader) {
             Ok(Some(r)) => r,
             Ok(None) => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                ) =>
+            {
+                let _ = simple(&mut writer, 408, "Request Timeout", false);
+                return Ok(());
+            }
             Err(_) => {
                 let _ = simple(&mut writer, 400, "Bad Request", false);
                 return Ok(());

@@ -134,3 +134,61 @@ fn keep_alive_head_range_if_range_and_errors() {
     assert_eq!(post.status, 405);
     assert_eq!(server.request_count(), 9);
 }
+
+#[test]
+fn slow_clients_lose_their_slot_at_the_head_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), b"content").unwrap();
+    let server = Server::start(
+        "127.0.0.1:0".parse().unwrap(),
+        vec![Mount {
+            prefix: "/t/".into(),
+            dir: dir.path().to_path_buf(),
+        }],
+    )
+    .unwrap();
+    let addr = server.local_addr();
+    // Every slot held by a client that sends its head one byte now and then.
+    let mut slow: Vec<TcpStream> = (0..256)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(b"G").unwrap();
+            s
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let get = || {
+        let mut c = BufReader::new(TcpStream::connect(addr).unwrap());
+        c.get_mut()
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        request(&mut c, "GET /t/f HTTP/1.1\r\nhost: x\r\n\r\n", true).status
+    };
+    // Until the slow clients' deadline, the server is full. (Bounded: the deadline is
+    // 10 s; give up after 30.)
+    let mut full = 0;
+    let status = loop {
+        let st = get();
+        if st != 503 || started.elapsed() > std::time::Duration::from_secs(30) {
+            break st;
+        }
+        full += 1;
+        // Keep trickling, as a slow-loris client does.
+        for s in &mut slow {
+            let _ = s.write_all(b"E");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    assert!(full > 0, "the slots were held at first");
+    assert_eq!(status, 200);
+    let waited = started.elapsed();
+    assert!(
+        waited >= upkeep_publish::serve::HEAD_DEADLINE - std::time::Duration::from_secs(1),
+        "{waited:?}"
+    );
+    // The slow clients were told why.
+    let mut c = BufReader::new(slow.remove(0));
+    let mut line = String::new();
+    c.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 408"), "{line:?}");
+}
