@@ -1046,26 +1046,9 @@ fn shared_directories_go_with_their_last_user() {
 
 #[test]
 fn a_full_disk_fails_cleanly_before_or_while_staging() {
-    // A 4 MiB tmpfs holds the root and the state (needs root, as the agent does).
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("small");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .expect("mount runs");
-    assert!(
-        ok.success(),
-        "mounting a tmpfs needs root (the agent's tests run as root)"
-    );
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(mnt.clone());
+    // A small tmpfs holds the root and the state (needs root, as the agent does).
+    let small = upkeep_testkit::mounts::Tmpfs::mount("8m");
+    let mnt = small.path().to_path_buf();
     let inner = tempfile::tempdir_in(&mnt).unwrap();
     let fx = fx_in(inner);
     let big = tempfile::tempdir().unwrap(); // payloads live elsewhere, like the cache may

@@ -7,6 +7,7 @@
 //! scripted faults for download tests.
 
 pub mod faults;
+pub mod mounts;
 pub mod proxy;
 
 use std::collections::{BTreeMap, HashMap};

@@ -31,6 +31,10 @@ pub struct TransferOptions {
     pub min_rate: u64,
     /// The window `min_rate` is measured over. Default 30 s.
     pub min_rate_window: Duration,
+    /// Free space a download leaves on the cache's filesystem (so that the state
+    /// database, history and searches keep working on a full disk): a file that does not
+    /// fit above it is not started. Default 64 MiB.
+    pub disk_reserve: u64,
     /// Transfers running at once per engine; the rest wait in priority order. Default 8.
     pub parallel: usize,
     /// A bandwidth cap shared by every `Low` priority transfer, in bytes per second.
@@ -52,6 +56,7 @@ impl Default for TransferOptions {
             connect_timeout: Duration::from_secs(10),
             min_rate: 1024,
             min_rate_window: Duration::from_secs(30),
+            disk_reserve: 64 << 20,
             parallel: 8,
             low_priority_bytes_per_second: None,
             inline_below: 1 << 20,
@@ -122,6 +127,14 @@ pub enum TransferError {
         /// Target path.
         path: String,
     },
+    /// The disk holding the cache has no room for the file (plus the reserve).
+    #[error("{path}: {message}")]
+    DiskFull {
+        /// Target path.
+        path: String,
+        /// What was needed and what was free.
+        message: String,
+    },
     /// The cache could not be written.
     #[error("{path}: {source}")]
     Io {
@@ -141,9 +154,28 @@ impl TransferError {
             TransferError::Network { .. } => HResult::WU_E_DOWNLOAD_FAILED,
             TransferError::HashMismatch { .. } => HResult::WU_E_DM_INCORRECTFILEHASH,
             TransferError::NoUsableHash { .. } => HResult::WU_E_DM_UNKNOWNALGORITHM,
+            TransferError::DiskFull { .. } => HResult::E_DISK_FULL,
+            TransferError::Io { source, .. }
+                if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) =>
+            {
+                HResult::E_DISK_FULL
+            }
             TransferError::Io { .. } => HResult::WU_E_DM_UNEXPECTED,
         }
     }
+}
+
+/// Bytes available to this process on the filesystem holding `dir`.
+fn free_space(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: statvfs writes into the struct we pass and reads the NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TransferError + '_ {
@@ -328,7 +360,42 @@ impl Engine {
     /// and every 25 ms of any wait. `progress` is first called when the transfer starts
     /// running, or once with every byte done when the cache already has the file. Runs on
     /// the engine's transfer thread.
+    ///
+    /// Before any byte is received the cache's filesystem must have room for the rest of
+    /// the file plus [`TransferOptions::disk_reserve`] (else [`TransferError::DiskFull`]);
+    /// a disk that fills during the transfer removes the partial file, so the agent's own
+    /// state keeps room to work.
     pub async fn fetch(
+        &self,
+        file: &ContentFile,
+        urls: &[String],
+        priority: DownloadPriority,
+        progress: &mut (dyn FnMut(TransferProgress) + Send),
+        abort: &(dyn Fn() -> bool + Sync),
+    ) -> Result<PathBuf, TransferError> {
+        let r = self
+            .fetch_inner(file, urls, priority, progress, abort)
+            .await;
+        if let Err(TransferError::Io { source, .. }) = &r {
+            if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
+                let c = &self.inner.cache;
+                if let Some(k) = key(file) {
+                    let _ = std::fs::remove_file(c.partial_path(&k));
+                    let _ = std::fs::remove_file(c.meta_path(&k));
+                }
+                return Err(TransferError::DiskFull {
+                    path: file.path.clone(),
+                    message: format!(
+                        "the disk holding {} filled up during the transfer; its partial file was removed",
+                        c.dir().display()
+                    ),
+                });
+            }
+        }
+        r
+    }
+
+    async fn fetch_inner(
         &self,
         file: &ContentFile,
         urls: &[String],
@@ -398,6 +465,19 @@ impl Engine {
                 meta,
             })
         };
+        let need = file.length.saturating_sub(part.len()?);
+        let reserve = self.inner.opts.disk_reserve;
+        let avail = free_space(self.inner.cache.dir()).map_err(io_err(self.inner.cache.dir()))?;
+        if avail < need.saturating_add(reserve) {
+            return Err(TransferError::DiskFull {
+                path: what,
+                message: format!(
+                    "{} bytes to download, {avail} bytes free on the disk holding {} (and {reserve} are kept in reserve for the agent's own state)",
+                    need,
+                    self.inner.cache.dir().display()
+                ),
+            });
+        }
         let capped = priority == DownloadPriority::Low;
         let mut not_found: HashSet<usize> = HashSet::new();
         let mut last = TransferError::Network {

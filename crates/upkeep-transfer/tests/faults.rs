@@ -514,3 +514,86 @@ fn a_server_that_always_trickles_fails_with_a_clear_error() {
     assert_eq!(s.server.log().len(), 5);
     assert_eq!(objects(&s), 0);
 }
+
+#[test]
+fn a_download_that_does_not_fit_is_refused_before_it_starts() {
+    let s = setup();
+    let small = upkeep_testkit::mounts::Tmpfs::mount("1m");
+    let engine = Engine::new(
+        ContentCache::open(&small.path().join("cache")).unwrap(),
+        TransferOptions {
+            disk_reserve: 0,
+            inline_below: 0,
+            ..opts()
+        },
+    )
+    .unwrap();
+    // 300 KB fits in 1 MiB; with a 900 KiB reserve kept free it does not.
+    let r = engine.fetch_blocking(
+        &s.file,
+        &url(&s),
+        DownloadPriority::Normal,
+        |_| {},
+        || false,
+    );
+    assert!(r.is_ok(), "{r:?}");
+    let tight = Engine::new(
+        ContentCache::open(&small.path().join("cache2")).unwrap(),
+        TransferOptions {
+            disk_reserve: 900 << 10,
+            ..opts()
+        },
+    )
+    .unwrap();
+    let requests = s.server.log().len();
+    let e = tight
+        .fetch_blocking(
+            &s.file,
+            &url(&s),
+            DownloadPriority::Normal,
+            |_| {},
+            || false,
+        )
+        .unwrap_err();
+    assert_eq!(e.hresult(), HResult::E_DISK_FULL, "{e}");
+    assert!(e.to_string().contains("in reserve"), "{e}");
+    assert_eq!(s.server.log().len(), requests, "nothing was requested");
+}
+
+#[test]
+fn a_disk_that_fills_during_a_download_loses_the_partial_file_not_the_agent() {
+    let s = setup();
+    let small = upkeep_testkit::mounts::Tmpfs::mount("2m");
+    let cache = small.path().join("cache");
+    // The first response stalls after 100 KB; meanwhile the disk fills up.
+    s.server.push_fault(PATH, Fault::StallAfter(100_000));
+    let engine = Engine::new(
+        ContentCache::open(&cache).unwrap(),
+        TransferOptions {
+            disk_reserve: 0,
+            inline_below: 0,
+            stall_timeout: Duration::from_millis(500),
+            ..opts()
+        },
+    )
+    .unwrap();
+    let (file, urls) = (s.file.clone(), url(&s));
+    let t = std::thread::spawn(move || {
+        engine.fetch_blocking(&file, &urls, DownloadPriority::Normal, |_| {}, || false)
+    });
+    let part = cache.join("partial").join(format!(
+        "{}.part",
+        upkeep_transfer::cache_key(&s.file).unwrap()
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::fs::metadata(&part).map_or(0, |m| m.len()) < 100_000
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::yield_now();
+    }
+    small.fill("filler");
+    let e = t.join().unwrap().unwrap_err();
+    assert_eq!(e.hresult(), HResult::E_DISK_FULL, "{e}");
+    assert!(!part.exists(), "the partial file is removed");
+    assert_eq!(std::fs::read_dir(cache.join("objects")).unwrap().count(), 0);
+}
