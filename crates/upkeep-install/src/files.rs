@@ -658,6 +658,12 @@ impl<'a> Stager<'a> {
             };
             let kind = entry.header().entry_type();
             let rel = self.place(&archived, kind == tar::EntryType::Directory)?;
+            if rel.split('/').any(|c| c == crate::tx::AREA) {
+                return Err(bad(format!(
+                    "{rel}: `{}` is the agent's own directory name; a payload may not write there",
+                    crate::tx::AREA
+                )));
+            }
             if let Some(own) = self
                 .protected
                 .iter()
@@ -736,9 +742,9 @@ impl<'a> Stager<'a> {
                         .map_err(what)?
                         .ok_or_else(|| bad(format!("{rel}: a symlink without a target")))?
                         .into_owned();
-                    if !(target.is_absolute() && self.ctx.layout.dir.is_slash())
-                        && !link_stays_inside(&rel, &target)
-                    {
+                    let absolute_in_slash =
+                        target.is_absolute() && self.ctx.layout.dir.is_slash();
+                    if !absolute_in_slash && !link_stays_inside(&rel, &target) {
                         return Err(bad(format!(
                             "{rel}: symlink to {} leaves the install root",
                             target.display()

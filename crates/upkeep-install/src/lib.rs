@@ -163,13 +163,16 @@ pub struct Layout {
 
 impl Layout {
     /// The layout for `root` with state in `state_dir`: the work directory is
-    /// `<state_dir>/tree` when that is on the root's filesystem, else `<root>/.upkeep`.
+    /// `<state_dir>/tree` when that is on the root's mount, else `<root>/.upkeep`. Paths
+    /// on other mounts inside the root are staged and backed up in `.upkeep` at the top of
+    /// their mount (see [`tx`]).
     /// Both paths should be absolute (the session resolves them).
     pub fn new(root: &Path, state_dir: &Path) -> Result<Layout> {
-        use std::os::unix::fs::MetadataExt;
         std::fs::create_dir_all(root).map_err(|e| InstallError::io(root, e))?;
-        let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
-        let work = if dev(root).is_some() && dev(root) == dev(state_dir) {
+        // One mount, not just one filesystem: a rename between two mounts of the same
+        // filesystem (a bind-mounted root) fails too.
+        let mnt = root::mount_of;
+        let work = if mnt(root).is_some() && mnt(root) == mnt(state_dir) {
             state_dir.join("tree")
         } else {
             root.join(".upkeep")

@@ -38,6 +38,9 @@ pub struct Stat {
     pub size: u64,
     /// Device of the filesystem holding it.
     pub dev: u64,
+    /// The mount it is on (`statx`'s mount id; the device where the kernel does not say):
+    /// a rename or hard link works only within one mount.
+    pub mnt: u64,
     /// Owner.
     pub uid: u32,
     /// Group.
@@ -85,6 +88,8 @@ pub struct RootDir {
     fd: OwnedFd,
     /// The root is the machine's `/`: an absolute symlink target cannot leave it.
     is_slash: bool,
+    /// The mount the root directory is on.
+    mnt: u64,
 }
 
 fn cstr(p: &OsStr) -> Result<CString> {
@@ -98,6 +103,49 @@ fn cstr(p: &OsStr) -> Result<CString> {
 
 fn last_err() -> std::io::Error {
     std::io::Error::last_os_error()
+}
+
+/// `statx(dirfd, name, AT_SYMLINK_NOFOLLOW)`; `None` when nothing is there.
+fn statx_at(dirfd: RawFd, name: &std::ffi::CStr) -> std::io::Result<Option<Stat>> {
+    // SAFETY: statx writes into the struct we pass; name is NUL-terminated.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    let rc = unsafe {
+        libc::statx(
+            dirfd,
+            name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_BASIC_STATS | libc::STATX_MNT_ID,
+            &mut st,
+        )
+    };
+    if rc != 0 {
+        let e = last_err();
+        if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) {
+            return Ok(None);
+        }
+        return Err(e);
+    }
+    let dev = libc::makedev(st.stx_dev_major, st.stx_dev_minor);
+    Ok(Some(Stat {
+        kind: u32::from(st.stx_mode) & libc::S_IFMT,
+        mode: u32::from(st.stx_mode) & 0o7777,
+        size: st.stx_size,
+        dev,
+        mnt: if st.stx_mask & libc::STATX_MNT_ID != 0 {
+            st.stx_mnt_id
+        } else {
+            dev
+        },
+        uid: st.stx_uid,
+        gid: st.stx_gid,
+    }))
+}
+
+/// The mount id of an absolute path (following symlinks), as [`Stat::mnt`] gives it.
+pub fn mount_of(p: &Path) -> Option<u64> {
+    let real = std::fs::canonicalize(p).ok()?;
+    let c = CString::new(real.as_os_str().as_bytes()).ok()?;
+    statx_at(libc::AT_FDCWD, &c).ok().flatten().map(|s| s.mnt)
 }
 
 /// Splits `rel` into its parent (`.` for none) and its last component.
@@ -126,10 +174,32 @@ impl RootDir {
         // SAFETY: fd is a fresh descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let is_slash = std::fs::canonicalize(path).is_ok_and(|p| p == Path::new("/"));
+        let mnt = {
+            // SAFETY: statx with AT_EMPTY_PATH on our descriptor writes into `st`.
+            let mut st: libc::statx = unsafe { std::mem::zeroed() };
+            let rc = unsafe {
+                libc::statx(
+                    fd.as_raw_fd(),
+                    c"".as_ptr(),
+                    libc::AT_EMPTY_PATH,
+                    libc::STATX_BASIC_STATS | libc::STATX_MNT_ID,
+                    &mut st,
+                )
+            };
+            if rc != 0 {
+                return Err(InstallError::io(path, last_err()));
+            }
+            if st.stx_mask & libc::STATX_MNT_ID != 0 {
+                st.stx_mnt_id
+            } else {
+                libc::makedev(st.stx_dev_major, st.stx_dev_minor)
+            }
+        };
         let root = RootDir {
             path: path.to_path_buf(),
             fd,
             is_slash,
+            mnt,
         };
         // Probe openat2 once, so that an old kernel fails here with a clear message.
         root.open_beneath(".", libc::O_PATH | libc::O_DIRECTORY)
@@ -149,6 +219,24 @@ impl RootDir {
     /// The root's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The mount the root directory itself is on.
+    pub fn mnt(&self) -> u64 {
+        self.mnt
+    }
+
+    /// Creates a symlink at `rel` (which must not exist) pointing to `target`.
+    pub fn symlink(&self, target: &str, rel: &str) -> Result<()> {
+        let (dir, name) = self.parent(rel).map_err(self.err(rel))?;
+        let t = CString::new(target).map_err(|_| {
+            InstallError::new(HResult::E_INVALIDARG, format!("{target:?}: a NUL byte"))
+        })?;
+        // SAFETY: symlinkat with NUL-terminated strings and a directory descriptor.
+        if unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), name.as_ptr()) } != 0 {
+            return Err(self.err(rel)(last_err()));
+        }
+        Ok(())
     }
 
     /// Whether the root is the machine's `/`.
@@ -222,31 +310,7 @@ impl RootDir {
             }
             Err(e) => return Err(self.err(rel)(e)),
         };
-        // SAFETY: fstatat writes into the struct we pass.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        let rc = unsafe {
-            libc::fstatat(
-                dir.as_raw_fd(),
-                name.as_ptr(),
-                &mut st,
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        if rc != 0 {
-            let e = last_err();
-            if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) {
-                return Ok(None);
-            }
-            return Err(self.err(rel)(e));
-        }
-        Ok(Some(Stat {
-            kind: st.st_mode & libc::S_IFMT,
-            mode: st.st_mode & 0o7777,
-            size: st.st_size as u64,
-            dev: st.st_dev,
-            uid: st.st_uid,
-            gid: st.st_gid,
-        }))
+        statx_at(dir.as_raw_fd(), &name).map_err(self.err(rel))
     }
 
     /// The target of the symlink at `rel`; `None` when there is no symlink there.
@@ -355,14 +419,103 @@ impl RootDir {
 
     /// Flushes the filesystem holding the root (one `syncfs`).
     pub fn syncfs(&self) -> Result<()> {
+        self.syncfs_at(".")
+    }
+
+    /// Flushes the filesystem holding the directory `rel` (a mount inside the root).
+    pub fn syncfs_at(&self, rel: &str) -> Result<()> {
         let fd = self
-            .open_beneath(".", libc::O_RDONLY | libc::O_DIRECTORY)
-            .map_err(self.err("."))?;
+            .open_beneath(rel, libc::O_RDONLY | libc::O_DIRECTORY)
+            .map_err(self.err(rel))?;
         // SAFETY: syncfs on an open descriptor.
         if unsafe { libc::syncfs(fd.as_raw_fd()) } != 0 {
-            return Err(self.err(".")(last_err()));
+            return Err(self.err(rel)(last_err()));
         }
         Ok(())
+    }
+
+    /// Makes the directory `rel`'s entries durable (`fsync` of the directory).
+    pub fn fsync_dir(&self, rel: &str) -> Result<()> {
+        let fd = self
+            .open_beneath(rel, libc::O_RDONLY | libc::O_DIRECTORY)
+            .map_err(self.err(rel))?;
+        std::fs::File::from(fd).sync_all().map_err(self.err(rel))
+    }
+
+    /// Renames `from` to `to`, both inside the root (on one mount).
+    pub fn rename_within(&self, from: &str, to: &str) -> Result<()> {
+        let (fd, fname) = self.parent(from).map_err(self.err(from))?;
+        let (td, tname) = self.parent(to).map_err(self.err(to))?;
+        // SAFETY: renameat with valid descriptors and NUL-terminated names.
+        if unsafe {
+            libc::renameat(
+                fd.as_raw_fd(),
+                fname.as_ptr(),
+                td.as_raw_fd(),
+                tname.as_ptr(),
+            )
+        } != 0
+        {
+            return Err(self.err(to)(last_err()));
+        }
+        Ok(())
+    }
+
+    /// Hard-links the file or symlink at `from` to `to`, both inside the root.
+    pub fn link_within(&self, from: &str, to: &str) -> Result<()> {
+        let (fd, fname) = self.parent(from).map_err(self.err(from))?;
+        let (td, tname) = self.parent(to).map_err(self.err(to))?;
+        // SAFETY: linkat with valid descriptors and NUL-terminated names; flags 0 never
+        // follows a symlink at `from`.
+        if unsafe {
+            libc::linkat(
+                fd.as_raw_fd(),
+                fname.as_ptr(),
+                td.as_raw_fd(),
+                tname.as_ptr(),
+                0,
+            )
+        } != 0
+        {
+            return Err(self.err(from)(last_err()));
+        }
+        Ok(())
+    }
+
+    /// Creates the file `rel` (which must not exist) with exactly `mode`, for writing.
+    pub fn create_file(&self, rel: &str, mode: u32) -> Result<std::fs::File> {
+        let (dir, name) = self.parent(rel).map_err(self.err(rel))?;
+        // SAFETY: openat on a directory descriptor with a NUL-terminated name; the result
+        // is a new descriptor we own.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o600 as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return Err(self.err(rel)(last_err()));
+        }
+        // SAFETY: a fresh descriptor.
+        let f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(self.err(rel))?;
+        Ok(f)
+    }
+
+    /// Creates the directory `rel` readable by root only, unless a directory is there.
+    pub fn ensure_private_dir(&self, rel: &str) -> Result<()> {
+        match self.stat(rel)? {
+            Some(s) if s.is_dir() => Ok(()),
+            Some(_) => Err(InstallError::new(
+                HResult::WU_E_UH_UNEXPECTED,
+                format!("{}: not a directory", self.display(rel).display()),
+            )),
+            None => self.mkdir(rel, 0o700),
+        }
     }
 
     /// The path a lookup of `rel` inside the root reaches, `/`-separated and relative:

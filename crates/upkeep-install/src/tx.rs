@@ -20,11 +20,13 @@
 //! when dropped uncommitted; rollback errors are logged and the transaction stays in the
 //! journal for the next session's recovery.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use upkeep_store::{Commit, JournalEntry, JournalKind, Store, TxOperation, TxState};
 use upkeep_types::HResult;
 
+use crate::root::RootDir;
 use crate::{checkpoint, InstallError, Layout, Reporter, Result};
 
 /// Journal entries per durable batch.
@@ -71,6 +73,33 @@ pub struct Tx<'a> {
     operation: TxOperation,
     seq: usize,
     finished: bool,
+    /// The work directory's mount.
+    work_mnt: u64,
+    /// Areas on other mounts this transaction uses, by mount.
+    areas: HashMap<u64, String>,
+}
+
+/// The agent's directory at the top of another mount inside the root; no payload may
+/// write a path with this component.
+pub const AREA: &str = ".upkeep";
+
+/// `a/b/c` → `a/b`; `c` → ``.
+fn parent_of(rel: &str) -> &str {
+    rel.rsplit_once('/').map_or("", |(p, _)| p)
+}
+
+/// Copies the staged file or symlink `staged` (in the work directory) to `to` in the root.
+fn copy_into(root: &RootDir, staged: &Path, to: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let m = std::fs::symlink_metadata(staged).map_err(io(staged))?;
+    if m.file_type().is_symlink() {
+        let target = std::fs::read_link(staged).map_err(io(staged))?;
+        return root.symlink(&target.to_string_lossy(), to);
+    }
+    let mut out = root.create_file(to, m.permissions().mode() & 0o7777)?;
+    let mut src = std::fs::File::open(staged).map_err(io(staged))?;
+    std::io::copy(&mut src, &mut out).map_err(|e| InstallError::io(&root.display(to), e))?;
+    Ok(())
 }
 
 fn io(p: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
@@ -212,6 +241,8 @@ impl<'a> Tx<'a> {
             operation,
             seq: 0,
             finished: false,
+            work_mnt: crate::root::mount_of(&layout.work).unwrap_or_else(|| layout.dir.mnt()),
+            areas: HashMap::new(),
         };
         Ok(tx)
     }
@@ -235,16 +266,83 @@ impl<'a> Tx<'a> {
         checkpoint(&format!("{}:{what}", self.operation.as_str()));
     }
 
+    /// The agent's area for `rel` when `rel` is on another mount than the work directory:
+    /// `.upkeep` at the top of that mount (relative to the root), with this
+    /// transaction's `stage/<tx>` and `backups/<tx>` in it. A rename or a hard link works
+    /// only within one mount, so that is where a file for such a path is staged and where
+    /// what it replaces is linked aside. `None`: the work directory serves.
+    fn area_for(&mut self, rel: &str) -> Result<Option<String>> {
+        let root = &*self.layout.dir;
+        // The mount of the nearest existing ancestor (a parent may be created in this
+        // transaction; it will be on that mount).
+        let mut at = parent_of(rel);
+        let mnt = loop {
+            if at.is_empty() {
+                break root.mnt();
+            }
+            if let Some(st) = root.stat(at)? {
+                break st.mnt;
+            }
+            at = parent_of(at);
+        };
+        if mnt == self.work_mnt {
+            return Ok(None);
+        }
+        if let Some(a) = self.areas.get(&mnt) {
+            return Ok(Some(a.clone()));
+        }
+        // Up to the mount point: the topmost ancestor on that mount.
+        while !at.is_empty() {
+            let up = parent_of(at);
+            let up_mnt = if up.is_empty() {
+                root.mnt()
+            } else {
+                root.stat(up)?.map_or(0, |s| s.mnt)
+            };
+            if up_mnt != mnt {
+                break;
+            }
+            at = up;
+        }
+        if at.is_empty() {
+            return Err(InstallError::new(
+                HResult::WU_E_UH_UNEXPECTED,
+                format!(
+                    "{}: on another mount than the agent's work directory {}, and no mount point inside the root",
+                    root.display(rel).display(),
+                    self.layout.work.display()
+                ),
+            ));
+        }
+        let area = format!("{at}/{AREA}");
+        for d in [
+            area.clone(),
+            format!("{area}/stage"),
+            format!("{area}/stage/{}", self.id),
+            format!("{area}/backups"),
+            format!("{area}/backups/{}", self.id),
+        ] {
+            root.ensure_private_dir(&d)?;
+        }
+        self.areas.insert(mnt, area.clone());
+        Ok(Some(area))
+    }
+
     /// Applies `plan` in journalled batches and returns, for every path whose backup is
     /// kept, `(path, backup)`. `reporter` gets the fraction done and is asked for
     /// cancellation between batches. On an error the transaction is left for the caller
     /// to drop (which rolls it back).
+    ///
+    /// A backup is named relative to the work directory, or — for a path on another
+    /// mount — `@` and its path in the root (in that mount's area). A file put on another
+    /// mount is first copied into that mount's area (journalled, so that rollback removes
+    /// it) and renamed from there.
     pub fn apply(
         &mut self,
         plan: &[Planned],
         reporter: &dyn Reporter,
     ) -> Result<Vec<(String, String)>> {
-        let root = &*self.layout.dir;
+        let root = self.layout.dir.clone();
         let mut done = 0;
         let mut kept = Vec::new();
         for batch in plan.chunks(BATCH) {
@@ -252,22 +350,13 @@ impl<'a> Tx<'a> {
                 return Err(InstallError::cancelled());
             }
             // 1. Journal what this batch will do, durably, before doing any of it.
-            let mut entries = Vec::with_capacity(batch.len());
-            let mut work = Vec::with_capacity(batch.len());
+            let mut entries: Vec<JournalEntry> = Vec::with_capacity(batch.len());
+            // (the entry of each change, the change, its temporary path in an area)
+            let mut work: Vec<(usize, &Planned, Option<String>)> = Vec::with_capacity(batch.len());
             for p in batch {
                 let there = root.stat(&p.rel)?;
-                let seq = self.seq + entries.len();
-                let backup = || Some(format!("backups/{}/{seq}", self.id));
-                let entry =
-                    |kind, backup: Option<String>, keep_backup, mode, source| JournalEntry {
-                        path: p.rel.clone(),
-                        kind,
-                        backup,
-                        keep_backup,
-                        mode,
-                        source,
-                    };
-                let e = match (&p.op, &there) {
+                // What the change is: (kind, backs up what is there, keep, mode, source).
+                let (kind, backs_up, keep, mode, source) = match (&p.op, &there) {
                     (Op::Dir(_), Some(m)) if m.is_dir() => continue,
                     (Op::Dir(_), Some(_)) => {
                         return Err(InstallError::new(
@@ -275,73 +364,132 @@ impl<'a> Tx<'a> {
                             format!("{}: a file is where a directory must go", p.rel),
                         ))
                     }
-                    (Op::Dir(mode), None) => entry(JournalKind::Dir, None, false, *mode, None),
+                    (Op::Dir(mode), None) => (JournalKind::Dir, false, false, *mode, None),
                     (Op::Put { .. } | Op::Restore(_), Some(m)) if m.is_dir() => {
                         return Err(InstallError::new(
                             HResult::WU_E_UH_INSTALLERFAILURE,
                             format!("{}: a directory is where a file must go", p.rel),
                         ))
                     }
-                    (Op::Put { keep_backup, .. }, _) => entry(
+                    (Op::Put { keep_backup, .. }, _) => {
+                        (JournalKind::File, there.is_some(), *keep_backup, 0, None)
+                    }
+                    (Op::Restore(src), _) => (
                         JournalKind::File,
-                        there.as_ref().and(backup()),
-                        *keep_backup,
-                        0,
-                        None,
-                    ),
-                    (Op::Restore(src), _) => entry(
-                        JournalKind::File,
-                        there.as_ref().and(backup()),
+                        there.is_some(),
                         false,
                         0,
                         Some(src.clone()),
                     ),
                     (Op::Remove, None) | (Op::Rmdir(_), None) => continue,
                     (Op::Remove, Some(m)) if m.is_dir() => continue,
-                    (Op::Remove, Some(_)) => entry(JournalKind::File, backup(), false, 0, None),
+                    (Op::Remove, Some(_)) => (JournalKind::File, true, false, 0, None),
                     (Op::Rmdir(_), Some(m)) if !m.is_dir() => continue,
-                    (Op::Rmdir(mode), Some(_)) => {
-                        entry(JournalKind::Rmdir, None, false, *mode, None)
-                    }
+                    (Op::Rmdir(mode), Some(_)) => (JournalKind::Rmdir, false, false, *mode, None),
                 };
-                if e.keep_backup {
-                    if let Some(b) = &e.backup {
-                        kept.push((e.path.clone(), b.clone()));
+                let area = if kind == JournalKind::File {
+                    self.area_for(&p.rel)?
+                } else {
+                    None
+                };
+                let seq = self.seq + entries.len();
+                let temp = match (&p.op, &area) {
+                    (Op::Put { .. } | Op::Restore(_), Some(a)) => {
+                        Some(format!("{a}/stage/{}/{seq}", self.id))
+                    }
+                    _ => None,
+                };
+                if let Some(t) = &temp {
+                    entries.push(JournalEntry {
+                        path: t.clone(),
+                        kind: JournalKind::File,
+                        backup: None,
+                        keep_backup: false,
+                        mode: 0,
+                        source: None,
+                    });
+                }
+                let seq = self.seq + entries.len();
+                let backup = backs_up.then(|| match &area {
+                    Some(a) => format!("@{a}/backups/{}/{seq}", self.id),
+                    None => format!("backups/{}/{seq}", self.id),
+                });
+                if keep {
+                    if let Some(b) = &backup {
+                        kept.push((p.rel.clone(), b.clone()));
                     }
                 }
-                entries.push(e);
-                work.push(p);
+                entries.push(JournalEntry {
+                    path: p.rel.clone(),
+                    kind,
+                    backup,
+                    keep_backup: keep,
+                    mode,
+                    source,
+                });
+                work.push((entries.len() - 1, p, temp));
             }
             self.store.journal(self.id, self.seq, &entries)?;
             self.point("journaled");
             // 2. Link aside every path this batch replaces or removes; make the links durable.
-            let mut linked = false;
-            for e in &entries {
-                if let Some(b) = &e.backup {
-                    root.link_out(&e.path, &self.layout.work.join(b))?;
-                    linked = true;
+            let mut linked: HashSet<String> = HashSet::new();
+            for (i, _, _) in &work {
+                let e = &entries[*i];
+                match e.backup.as_deref().map(|b| b.strip_prefix('@').ok_or(b)) {
+                    Some(Ok(in_root)) => {
+                        root.link_within(&e.path, in_root)?;
+                        linked.insert(parent_of(in_root).to_string());
+                    }
+                    Some(Err(b)) => {
+                        root.link_out(&e.path, &self.layout.work.join(b))?;
+                        linked.insert(String::new());
+                    }
+                    None => {}
                 }
             }
-            if linked {
-                let d = backup_dir(self.layout, self.id);
-                std::fs::File::open(&d)
-                    .and_then(|f| f.sync_all())
-                    .map_err(io(&d))?;
+            for d in &linked {
+                if d.is_empty() {
+                    let d = backup_dir(self.layout, self.id);
+                    std::fs::File::open(&d)
+                        .and_then(|f| f.sync_all())
+                        .map_err(io(&d))?;
+                } else {
+                    root.fsync_dir(d)?;
+                }
             }
             // 3. The changes.
-            for (i, (e, p)) in entries.iter().zip(&work).enumerate() {
-                let path = &e.path;
-                match &p.op {
-                    Op::Dir(mode) => root.mkdir(path, *mode)?,
-                    Op::Put { staged, .. } => root.rename_in(staged, path)?,
-                    Op::Remove => root.remove_file(path)?,
-                    Op::Restore(src) => {
-                        let tmp = self.stage_dir().join(format!("r{}", self.seq + i));
-                        let src = self.layout.work.join(src);
-                        std::fs::hard_link(&src, &tmp).map_err(io(&src))?;
-                        root.rename_in(&tmp, path)?;
+            for (i, p, temp) in &work {
+                let path = &entries[*i].path;
+                match (&p.op, temp) {
+                    (Op::Dir(mode), _) => root.mkdir(path, *mode)?,
+                    (Op::Put { staged, .. }, None) => root.rename_in(staged, path)?,
+                    (Op::Put { staged, .. }, Some(t)) => {
+                        copy_into(&root, staged, t)?;
+                        root.rename_within(t, path)?;
                     }
-                    Op::Rmdir(_) => match root.rmdir(path) {
+                    (Op::Remove, _) => root.remove_file(path)?,
+                    (Op::Restore(src), temp) => match (src.strip_prefix('@'), temp) {
+                        (None, None) => {
+                            let tmp = self.stage_dir().join(format!("r{}", self.seq + i));
+                            let src = self.layout.work.join(src);
+                            std::fs::hard_link(&src, &tmp).map_err(io(&src))?;
+                            root.rename_in(&tmp, path)?;
+                        }
+                        (Some(in_root), Some(t)) => {
+                            root.link_within(in_root, t)?;
+                            root.rename_within(t, path)?;
+                        }
+                        _ => {
+                            return Err(InstallError::new(
+                                HResult::WU_E_UH_UNEXPECTED,
+                                format!(
+                                    "{}: its original was kept on another mount than the one the path is on now",
+                                    root.display(path).display()
+                                ),
+                            ))
+                        }
+                    },
+                    (Op::Rmdir(_), _) => match root.rmdir(path) {
                         // Someone put files there since: the directory stays.
                         Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {}
                         r => r.map_err(|e| InstallError::io(&root.display(path), e))?,
@@ -363,6 +511,9 @@ impl<'a> Tx<'a> {
     pub fn commit(mut self, commit: &Commit<'_>) -> Result<()> {
         let started = std::time::Instant::now();
         self.layout.dir.syncfs()?;
+        for area in self.areas.values() {
+            self.layout.dir.syncfs_at(area)?;
+        }
         self.point("synced");
         tracing::debug!(elapsed = ?started.elapsed(), "root flushed");
         self.store.commit(self.id, commit)?;
@@ -409,12 +560,19 @@ fn rollback(store: &Store, layout: &Layout, id: i64) -> Result<()> {
         let path = &e.path;
         match e.kind {
             JournalKind::File => match &e.backup {
-                Some(b) => {
-                    let b = layout.work.join(b);
-                    if exists(&b).is_some() {
-                        root.rename_in(&b, path)?;
+                Some(b) => match b.strip_prefix('@') {
+                    Some(in_root) => {
+                        if root.stat(in_root)?.is_some() {
+                            root.rename_within(in_root, path)?;
+                        }
                     }
-                }
+                    None => {
+                        let b = layout.work.join(b);
+                        if exists(&b).is_some() {
+                            root.rename_in(&b, path)?;
+                        }
+                    }
+                },
                 None => {
                     if root.stat(path)?.is_some_and(|m| !m.is_dir()) {
                         root.remove_file(path)?;
@@ -432,11 +590,41 @@ fn rollback(store: &Store, layout: &Layout, id: i64) -> Result<()> {
         }
     }
     root.syncfs()?;
+    let areas = areas_of(store, id)?;
+    for a in &areas {
+        root.syncfs_at(a)?;
+    }
     remove_dir_all_if_there(&stage_dir(layout, id))?;
     remove_dir_all_if_there(&backup_dir(layout, id))?;
     remove_dir_all_if_there(&layout.work.join(pinned_rel(id)))?;
+    for a in &areas {
+        // Emptied by the journal's own entries.
+        let _ = root.rmdir(&format!("{a}/stage/{id}"));
+        let _ = root.rmdir(&format!("{a}/backups/{id}"));
+    }
     store.end_tx(id)?;
     Ok(())
+}
+
+/// The areas on other mounts (`<mount>/.upkeep`, relative to the root) that transaction
+/// `id`'s journal uses.
+fn areas_of(store: &Store, id: i64) -> Result<HashSet<String>> {
+    let marker = format!("/{AREA}/");
+    Ok(store
+        .journal_entries(id)?
+        .iter()
+        .flat_map(|e| {
+            [
+                Some(e.path.as_str()),
+                e.backup.as_deref().and_then(|b| b.strip_prefix('@')),
+            ]
+        })
+        .flatten()
+        .filter_map(|p| {
+            p.find(&marker)
+                .map(|i| p[..i + marker.len() - 1].to_string())
+        })
+        .collect())
 }
 
 /// After the commit: delete the backups that served rollback only and the originals that
@@ -446,6 +634,14 @@ fn finish_committed(store: &Store, layout: &Layout, id: i64) -> Result<()> {
     for e in store.journal_entries(id)? {
         let drop_backup = e.backup.as_ref().filter(|_| !e.keep_backup);
         for rel in drop_backup.into_iter().chain(e.source.as_ref()) {
+            if let Some(in_root) = rel.strip_prefix('@') {
+                let root = &*layout.dir;
+                if root.stat(in_root)?.is_some() {
+                    root.remove_file(in_root)?;
+                }
+                let _ = root.rmdir(parent_of(in_root)); // the last one empties it
+                continue;
+            }
             let p = layout.work.join(rel);
             match std::fs::remove_file(&p) {
                 Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
@@ -460,6 +656,10 @@ fn finish_committed(store: &Store, layout: &Layout, id: i64) -> Result<()> {
     }
     remove_dir_all_if_there(&stage_dir(layout, id))?;
     let _ = std::fs::remove_dir(backup_dir(layout, id));
+    for a in areas_of(store, id)? {
+        let _ = layout.dir.rmdir(&format!("{a}/stage/{id}"));
+        let _ = layout.dir.rmdir(&format!("{a}/backups/{id}"));
+    }
     collect_pinned(store, layout)?;
     store.end_tx(id)?;
     Ok(())

@@ -14,7 +14,8 @@ use upkeep_store::{Store, TxOperation};
 use upkeep_types::{ContentFile, HResult, UpdateMetadata, UpdateOperation, UpdateRecord};
 use uuid::Uuid;
 
-/// Every path under `root` (not the work directory) with its kind, mode and content.
+/// Every path under `root` (not the agent's own `.upkeep` directories) with its kind,
+/// mode and content.
 fn snapshot(root: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
@@ -22,7 +23,7 @@ fn snapshot(root: &Path) -> BTreeMap<String, String> {
         for e in std::fs::read_dir(&d).unwrap().flatten() {
             let p = e.path();
             let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            if rel == ".upkeep" {
+            if e.file_name() == ".upkeep" {
                 continue;
             }
             let m = std::fs::symlink_metadata(&p).unwrap();
@@ -646,21 +647,7 @@ fn an_interrupted_install_is_rolled_back_by_recovery() {
     let known = Default::default();
     let mut st = Stager::new(&fx.layout, t.stage_dir(), &known, false);
     st.stage(&p, &Silent).unwrap();
-    let plan: Vec<Planned> = st
-        .finish()
-        .unwrap()
-        .into_iter()
-        .map(|e| Planned {
-            op: match e.what {
-                Staged::Dir(m) => Op::Dir(m),
-                Staged::File { staged, .. } | Staged::Symlink { staged, .. } => Op::Put {
-                    staged: staged.unwrap(),
-                    keep_backup: true,
-                },
-            },
-            rel: e.rel,
-        })
-        .collect();
+    let plan = plan_of(st.finish().unwrap());
     t.apply(&plan, &Silent).unwrap();
     assert_eq!(std::fs::read(root.join("f")).unwrap(), b"new");
     std::mem::forget(t);
@@ -1266,4 +1253,173 @@ fn a_work_tree_from_before_database_identities_is_adopted() {
         std::fs::read_to_string(&owner).unwrap().trim(),
         fx.store.id()
     );
+}
+
+/// What a first install of these staged entries does.
+fn plan_of(staged: Vec<upkeep_install::files::StagedEntry>) -> Vec<Planned> {
+    staged
+        .into_iter()
+        .map(|e| Planned {
+            op: match e.what {
+                Staged::Dir(m) => Op::Dir(m),
+                Staged::File { staged, .. } | Staged::Symlink { staged, .. } => Op::Put {
+                    staged: staged.unwrap(),
+                    keep_backup: true,
+                },
+            },
+            rel: e.rel,
+        })
+        .collect()
+}
+
+/// Files in `dir` and below (not directories).
+fn files_under(dir: &Path) -> Vec<String> {
+    walk(dir)
+        .into_iter()
+        .filter(|p| !dir.join(p).is_dir())
+        .collect()
+}
+
+#[test]
+fn paths_on_a_mount_inside_the_root_install_upgrade_and_uninstall() {
+    let fx = fx();
+    let root = &fx.layout.root;
+    let boot = root.join("boot");
+    std::fs::create_dir_all(&boot).unwrap();
+    // A filesystem of its own inside the root, as /boot often is.
+    let small = upkeep_testkit::mounts::Tmpfs::mount("16m");
+    let ok = std::process::Command::new("mount")
+        .args(["--bind"])
+        .arg(small.path())
+        .arg(&boot)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(boot.clone());
+    std::fs::write(boot.join("config"), b"the machine's own config").unwrap();
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    let before = snapshot(root);
+    let r1 = payload(
+        &fx,
+        "r1.tar",
+        &tar(&[
+            E::File("boot/vmlinuz", b"kernel 1", 0o644),
+            E::File("boot/config", b"config 1", 0o644),
+            E::File("etc/app.conf", b"app 1", 0o644),
+        ]),
+        "",
+    );
+    install_rec(&fx, &update("k", 1, &[&r1]), &[&r1]).unwrap();
+    assert_eq!(std::fs::read(boot.join("vmlinuz")).unwrap(), b"kernel 1");
+    assert_eq!(std::fs::read(boot.join("config")).unwrap(), b"config 1");
+    // The machine's config is kept aside on its own mount, not in the work directory.
+    let kept = files_under(&boot.join(".upkeep/backups"));
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(
+        std::fs::read(boot.join(".upkeep/backups").join(&kept[0])).unwrap(),
+        b"the machine's own config"
+    );
+    assert!(files_under(&boot.join(".upkeep/stage")).is_empty());
+    // The next revision: a changed kernel, a new symlink, the config unchanged.
+    let r2 = payload(
+        &fx,
+        "r2.tar",
+        &tar(&[
+            E::File("boot/vmlinuz", b"kernel 2", 0o644),
+            E::Link("boot/vmlinuz.current", "vmlinuz"),
+            E::File("boot/config", b"config 1", 0o644),
+            E::File("etc/app.conf", b"app 2", 0o644),
+        ]),
+        "zst",
+    );
+    let config_inode = inode(&boot.join("config"));
+    install_rec(&fx, &update("k", 2, &[&r2]), &[&r2]).unwrap();
+    assert_eq!(
+        std::fs::read(boot.join("vmlinuz.current")).unwrap(),
+        b"kernel 2"
+    );
+    assert_eq!(
+        inode(&boot.join("config")),
+        config_inode,
+        "unchanged: untouched"
+    );
+    // A transaction applied on the mount and then dropped uncommitted (as a failure
+    // after the changes does) puts back what it replaced from the mount's area.
+    let r2_tree = snapshot(root);
+    let r3 = payload(
+        &fx,
+        "r3.tar",
+        &tar(&[
+            E::File("boot/vmlinuz", b"kernel 3", 0o644),
+            E::File("boot/initrd", b"initrd 3", 0o644),
+        ]),
+        "",
+    );
+    {
+        let mut t = Tx::begin(&fx.store, &fx.layout, "r3", TxOperation::Upgrade).unwrap();
+        let known = Default::default();
+        let mut st = Stager::new(&fx.layout, t.stage_dir(), &known, false);
+        st.stage(&r3, &Silent).unwrap();
+        let plan = plan_of(st.finish().unwrap());
+        t.apply(&plan, &Silent).unwrap();
+        assert_eq!(std::fs::read(boot.join("vmlinuz")).unwrap(), b"kernel 3");
+        assert!(!files_under(&boot.join(".upkeep/backups")).is_empty());
+    }
+    assert_eq!(snapshot(root), r2_tree);
+    assert!(files_under(&boot.join(".upkeep/stage")).is_empty());
+    // Uninstall puts the machine's config back from its mount.
+    uninstall_and_commit(&fx, "k");
+    assert_eq!(snapshot(root), before);
+    assert!(files_under(&boot.join(".upkeep")).is_empty());
+    no_leftovers(&fx);
+}
+
+#[test]
+fn a_bind_mounted_root_installs() {
+    // The root is a bind mount of a directory on the state directory's filesystem:
+    // the same device, another mount — a rename between them fails.
+    let fx = fx();
+    let real = fx.state.parent().unwrap().join("real-root");
+    std::fs::create_dir_all(&real).unwrap();
+    let root = fx.state.parent().unwrap().join("bound-root");
+    std::fs::create_dir_all(&root).unwrap();
+    let ok = std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(&real)
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(root.clone());
+    let layout = Layout::new(&root, &fx.state).unwrap();
+    assert_eq!(layout.work, root.join(".upkeep"));
+    let p = payload(
+        &fx,
+        "p.tar",
+        &tar(&[E::File("bin/tool", b"tool", 0o755)]),
+        "",
+    );
+    let rec = update("b", 1, &[&p]);
+    Engine::new(&fx.store, &layout, "test")
+        .install(&request(&rec, &[&p]), &Silent)
+        .unwrap();
+    assert_eq!(std::fs::read(real.join("bin/tool")).unwrap(), b"tool");
 }
