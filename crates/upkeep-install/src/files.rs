@@ -742,8 +742,7 @@ impl<'a> Stager<'a> {
                         .map_err(what)?
                         .ok_or_else(|| bad(format!("{rel}: a symlink without a target")))?
                         .into_owned();
-                    let absolute_in_slash =
-                        target.is_absolute() && self.ctx.layout.dir.is_slash();
+                    let absolute_in_slash = target.is_absolute() && self.ctx.layout.dir.is_slash();
                     if !absolute_in_slash && !link_stays_inside(&rel, &target) {
                         return Err(bad(format!(
                             "{rel}: symlink to {} leaves the install root",

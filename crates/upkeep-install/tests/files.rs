@@ -1329,6 +1329,12 @@ fn paths_on_a_mount_inside_the_root_install_upgrade_and_uninstall() {
         b"the machine's own config"
     );
     assert!(files_under(&boot.join(".upkeep/stage")).is_empty());
+    // The area is the agent's alone.
+    let area_mode = std::fs::metadata(boot.join(".upkeep"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(area_mode & 0o777, 0o700);
     // The next revision: a changed kernel, a new symlink, the config unchanged.
     let r2 = payload(
         &fx,

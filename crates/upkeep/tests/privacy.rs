@@ -1,6 +1,7 @@
 //! What the agent keeps is private: the state directory is the one gate (0700 whatever the
-//! umask, refused when other users could write to it), so another local user — `nobody`
-//! here, in real processes — can neither read nor run a backup of a replaced setuid file,
+//! umask, refused when other users could write to it), so another local user —
+//! `upkeep-probe` (made by `.ci/run` with useradd) or `nobody`, in real processes — can
+//! neither read nor run a backup of a replaced setuid file,
 //! nor read the state, nor take the install lock; and no payload may write into the state
 //! directory when it lies inside the install root.
 
@@ -11,7 +12,21 @@ use std::path::Path;
 use upkeep::{HResult, OperationResultCode, UpdateCollection, UpdateSession};
 use upkeep_testkit::RepoSim;
 
-const NOBODY: u32 = 65534;
+/// The unprivileged user the probes run as: `upkeep-probe`, created for the tests by
+/// `.ci/run` (useradd), else `nobody`.
+fn probe_user() -> (u32, u32) {
+    let id = |flag: &str| -> Option<u32> {
+        let out = std::process::Command::new("id")
+            .args([flag, "upkeep-probe"])
+            .output()
+            .ok()?;
+        String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+    };
+    match (id("-u"), id("-g")) {
+        (Some(u), Some(g)) => (u, g),
+        _ => (65534, 65534),
+    }
+}
 
 fn tar(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
@@ -24,12 +39,14 @@ fn tar(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-/// Runs `sh -c script` as `nobody`; true if it succeeded.
-fn as_nobody(script: &str) -> bool {
+/// Runs `sh -c script` as the unprivileged probe user; true if it succeeded.
+fn as_other_user(script: &str) -> bool {
+    let (uid, gid) = probe_user();
+    assert_ne!(uid, 0);
     std::process::Command::new("/bin/sh")
         .args(["-c", script])
-        .uid(NOBODY)
-        .gid(NOBODY)
+        .uid(uid)
+        .gid(gid)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
@@ -107,24 +124,27 @@ fn other_users_cannot_read_run_or_lock_what_the_agent_keeps() {
     let backup = &backups[0];
     assert_eq!(mode(backup) & 0o4000, 0o4000, "still setuid, as it was");
     // Control: nobody runs and reads what is public.
-    assert!(as_nobody(&format!("cat {}", tool.display())));
-    assert!(as_nobody(&format!("{}", tool.display())));
+    assert!(as_other_user(&format!("cat {}", tool.display())));
+    assert!(as_other_user(&format!("{}", tool.display())));
     // Nothing the agent keeps is reachable.
     assert!(
-        !as_nobody(&format!("cat {}", backup.display())),
+        !as_other_user(&format!("cat {}", backup.display())),
         "read a backup"
     );
     assert!(
-        !as_nobody(&format!("{}", backup.display())),
+        !as_other_user(&format!("{}", backup.display())),
         "ran a setuid backup"
     );
-    assert!(!as_nobody(&format!(
+    assert!(!as_other_user(&format!(
         "cat {}",
         state.join("state.db").display()
     )));
-    assert!(!as_nobody(&format!("ls {}", state.join("cache").display())));
+    assert!(!as_other_user(&format!(
+        "ls {}",
+        state.join("cache").display()
+    )));
     assert!(
-        !as_nobody(&format!(
+        !as_other_user(&format!(
             "exec 9>>{}; flock -n 9",
             state.join("install.lock").display()
         )),
