@@ -19,7 +19,8 @@ base=$NGINX_BASE
 
 echo "== interop 1: upkeep publishes, python-tuf ngclient consumes"
 src="$work/src"; mkdir -p "$src"
-head -c 200000 /dev/urandom > "$src/tools.tar"
+mkdir -p "$src/tree/opt/tools"; head -c 200000 /dev/urandom > "$src/tree/opt/tools/blob"
+tar -cf "$src/tools.tar" -C "$src/tree" opt
 printf '#!/bin/sh\nexit 3010\n' > "$src/setup.sh"
 printf 'licence\n' > "$src/EULA.txt"
 for layout in flat bins; do

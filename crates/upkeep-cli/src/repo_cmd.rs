@@ -287,6 +287,59 @@ impl AddArgs {
     }
 }
 
+/// A `files` update's payloads are checked as every device will check them — the same
+/// function (`upkeep_install::files::inspect`) — so that what devices would refuse is
+/// refused here, with the reason; and its `installed_size` is filled in when not given.
+fn check_files_payloads(update: &mut NewUpdate) -> Result<(), Exit> {
+    if !matches!(update.metadata.handler, Handler::Files) {
+        return Ok(());
+    }
+    let mut payloads = Vec::new();
+    for src in std::iter::once(&update.payload).chain(&update.extra_content) {
+        let ContentSource::File(path) = src else {
+            continue;
+        };
+        let length = std::fs::metadata(path)
+            .map_err(|e| {
+                eprintln!("upkeep: error: {}: {e}", path.display());
+                Exit::Usage
+            })?
+            .len();
+        payloads.push(upkeep_install::files::Payload {
+            path: path.clone(),
+            length,
+            sha256: None,
+        });
+    }
+    let m = &update.metadata;
+    let policy = upkeep_install::files::Policy {
+        setid: m.setid_paths.clone(),
+        max_bytes: m.installed_size,
+        max_bytes_source: "--installed-size".into(),
+    };
+    match upkeep_install::files::inspect(&payloads, policy) {
+        Ok(found) => {
+            update
+                .metadata
+                .installed_size
+                .get_or_insert(found.installed_size);
+            Ok(())
+        }
+        Err(e) => {
+            let hint = if e.message.contains("set-user-id") {
+                " (declare it with --setid PATH if it must be)"
+            } else {
+                ""
+            };
+            eprintln!(
+                "upkeep: error: refused: {}{hint}; devices would refuse this payload",
+                e.message
+            );
+            Err(Exit::Usage)
+        }
+    }
+}
+
 fn fail(e: PublishError) -> Exit {
     eprintln!("upkeep: error: {e}");
     match e {
@@ -316,7 +369,8 @@ pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
             Ok(Exit::Success)
         }
         RepoCommand::Add(args) => {
-            let update = args.to_update().map_err(fail)?;
+            let mut update = args.to_update().map_err(fail)?;
+            check_files_payloads(&mut update)?;
             let (id, title) = (update.metadata.id, update.metadata.title.clone());
             let mut repo = Repository::open(&args.dir).map_err(fail)?;
             let report = repo.add_update(update).map_err(fail)?;

@@ -6,12 +6,16 @@ mod common;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use common::{agent_args, ok, upkeep, Serve};
+use common::{agent_args, ok, tar_of, upkeep, Serve};
 
 fn published_repo(tmp: &Path) -> std::path::PathBuf {
     let dir = tmp.join("repo");
     ok(&upkeep(&["repo", "init", dir.to_str().unwrap()]));
-    std::fs::write(tmp.join("tools.tar"), b"not really a tar").unwrap();
+    std::fs::write(
+        tmp.join("tools.tar"),
+        tar_of(&[("opt/tools/run", b"#!/bin/sh\n", 0o755)]),
+    )
+    .unwrap();
     std::fs::write(tmp.join("setup.sh"), b"#!/bin/sh\nexit 3010\n").unwrap();
     let d = dir.to_str().unwrap();
     ok(&upkeep(&[
@@ -385,9 +389,10 @@ impl StalledDownload {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("repo");
         ok(&upkeep(&["repo", "init", dir.to_str().unwrap()]));
-        let data: Vec<u8> = (0..4_000_000u32)
+        let noise: Vec<u8> = (0..4_000_000u32)
             .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
             .collect();
+        let data = tar_of(&[("opt/big.bin", &noise, 0o644)]);
         std::fs::write(tmp.path().join("big.tar"), &data).unwrap();
         ok(&upkeep(&[
             "repo",
@@ -771,4 +776,85 @@ fn ctrl_c_at_the_terminal_aborts_an_install_and_the_command_is_stopped_by_the_ag
         .unwrap());
     let h: serde_json::Value = serde_json::from_str(&h).unwrap();
     assert_eq!(h["entries"][0]["result_code"], "Aborted");
+}
+
+#[test]
+fn repo_add_refuses_what_devices_would_refuse_and_fills_in_the_installed_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("repo");
+    let d = dir.to_str().unwrap();
+    ok(&upkeep(&["repo", "init", d]));
+    let before = std::fs::read(dir.join("metadata/timestamp.json")).unwrap();
+    let add = |payload: &[u8], extra: &[&str]| {
+        let p = tmp.path().join("payload.tar");
+        std::fs::write(&p, payload).unwrap();
+        let mut args = vec![
+            "repo",
+            "add",
+            d,
+            "--id",
+            "66666666-6666-4666-8666-666666666666",
+            "--title",
+            "Su",
+            "--payload",
+            p.to_str().unwrap(),
+            "--handler",
+            "files",
+        ];
+        args.extend_from_slice(extra);
+        upkeep(&args)
+    };
+    let refused = |o: &std::process::Output, why: &str| {
+        assert_eq!(o.status.code(), Some(2), "{o:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(why), "{err}");
+        assert_eq!(
+            std::fs::read(dir.join("metadata/timestamp.json")).unwrap(),
+            before,
+            "nothing published"
+        );
+    };
+    refused(
+        &add(b"not a tar at all, not even close", &[]),
+        "not a valid archive",
+    );
+    let su = tar_of(&[
+        ("usr/bin/su", b"#!/bin/sh\n", 0o4755),
+        ("usr/bin/x", b"12345", 0o755),
+    ]);
+    refused(&add(&su, &[]), "--setid PATH");
+    let mut link = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_mode(0o777);
+    h.set_size(0);
+    link.append_link(&mut h, "etc", "../../etc").unwrap();
+    refused(
+        &add(&link.into_inner().unwrap(), &[]),
+        "leaves the install root",
+    );
+    // Declared, it is published, with the installed size the device will hold it to.
+    ok(&add(&su, &["--setid", "usr/bin/su"]));
+    let newest = std::fs::read_dir(dir.join("metadata"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().into_string().ok()?;
+            let v: u64 = n.strip_suffix(".targets.json")?.parse().ok()?;
+            Some((v, e.path()))
+        })
+        .max()
+        .unwrap()
+        .1;
+    let targets: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(newest).unwrap()).unwrap();
+    let record = targets["signed"]["targets"]
+        .as_object()
+        .unwrap()
+        .values()
+        .find_map(|t| t.pointer("/custom/upkeep"))
+        .unwrap()
+        .clone();
+    assert_eq!(record["installed_size"], 10 + 5, "{record}");
+    assert_eq!(record["setid_paths"][0], "usr/bin/su", "{record}");
 }

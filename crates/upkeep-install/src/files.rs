@@ -175,6 +175,8 @@ struct Context<'a> {
     layout: &'a Layout,
     known: &'a HashMap<String, Known>,
     verify_disk: bool,
+    /// Stage what changed (false: check and hash only, for [`inspect`]).
+    writes: bool,
 }
 
 /// A file for a writer: the `seq`-th assignment of `entries[index]`.
@@ -228,7 +230,7 @@ impl Context<'_> {
     fn write(&self, job: Job) -> Result<(u64, usize, Staged)> {
         let sha256 = hex::encode(Sha256::digest(&job.data));
         let size = job.data.len() as u64;
-        let staged = if self.unchanged_file(&job.rel, &sha256, job.mode, size) {
+        let staged = if !self.writes || self.unchanged_file(&job.rel, &sha256, job.mode, size) {
             None
         } else {
             write_new(&job.dst, &job.data, job.mode)?;
@@ -299,6 +301,7 @@ impl<'a> Stager<'a> {
                 layout,
                 known,
                 verify_disk,
+                writes: true,
             },
             stage,
             entries: Vec::new(),
@@ -343,7 +346,7 @@ impl<'a> Stager<'a> {
                     "{rel}: a hard link to {target}, which is no longer a regular file"
                 )));
             };
-            let mine = if self.ctx.unchanged_file(&rel, &sha256, mode, size) {
+            let mine = if !self.ctx.writes || self.ctx.unchanged_file(&rel, &sha256, mode, size) {
                 None
             } else {
                 let dst = self.staged_path(WRITERS)?;
@@ -753,7 +756,7 @@ impl<'a> Stager<'a> {
                         .to_str()
                         .ok_or_else(|| bad(format!("{rel}: a symlink target that is not UTF-8")))?
                         .to_string();
-                    let staged = if self.ctx.unchanged_link(&rel, &target_s) {
+                    let staged = if !self.ctx.writes || self.ctx.unchanged_link(&rel, &target_s) {
                         None
                     } else {
                         let dst = self.staged_path(WRITERS)?;
@@ -831,7 +834,11 @@ impl<'a> Stager<'a> {
         what: &dyn Fn(std::io::Error) -> InstallError,
     ) -> Result<Staged> {
         let dst = self.staged_path(WRITERS)?;
-        let mut out = new_file(&dst, mode)?;
+        let mut out = if self.ctx.writes {
+            Some(new_file(&dst, mode)?)
+        } else {
+            None
+        };
         let mut h = Sha256::new();
         let mut written = 0u64;
         let mut chunk = vec![0u8; 1 << 16];
@@ -841,10 +848,21 @@ impl<'a> Stager<'a> {
                 break;
             }
             h.update(&chunk[..n]);
-            out.write_all(&chunk[..n])
-                .map_err(|e| InstallError::io(&dst, e))?;
+            if let Some(out) = &mut out {
+                out.write_all(&chunk[..n])
+                    .map_err(|e| InstallError::io(&dst, e))?;
+            }
             written += n as u64;
         }
+        let Some(out) = out else {
+            let sha256 = hex::encode(h.finalize());
+            return Ok(Staged::File {
+                staged: None,
+                mode,
+                size: written,
+                sha256,
+            });
+        };
         start_writeback(&out);
         drop(out);
         let sha256 = hex::encode(h.finalize());
@@ -861,6 +879,50 @@ impl<'a> Stager<'a> {
             sha256,
         })
     }
+}
+
+/// What [`inspect`] found in an update's payloads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inspection {
+    /// Bytes of regular-file content the payloads expand to (what `installed_size`
+    /// declares).
+    pub installed_size: u64,
+    /// Entries (files, directories, links) after later entries replaced earlier ones.
+    pub entries: usize,
+}
+
+/// Checks an update's `files` payloads exactly as an install checks them — every entry,
+/// with the same function and rules (paths, symlinks and their chains, hard links,
+/// devices, set-id bits against `policy.setid`, the expansion bound, readable to the end,
+/// the signed hash) — against an empty root, writing nothing. For publishers: what
+/// `repo add` refuses here, no device would install.
+pub fn inspect(payloads: &[Payload], policy: Policy) -> Result<Inspection> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = std::env::temp_dir().join(format!("upkeep-inspect-{}-{n}", std::process::id()));
+    crate::create_private_dir(&tmp)?;
+    struct Gone(PathBuf);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _gone = Gone(tmp.clone());
+    let layout = Layout::new(&tmp.join("root"), &tmp.join("state"))?;
+    let known = HashMap::new();
+    let stage = tmp.join("stage");
+    crate::create_private_dir(&stage)?;
+    let mut stager = Stager::new(&layout, stage, &known, false).with_policy(policy);
+    stager.ctx.writes = false;
+    for p in payloads {
+        stager.stage(p, &crate::Silent)?;
+    }
+    let total = stager.total;
+    let entries = stager.finish()?;
+    Ok(Inspection {
+        installed_size: total,
+        entries: entries.len(),
+    })
 }
 
 /// Creates `path` with `mode` from the start (never readable by others in between).

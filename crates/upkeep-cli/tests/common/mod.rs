@@ -14,6 +14,18 @@ pub fn upkeep(args: &[&str]) -> Output {
         .expect("run upkeep")
 }
 
+/// A tar archive of `(path, content, mode)` files.
+pub fn tar_of(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (p, d, mode) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(*mode);
+        h.set_size(d.len() as u64);
+        b.append_data(&mut h, p, *d).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
 /// `--repo URL --trusted-root ROOT --state-dir STATE`.
 pub fn agent_args<'a>(url: &'a str, root: &'a Path, state: &'a Path) -> [&'a str; 6] {
     [
