@@ -1288,23 +1288,7 @@ fn paths_on_a_mount_inside_the_root_install_upgrade_and_uninstall() {
     std::fs::create_dir_all(&boot).unwrap();
     // A filesystem of its own inside the root, as /boot often is.
     let small = upkeep_testkit::mounts::Tmpfs::mount("16m");
-    let ok = std::process::Command::new("mount")
-        .args(["--bind"])
-        .arg(small.path())
-        .arg(&boot)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _unmount = Unmount(boot.clone());
+    let _bound = upkeep_testkit::mounts::Bind::new(small.path(), &boot);
     std::fs::write(boot.join("config"), b"the machine's own config").unwrap();
     std::fs::create_dir_all(root.join("etc")).unwrap();
     let before = snapshot(root);
@@ -1398,23 +1382,7 @@ fn a_bind_mounted_root_installs() {
     std::fs::create_dir_all(&real).unwrap();
     let root = fx.state.parent().unwrap().join("bound-root");
     std::fs::create_dir_all(&root).unwrap();
-    let ok = std::process::Command::new("mount")
-        .arg("--bind")
-        .arg(&real)
-        .arg(&root)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _unmount = Unmount(root.clone());
+    let _bound = upkeep_testkit::mounts::Bind::new(&real, &root);
     let layout = Layout::new(&root, &fx.state).unwrap();
     assert_eq!(layout.work, root.join(".upkeep"));
     let p = payload(

@@ -62,3 +62,36 @@ impl Drop for Tmpfs {
             .status();
     }
 }
+
+/// `mount --bind FROM TO`; unmounted when dropped. Needs root, as [`Tmpfs`].
+pub struct Bind {
+    to: PathBuf,
+}
+
+impl Bind {
+    /// Binds `from` at `to` (an existing directory).
+    pub fn new(from: &Path, to: &Path) -> Bind {
+        let ok = std::process::Command::new("mount")
+            .arg("--bind")
+            .arg(from)
+            .arg(to)
+            .status()
+            .expect("mount runs");
+        assert!(
+            ok.success(),
+            "a bind mount needs root (the agent's tests run as root)"
+        );
+        Bind {
+            to: to.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Bind {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.to)
+            .status();
+    }
+}
