@@ -204,8 +204,8 @@ impl Context<'_> {
             return false;
         }
         let root = &self.layout.dir;
-        match root.stat(rel) {
-            Ok(Some(m)) if m.is_file() && m.size == size && m.mode == mode => {
+        match root.stat_hint(rel) {
+            Some(m) if m.is_file() && m.size == size && m.mode == mode => {
                 !self.verify_disk
                     || root
                         .open_file(rel)

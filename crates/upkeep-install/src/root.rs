@@ -90,6 +90,8 @@ pub struct RootDir {
     is_slash: bool,
     /// The mount the root directory is on.
     mnt: u64,
+    /// Unique among the handles of this process (for per-thread caches).
+    id: u64,
 }
 
 fn cstr(p: &OsStr) -> Result<CString> {
@@ -195,11 +197,13 @@ impl RootDir {
                 libc::makedev(st.stx_dev_major, st.stx_dev_minor)
             }
         };
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let root = RootDir {
             path: path.to_path_buf(),
             fd,
             is_slash,
             mnt,
+            id: IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
         // Probe openat2 once, so that an old kernel fails here with a clear message.
         root.open_beneath(".", libc::O_PATH | libc::O_DIRECTORY)
@@ -311,6 +315,32 @@ impl RootDir {
             Err(e) => return Err(self.err(rel)(e)),
         };
         statx_at(dir.as_raw_fd(), &name).map_err(self.err(rel))
+    }
+
+    /// [`stat`](Self::stat) for a hint only — whether a file may be left as it is — with
+    /// the last parent directory this thread looked in kept open: files come directory by
+    /// directory, and an upgrade asks this of every file. A stale answer (the directory
+    /// replaced meanwhile) only means "changed" — the file is written again — never a
+    /// change outside the root: every change resolves its path anew.
+    pub fn stat_hint(&self, rel: &str) -> Option<Stat> {
+        use std::cell::RefCell;
+        thread_local! {
+            static LAST: RefCell<Option<(u64, String, OwnedFd)>> = const { RefCell::new(None) };
+        }
+        let (dir, name) = split(rel);
+        let name = CString::new(name).ok()?;
+        LAST.with(|last| {
+            let mut last = last.borrow_mut();
+            let hit = matches!(&*last, Some((id, d, _)) if *id == self.id && d == dir);
+            if !hit {
+                let fd = self
+                    .open_beneath(dir, libc::O_PATH | libc::O_DIRECTORY)
+                    .ok()?;
+                *last = Some((self.id, dir.to_string(), fd));
+            }
+            let (_, _, fd) = last.as_ref()?;
+            statx_at(fd.as_raw_fd(), &name).ok().flatten()
+        })
     }
 
     /// The target of the symlink at `rel`; `None` when there is no symlink there.
