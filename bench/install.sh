@@ -14,6 +14,9 @@
 # here for minutes: see bench-notes). Each timed run starts with `sync` (untimed). Every
 # upkeep run gets a state directory of its own, cloned from a template (the content cache
 # hard-linked). Prints medians and ratios (> 1: upkeep is faster).
+#
+# BASELINE=/path/to/an/older/upkeep also times that binary in the same rounds (its own
+# template state), and prints this build against it: a regression check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-5}
@@ -58,15 +61,28 @@ for r in repoA repoB; do
 done
 urlA=$(grep -o 'http://[^ ]*' "$data/repoA.log" | head -1)
 urlB=$(grep -o 'http://[^ ]*' "$data/repoB.log" | head -1)
+BASE=${BASELINE:-}
 agent() { local url=$1 state=$2 root=$3; shift 3
-  "$BIN" --repo "$url" --trusted-root "$data/repoA/metadata/1.root.json" --state-dir "$disk/$state" --root "$disk/$root" "$@"; }
+  local bin=$BIN; case $state in b-*) bin=$BASE;; esac
+  "$bin" --repo "$url" --trusted-root "$data/repoA/metadata/1.root.json" --state-dir "$disk/$state" --root "$disk/$root" "$@"; }
 # Template state: revision 1 downloaded with A's metadata; revision 2's content added to
 # its cache from a second state that saw B.
 agent "$urlA" tmpl root-tmpl download "$ID" >/dev/null
 cp -a "$disk/tmpl" "$disk/tmplB"
 agent "$urlB" tmplB root-tmpl download "$ID" >/dev/null
-cp -n "$disk/tmplB/cache/objects/"* "$disk/tmpl/cache/objects/"
-clone_state() { mkdir -p "$disk/$1"; cp -al "$disk/tmpl/cache" "$disk/$1/"; cp -a "$disk/tmpl/metadata" "$disk/tmpl/state.db" "$disk/$1/"; }
+# Hard links keep the objects' stamps (`cache/verified/`) valid, as on a machine that
+# downloaded them.
+cp -nl "$disk/tmplB/cache/objects/"* "$disk/tmpl/cache/objects/"
+if [ -d "$disk/tmplB/cache/verified" ]; then cp -an "$disk/tmplB/cache/verified/." "$disk/tmpl/cache/verified/"; fi
+if [ -n "$BASE" ]; then
+  agent "$urlA" b-tmpl root-tmpl download "$ID" >/dev/null
+  cp -a "$disk/b-tmpl" "$disk/b-tmplB"
+  agent "$urlB" b-tmplB root-tmpl download "$ID" >/dev/null
+  cp -nl "$disk/b-tmplB/cache/objects/"* "$disk/b-tmpl/cache/objects/"
+fi
+# clone_state NAME: a state directory from the template of the binary NAME is for.
+clone_state() { local t=tmpl; case $1 in b-*) t=b-tmpl;; esac
+  mkdir -p "$disk/$1"; cp -al "$disk/$t/cache" "$disk/$1/"; cp -a "$disk/$t/metadata" "$disk/$t/state.db" "$disk/$1/"; }
 
 secs() { local t0 t1; sync; t0=$(date +%s%N); "$@" >/dev/null; t1=$(date +%s%N); awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f\n", (b - a) / 1e9 }'; }
 fresh_tar() { mkdir -p "$disk/tar-f$1"; secs bash -c "tar --zstd -xf '$data/r1.tar.zst' -C '$disk/tar-f$1' && sync"; }
@@ -75,6 +91,9 @@ upgrade_tar() { mkdir -p "$disk/tar-u$1"; tar --zstd -xf "$data/r1.tar.zst" -C "
   secs bash -c "tar --zstd -xf '$data/r2.tar.zst' -C '$disk/tar-u$1' && sync"; }
 upgrade_upkeep() { clone_state "st-u$1"; agent "$urlA" "st-u$1" "root-u$1" install "$ID" --no-download >/dev/null
   secs agent "$urlB" "st-u$1" "root-u$1" install "$ID" --no-download; }
+fresh_base() { clone_state "b-st-f$1"; secs agent "$urlA" "b-st-f$1" "b-root-f$1" install "$ID" --no-download; }
+upgrade_base() { clone_state "b-st-u$1"; agent "$urlA" "b-st-u$1" "b-root-u$1" install "$ID" --no-download >/dev/null
+  secs agent "$urlB" "b-st-u$1" "b-root-u$1" install "$ID" --no-download; }
 
 echo "warm-up"; fresh_tar w >/dev/null; fresh_upkeep w >/dev/null; upgrade_tar w >/dev/null; upgrade_upkeep w >/dev/null
 # Check the work was done: revision 2 installed, byte-identical to tar's tree.
@@ -83,17 +102,24 @@ diff -r "$disk/root-uw" "$disk/tar-uw" >/dev/null || { echo "upkeep's upgraded t
 for r in $(seq 1 "$ROUNDS"); do
   if [ $((r % 2)) = 1 ]; then fu=$(fresh_upkeep "$r"); ft=$(fresh_tar "$r"); gu=$(upgrade_upkeep "$r"); gt=$(upgrade_tar "$r")
   else ft=$(fresh_tar "$r"); fu=$(fresh_upkeep "$r"); gt=$(upgrade_tar "$r"); gu=$(upgrade_upkeep "$r"); fi
-  echo "$fu $ft $gu $gt" >> "$data/rows"
-  echo "round $r: install upkeep $fu s, tar+sync $ft s | upgrade upkeep $gu s, tar+sync $gt s"
+  fb=0; gb=0
+  if [ -n "$BASE" ]; then
+    if [ $((r % 2)) = 1 ]; then fb=$(fresh_base "$r"); gb=$(upgrade_base "$r"); else gb=$(upgrade_base "$r"); fb=$(fresh_base "$r"); fi
+  fi
+  echo "$fu $ft $gu $gt $fb $gb" >> "$data/rows"
+  echo "round $r: install upkeep $fu s, tar+sync $ft s | upgrade upkeep $gu s, tar+sync $gt s${BASE:+ | baseline install $fb s, upgrade $gb s}"
 done
 python3 - "$data/rows" "$files" "$mib" <<'PY'
 import statistics, sys
 rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
-fu, ft, gu, gt = (statistics.median(r[i] for r in rows) for i in range(4))
+fu, ft, gu, gt, fb, gb = (statistics.median(r[i] for r in rows) for i in range(6))
 print()
 print(f"install benchmark: mktree.py tree, {sys.argv[2]} files, {sys.argv[3]} MiB, tar.zst; medians of {len(rows)} rounds; ratio > 1 means upkeep is faster")
 print("| work | upkeep | peer | ratio |")
 print("|---|---|---|---|")
 print(f"| fresh install (crash-safe) vs `tar --zstd -xf` + `sync` | {fu:.2f} s | {ft:.2f} s | **{ft/fu:.2f}×** |")
 print(f"| upgrade, 1 % changed (crash-safe) vs `tar --zstd -xf` over the old tree + `sync` | {gu:.2f} s | {gt:.2f} s | **{gt/gu:.2f}×** |")
+if fb > 0:
+    print(f"| fresh install vs the baseline binary | {fu:.2f} s | {fb:.2f} s | **{fb/fu:.2f}×** |")
+    print(f"| upgrade vs the baseline binary | {gu:.2f} s | {gb:.2f} s | **{gb/gu:.2f}×** |")
 PY

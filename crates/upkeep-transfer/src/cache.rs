@@ -1,9 +1,10 @@
 //! The content-addressed cache.
 //!
 //! An object is committed (renamed into `objects/`) only after its signed hashes matched,
-//! and then *stamped*: `verified/<key>` (a symlink to `<inode>.<ctime>.<size>`) records the object as it was when
-//! verified. A changed object (written in place, truncated, replaced) has another inode or
-//! change time — which no one but root can set — so its stamp no longer matches: it is
+//! and then *stamped*: `verified/<key>` (a symlink to `<inode>.<mtime>.<size>`) records the
+//! object as it was when verified. A changed object (written in place, truncated, replaced)
+//! has another inode, modification time or size — and only root can reach the cache — so
+//! its stamp no longer matches: it is
 //! hashed again when next used, and removed if it is wrong, so the next download fetches it
 //! again. Objects without a matching stamp do not count as downloaded.
 
@@ -145,9 +146,8 @@ impl ContentCache {
         std::fs::read_link(self.stamp_path(key)).is_ok_and(|t| t.as_os_str() == &*stamp_of(m))
     }
 
-    /// Records the object `key` as verified, as it is now (after its rename into place:
-    /// a rename changes the inode's change time). The stamp is a symlink whose target
-    /// names the object's inode and change time, replaced atomically.
+    /// Records the object `key` as verified, as it is now. The stamp is a symlink whose
+    /// target names the object's inode, modification time and size, replaced atomically.
     pub(crate) fn stamp(&self, key: &str) -> io::Result<()> {
         let m = std::fs::symlink_metadata(self.object_path(key))?;
         let tmp = self.temp_path(key);
@@ -182,14 +182,16 @@ impl ContentCache {
     }
 }
 
-/// The stamp of an object with metadata `m`: its inode, change time and size.
+/// The stamp of an object with metadata `m`: its inode, modification time and size. (Not
+/// the change time: hard-linking an object — a backup, a copy of the cache — changes that
+/// without changing a byte. Only root can reach the cache to set a modification time back.)
 fn stamp_of(m: &std::fs::Metadata) -> String {
     use std::os::unix::fs::MetadataExt;
     format!(
         "{}.{}.{:09}.{}",
         m.ino(),
-        m.ctime(),
-        m.ctime_nsec(),
+        m.mtime(),
+        m.mtime_nsec(),
         m.len()
     )
 }

@@ -482,6 +482,14 @@ fn damage_cache(fx: &Fx, restamp: bool) {
         let last = data.len() - 1;
         data[last] ^= 0x20;
         std::fs::write(&p, data).unwrap();
+        // A file's times have the kernel's coarse clock: make sure this write is not in
+        // the same tick as the download's.
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1000))
+            .unwrap();
         if restamp {
             let m = std::fs::metadata(&p).unwrap();
             let stamp = cache.join("verified").join(p.file_name().unwrap());
@@ -489,8 +497,8 @@ fn damage_cache(fx: &Fx, restamp: bool) {
             let t = format!(
                 "{}.{}.{:09}.{}",
                 m.ino(),
-                m.ctime(),
-                m.ctime_nsec(),
+                m.mtime(),
+                m.mtime_nsec(),
                 m.len()
             );
             std::os::unix::fs::symlink(t, &stamp).unwrap();
