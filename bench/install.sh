@@ -49,11 +49,13 @@ tar --zstd -cf "$data/r2.tar.zst" -C "$data/r2" .
 files=$(find "$data/r1" -type f | wc -l); mib=$(du -sm "$data/r1" | cut -f1)
 rm -rf "$data/r1" "$data/r2"
 
-# Repository A has revision 1; B is A plus revision 2 (same keys, later metadata).
-"$BIN" repo init "$data/repoA" >/dev/null
-"$BIN" repo add "$data/repoA" --id "$ID" --title "Big app" --payload "$data/r1.tar.zst" --handler files >/dev/null
+# Repository A has revision 1; B is A plus revision 2 (same keys, later metadata). With a
+# BASELINE, that binary publishes (an older agent refuses record fields it does not know).
+PUB=${BASELINE:-$BIN}
+"$PUB" repo init "$data/repoA" >/dev/null
+"$PUB" repo add "$data/repoA" --id "$ID" --title "Big app" --payload "$data/r1.tar.zst" --handler files >/dev/null
 cp -a "$data/repoA" "$data/repoB"
-"$BIN" repo add "$data/repoB" --id "$ID" --revision 2 --title "Big app" --payload "$data/r2.tar.zst" --handler files >/dev/null
+"$PUB" repo add "$data/repoB" --id "$ID" --revision 2 --title "Big app" --payload "$data/r2.tar.zst" --handler files >/dev/null
 for r in repoA repoB; do
   "$BIN" repo serve "$data/$r" --listen 127.0.0.1:0 > /dev/null 2> "$data/$r.log" &
   pids+=($!)
