@@ -6,6 +6,7 @@
 #   - warm search `IsInstalled=0` on a session whose catalog is loaded (in process), and a
 #     warm search from a new process (metadata trusted on disk, repository unchanged);
 #   - requests and bytes for a refresh of an unchanged repository.
+# BASELINE_DIR=DIR also times DIR/search-bench (an older build) against this one.
 # Usage: bench/catalog.sh            (N=100000 BINS=1024 ROUNDS=3 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,6 +70,20 @@ done
 m=$(log_mark)
 "$BIN/upkeep" --repo "$base" --state-dir "$work/state-u-1" search "UpdateID='$one_id'" --json > /dev/null
 unchanged=$(log_since "$m")
+
+# BASELINE_DIR=/path/to/an/older/target/release: the warm search of that build's
+# search-bench against this one's, alternating, on the same catalog (a regression check).
+if [ -n "${BASELINE_DIR:-}" ]; then
+  med() { "$PY" -c 'import json,sys; print("%.1f" % json.loads(sys.argv[1])["warm_median_ms"])' "$1"; }
+  for i in 1 2 3 4; do
+    if [ $((i % 2)) = 1 ]; then
+      a=$("$BIN/search-bench" "$base" "$root" "$work/state-u-1" 20); b=$("$BASELINE_DIR/search-bench" "$base" "$root" "$work/state-b" 20)
+    else
+      b=$("$BASELINE_DIR/search-bench" "$base" "$root" "$work/state-b" 20); a=$("$BIN/search-bench" "$base" "$root" "$work/state-u-1" 20)
+    fi
+    echo "warm search round $i: this build $(med "$a") ms, baseline $(med "$b") ms"
+  done
+fi
 
 "$PY" - "$work/u.txt" "$work/p.txt" "$work/w.txt" "$warm" "$unchanged" "$N" "$BINS" <<'PY'
 import json, statistics, sys
