@@ -283,7 +283,7 @@ fn download_fills_the_cache_and_search_reports_it() {
     assert_eq!(cached.len(), 1);
     assert_eq!(
         std::fs::read(cached[0].as_ref().unwrap().path()).unwrap(),
-        b"not really a tar"
+        std::fs::read(tmp.path().join("tools.tar")).unwrap()
     );
 
     // Everything else, in table form.

@@ -16,7 +16,8 @@ use common::{ok, upkeep, Serve};
 
 const ID: &str = "77777777-7777-4777-8777-777777777777";
 
-/// Path → kind, mode and content of every entry under `root`.
+/// Path → kind, mode and content of every entry under `root` (not the agent's own
+/// `.upkeep` directories).
 fn snapshot(root: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
@@ -24,6 +25,9 @@ fn snapshot(root: &Path) -> BTreeMap<String, String> {
         for e in std::fs::read_dir(&d).unwrap().flatten() {
             let p = e.path();
             let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if e.file_name() == ".upkeep" {
+                continue;
+            }
             let m = std::fs::symlink_metadata(&p).unwrap();
             let v = if m.file_type().is_symlink() {
                 format!("link {}", std::fs::read_link(&p).unwrap().display())
@@ -133,10 +137,15 @@ struct World {
 
 impl World {
     fn new() -> World {
+        World::with(&payload())
+    }
+
+    /// A repository with revision 1 of the update carrying `payload`.
+    fn with(payload: &[u8]) -> World {
         let tmp = tempfile::tempdir().unwrap();
         let repo = tmp.path().join("repo");
         ok(&upkeep(&["repo", "init", repo.to_str().unwrap()]));
-        add_revision(&repo, 1, "App 2.0", &payload());
+        add_revision(&repo, 1, "App 2.0", payload);
         let serve = Serve::start(&repo);
         let url = serve.1.clone();
         World {
@@ -429,4 +438,122 @@ fn a_crash_at_any_upgrade_checkpoint_leaves_revision_1_or_revision_2() {
     before.push("root");
     write_before(&before);
     assert_eq!(snapshot(&w.dir("upgraded").join("root")), snapshot(&before));
+}
+
+/// Mounts that live as long as the test (dropped in order: each bind before its tmpfs).
+type Mounts = Vec<Box<dyn std::any::Any>>;
+
+impl World {
+    /// Machine `name`, a copy of `template` whose `root/boot` is a filesystem of its own.
+    fn clone_with_boot_mount(&self, template: &str, name: &str, mounts: &mut Mounts) {
+        let boot = self.dir(name).join("root/boot");
+        std::fs::create_dir_all(&boot).unwrap();
+        let fs = upkeep_testkit::mounts::Tmpfs::mount("8m");
+        mounts.push(Box::new(upkeep_testkit::mounts::Bind::new(
+            fs.path(),
+            &boot,
+        )));
+        mounts.push(Box::new(fs));
+        self.clone_from(template, name);
+    }
+}
+
+#[test]
+fn a_crash_on_a_mount_inside_the_root_leaves_before_or_after() {
+    let mut entries = vec![
+        ("boot/vmlinuz".to_string(), b"kernel 2\n".to_vec(), 0o644),
+        ("boot/initrd".to_string(), b"initrd 2\n".to_vec(), 0o644),
+        (
+            "boot/grub/grub.cfg".to_string(),
+            b"menu 2\n".to_vec(),
+            0o644,
+        ),
+        ("etc/app.conf".to_string(), b"new config\n".to_vec(), 0o644),
+    ];
+    for i in 0..12 {
+        entries.push((
+            format!("opt/app/part{i:02}"),
+            format!("part {i}\n").into_bytes(),
+            0o644,
+        ));
+    }
+    let w = World::with(&tar_of(&entries));
+    let mut mounts: Mounts = Vec::new();
+    // The template: the machine's own kernel and config, the update downloaded.
+    let root = w.dir("template").join("root");
+    std::fs::create_dir_all(root.join("boot")).unwrap();
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("boot/vmlinuz"), b"kernel 1\n").unwrap();
+    std::fs::write(root.join("etc/app.conf"), b"old config\n").unwrap();
+    assert!(w.run("template", &["download", ID], None).success());
+    let before = snapshot(&root);
+    w.clone_with_boot_mount("template", "installed", &mut mounts);
+    assert!(w.run("installed", &["install", ID], None).success());
+    let after = snapshot(&w.dir("installed").join("root"));
+    assert_ne!(before, after);
+    // The machine's kernel was kept aside on its own filesystem.
+    assert!(w
+        .dir("installed")
+        .join("root/boot/.upkeep/backups")
+        .is_dir());
+
+    let install_points = [
+        ("install:journaled", false),
+        ("install:change#1", false),
+        ("install:change#2", false),
+        ("install:change#4", false),
+        ("install:change#10", false),
+        ("install:applied", false),
+        ("install:synced", false),
+        ("install:committed", true),
+    ];
+    let uninstall_points = [
+        ("uninstall:journaled", false),
+        ("uninstall:change#1", false),
+        ("uninstall:change#8", false),
+        ("uninstall:change#15", false),
+        ("uninstall:applied", false),
+        ("uninstall:synced", false),
+        ("uninstall:committed", true),
+    ];
+    let runs = install_points
+        .iter()
+        .map(|p| {
+            (
+                "template",
+                "install",
+                p,
+                if p.1 { &after } else { &before },
+                p.1,
+            )
+        })
+        .chain(uninstall_points.iter().map(|p| {
+            (
+                "installed",
+                "uninstall",
+                p,
+                if p.1 { &before } else { &after },
+                !p.1,
+            )
+        }));
+    for (i, (from, op, (point, _), expected, installed)) in runs.enumerate() {
+        let name = format!("m{i}");
+        w.clone_with_boot_mount(from, &name, &mut mounts);
+        let st = w.run(&name, &[op, ID], Some(point));
+        assert_eq!(st.signal(), Some(libc::SIGKILL), "{point}: reached");
+        assert!(w.run(&name, &["status"], None).code().is_some());
+        let now = snapshot(&w.dir(&name).join("root"));
+        assert!(now == *expected, "{point}: unexpected root:\n{now:#?}");
+        assert_eq!(w.installed(&name), installed, "{point}: state agrees");
+        // Nothing of the transaction is left on the mount.
+        let stage = w.dir(&name).join("root/boot/.upkeep/stage");
+        let left: Vec<_> = std::fs::read_dir(&stage)
+            .map(|rd| {
+                rd.flatten()
+                    .flat_map(|d| std::fs::read_dir(d.path()).unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{point}: staged copies left: {left:?}");
+    }
 }
