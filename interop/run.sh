@@ -39,6 +39,13 @@ for layout in flat bins; do
 }
 JSON
   "$PY" interop/python_client.py "$base/$layout/" "$repo/metadata/1.root.json" "$work/expected-$layout.json"
+  # Every role's key replaced in turn (the root twice): python-tuf, still trusting root
+  # version 1, follows them all.
+  roles="timestamp snapshot targets root root"
+  if [ "$layout" = bins ]; then roles="$roles bins"; fi
+  for role in $roles; do "$UPKEEP" repo rotate-key "$repo" "$role" >/dev/null; done
+  "$PY" interop/python_client.py "$base/$layout/" "$repo/metadata/1.root.json" "$work/expected-$layout.json"
+  echo "python-tuf followed the rotation of every $layout role ($roles)"
 done
 
 echo "== interop 2: python-tuf publishes, upkeep searches"

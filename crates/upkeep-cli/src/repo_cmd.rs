@@ -23,9 +23,11 @@ pub enum RepoCommand {
         /// Use N hashed bins (a power of two) for large catalogs.
         #[arg(long, value_name = "N")]
         bins: Option<u32>,
-        /// Timestamp lifetime in seconds.
-        #[arg(long, value_name = "SECS")]
-        timestamp_expiry: Option<u64>,
+        #[command(flatten)]
+        lifetimes: Lifetimes,
+        /// Keep the root key offline: write it into DIR instead of the repository's keys/.
+        #[arg(long, value_name = "DIR")]
+        root_keys: Option<PathBuf>,
     },
     /// Add an update (replacing any earlier revision of the same id) and publish.
     Add(Box<AddArgs>),
@@ -35,11 +37,45 @@ pub enum RepoCommand {
         dir: PathBuf,
         /// The update id.
         id: uuid::Uuid,
+        /// Where an offline root key is (needed only when the root is due for renewal).
+        #[arg(long, value_name = "DIR")]
+        root_keys: Option<PathBuf>,
     },
-    /// Re-sign every role with new versions and renewed expiry.
+    /// Re-sign every role with new versions and renewed expiry; the root too when it
+    /// expires within a quarter of its lifetime. Run it before the timestamp expires
+    /// (a systemd timer or cron: see the README).
     Publish {
         /// Repository directory.
         dir: PathBuf,
+        #[command(flatten)]
+        lifetimes: Lifetimes,
+        /// Where an offline root key is (needed only when the root is renewed).
+        #[arg(long, value_name = "DIR")]
+        root_keys: Option<PathBuf>,
+    },
+    /// Replace a role's signing key (root, targets, snapshot, timestamp, bins) and publish
+    /// so that clients follow; the old key is kept in DIR/keys/retired/.
+    RotateKey {
+        /// Repository directory.
+        dir: PathBuf,
+        /// The role.
+        role: String,
+        /// Where an offline root key is (always needed: the root is signed again).
+        #[arg(long, value_name = "DIR")]
+        root_keys: Option<PathBuf>,
+    },
+    /// Each role's version, keys, threshold and expiry. Exit 0: nothing due; 3: a role
+    /// expires within its margin (run `repo publish`); 1: a role has expired (clients
+    /// refuse the repository).
+    Status {
+        /// Repository directory.
+        dir: PathBuf,
+        /// One JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Where an offline root key is (to say whether it is present).
+        #[arg(long, value_name = "DIR")]
+        root_keys: Option<PathBuf>,
     },
     /// List the updates in a repository.
     List {
@@ -54,6 +90,62 @@ pub enum RepoCommand {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
+}
+
+/// Role lifetimes (`repo init`, `repo publish`; kept in repository.toml).
+#[derive(Args, Debug, Default)]
+pub struct Lifetimes {
+    /// Root lifetime: N followed by s, m, h or d (default 365d); renewed by a publish a
+    /// quarter of it before it expires.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    root_expiry: Option<u64>,
+    /// Targets (and hashed bins) lifetime (default 90d).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    targets_expiry: Option<u64>,
+    /// Snapshot lifetime (default 30d).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    snapshot_expiry: Option<u64>,
+    /// Timestamp lifetime (default 7d): publish more often than this.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    timestamp_expiry: Option<u64>,
+}
+
+impl Lifetimes {
+    fn apply(&self, c: &mut RepositoryConfig) -> bool {
+        let mut changed = false;
+        for (v, field) in [
+            (self.root_expiry, &mut c.root_expiry_secs),
+            (self.targets_expiry, &mut c.targets_expiry_secs),
+            (self.snapshot_expiry, &mut c.snapshot_expiry_secs),
+            (self.timestamp_expiry, &mut c.timestamp_expiry_secs),
+        ] {
+            if let Some(v) = v {
+                changed |= *field != v;
+                *field = v;
+            }
+        }
+        changed
+    }
+}
+
+/// `N`, `Ns`, `Nm`, `Nh` or `Nd` → seconds.
+fn parse_duration(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (n, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number followed by s, m, h or d"))?;
+    let mul = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: the unit must be s, m, h or d")),
+    };
+    n.checked_mul(mul).ok_or_else(|| format!("{s:?}: too long"))
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -80,6 +172,13 @@ pub enum Reboot {
 pub struct AddArgs {
     /// Repository directory.
     dir: PathBuf,
+    /// Replace the published revision even though its content differs (devices that
+    /// already hold that revision will not update to this one).
+    #[arg(long)]
+    force: bool,
+    /// Where an offline root key is (needed only when the root is due for renewal).
+    #[arg(long, value_name = "DIR")]
+    root_keys: Option<PathBuf>,
     /// Read every field from an update.toml manifest instead of flags.
     #[arg(long, conflicts_with_all = ["id", "title", "payload", "handler"])]
     manifest: Option<PathBuf>,
@@ -340,6 +439,33 @@ fn check_files_payloads(update: &mut NewUpdate) -> Result<(), Exit> {
     }
 }
 
+/// Moves the root key from the repository into `off` (created 0700).
+fn move_key_offline(dir: &std::path::Path, off: &std::path::Path) -> Result<(), Exit> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |p: &std::path::Path, e: std::io::Error| {
+        eprintln!("upkeep: error: {}: {e}", p.display());
+        Exit::Failure
+    };
+    std::fs::create_dir_all(off).map_err(|e| err(off, e))?;
+    std::fs::set_permissions(off, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| err(off, e))?;
+    let (from, to) = (dir.join("keys/root.json"), off.join("root.json"));
+    let data = std::fs::read(&from).map_err(|e| err(&from, e))?;
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&to)
+            .map_err(|e| err(&to, e))?;
+        f.write_all(&data).map_err(|e| err(&to, e))?;
+        f.sync_all().map_err(|e| err(&to, e))?;
+    }
+    std::fs::remove_file(&from).map_err(|e| err(&from, e))
+}
+
 fn fail(e: PublishError) -> Exit {
     eprintln!("upkeep: error: {e}");
     match e {
@@ -353,35 +479,47 @@ pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
         RepoCommand::Init {
             dir,
             bins,
-            timestamp_expiry,
+            lifetimes,
+            root_keys,
         } => {
             let mut config = RepositoryConfig {
                 bins: bins.unwrap_or(0),
                 ..Default::default()
             };
-            if let Some(t) = timestamp_expiry {
-                config.timestamp_expiry_secs = t;
-            }
+            lifetimes.apply(&mut config);
             let repo = Repository::init(&dir, InitOptions { config }).map_err(fail)?;
             println!("Created repository {}", dir.display());
             println!("  trusted root for clients: {}", repo.root_path().display());
             println!("  keys (keep them private): {}", dir.join("keys").display());
+            if let Some(off) = root_keys {
+                move_key_offline(&dir, &off)?;
+                println!(
+                    "  root key (offline; needed to renew or rotate): {}",
+                    off.join("root.json").display()
+                );
+            }
             Ok(Exit::Success)
         }
         RepoCommand::Add(args) => {
             let mut update = args.to_update().map_err(fail)?;
             check_files_payloads(&mut update)?;
             let (id, title) = (update.metadata.id, update.metadata.title.clone());
-            let mut repo = Repository::open(&args.dir).map_err(fail)?;
-            let report = repo.add_update(update).map_err(fail)?;
+            let mut repo =
+                Repository::open_with_keys(&args.dir, args.root_keys.as_deref()).map_err(fail)?;
+            let report = repo
+                .add_updates_with(vec![update], args.force)
+                .map_err(fail)?;
+            for w in &report.warnings {
+                eprintln!("upkeep: warning: {w}");
+            }
             println!(
                 "Added {id} \"{title}\"; the repository has {} update(s)",
                 report.updates
             );
             Ok(Exit::Success)
         }
-        RepoCommand::Remove { dir, id } => {
-            let mut repo = Repository::open(&dir).map_err(fail)?;
+        RepoCommand::Remove { dir, id, root_keys } => {
+            let mut repo = Repository::open_with_keys(&dir, root_keys.as_deref()).map_err(fail)?;
             let report = repo.remove_update(id).map_err(fail)?;
             println!(
                 "Removed {id}; the repository has {} update(s)",
@@ -389,14 +527,99 @@ pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
             );
             Ok(Exit::Success)
         }
-        RepoCommand::Publish { dir } => {
-            let mut repo = Repository::open(&dir).map_err(fail)?;
+        RepoCommand::Publish {
+            dir,
+            lifetimes,
+            root_keys,
+        } => {
+            let mut repo = Repository::open_with_keys(&dir, root_keys.as_deref()).map_err(fail)?;
+            let mut config = repo.config().clone();
+            if lifetimes.apply(&mut config) {
+                repo.set_config(config).map_err(fail)?;
+            }
             let report = repo.publish().map_err(fail)?;
             for (role, v) in &report.roles {
                 println!("  {role} v{v}");
             }
             println!("Published {} update(s)", report.updates);
             Ok(Exit::Success)
+        }
+        RepoCommand::RotateKey {
+            dir,
+            role,
+            root_keys,
+        } => {
+            let mut repo = Repository::open_with_keys(&dir, root_keys.as_deref()).map_err(fail)?;
+            let report = repo.rotate_key(&role).map_err(fail)?;
+            for (r, v) in &report.roles {
+                println!("  {r} v{v}");
+            }
+            println!(
+                "Rotated the {role} key; the old one is in {}",
+                dir.join("keys/retired").display()
+            );
+            Ok(Exit::Success)
+        }
+        RepoCommand::Status {
+            dir,
+            json,
+            root_keys,
+        } => {
+            let repo = Repository::open_with_keys(&dir, root_keys.as_deref()).map_err(fail)?;
+            let roles = repo.status().map_err(fail)?;
+            let expired = roles.iter().any(|r| r.expired);
+            let due = roles.iter().any(|r| r.due);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "roles": roles,
+                        "due": due,
+                        "expired": expired,
+                    })
+                );
+            } else {
+                println!(
+                    "{:<10} {:>7}  {:<20}  {:<20}  {:>9}  keys",
+                    "ROLE", "VERSION", "EXPIRES", "RENEW FROM", "THRESHOLD"
+                );
+                for r in &roles {
+                    let ids: Vec<String> = r
+                        .keyids
+                        .iter()
+                        .map(|k| k[..16.min(k.len())].to_string())
+                        .collect();
+                    println!(
+                        "{:<10} {:>7}  {:<20}  {:<20}  {:>9}  {}{}{}",
+                        r.role,
+                        r.version,
+                        r.expires.strftime("%Y-%m-%d %H:%M:%S"),
+                        r.renew_from.strftime("%Y-%m-%d %H:%M:%S"),
+                        r.threshold,
+                        ids.join(","),
+                        if r.key_present { "" } else { " (key offline)" },
+                        if r.expired {
+                            "  EXPIRED"
+                        } else if r.due {
+                            "  renewal due"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                if expired {
+                    eprintln!("upkeep: error: a role has expired: clients refuse this repository until `upkeep repo publish` renews it");
+                } else if due {
+                    eprintln!("upkeep: warning: a role expires within its margin: run `upkeep repo publish`");
+                }
+            }
+            Ok(if expired {
+                Exit::Failure
+            } else if due {
+                Exit::Partial
+            } else {
+                Exit::Success
+            })
         }
         RepoCommand::List { dir } => {
             let repo = Repository::open(&dir).map_err(fail)?;

@@ -225,6 +225,8 @@ pub struct PublishReport {
     pub targets: usize,
     /// Number of updates in the repository.
     pub updates: usize,
+    /// What the publisher did but wants the operator to know (a forced republish).
+    pub warnings: Vec<String>,
 }
 
 const TOP_ROLES: [&str; 4] = ["root", "timestamp", "snapshot", "targets"];
@@ -235,8 +237,50 @@ const BIN_PREFIX: &str = "bin";
 pub struct Repository {
     dir: PathBuf,
     config: RepositoryConfig,
+    /// Signing keys by role; the root key (and the targets key) may be missing when they
+    /// are kept offline: operations that need one fail before writing anything.
     keys: HashMap<String, SigningKey>,
+    /// Where offline keys were looked for, for messages.
+    offline_keys: Option<PathBuf>,
     _lock: File,
+}
+
+/// A role's state, as `repo status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RoleStatus {
+    /// `root`, `timestamp`, `snapshot`, `targets`, or `bins` (every hashed bin: the
+    /// highest version and the earliest expiry).
+    pub role: String,
+    /// The current version.
+    pub version: u64,
+    /// Key ids the root (or, for bins, the targets role) trusts for it.
+    pub keyids: Vec<String>,
+    /// Signatures needed.
+    pub threshold: u64,
+    /// When it expires.
+    pub expires: jiff::Timestamp,
+    /// From when a publish renews it (a quarter of its lifetime before it expires).
+    pub renew_from: jiff::Timestamp,
+    /// The renewal is due: it expires within its margin.
+    pub due: bool,
+    /// It has expired: clients refuse the repository until it is renewed.
+    pub expired: bool,
+    /// Whether this publisher holds its signing key.
+    pub key_present: bool,
+}
+
+/// What to do with the root in a commit.
+enum RootPlan {
+    /// Renew it (the next version, same keys) if it expires within its margin.
+    IfDue,
+    /// Write the next version with the current keys; when the root key itself was
+    /// replaced, the old one signs too (clients verify the new root with the old one).
+    Rotate(Option<SigningKey>),
+}
+
+/// The margin before expiry within which a role is renewed: a quarter of its lifetime.
+fn margin(lifetime_secs: u64) -> jiff::SignedDuration {
+    jiff::SignedDuration::from_secs((lifetime_secs / 4) as i64)
 }
 
 struct Current {
@@ -287,6 +331,7 @@ impl Repository {
             dir: dir.to_path_buf(),
             config: c.clone(),
             keys,
+            offline_keys: None,
             _lock: lock,
         };
         let root = repo.new_root(1)?;
@@ -300,6 +345,16 @@ impl Repository {
 
     /// Opens an existing repository for publishing, taking its lock.
     pub fn open(dir: &Path) -> Result<Repository, PublishError> {
+        Repository::open_with_keys(dir, None)
+    }
+
+    /// Opens a repository whose root (and possibly targets) key is kept offline, in
+    /// `offline_keys` (as `root.json`, `targets.json`). Operations that do not need an
+    /// offline key never read it; one that needs a missing key fails before writing.
+    pub fn open_with_keys(
+        dir: &Path,
+        offline_keys: Option<&Path>,
+    ) -> Result<Repository, PublishError> {
         let cfg_path = dir.join("repository.toml");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| io(&cfg_path, e))?;
         let config: RepositoryConfig =
@@ -311,7 +366,15 @@ impl Repository {
             roles.push(BINS_ROLE);
         }
         for role in roles {
-            let path = dir.join("keys").join(format!("{role}.json"));
+            let mut path = dir.join("keys").join(format!("{role}.json"));
+            if !path.exists() {
+                match offline_keys.map(|d| d.join(format!("{role}.json"))) {
+                    Some(p) if p.exists() => path = p,
+                    // The root and targets keys may be kept offline.
+                    _ if role == "root" || role == "targets" => continue,
+                    _ => {}
+                }
+            }
             let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
             let k = SigningKey::from_json(&text).map_err(|e| repo_err(&path, e))?;
             keys.insert(role.to_string(), k);
@@ -320,8 +383,37 @@ impl Repository {
             dir: dir.to_path_buf(),
             config,
             keys,
+            offline_keys: offline_keys.map(Path::to_path_buf),
             _lock: lock,
         })
+    }
+
+    /// Changes the settings (`repository.toml`); the hashed-bin setting cannot change.
+    /// Lifetimes take effect at the next signing of each role.
+    pub fn set_config(&mut self, config: RepositoryConfig) -> Result<(), PublishError> {
+        if config.bins != self.config.bins {
+            return Err(PublishError::Invalid(
+                "the number of hashed bins of a repository cannot change".into(),
+            ));
+        }
+        for (name, secs) in [
+            ("root", config.root_expiry_secs),
+            ("targets", config.targets_expiry_secs),
+            ("snapshot", config.snapshot_expiry_secs),
+            ("timestamp", config.timestamp_expiry_secs),
+        ] {
+            if secs < 60 {
+                return Err(PublishError::Invalid(format!(
+                    "the {name} lifetime of {secs} s is too short (at least 60 s)"
+                )));
+            }
+        }
+        let path = self.dir.join("repository.toml");
+        let text =
+            toml::to_string_pretty(&config).map_err(|e| PublishError::Invalid(e.to_string()))?;
+        write_file(&path, text.as_bytes())?;
+        self.config = config;
+        Ok(())
     }
 
     /// The repository directory.
@@ -345,15 +437,174 @@ impl Repository {
         self.metadata_dir().join("root.json")
     }
 
-    fn key(&self, role: &str) -> &SigningKey {
-        &self.keys[role]
+    fn key(&self, role: &str) -> Result<&SigningKey, PublishError> {
+        self.keys.get(role).ok_or_else(|| {
+            PublishError::Invalid(format!(
+                "the {role} key is needed for this and is not in {}{}: pass the directory that holds it with --root-keys DIR",
+                self.dir.join("keys").display(),
+                self.offline_keys
+                    .as_ref()
+                    .map(|d| format!(" or {}", d.display()))
+                    .unwrap_or_default()
+            ))
+        })
+    }
+
+    /// The lifetime of `role`, seconds.
+    fn lifetime(&self, role: &str) -> u64 {
+        match role {
+            "root" => self.config.root_expiry_secs,
+            "timestamp" => self.config.timestamp_expiry_secs,
+            "snapshot" => self.config.snapshot_expiry_secs,
+            _ => self.config.targets_expiry_secs,
+        }
+    }
+
+    /// Whether metadata of `role` expiring at `expires` is due for renewal.
+    fn due(&self, role: &str, expires: &str) -> bool {
+        metadata::parse_expires(expires).map_or(true, |t| {
+            t.duration_since(jiff::Timestamp::now()) < margin(self.lifetime(role))
+        })
+    }
+
+    /// The current root.
+    fn root(&self) -> Result<Root, PublishError> {
+        self.read_meta("root.json")
+    }
+
+    /// Each role's version, keys, threshold and expiry, and whether it is due.
+    pub fn status(&self) -> Result<Vec<RoleStatus>, PublishError> {
+        let root = self.root()?;
+        let cur = self.current()?;
+        let ts: Timestamp = self.read_meta("timestamp.json")?;
+        let snap: Snapshot = self.read_meta(&format!("{}.snapshot.json", cur.snapshot_version))?;
+        let now = jiff::Timestamp::now();
+        let mut out = Vec::new();
+        let mut push = |role: &str, common: &Common, keyids: Vec<String>, threshold: u64| {
+            let expires =
+                metadata::parse_expires(&common.expires).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+            let key_role = if role == "bins" { BINS_ROLE } else { role };
+            out.push(RoleStatus {
+                role: role.to_string(),
+                version: common.version,
+                keyids,
+                threshold,
+                expires,
+                renew_from: expires
+                    .checked_sub(margin(self.lifetime(role)))
+                    .unwrap_or(expires),
+                due: self.due(role, &common.expires),
+                expired: expires <= now,
+                key_present: self.keys.contains_key(key_role),
+            });
+        };
+        for (role, common) in [
+            ("root", &root.common),
+            ("timestamp", &ts.common),
+            ("snapshot", &snap.common),
+            ("targets", &cur.targets.common),
+        ] {
+            let rk = root.roles.get(role);
+            push(
+                role,
+                common,
+                rk.map(|r| r.keyids.clone()).unwrap_or_default(),
+                rk.map_or(0, |r| r.threshold),
+            );
+        }
+        if let Some(first) = cur
+            .bins
+            .values()
+            .min_by_key(|b| metadata::parse_expires(&b.common.expires).ok())
+        {
+            let succinct = cur
+                .targets
+                .delegations
+                .as_ref()
+                .and_then(|d| d.succinct_roles.as_ref());
+            let mut common = first.common.clone();
+            common.version = cur
+                .bins
+                .values()
+                .map(|b| b.common.version)
+                .max()
+                .unwrap_or(0);
+            push(
+                "bins",
+                &common,
+                succinct.map(|s| s.keyids.clone()).unwrap_or_default(),
+                succinct.map_or(0, |s| s.threshold),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Replaces `role`'s signing key (root, targets, snapshot, timestamp, or bins) and
+    /// publishes so that clients follow: the next root lists the new key (signed by the
+    /// old root key too when the root key is the one replaced), and every role is signed
+    /// again. The old key is kept in `retired/` beside it (in `keys/`, or in the offline
+    /// directory) until the operator removes it.
+    pub fn rotate_key(&mut self, role: &str) -> Result<PublishReport, PublishError> {
+        let known = TOP_ROLES.contains(&role) || (role == BINS_ROLE && self.config.bins != 0);
+        if !known {
+            return Err(PublishError::Invalid(format!(
+                "no role {role:?} to rotate: root, targets, snapshot, timestamp{}",
+                if self.config.bins != 0 {
+                    " or bins"
+                } else {
+                    ""
+                }
+            )));
+        }
+        // Every key the publish needs, before anything is written.
+        self.key("root")?;
+        self.key(role)?;
+        let cur = self.current()?;
+        let targets = self.targets()?;
+        let key_path = self.key_path(role);
+        let old = self.keys.remove(role).expect("checked above");
+        // Beside the key it replaces: an offline key stays offline when retired.
+        let retired = key_path
+            .parent()
+            .map_or_else(|| self.dir.join("keys"), Path::to_path_buf)
+            .join("retired");
+        std::fs::create_dir_all(&retired).map_err(|e| io(&retired, e))?;
+        set_mode(&retired, 0o700)?;
+        let kept = retired.join(format!("{role}-{}.json", &old.key_id()[..16]));
+        if !kept.exists() {
+            write_private(&kept, old.to_json().as_bytes())?;
+        }
+        let new = SigningKey::generate();
+        let tmp = key_path.with_extension("json.new");
+        let _ = std::fs::remove_file(&tmp);
+        write_private(&tmp, new.to_json().as_bytes())?;
+        std::fs::rename(&tmp, &key_path).map_err(|e| io(&key_path, e))?;
+        self.keys.insert(role.to_string(), new);
+        let plan = match role {
+            BINS_ROLE => RootPlan::IfDue,
+            "root" => RootPlan::Rotate(Some(old)),
+            _ => RootPlan::Rotate(None),
+        };
+        self.commit_with(Some(&cur), targets, true, plan)
+    }
+
+    /// Where `role`'s key lives: `keys/<role>.json`, or the offline directory when it is
+    /// there instead.
+    fn key_path(&self, role: &str) -> PathBuf {
+        let local = self.dir.join("keys").join(format!("{role}.json"));
+        match &self.offline_keys {
+            Some(d) if !local.exists() && d.join(format!("{role}.json")).exists() => {
+                d.join(format!("{role}.json"))
+            }
+            _ => local,
+        }
     }
 
     fn new_root(&self, version: u64) -> Result<Root, PublishError> {
         let mut keys = HashMap::new();
         let mut roles = HashMap::new();
         for role in TOP_ROLES {
-            let k = self.key(role);
+            let k = self.key(role)?;
             keys.insert(k.key_id().to_string(), k.public().clone());
             roles.insert(
                 role.to_string(),
@@ -390,7 +641,7 @@ impl Repository {
         payload: &T,
         key_role: &str,
     ) -> Result<Vec<u8>, PublishError> {
-        metadata::sign(payload, &[self.key(key_role)]).map_err(PublishError::Invalid)
+        metadata::sign(payload, &[self.key(key_role)?]).map_err(PublishError::Invalid)
     }
 
     fn read_meta<T: metadata::Role>(&self, name: &str) -> Result<T, PublishError> {
@@ -450,9 +701,60 @@ impl Repository {
 
     /// Adds (or replaces by id) updates and publishes once. Content files are copied into
     /// `targets/` under `updates/<id>/<revision>/`.
+    ///
+    /// A revision lower than the published one is refused (devices would never see it),
+    /// and so is the published revision with other content (devices holding it would not
+    /// update) unless `force` — then with a warning in the report.
     pub fn add_updates(&mut self, updates: Vec<NewUpdate>) -> Result<PublishReport, PublishError> {
+        self.add_updates_with(updates, false)
+    }
+
+    /// [`add_updates`](Self::add_updates), `force` allowing the published revision to be
+    /// replaced with other content.
+    pub fn add_updates_with(
+        &mut self,
+        updates: Vec<NewUpdate>,
+        force: bool,
+    ) -> Result<PublishReport, PublishError> {
         let cur = self.current()?;
         let mut targets = self.targets()?;
+        let published = self.updates()?;
+        let mut warnings = Vec::new();
+        for u in &updates {
+            let m = &u.metadata;
+            let Some(old) = published.get(&m.id) else {
+                continue;
+            };
+            if m.revision < old.revision {
+                return Err(PublishError::Invalid(format!(
+                    "update {}: revision {} is lower than the published revision {}; devices would never install it (publish revision {} or later)",
+                    m.id, m.revision, old.revision, old.revision + 1
+                )));
+            }
+            if m.revision == old.revision {
+                let new_hash = metadata::digest_bytes("sha256", &u.payload.read()?)
+                    .expect("sha256 is supported");
+                let old_hash = old
+                    .content
+                    .first()
+                    .and_then(|p| targets.get(p))
+                    .and_then(|t| t.hashes.get("sha256"))
+                    .map(str::to_string);
+                if old_hash.as_deref() != Some(new_hash.as_str()) {
+                    let why = format!(
+                        "update {}: revision {} is published with other content; devices that hold it will not update to this one",
+                        m.id, m.revision
+                    );
+                    if !force {
+                        return Err(PublishError::Invalid(format!(
+                            "{why} (publish revision {}, or --force)",
+                            m.revision + 1
+                        )));
+                    }
+                    warnings.push(why);
+                }
+            }
+        }
         let mut ids = std::collections::HashSet::new();
         for u in &updates {
             if !ids.insert(u.metadata.id.to_string()) {
@@ -469,7 +771,9 @@ impl Repository {
                 targets.insert(path, info);
             }
         }
-        self.commit(Some(&cur), targets, false)
+        let mut report = self.commit(Some(&cur), targets, false)?;
+        report.warnings = warnings;
+        Ok(report)
     }
 
     /// Adds one update; see [`Repository::add_updates`].
@@ -563,7 +867,44 @@ impl Repository {
         targets: BTreeMap<String, TargetFile>,
         renew: bool,
     ) -> Result<PublishReport, PublishError> {
+        self.commit_with(cur, targets, renew, RootPlan::IfDue)
+    }
+
+    /// [`commit`](Self::commit), with what to do with the root. Every key it will need
+    /// is checked before anything is written. Roles that expire within their margin are
+    /// signed again even when their content is unchanged.
+    fn commit_with(
+        &mut self,
+        cur: Option<&Current>,
+        targets: BTreeMap<String, TargetFile>,
+        renew: bool,
+        root_plan: RootPlan,
+    ) -> Result<PublishReport, PublishError> {
         let md = self.metadata_dir();
+        // The root: renewed when due, or rotated.
+        let new_root = match (&root_plan, cur) {
+            (_, None) => None, // `init` wrote version 1
+            (RootPlan::Rotate(old), Some(_)) => {
+                Some((self.root()?.common.version + 1, old.as_ref()))
+            }
+            (RootPlan::IfDue, Some(_)) => {
+                let root = self.root()?;
+                self.due("root", &root.common.expires)
+                    .then_some((root.common.version + 1, None))
+            }
+        };
+        let new_root_bytes = match new_root {
+            Some((version, old_root_key)) => {
+                let root = self.new_root(version)?;
+                let mut signers = vec![self.key("root")?];
+                signers.extend(old_root_key);
+                Some((
+                    version,
+                    metadata::sign(&root, &signers).map_err(PublishError::Invalid)?,
+                ))
+            }
+            None => None,
+        };
         let mut report = PublishReport {
             targets: targets.len(),
             updates: targets.values().filter(|t| record_of(t).is_some()).count(),
@@ -576,7 +917,7 @@ impl Repository {
             roles.push(PlannedRole::new("targets", targets, None, "targets"));
         } else {
             let bits = self.config.bins.trailing_zeros();
-            let bins_key = self.key(BINS_ROLE);
+            let bins_key = self.key(BINS_ROLE)?;
             let succinct = SuccinctRoles {
                 keyids: vec![bins_key.key_id().to_string()],
                 threshold: 1,
@@ -630,6 +971,7 @@ impl Repository {
             let unchanged = old.is_some_and(|o| {
                 o.targets == content
                     && delegations_equal(o.delegations.as_ref(), delegations.as_ref())
+                    && !self.due("targets", &o.common.expires)
             });
             if unchanged && !renew {
                 let v = old.expect("unchanged implies old").common.version;
@@ -682,6 +1024,13 @@ impl Repository {
             unrecognized: BTreeMap::new(),
         };
         let ts_bytes = self.sign_role(&ts, "timestamp")?;
+        // The next root goes last before the timestamp: a client that sees it finds
+        // metadata signed with its keys.
+        if let Some((version, bytes)) = &new_root_bytes {
+            write_file(&md.join(format!("{version}.root.json")), bytes)?;
+            write_file(&md.join("root.json"), bytes)?;
+            report.roles.push(("root".into(), *version));
+        }
         // Everything the new timestamp refers to must be durable before it appears.
         syncfs(&md)?;
         upkeep_tuf::write_atomic(&md.join("timestamp.json"), &ts_bytes)
