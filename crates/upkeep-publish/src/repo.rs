@@ -275,7 +275,7 @@ enum RootPlan {
     IfDue,
     /// Write the next version with the current keys; when the root key itself was
     /// replaced, the old one signs too (clients verify the new root with the old one).
-    Rotate(Option<SigningKey>),
+    Rotate(Option<Box<SigningKey>>),
 }
 
 /// The margin before expiry within which a role is renewed: a quarter of its lifetime.
@@ -582,7 +582,7 @@ impl Repository {
         self.keys.insert(role.to_string(), new);
         let plan = match role {
             BINS_ROLE => RootPlan::IfDue,
-            "root" => RootPlan::Rotate(Some(old)),
+            "root" => RootPlan::Rotate(Some(Box::new(old))),
             _ => RootPlan::Rotate(None),
         };
         self.commit_with(Some(&cur), targets, true, plan)
