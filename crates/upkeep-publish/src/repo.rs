@@ -885,7 +885,7 @@ impl Repository {
         let new_root = match (&root_plan, cur) {
             (_, None) => None, // `init` wrote version 1
             (RootPlan::Rotate(old), Some(_)) => {
-                Some((self.root()?.common.version + 1, old.as_ref()))
+                Some((self.root()?.common.version + 1, old.as_deref()))
             }
             (RootPlan::IfDue, Some(_)) => {
                 let root = self.root()?;
