@@ -64,6 +64,15 @@ pub enum RepoCommand {
         #[arg(long, value_name = "DIR")]
         root_keys: Option<PathBuf>,
     },
+    /// Remove metadata versions and content files no current metadata references,
+    /// keeping what the newest N snapshots refer to (for clients mid-refresh).
+    Prune {
+        /// Repository directory.
+        dir: PathBuf,
+        /// Snapshots (and what they reference) to keep, the current one included.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+        keep: u64,
+    },
     /// Each role's version, keys, threshold and expiry. Exit 0: nothing due; 3: a role
     /// expires within its margin (run `repo publish`); 1: a role has expired (clients
     /// refuse the repository).
@@ -557,6 +566,15 @@ pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
             println!(
                 "Rotated the {role} key; the old one is in {}",
                 dir.join("keys/retired").display()
+            );
+            Ok(Exit::Success)
+        }
+        RepoCommand::Prune { dir, keep } => {
+            let mut repo = Repository::open(&dir).map_err(fail)?;
+            let r = repo.prune(keep as usize).map_err(fail)?;
+            println!(
+                "Removed {} metadata file(s) and {} content file(s) ({} bytes); kept what the newest {keep} snapshot(s) refer to",
+                r.metadata_removed, r.targets_removed, r.bytes_removed
             );
             Ok(Exit::Success)
         }

@@ -312,3 +312,84 @@ fn the_publisher_refuses_revisions_devices_would_not_take() {
     ok(&o);
     assert!(String::from_utf8_lossy(&o.stderr).contains("will not update"));
 }
+
+/// The files a timestamp leads to: the snapshot, every role it lists, and the content of
+/// every target those list.
+fn reachable_from(dir: &Path, timestamp: &[u8]) -> Vec<PathBuf> {
+    let json = |b: &[u8]| -> serde_json::Value { serde_json::from_slice(b).unwrap() };
+    let md = dir.join("metadata");
+    let ts = json(timestamp);
+    let snap_v = ts["signed"]["meta"]["snapshot.json"]["version"]
+        .as_u64()
+        .unwrap();
+    let snap_file = md.join(format!("{snap_v}.snapshot.json"));
+    let mut out = vec![snap_file.clone()];
+    let snap = json(&std::fs::read(&snap_file).unwrap());
+    for (role, info) in snap["signed"]["meta"].as_object().unwrap() {
+        let f = md.join(format!("{}.{role}", info["version"]));
+        let t = json(&std::fs::read(&f).unwrap());
+        out.push(f);
+        for (path, tf) in t["signed"]["targets"].as_object().unwrap() {
+            let (d, base) = path.rsplit_once('/').unwrap();
+            let h = tf["hashes"]["sha256"].as_str().unwrap();
+            out.push(dir.join("targets").join(d).join(format!("{h}.{base}")));
+        }
+    }
+    out
+}
+
+#[test]
+fn prune_keeps_what_a_client_mid_refresh_was_told_about() {
+    let repo = Repo::new(t0(), &[]);
+    let revision = |rev: &str, body: &[u8]| {
+        let p = repo.tmp.path().join(format!("v{rev}.sh"));
+        std::fs::write(&p, body).unwrap();
+        ok(&upkeep(&[
+            "repo",
+            "add",
+            repo.d(),
+            "--id",
+            ID,
+            "--title",
+            "Agent",
+            "--revision",
+            rev,
+            "--payload",
+            p.to_str().unwrap(),
+            "--handler",
+            "command",
+        ]));
+    };
+    let first = std::fs::read(repo.dir.join("metadata/timestamp.json")).unwrap();
+    let first_files = reachable_from(&repo.dir, &first);
+    revision("2", b"#!/bin/sh\necho two\n");
+    // A client read this timestamp a moment before the next publish and the prune.
+    let told = std::fs::read(repo.dir.join("metadata/timestamp.json")).unwrap();
+    let told_files = reachable_from(&repo.dir, &told);
+    revision("3", b"#!/bin/sh\necho three\n");
+    let out = ok(&upkeep(&["repo", "prune", repo.d()]));
+    assert!(out.contains("Removed"), "{out}");
+    for f in &told_files {
+        assert!(f.exists(), "{} was pruned from under a client", f.display());
+    }
+    // What only older snapshots referred to is gone (revision 1's payload with them).
+    let gone: Vec<_> = first_files
+        .iter()
+        .filter(|f| !told_files.contains(f))
+        .collect();
+    assert!(!gone.is_empty());
+    for f in gone {
+        assert!(!f.exists(), "{} was kept", f.display());
+    }
+    // Every root version stays; a client refreshing now gets revision 3.
+    assert!(repo.dir.join("metadata/1.root.json").exists());
+    let serve = Serve::start(&repo.dir);
+    repo.client_refreshes(&serve, "device", jiff::Timestamp::now());
+    // Keeping one snapshot drops revision 2's payload too.
+    ok(&upkeep(&["repo", "prune", repo.d(), "--keep", "1"]));
+    assert!(told_files.iter().any(|f| !f.exists()));
+    let now = std::fs::read(repo.dir.join("metadata/timestamp.json")).unwrap();
+    for f in reachable_from(&repo.dir, &now) {
+        assert!(f.exists(), "{}", f.display());
+    }
+}

@@ -245,6 +245,17 @@ pub struct Repository {
     _lock: File,
 }
 
+/// What [`Repository::prune`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Metadata files.
+    pub metadata_removed: usize,
+    /// Content files.
+    pub targets_removed: usize,
+    /// Their bytes.
+    pub bytes_removed: u64,
+}
+
 /// A role's state, as `repo status` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RoleStatus {
@@ -537,6 +548,96 @@ impl Repository {
             );
         }
         Ok(out)
+    }
+
+    /// Removes metadata versions and content files that none of the newest `keep`
+    /// snapshots references (at least the current one), so that a client mid-refresh —
+    /// which read a timestamp a moment ago — still finds what it was told about. Root
+    /// versions are never removed (clients walk them), nor `timestamp.json`/`root.json`.
+    pub fn prune(&mut self, keep: usize) -> Result<PruneReport, PublishError> {
+        let keep = keep.max(1);
+        let md = self.metadata_dir();
+        let listing = |d: &Path| -> Result<Vec<String>, PublishError> {
+            let mut v = Vec::new();
+            for e in std::fs::read_dir(d).map_err(|e| io(d, e))? {
+                let e = e.map_err(|e| io(d, e))?;
+                if let Ok(n) = e.file_name().into_string() {
+                    v.push(n);
+                }
+            }
+            Ok(v)
+        };
+        let versioned = |n: &str| -> Option<(u64, String)> {
+            let (v, rest) = n.split_once('.')?;
+            Some((v.parse().ok()?, rest.to_string()))
+        };
+        let current = self.current()?.snapshot_version;
+        let mut snaps: Vec<u64> = listing(&md)?
+            .iter()
+            .filter_map(|n| versioned(n))
+            .filter(|(v, r)| r == "snapshot.json" && *v <= current)
+            .map(|(v, _)| v)
+            .collect();
+        snaps.sort_unstable_by(|a, b| b.cmp(a));
+        snaps.truncate(keep);
+        // What the kept snapshots reference: metadata files, then content files.
+        let mut keep_md: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut keep_content: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
+        for v in &snaps {
+            let name = format!("{v}.snapshot.json");
+            let snap: Snapshot = self.read_meta(&name)?;
+            keep_md.insert(name);
+            for (role_file, info) in &snap.meta {
+                let role = role_file.strip_suffix(".json").unwrap_or(role_file);
+                let file = format!("{}.{}.json", info.version, upkeep_tuf::encode_role(role));
+                let t: Targets = self.read_meta(&file)?;
+                for (path, tf) in &t.targets {
+                    let (dir, base) = path.rsplit_once('/').unwrap_or(("", path));
+                    if let Some(h) = tf.hashes.get("sha256") {
+                        keep_content
+                            .insert(self.targets_dir().join(dir).join(format!("{h}.{base}")));
+                    }
+                }
+                keep_md.insert(file);
+            }
+        }
+        let mut report = PruneReport::default();
+        for n in listing(&md)? {
+            let Some((_, rest)) = versioned(&n) else {
+                continue; // timestamp.json, root.json
+            };
+            if rest == "root.json" || keep_md.contains(&n) || !n.ends_with(".json") {
+                continue;
+            }
+            let p = md.join(&n);
+            std::fs::remove_file(&p).map_err(|e| io(&p, e))?;
+            report.metadata_removed += 1;
+        }
+        // Content: every file under targets/ that no kept role lists.
+        let mut stack = vec![self.targets_dir()];
+        let mut dirs = Vec::new();
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).map_err(|e| io(&d, e))? {
+                let e = e.map_err(|e| io(&d, e))?;
+                let p = e.path();
+                let ft = e.file_type().map_err(|e| io(&p, e))?;
+                if ft.is_dir() {
+                    stack.push(p.clone());
+                    dirs.push(p);
+                } else if !keep_content.contains(&p) {
+                    let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+                    std::fs::remove_file(&p).map_err(|e| io(&p, e))?;
+                    report.targets_removed += 1;
+                    report.bytes_removed += len;
+                }
+            }
+        }
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for d in dirs {
+            let _ = std::fs::remove_dir(d); // only the empty ones go
+        }
+        syncfs(&md)?;
+        Ok(report)
     }
 
     /// Replaces `role`'s signing key (root, targets, snapshot, timestamp, or bins) and
