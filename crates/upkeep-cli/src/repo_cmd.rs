@@ -28,6 +28,10 @@ pub enum RepoCommand {
         /// Keep the root key offline: write it into DIR instead of the repository's keys/.
         #[arg(long, value_name = "DIR")]
         root_keys: Option<PathBuf>,
+        /// With --root-keys: keep the targets key there too (every add and remove then
+        /// needs --root-keys).
+        #[arg(long, requires = "root_keys")]
+        offline_targets_key: bool,
     },
     /// Add an update (replacing any earlier revision of the same id) and publish.
     Add(Box<AddArgs>),
@@ -395,11 +399,19 @@ impl AddArgs {
     }
 }
 
-/// A `files` update's payloads are checked as every device will check them — the same
+/// A `command` update's payload must be runnable (`#!` or ELF). A `files` update's
+/// payloads are checked as every device will check them — the same
 /// function (`upkeep_install::files::inspect`) — so that what devices would refuse is
 /// refused here, with the reason; and its `installed_size` is filled in when not given.
 fn check_files_payloads(update: &mut NewUpdate) -> Result<(), Exit> {
-    if !matches!(update.metadata.handler, Handler::Files) {
+    if let Handler::Command { .. } = update.metadata.handler {
+        // The command handler's payload must be something it can run.
+        if let ContentSource::File(p) = &update.payload {
+            upkeep_install::command::check_executable(p).map_err(|e| {
+                eprintln!("upkeep: error: refused: {}", e.message);
+                Exit::Usage
+            })?;
+        }
         return Ok(());
     }
     let mut payloads = Vec::new();
@@ -448,8 +460,8 @@ fn check_files_payloads(update: &mut NewUpdate) -> Result<(), Exit> {
     }
 }
 
-/// Moves the root key from the repository into `off` (created 0700).
-fn move_key_offline(dir: &std::path::Path, off: &std::path::Path) -> Result<(), Exit> {
+/// Moves `role`'s key from the repository into `off` (created 0700).
+fn move_key_offline(dir: &std::path::Path, off: &std::path::Path, role: &str) -> Result<(), Exit> {
     use std::os::unix::fs::PermissionsExt;
     let err = |p: &std::path::Path, e: std::io::Error| {
         eprintln!("upkeep: error: {}: {e}", p.display());
@@ -458,7 +470,10 @@ fn move_key_offline(dir: &std::path::Path, off: &std::path::Path) -> Result<(), 
     std::fs::create_dir_all(off).map_err(|e| err(off, e))?;
     std::fs::set_permissions(off, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| err(off, e))?;
-    let (from, to) = (dir.join("keys/root.json"), off.join("root.json"));
+    let (from, to) = (
+        dir.join(format!("keys/{role}.json")),
+        off.join(format!("{role}.json")),
+    );
     let data = std::fs::read(&from).map_err(|e| err(&from, e))?;
     {
         use std::io::Write;
@@ -490,6 +505,7 @@ pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
             bins,
             lifetimes,
             root_keys,
+            offline_targets_key,
         } => {
             let mut config = RepositoryConfig {
                 bins: bins.unwrap_or(0),
@@ -501,7 +517,10 @@ pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
             println!("  trusted root for clients: {}", repo.root_path().display());
             println!("  keys (keep them private): {}", dir.join("keys").display());
             if let Some(off) = root_keys {
-                move_key_offline(&dir, &off)?;
+                move_key_offline(&dir, &off, "root")?;
+                if offline_targets_key {
+                    move_key_offline(&dir, &off, "targets")?;
+                }
                 println!(
                     "  root key (offline; needed to renew or rotate): {}",
                     off.join("root.json").display()

@@ -299,6 +299,8 @@ fn the_publisher_refuses_revisions_devices_would_not_take() {
         upkeep(&args)
     };
     let v2 = file("v2.sh", b"#!/bin/sh\necho two\n");
+    let text = file("notes.txt", b"just some text\n");
+    refused(&add("2", &text, &[]), "the command handler cannot run it");
     ok(&add("2", &v2, &[]));
     let before = repo.metadata();
     refused(&add("1", &v2, &[]), "lower than the published revision 2");
@@ -392,4 +394,61 @@ fn prune_keeps_what_a_client_mid_refresh_was_told_about() {
     for f in reachable_from(&repo.dir, &now) {
         assert!(f.exists(), "{}", f.display());
     }
+}
+
+#[test]
+fn an_offline_targets_key_is_asked_for_before_any_content_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("repo");
+    let off = tmp.path().join("offline");
+    let (d, o) = (dir.to_str().unwrap(), off.to_str().unwrap());
+    ok(&upkeep(&[
+        "repo",
+        "init",
+        d,
+        "--root-keys",
+        o,
+        "--offline-targets-key",
+    ]));
+    assert!(off.join("targets.json").exists() && !dir.join("keys/targets.json").exists());
+    let p = tmp.path().join("setup.sh");
+    std::fs::write(&p, b"#!/bin/sh\nexit 0\n").unwrap();
+    let add = |extra: &[&str]| {
+        upkeep(
+            &[
+                &[
+                    "repo",
+                    "add",
+                    d,
+                    "--id",
+                    ID,
+                    "--title",
+                    "Agent",
+                    "--payload",
+                    p.to_str().unwrap(),
+                    "--handler",
+                    "command",
+                ][..],
+                extra,
+            ]
+            .concat(),
+        )
+    };
+    let content = || walk_files(&dir.join("targets"));
+    refused(&add(&[]), "the targets key is needed");
+    assert!(content().is_empty(), "no content was written");
+    ok(&add(&["--root-keys", o]));
+    assert_eq!(content().len(), 1);
+}
+
+fn walk_files(d: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(d).unwrap().flatten() {
+        if e.path().is_dir() {
+            out.extend(walk_files(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
 }

@@ -82,6 +82,27 @@ pub struct Outcome {
     pub reboot_required: bool,
 }
 
+/// Whether `path` is something the handler can run: a script with a `#!` line or an ELF
+/// executable. `repo add` refuses anything else (the kernel would: `ENOEXEC`).
+pub fn check_executable(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut head = [0u8; 4];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .map_err(|e| InstallError::io(path, e))?;
+    let head = &head[..n];
+    if head.starts_with(b"#!") || head.starts_with(b"\x7fELF") {
+        return Ok(());
+    }
+    Err(InstallError::new(
+        HResult::WU_E_UH_INSTALLERFAILURE,
+        format!(
+            "{}: the command handler cannot run it: neither a script starting with #! nor an ELF executable",
+            path.display()
+        ),
+    ))
+}
+
 /// Copies a cached file, checking its signed hash on the way (the cache is re-verified on
 /// use: see `docs/architecture.md`, durability).
 pub fn copy_in(f: &RunFile, to: &Path, mode: u32) -> Result<()> {

@@ -461,6 +461,26 @@ impl Repository {
         })
     }
 
+    /// Fails, naming the key, unless every key the next commit needs is at hand — checked
+    /// before anything (content included) is written. `renew`: every role is signed again.
+    fn check_keys(&self, renew: bool) -> Result<(), PublishError> {
+        self.key("snapshot")?;
+        self.key("timestamp")?;
+        let cur = self.current()?;
+        if self.config.bins == 0 {
+            self.key("targets")?;
+        } else {
+            self.key(BINS_ROLE)?;
+            if renew || self.due("targets", &cur.targets.common.expires) {
+                self.key("targets")?;
+            }
+        }
+        if self.due("root", &self.root()?.common.expires) {
+            self.key("root")?;
+        }
+        Ok(())
+    }
+
     /// The lifetime of `role`, seconds.
     fn lifetime(&self, role: &str) -> u64 {
         match role {
@@ -817,6 +837,7 @@ impl Repository {
         updates: Vec<NewUpdate>,
         force: bool,
     ) -> Result<PublishReport, PublishError> {
+        self.check_keys(false)?;
         let cur = self.current()?;
         let mut targets = self.targets()?;
         let published = self.updates()?;
@@ -943,6 +964,7 @@ impl Repository {
     /// Removes an update (every revision) and publishes. Its content files stay on disk for
     /// clients that are mid-download; nothing refers to them any more.
     pub fn remove_update(&mut self, id: Uuid) -> Result<PublishReport, PublishError> {
+        self.check_keys(false)?;
         let cur = self.current()?;
         let mut targets = self.targets()?;
         let before = targets.len();
@@ -955,6 +977,7 @@ impl Repository {
 
     /// Re-signs every role with renewed expiry and new versions.
     pub fn publish(&mut self) -> Result<PublishReport, PublishError> {
+        self.check_keys(true)?;
         let cur = self.current()?;
         let targets = self.targets()?;
         self.commit(Some(&cur), targets, true)
