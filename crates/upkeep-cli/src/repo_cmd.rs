@@ -516,6 +516,16 @@ pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
             println!("Created repository {}", dir.display());
             println!("  trusted root for clients: {}", repo.root_path().display());
             println!("  keys (keep them private): {}", dir.join("keys").display());
+            let c = repo.config();
+            let days = |secs: u64| secs as f64 / 86_400.0;
+            println!(
+                "  lifetimes (repository.toml): root {}d, targets {}d, snapshot {}d, timestamp {}d — run `upkeep repo publish` more often than every {}d (a timer: see the README); `upkeep repo status` says what is due",
+                days(c.root_expiry_secs),
+                days(c.targets_expiry_secs),
+                days(c.snapshot_expiry_secs),
+                days(c.timestamp_expiry_secs),
+                days(c.timestamp_expiry_secs * 3 / 4),
+            );
             if let Some(off) = root_keys {
                 move_key_offline(&dir, &off, "root")?;
                 if offline_targets_key {

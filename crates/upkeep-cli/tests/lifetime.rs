@@ -54,22 +54,7 @@ impl Repo {
         std::fs::copy(dir.join("metadata/1.root.json"), &root_v1).unwrap();
         let p = tmp.path().join("setup.sh");
         std::fs::write(&p, b"#!/bin/sh\nexit 0\n").unwrap();
-        ok(&at(
-            when,
-            &[
-                "repo",
-                "add",
-                d,
-                "--id",
-                ID,
-                "--title",
-                "Agent",
-                "--payload",
-                p.to_str().unwrap(),
-                "--handler",
-                "command",
-            ],
-        ));
+        ok(&at(when, &strs(&add_args(d, "1", &p, &[]))));
         Repo { tmp, dir, root_v1 }
     }
 
@@ -130,6 +115,34 @@ impl Repo {
         v.sort();
         v
     }
+}
+
+/// `repo add DIR` of the `command` update at `revision` with `payload`, then `extra`.
+fn add_args(dir: &str, revision: &str, payload: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "repo",
+        "add",
+        dir,
+        "--id",
+        ID,
+        "--title",
+        "Agent",
+        "--revision",
+        revision,
+        "--payload",
+        payload.to_str().unwrap(),
+        "--handler",
+        "command",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }
 
 fn refused(o: &Output, why: &str) {
@@ -277,26 +290,7 @@ fn the_publisher_refuses_revisions_devices_would_not_take() {
         p
     };
     let add = |rev: &str, payload: &Path, extra: &[&str]| {
-        let args = [
-            &[
-                "repo",
-                "add",
-                repo.d(),
-                "--id",
-                ID,
-                "--title",
-                "Agent",
-                "--revision",
-                rev,
-                "--payload",
-                payload.to_str().unwrap(),
-                "--handler",
-                "command",
-            ][..],
-            extra,
-        ]
-        .concat();
-        upkeep(&args)
+        upkeep(&strs(&add_args(repo.d(), rev, payload, extra)))
     };
     let v2 = file("v2.sh", b"#!/bin/sh\necho two\n");
     let text = file("notes.txt", b"just some text\n");
@@ -346,21 +340,7 @@ fn prune_keeps_what_a_client_mid_refresh_was_told_about() {
     let revision = |rev: &str, body: &[u8]| {
         let p = repo.tmp.path().join(format!("v{rev}.sh"));
         std::fs::write(&p, body).unwrap();
-        ok(&upkeep(&[
-            "repo",
-            "add",
-            repo.d(),
-            "--id",
-            ID,
-            "--title",
-            "Agent",
-            "--revision",
-            rev,
-            "--payload",
-            p.to_str().unwrap(),
-            "--handler",
-            "command",
-        ]));
+        ok(&upkeep(&strs(&add_args(repo.d(), rev, &p, &[]))));
     };
     let first = std::fs::read(repo.dir.join("metadata/timestamp.json")).unwrap();
     let first_files = reachable_from(&repo.dir, &first);
@@ -413,27 +393,7 @@ fn an_offline_targets_key_is_asked_for_before_any_content_is_written() {
     assert!(off.join("targets.json").exists() && !dir.join("keys/targets.json").exists());
     let p = tmp.path().join("setup.sh");
     std::fs::write(&p, b"#!/bin/sh\nexit 0\n").unwrap();
-    let add = |extra: &[&str]| {
-        upkeep(
-            &[
-                &[
-                    "repo",
-                    "add",
-                    d,
-                    "--id",
-                    ID,
-                    "--title",
-                    "Agent",
-                    "--payload",
-                    p.to_str().unwrap(),
-                    "--handler",
-                    "command",
-                ][..],
-                extra,
-            ]
-            .concat(),
-        )
-    };
+    let add = |extra: &[&str]| upkeep(&strs(&add_args(d, "1", &p, extra)));
     let content = || walk_files(&dir.join("targets"));
     refused(&add(&[]), "the targets key is needed");
     assert!(content().is_empty(), "no content was written");
