@@ -557,3 +557,33 @@ fn a_crash_on_a_mount_inside_the_root_leaves_before_or_after() {
         assert!(left.is_empty(), "{point}: staged copies left: {left:?}");
     }
 }
+
+#[test]
+fn a_panic_in_the_middle_of_an_install_fails_the_job_and_rolls_back() {
+    let w = World::new();
+    write_before(&w.dir("m").join("root"));
+    assert!(w.run("m", &["download", ID], None).success());
+    let before = snapshot(&w.dir("m").join("root"));
+    let out = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .args(w.args("m"))
+        .args(["install", ID, "--json"])
+        .env_remove("UPKEEP_CONFIG")
+        .env("UPKEEP_PANIC_AT", "install:applied")
+        .output()
+        .unwrap();
+    // The job completed (the process did not hang or die) and says why.
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["result_code"], "Failed", "{v}");
+    assert_eq!(v["updates"][0]["result_code"], "Failed", "{v}");
+    assert_eq!(v["updates"][0]["hresult"], "0x8000FFFF", "{v}");
+    // The transaction was rolled back as the stack unwound.
+    assert_eq!(snapshot(&w.dir("m").join("root")), before);
+    assert!(!w.installed("m"));
+    assert!(
+        w.run("m", &["status"], None).success(),
+        "nothing left to recover"
+    );
+    assert!(w.run("m", &["install", ID], None).success());
+    assert!(w.installed("m"));
+}

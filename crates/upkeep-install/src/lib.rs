@@ -210,11 +210,16 @@ impl Layout {
 }
 
 /// A named crash point: when `UPKEEP_CRASH_AT` is `NAME` (or `NAME#N` for its N-th pass),
-/// the process kills itself with SIGKILL here. Used by the crash harness only; costs one
-/// environment lookup otherwise.
+/// the process kills itself with SIGKILL here; when `UPKEEP_PANIC_AT` is `NAME`, it
+/// panics. Used by the crash tests only; costs two environment lookups otherwise.
 pub fn checkpoint(name: &str) {
     use std::sync::atomic::{AtomicU64, Ordering};
     static PASSES: AtomicU64 = AtomicU64::new(0);
+    // `UPKEEP_PANIC_AT=NAME` panics here instead: the job must complete anyway, and the
+    // transaction roll back as the stack unwinds.
+    if std::env::var_os("UPKEEP_PANIC_AT").is_some_and(|v| v == name) {
+        panic!("UPKEEP_PANIC_AT={name}");
+    }
     let Some(want) = std::env::var_os("UPKEEP_CRASH_AT") else {
         return;
     };

@@ -92,9 +92,12 @@ fn invalid(message: &str) -> JobError {
 
 type ProgressFn<P, R> = Box<dyn Fn(&Job<P, R>, &P) + Send + Sync>;
 type CompletedFn<P, R> = Box<dyn FnOnce(&Job<P, R>) + Send>;
+type PanicFn<P, R> = Box<dyn FnOnce(&P, String) -> R + Send>;
 
 struct State<P, R> {
     progress: P,
+    /// The work panicked and no `on_panic` made a result: the panic's message.
+    panicked: Option<String>,
     /// Bumped by every report; the dispatcher delivers when it differs from `delivered`.
     generation: u64,
     delivered: u64,
@@ -227,6 +230,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Callbacks<P, R> {
     on_progress: Option<ProgressFn<P, R>>,
     on_completed: Option<CompletedFn<P, R>>,
+    on_panic: Option<PanicFn<P, R>>,
 }
 
 impl<P, R> Default for Callbacks<P, R> {
@@ -234,6 +238,7 @@ impl<P, R> Default for Callbacks<P, R> {
         Callbacks {
             on_progress: None,
             on_completed: None,
+            on_panic: None,
         }
     }
 }
@@ -253,6 +258,14 @@ impl<P, R> Callbacks<P, R> {
         self.on_completed = Some(Box::new(f));
         self
     }
+    /// Sets what the job's result is when its work panics: `f(last progress, message)`
+    /// (a caller reports the updates not finished as failed). Without it, `take_result`
+    /// of a job whose work panicked is an `E_UNEXPECTED` error. Either way the job
+    /// completes and its completion callback runs: nothing waits forever.
+    pub fn on_panic(mut self, f: impl FnOnce(&P, String) -> R + Send + 'static) -> Self {
+        self.on_panic = Some(Box::new(f));
+        self
+    }
 }
 
 impl<P: Clone + Send + 'static, R: Send + 'static> Job<P, R> {
@@ -262,12 +275,14 @@ impl<P: Clone + Send + 'static, R: Send + 'static> Job<P, R> {
         name: &str,
         initial: P,
         state: AsyncState,
-        callbacks: Callbacks<P, R>,
+        mut callbacks: Callbacks<P, R>,
         work: impl FnOnce(&JobContext<P, R>) -> R + Send + 'static,
     ) -> std::io::Result<Job<P, R>> {
+        let on_panic = callbacks.on_panic.take();
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 progress: initial,
+                panicked: None,
                 generation: 0,
                 delivered: 0,
                 completed: false,
@@ -298,8 +313,22 @@ impl<P: Clone + Send + 'static, R: Send + 'static> Job<P, R> {
                 let ctx = JobContext {
                     shared: worker_job.shared.clone(),
                 };
-                let result = work(&ctx);
-                worker_job.complete(result);
+                match catch_unwind(AssertUnwindSafe(|| work(&ctx))) {
+                    Ok(r) => worker_job.complete(Some(r)),
+                    Err(payload) => {
+                        let msg = payload
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| payload.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "a panic without a message".into());
+                        tracing::error!("the job's work stopped on an internal error: {msg}");
+                        let r = on_panic.map(|f| f(&ctx.progress(), msg.clone()));
+                        if r.is_none() {
+                            lock(&worker_job.shared.state).panicked = Some(msg);
+                        }
+                        worker_job.complete(r);
+                    }
+                }
             });
         if let Err(e) = spawned {
             // Nothing ran: finish the dispatcher without a result so no thread is left.
@@ -312,9 +341,9 @@ impl<P: Clone + Send + 'static, R: Send + 'static> Job<P, R> {
         Ok(job)
     }
 
-    fn complete(&self, result: R) {
+    fn complete(&self, result: Option<R>) {
         let mut st = self.lock();
-        st.result = Some(result);
+        st.result = result;
         st.completed = true;
         let wakers = std::mem::take(&mut st.wakers);
         drop(st);
@@ -327,6 +356,7 @@ impl<P: Clone + Send + 'static, R: Send + 'static> Job<P, R> {
         let Callbacks {
             on_progress,
             mut on_completed,
+            ..
         } = callbacks;
         let mut last_delivery: Option<Instant> = None;
         loop {
@@ -498,6 +528,12 @@ impl<P: Clone + Send + 'static, R: Send + 'static> Job<P, R> {
         }
         st.result_taken = true;
         st.async_state = AsyncState::none();
+        if let Some(msg) = st.panicked.take() {
+            return Err(JobError {
+                code: HResult::E_UNEXPECTED,
+                message: format!("the job stopped on an internal error: {msg}"),
+            });
+        }
         st.result
             .take()
             .ok_or_else(|| invalid("the job ended without a result"))

@@ -397,3 +397,37 @@ fn progress_callbacks_are_rate_limited_and_the_last_snapshot_still_arrives() {
         calls.len()
     );
 }
+
+#[test]
+fn a_panicking_job_completes_instead_of_hanging() {
+    // Without `on_panic`: the completion callback runs and the result is E_UNEXPECTED.
+    let (done_tx, done_rx) = mpsc::channel();
+    let job: J = Job::spawn(
+        "t",
+        0,
+        AsyncState::none(),
+        Callbacks::none().on_completed(move |j| done_tx.send(j.is_completed()).unwrap()),
+        |ctx| {
+            ctx.report(7);
+            panic!("a bug in the work");
+        },
+    )
+    .unwrap();
+    assert!(done_rx.recv().unwrap());
+    let e = job.take_result().unwrap_err();
+    assert_eq!(e.code, HResult::E_UNEXPECTED);
+    assert!(e.message.contains("a bug in the work"), "{}", e.message);
+    // With `on_panic`: the result is made from the last progress and the message.
+    let job: Job<u32, String> = Job::spawn(
+        "t",
+        0,
+        AsyncState::none(),
+        Callbacks::none().on_panic(|last: &u32, msg| format!("stopped at {last}: {msg}")),
+        |ctx| {
+            ctx.report(41);
+            panic!("{}", String::from("boom"));
+        },
+    )
+    .unwrap();
+    assert_eq!(job.take_result().unwrap(), "stopped at 41: boom");
+}

@@ -52,6 +52,8 @@ codes! {
     WU_S_ALREADY_DOWNLOADED = 0x0024_0008u32, "the update was already downloaded";
     /// Unspecified failure.
     E_FAIL = 0x8000_4005u32, "unspecified failure";
+    /// Catastrophic failure: the operation stopped on an internal error (a bug).
+    E_UNEXPECTED = 0x8000_FFFFu32, "unexpected failure";
     /// An argument was invalid.
     E_INVALIDARG = 0x8007_0057u32, "an argument is invalid";
     /// Access denied: a state directory other users could change.

@@ -119,6 +119,32 @@ pub struct DownloadResult {
 }
 
 impl DownloadResult {
+    /// The result of a job whose work stopped on an internal error: what had finished
+    /// keeps its result, every other update is `Failed` with `E_UNEXPECTED`.
+    fn after_panic(last: &DownloadProgress) -> DownloadResult {
+        let results: Vec<UpdateDownloadResult> = last
+            .results
+            .iter()
+            .map(|r| match r.result_code {
+                OperationResultCode::NotStarted | OperationResultCode::InProgress => {
+                    UpdateDownloadResult::new(OperationResultCode::Failed, HResult::E_UNEXPECTED)
+                }
+                _ => *r,
+            })
+            .collect();
+        let (result_code, hresult) = crate::overall_result(
+            &results
+                .iter()
+                .map(|r| (r.result_code, r.hresult))
+                .collect::<Vec<_>>(),
+        );
+        DownloadResult {
+            result_code,
+            hresult,
+            results,
+        }
+    }
+
     /// `ResultCode`: all succeeded → `Succeeded`, some → `SucceededWithErrors`, none →
     /// `Failed`, aborted → `Aborted`.
     pub fn result_code(&self) -> OperationResultCode {
@@ -341,7 +367,8 @@ impl UpdateDownloader {
                     updates: cb_updates2.clone(),
                 };
                 on_completed.invoke(&dj, &DownloadCompletedCallbackArgs::default())
-            });
+            })
+            .on_panic(|last: &DownloadProgress, _msg| Ok(DownloadResult::after_panic(last)));
         let plan = Arc::new(Plan::new(plan, &bases, consistent));
         let priority = self.priority;
         let done_updates = updates.clone();

@@ -88,6 +88,37 @@ pub struct InstallationResult {
 }
 
 impl InstallationResult {
+    /// The result of a job whose work stopped on an internal error (the transaction in
+    /// progress was rolled back as the stack unwound): what had finished keeps its
+    /// result, every other update is `Failed` with `E_UNEXPECTED`.
+    fn after_panic(last: &InstallationProgress) -> InstallationResult {
+        let results: Vec<UpdateInstallationResult> = last
+            .results
+            .iter()
+            .map(|r| match r.result_code {
+                OperationResultCode::NotStarted | OperationResultCode::InProgress => {
+                    UpdateInstallationResult::new(
+                        OperationResultCode::Failed,
+                        HResult::E_UNEXPECTED,
+                    )
+                }
+                _ => *r,
+            })
+            .collect();
+        let (result_code, hresult) = crate::overall_result(
+            &results
+                .iter()
+                .map(|r| (r.result_code, r.hresult))
+                .collect::<Vec<_>>(),
+        );
+        InstallationResult {
+            result_code,
+            hresult,
+            reboot_required: results.iter().any(|r| r.reboot_required),
+            results,
+        }
+    }
+
     /// `ResultCode`: all succeeded → `Succeeded`, some → `SucceededWithErrors`, none →
     /// `Failed`, aborted → `Aborted`.
     pub fn result_code(&self) -> OperationResultCode {
@@ -340,6 +371,9 @@ impl UpdateInstaller {
                     uninstall,
                 };
                 on_completed.invoke(&j, &InstallationCompletedCallbackArgs::default())
+            })
+            .on_panic(|last: &InstallationProgress, _msg| {
+                Ok(InstallationResult::after_panic(last))
             });
         let session = self.session.clone();
         let forced = self.is_forced;
