@@ -6,6 +6,7 @@ mod demo;
 mod download_cmd;
 mod exit;
 mod install_cmd;
+mod logs;
 mod output;
 mod repo_cmd;
 
@@ -52,6 +53,12 @@ pub struct Global {
     /// Configuration file (TOML).
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Log only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Log more: -v for progress notes, -vv for debugging (`UPKEEP_LOG` overrides).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
 }
 
 #[derive(Subcommand, Debug)]
@@ -243,17 +250,27 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let filter = std::env::var("UPKEEP_LOG").unwrap_or_else(|_| "warn".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    // `--json` anywhere before `--`: stderr carries only JSON from here on.
+    let json = std::env::args()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let _ = e.print();
+            if json && e.use_stderr() {
+                let code = HResult::E_INVALIDARG;
+                let v = serde_json::json!({
+                    "error": {
+                        "message": e.to_string().trim_end(),
+                        "hresult": format!("0x{:08X}", code.as_u32()),
+                        "name": code.name(),
+                    }
+                });
+                eprintln!("{v}");
+            } else {
+                let _ = e.print();
+            }
             return if e.use_stderr() {
                 Exit::Usage.into()
             } else {
@@ -261,6 +278,7 @@ fn main() -> ExitCode {
             };
         }
     };
+    logs::init(json, cli.global.quiet, cli.global.verbose);
     match run(cli) {
         Ok(code) | Err(code) => code.into(),
     }

@@ -858,3 +858,152 @@ fn repo_add_refuses_what_devices_would_refuse_and_fills_in_the_installed_size() 
     assert_eq!(record["installed_size"], 10 + 5, "{record}");
     assert_eq!(record["setid_paths"][0], "usr/bin/su", "{record}");
 }
+
+/// Runs the agent with `env` set; returns (exit code, stdout, stderr).
+fn run_env(
+    args: &[&str],
+    env: &[(&str, &str)],
+    stderr_file: Option<&Path>,
+) -> (i32, String, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_upkeep"));
+    c.args(args)
+        .env_remove("UPKEEP_CONFIG")
+        .env_remove("UPKEEP_LOG");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    if let Some(f) = stderr_file {
+        c.stderr(std::fs::File::create(f).unwrap());
+    }
+    let o = c.output().unwrap();
+    let err = match stderr_file {
+        Some(f) => std::fs::read_to_string(f).unwrap(),
+        None => String::from_utf8(o.stderr).unwrap(),
+    };
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8(o.stdout).unwrap(),
+        err,
+    )
+}
+
+#[test]
+fn with_json_every_stderr_line_is_json_in_every_failure_mode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = published_repo(tmp.path());
+    let serve = Serve::start(&dir);
+    let root = dir.join("metadata/root.json");
+    let state = tmp.path().join("state");
+    let common = agent_args(&serve.1, &root, &state);
+    let dead = agent_args("http://127.0.0.1:9/", &root, &state);
+    let tools = "11111111-1111-4111-8111-111111111111";
+    let install_root = tmp.path().join("r");
+    let install_root = install_root.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>)> = vec![
+        ([&dead[..], &["search", "--json"]].concat(), vec![]),
+        (
+            [&common[..], &["search", "Bogus=1", "--json"]].concat(),
+            vec![],
+        ),
+        (
+            [&common[..], &["search", "--json", "--no-such-flag"]].concat(),
+            vec![],
+        ),
+        (
+            [
+                &common[..],
+                &["show", "99999999-9999-4999-8999-999999999999", "--json"],
+            ]
+            .concat(),
+            vec![],
+        ),
+        (
+            [&common[..], &["download", tools, "--json"]].concat(),
+            vec![],
+        ),
+        (
+            [&common[..], &["uninstall", tools, "--json"]].concat(),
+            vec![],
+        ),
+        (
+            [
+                &common[..],
+                &["--root", install_root, "install", tools, "--json"],
+            ]
+            .concat(),
+            vec![("UPKEEP_PANIC_AT", "install:applied")],
+        ),
+        ([&common[..], &["history", "--json"]].concat(), vec![]),
+    ];
+    for (args, env) in cases {
+        let mut env = env;
+        env.push(("UPKEEP_LOG", "debug"));
+        let (code, _out, err) = run_env(&args, &env, None);
+        assert!(
+            !err.trim().is_empty() || code == 0,
+            "{args:?}: nothing on stderr"
+        );
+        for line in err.lines() {
+            let v: Result<serde_json::Value, _> = serde_json::from_str(line);
+            assert!(v.is_ok(), "{args:?}: not JSON on stderr: {line:?}");
+        }
+        if code != 0 && code != 5 {
+            let last: serde_json::Value =
+                serde_json::from_str(err.lines().last().unwrap()).unwrap();
+            assert!(
+                last.get("error").is_some()
+                    || args.contains(&"install")
+                    || args.contains(&"download"),
+                "{args:?}: the last line names the error: {last}"
+            );
+        }
+    }
+}
+
+#[test]
+fn logs_have_no_colours_off_a_terminal_and_journal_priorities_under_systemd() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = published_repo(tmp.path());
+    let root = dir.join("metadata/root.json");
+    let state = tmp.path().join("state");
+    let args = [
+        "--repo",
+        "http://127.0.0.1:9/",
+        "--trusted-root",
+        root.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "-vv",
+        "search",
+    ];
+    let (_, _, err) = run_env(&args, &[], None);
+    assert!(err.contains("DEBUG"), "-vv logs debug records: {err}");
+    assert!(
+        !err.contains('\x1b'),
+        "no escape sequences off a terminal: {err:?}"
+    );
+    let without_v: Vec<&str> = args.iter().copied().filter(|a| *a != "-vv").collect();
+    let (_, _, quiet) = run_env(&without_v, &[], None);
+    assert!(!quiet.contains("DEBUG"), "{quiet}");
+    // Under systemd stderr is the journal stream JOURNAL_STREAM names (device:inode).
+    let f = tmp.path().join("journal-stream");
+    std::fs::write(&f, b"").unwrap();
+    let m = std::fs::metadata(&f).unwrap();
+    let stream = format!(
+        "{}:{}",
+        std::os::unix::fs::MetadataExt::dev(&m),
+        std::os::unix::fs::MetadataExt::ino(&m)
+    );
+    let (_, _, journal) = run_env(&args, &[("JOURNAL_STREAM", &stream)], Some(&f));
+    let lines: Vec<&str> = journal.lines().collect();
+    assert!(!lines.is_empty());
+    for l in &lines {
+        let ok = l.starts_with("<7>")
+            || l.starts_with("<6>")
+            || l.starts_with("<4>")
+            || l.starts_with("<3>")
+            || l.starts_with("upkeep: error:");
+        assert!(ok, "a journal line with its priority: {l:?}");
+    }
+    assert!(lines.iter().any(|l| l.starts_with("<7>")), "{journal}");
+}
