@@ -899,7 +899,8 @@ fn with_json_every_stderr_line_is_json_in_every_failure_mode() {
     let tools = "11111111-1111-4111-8111-111111111111";
     let install_root = tmp.path().join("r");
     let install_root = install_root.to_str().unwrap();
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>)> = vec![
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>);
+    let cases: Vec<Case<'_>> = vec![
         ([&dead[..], &["search", "--json"]].concat(), vec![]),
         (
             [&common[..], &["search", "Bogus=1", "--json"]].concat(),
