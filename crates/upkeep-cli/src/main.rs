@@ -2,12 +2,14 @@
 //! repository authoring and the demo. This is the only crate that knows about
 //! terminals; libraries report through types and `tracing`.
 
+#[cfg(feature = "publisher")]
 mod demo;
 mod download_cmd;
 mod exit;
 mod install_cmd;
 mod logs;
 mod output;
+#[cfg(feature = "publisher")]
 mod repo_cmd;
 
 use std::path::PathBuf;
@@ -129,9 +131,11 @@ enum Command {
         json: bool,
     },
     /// Create, change, publish and serve repositories.
+    #[cfg(feature = "publisher")]
     #[command(subcommand)]
     Repo(repo_cmd::RepoCommand),
     /// Build a signed demo repository, serve it on loopback and walk through the agent.
+    #[cfg(feature = "publisher")]
     Demo,
 }
 
@@ -221,7 +225,9 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
         Command::Hide { ids } => install_cmd::hide(&cli.global, &ids, true),
         Command::Unhide { ids } => install_cmd::hide(&cli.global, &ids, false),
         Command::Status { json } => install_cmd::status(&cli.global, json),
+        #[cfg(feature = "publisher")]
         Command::Repo(cmd) => repo_cmd::run(cmd),
+        #[cfg(feature = "publisher")]
         Command::Demo => demo::run(),
     }
 }
