@@ -235,7 +235,11 @@ pub fn run(global: &Global, a: DownloadArgs) -> Result<Exit, Exit> {
     let rows: Vec<(String, OperationResultCode, HResult)> = (0..updates.len())
         .map(|i| {
             let r = result.update_result(i).expect("one result per update");
-            (String::new(), r.result_code(), r.hresult())
+            (
+                r.message().unwrap_or_default().to_string(),
+                r.result_code(),
+                r.hresult(),
+            )
         })
         .collect();
     crate::output::print_results(

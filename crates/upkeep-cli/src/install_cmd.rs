@@ -112,7 +112,11 @@ fn report(what: &str, updates: &UpdateCollection, r: &InstallationResult, json: 
     let rows: Vec<_> = (0..updates.len())
         .map(|i| {
             let x = r.update_result(i).expect("one result per update");
-            (String::new(), x.result_code(), x.hresult())
+            (
+                x.message().unwrap_or_default().to_string(),
+                x.result_code(),
+                x.hresult(),
+            )
         })
         .collect();
     let per: Vec<bool> = (0..updates.len())
@@ -278,7 +282,7 @@ pub fn history(global: &Global, limit: usize, json: bool) -> Result<Exit, Exit> 
         let list: Vec<_> = entries
             .iter()
             .map(|h| {
-                json!({
+                let mut v = json!({
                     "date": h.date.to_string(),
                     "operation": h.operation,
                     "result_code": h.result_code,
@@ -290,7 +294,15 @@ pub fn history(global: &Global, limit: usize, json: bool) -> Result<Exit, Exit> 
                     "unmapped_result_code": h.unmapped_result_code,
                     "previous_revision": h.previous_revision,
                     "replaced_by": h.replaced_by,
-                })
+                });
+                if let Some(m) = &h.message {
+                    v["error"] = json!({
+                        "message": m,
+                        "hresult": format!("0x{:08X}", h.hresult.as_u32()),
+                        "name": h.hresult.name(),
+                    });
+                }
+                v
             })
             .collect();
         println!(
@@ -323,6 +335,9 @@ pub fn history(global: &Global, limit: usize, json: bool) -> Result<Exit, Exit> 
                 h.result_code.to_string(),
                 h.title
             );
+            if let Some(m) = &h.message {
+                println!("{:<57}{}", "", upkeep_install::escape_controls(m));
+            }
         }
         println!("{} of {total} entries", entries.len());
     }

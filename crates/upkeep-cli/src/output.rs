@@ -220,6 +220,8 @@ pub fn print_update(u: &Update, json: bool) {
 /// `json` `{"result_code", "hresult", ["reboot_required",] "updates": [{"id", "title",
 /// "result_code", "hresult"[, "reboot_required"]}]}`. `rows` are (unused, code, hresult)
 /// per update; `reboot` is the per-update and overall restart flags when they apply.
+/// `rows`: for each update, why it failed (empty when it did not), its result code and
+/// HRESULT.
 pub fn print_results(
     what: &str,
     updates: &upkeep::UpdateCollection,
@@ -234,13 +236,20 @@ pub fn print_results(
             .iter()
             .zip(rows)
             .enumerate()
-            .map(|(i, (u, (_, c, h)))| {
+            .map(|(i, (u, (message, c, h)))| {
                 let mut v = serde_json::json!({
                     "id": u.identity().update_id,
                     "title": u.title(),
                     "result_code": c,
                     "hresult": format!("0x{:08X}", h.as_u32()),
                 });
+                if !message.is_empty() {
+                    v["error"] = serde_json::json!({
+                        "message": message,
+                        "hresult": format!("0x{:08X}", h.as_u32()),
+                        "name": h.name(),
+                    });
+                }
                 if let Some((per, _)) = reboot {
                     v["reboot_required"] = per[i].into();
                 }
@@ -258,7 +267,7 @@ pub fn print_results(
         println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
         return;
     }
-    for (i, (u, (_, c, h))) in updates.iter().zip(rows).enumerate() {
+    for (i, (u, (message, c, h))) in updates.iter().zip(rows).enumerate() {
         let extra = if *h == upkeep::HResult::S_OK {
             String::new()
         } else {
@@ -269,6 +278,9 @@ pub fn print_results(
             _ => "",
         };
         println!("{:<20} {}{extra}{restart}", c.to_string(), u.title());
+        if !message.is_empty() {
+            println!("{:<20}   {}", "", upkeep_install::escape_controls(message));
+        }
     }
     let restart = match reboot {
         Some((_, true)) => " — restart required",

@@ -1008,3 +1008,50 @@ fn logs_have_no_colours_off_a_terminal_and_journal_priorities_under_systemd() {
     }
     assert!(lines.iter().any(|l| l.starts_with("<7>")), "{journal}");
 }
+
+#[test]
+fn a_failure_names_its_cause_in_the_table_the_json_and_history() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = published_repo(tmp.path());
+    let serve = Serve::start(&dir);
+    let root = dir.join("metadata/root.json");
+    let state = tmp.path().join("state");
+    let install_root = tmp.path().join("r");
+    let common = agent_args(&serve.1, &root, &state);
+    let tools = "11111111-1111-4111-8111-111111111111";
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = common.iter().map(|s| s.to_string()).collect();
+        v.extend(["--root".to_string(), install_root.display().to_string()]);
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |extra: &[&str]| {
+        let a = args(extra);
+        upkeep(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    // Not downloaded, and not allowed to download: the table says so under the update.
+    let o = run(&["install", tools, "--no-download"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("is not downloaded"), "{table}");
+    let o = run(&["install", tools, "--no-download", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let e = &v["updates"][0]["error"];
+    assert_eq!(e["name"], "WU_E_DM_NOTDOWNLOADED", "{v}");
+    assert!(
+        e["message"].as_str().unwrap().contains("is not downloaded"),
+        "{v}"
+    );
+    let h: serde_json::Value = serde_json::from_slice(&run(&["history", "--json"]).stdout).unwrap();
+    let first = &h["entries"][0];
+    assert_eq!(first["result_code"], "Failed", "{h}");
+    assert!(
+        first["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is not downloaded"),
+        "{h}"
+    );
+    let table = String::from_utf8_lossy(&run(&["history"]).stdout).into_owned();
+    assert!(table.contains("is not downloaded"), "{table}");
+}

@@ -577,6 +577,14 @@ fn a_panic_in_the_middle_of_an_install_fails_the_job_and_rolls_back() {
     assert_eq!(v["result_code"], "Failed", "{v}");
     assert_eq!(v["updates"][0]["result_code"], "Failed", "{v}");
     assert_eq!(v["updates"][0]["hresult"], "0x8000FFFF", "{v}");
+    assert_eq!(v["updates"][0]["error"]["name"], "E_UNEXPECTED", "{v}");
+    assert!(
+        v["updates"][0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("internal error"),
+        "{v}"
+    );
     // The transaction was rolled back as the stack unwound.
     assert_eq!(snapshot(&w.dir("m").join("root")), before);
     assert!(!w.installed("m"));

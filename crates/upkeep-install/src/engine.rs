@@ -239,6 +239,7 @@ impl<'a> Engine<'a> {
             unmapped_result_code: unmapped,
             previous_revision: result.ok().and_then(|d| d.previous_revision),
             replaced_by: None,
+            message: result.err().map(|e| e.message.clone()),
         }
     }
 

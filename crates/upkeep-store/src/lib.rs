@@ -68,7 +68,7 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// The schema version this build writes (`PRAGMA user_version`). Version 1 is the schema of
 /// the first release, which did not set `user_version` (it reads as 0).
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// One history entry (WUA's `IUpdateHistoryEntry`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,6 +96,8 @@ pub struct HistoryEntry {
     /// For an update removed because another one that supersedes it was installed: that
     /// update's id.
     pub replaced_by: Option<String>,
+    /// Why it failed (the message the user saw), for a failure.
+    pub message: Option<String>,
 }
 
 /// An installed update: what the agent keeps to show and uninstall it without the
@@ -285,7 +287,7 @@ CREATE TABLE history(seq INTEGER PRIMARY KEY AUTOINCREMENT,
   operation INTEGER NOT NULL, result_code INTEGER NOT NULL, hresult INTEGER NOT NULL,
   date TEXT NOT NULL, update_id TEXT NOT NULL, revision INTEGER NOT NULL, title TEXT NOT NULL,
   client_application_id TEXT NOT NULL, unmapped_result_code INTEGER NOT NULL,
-  previous_revision INTEGER, replaced_by TEXT);
+  previous_revision INTEGER, replaced_by TEXT, message TEXT);
 CREATE TABLE reboot(id INTEGER PRIMARY KEY CHECK (id = 1), boot_id TEXT NOT NULL);
 CREATE TABLE tx(tx_id INTEGER PRIMARY KEY AUTOINCREMENT, update_id TEXT NOT NULL,
   operation TEXT NOT NULL, state TEXT NOT NULL);
@@ -297,6 +299,11 @@ CREATE TABLE owned(update_id TEXT NOT NULL, path TEXT NOT NULL, kind TEXT NOT NU
   created INTEGER NOT NULL, PRIMARY KEY(update_id, path));
 CREATE INDEX owned_path ON owned(path);
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+";
+
+/// Version 3 → 4: why a history entry failed.
+const MIGRATE_3_TO_4: &str = "
+ALTER TABLE history ADD COLUMN message TEXT;
 ";
 
 /// Version 2 → 3: the database's own identity (`meta.store_id`), which the install work
@@ -342,7 +349,7 @@ fn ts(s: &str) -> jiff::Timestamp {
 
 fn insert_history(conn: &Connection, h: &HistoryEntry) -> rusqlite::Result<()> {
     conn.execute(
-        "INSERT INTO history (operation, result_code, hresult, date, update_id, revision, title, client_application_id, unmapped_result_code, previous_revision, replaced_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        "INSERT INTO history (operation, result_code, hresult, date, update_id, revision, title, client_application_id, unmapped_result_code, previous_revision, replaced_by, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         params![
             h.operation as i32,
             h.result_code as i32,
@@ -355,6 +362,7 @@ fn insert_history(conn: &Connection, h: &HistoryEntry) -> rusqlite::Result<()> {
             h.unmapped_result_code,
             h.previous_revision,
             h.replaced_by,
+            h.message,
         ],
     )
     .map(|_| ())
@@ -466,12 +474,15 @@ impl Store {
             (0, false) => {
                 tx.execute_batch(SCHEMA).map_err(e)?;
             }
-            (0..=2, true) => {
+            (0..=3, true) => {
                 tracing::info!(db = %store_path, "migrating the state database from schema {} to {SCHEMA_VERSION}", version.max(1));
                 if version < 2 {
                     tx.execute_batch(MIGRATE_1_TO_2).map_err(e)?;
                 }
-                tx.execute_batch(MIGRATE_2_TO_3).map_err(e)?
+                if version < 3 {
+                    tx.execute_batch(MIGRATE_2_TO_3).map_err(e)?;
+                }
+                tx.execute_batch(MIGRATE_3_TO_4).map_err(e)?
             }
             (v, _) => {
                 return Err(StoreError::Corrupt {
@@ -638,7 +649,7 @@ impl Store {
     /// History entries, newest first, from `start` (0 = newest), at most `count`.
     pub fn history(&self, start: usize, count: usize) -> Result<Vec<HistoryEntry>> {
         self.rows(
-            "SELECT operation, result_code, hresult, date, update_id, revision, title, client_application_id, unmapped_result_code, previous_revision, replaced_by FROM history ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
+            "SELECT operation, result_code, hresult, date, update_id, revision, title, client_application_id, unmapped_result_code, previous_revision, replaced_by, message FROM history ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
             params![count as i64, start as i64], |r| {
                 Ok(HistoryEntry {
                     operation: UpdateOperation::from_i32(r.get(0)?)
@@ -654,6 +665,7 @@ impl Store {
                     unmapped_result_code: r.get(8)?,
                     previous_revision: r.get(9)?,
                     replaced_by: r.get(10)?,
+                    message: r.get(11)?,
                 })
             },
         )
@@ -879,6 +891,7 @@ mod tests {
             unmapped_result_code: 0,
             previous_revision: None,
             replaced_by: None,
+            message: None,
         }
     }
 

@@ -25,11 +25,12 @@ use crate::error::{Error, Result};
 use crate::search_job::AsyncState;
 use crate::session::UpdateSession;
 
-/// `IUpdateDownloadResult`: one update's outcome.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// `IUpdateDownloadResult`: one update's outcome, and why it failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UpdateDownloadResult {
     result_code: OperationResultCode,
     hresult: HResult,
+    message: Option<Arc<str>>,
 }
 
 impl UpdateDownloadResult {
@@ -37,7 +38,20 @@ impl UpdateDownloadResult {
         UpdateDownloadResult {
             result_code,
             hresult,
+            message: None,
         }
+    }
+    fn failed(result_code: OperationResultCode, hresult: HResult, message: &str) -> Self {
+        UpdateDownloadResult {
+            result_code,
+            hresult,
+            message: Some(message.into()),
+        }
+    }
+    /// What went wrong, naming the file and the cause (an upkeep extension: WUA has only
+    /// the `HResult`); `None` when nothing did.
+    pub fn message(&self) -> Option<&str> {
+        self.message.as_deref()
     }
     /// `ResultCode`.
     pub fn result_code(&self) -> OperationResultCode {
@@ -106,7 +120,7 @@ impl DownloadProgress {
     }
     /// `GetUpdateResult(i)`: `NotStarted`, `InProgress`, or the outcome.
     pub fn update_result(&self, i: usize) -> Option<UpdateDownloadResult> {
-        self.results.get(i).copied()
+        self.results.get(i).cloned()
     }
 }
 
@@ -121,15 +135,19 @@ pub struct DownloadResult {
 impl DownloadResult {
     /// The result of a job whose work stopped on an internal error: what had finished
     /// keeps its result, every other update is `Failed` with `E_UNEXPECTED`.
-    fn after_panic(last: &DownloadProgress) -> DownloadResult {
+    fn after_panic(last: &DownloadProgress, msg: &str) -> DownloadResult {
         let results: Vec<UpdateDownloadResult> = last
             .results
             .iter()
             .map(|r| match r.result_code {
                 OperationResultCode::NotStarted | OperationResultCode::InProgress => {
-                    UpdateDownloadResult::new(OperationResultCode::Failed, HResult::E_UNEXPECTED)
+                    UpdateDownloadResult::failed(
+                        OperationResultCode::Failed,
+                        HResult::E_UNEXPECTED,
+                        &format!("the download stopped on an internal error: {msg}"),
+                    )
                 }
-                _ => *r,
+                _ => r.clone(),
             })
             .collect();
         let (result_code, hresult) = crate::overall_result(
@@ -156,7 +174,7 @@ impl DownloadResult {
     }
     /// `GetUpdateResult(i)`.
     pub fn update_result(&self, i: usize) -> Option<UpdateDownloadResult> {
-        self.results.get(i).copied()
+        self.results.get(i).cloned()
     }
 }
 
@@ -368,7 +386,7 @@ impl UpdateDownloader {
                 };
                 on_completed.invoke(&dj, &DownloadCompletedCallbackArgs::default())
             })
-            .on_panic(|last: &DownloadProgress, _msg| Ok(DownloadResult::after_panic(last)));
+            .on_panic(|last: &DownloadProgress, msg| Ok(DownloadResult::after_panic(last, &msg)));
         let plan = Arc::new(Plan::new(plan, &bases, consistent));
         let priority = self.priority;
         let done_updates = updates.clone();
@@ -660,11 +678,11 @@ async fn run(
                     }
                 }
             }
-            Err((code, _)) if code == HResult::WU_E_CALL_CANCELLED => {
+            Err((code, message)) if code == HResult::WU_E_CALL_CANCELLED => {
                 for &u in &pf.owners {
                     b.finish(
                         u,
-                        UpdateDownloadResult::new(OperationResultCode::Aborted, code),
+                        UpdateDownloadResult::failed(OperationResultCode::Aborted, code, &message),
                     );
                 }
             }
@@ -673,7 +691,7 @@ async fn run(
                 for &u in &pf.owners {
                     b.finish(
                         u,
-                        UpdateDownloadResult::new(OperationResultCode::Failed, code),
+                        UpdateDownloadResult::failed(OperationResultCode::Failed, code, &message),
                     );
                 }
             }
@@ -698,9 +716,17 @@ async fn run(
     for u in 0..n {
         // Updates a failed sibling file stopped, or that never started.
         let r = if ctx.is_abort_requested() {
-            UpdateDownloadResult::new(OperationResultCode::Aborted, HResult::WU_E_CALL_CANCELLED)
+            UpdateDownloadResult::failed(
+                OperationResultCode::Aborted,
+                HResult::WU_E_CALL_CANCELLED,
+                "aborted before it finished",
+            )
         } else {
-            UpdateDownloadResult::new(OperationResultCode::Failed, HResult::WU_E_DOWNLOAD_FAILED)
+            UpdateDownloadResult::failed(
+                OperationResultCode::Failed,
+                HResult::WU_E_DOWNLOAD_FAILED,
+                "not downloaded: another of its content files failed",
+            )
         };
         b.finish(u, r);
     }

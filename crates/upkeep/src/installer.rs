@@ -20,12 +20,13 @@ use crate::error::{Error, Result};
 use crate::search_job::AsyncState;
 use crate::session::UpdateSession;
 
-/// `IUpdateInstallationResult`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// `IUpdateInstallationResult`, and why it failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UpdateInstallationResult {
     result_code: OperationResultCode,
     hresult: HResult,
     reboot_required: bool,
+    message: Option<Arc<str>>,
 }
 
 impl UpdateInstallationResult {
@@ -34,7 +35,19 @@ impl UpdateInstallationResult {
             result_code,
             hresult,
             reboot_required: false,
+            message: None,
         }
+    }
+    fn failed(result_code: OperationResultCode, hresult: HResult, message: &str) -> Self {
+        UpdateInstallationResult {
+            message: Some(message.into()),
+            ..UpdateInstallationResult::new(result_code, hresult)
+        }
+    }
+    /// What went wrong, naming the update and the cause (an upkeep extension: WUA has
+    /// only the `HResult`); `None` when nothing did.
+    pub fn message(&self) -> Option<&str> {
+        self.message.as_deref()
     }
     /// `ResultCode`.
     pub fn result_code(&self) -> OperationResultCode {
@@ -74,7 +87,7 @@ impl InstallationProgress {
     }
     /// `GetUpdateResult(i)`.
     pub fn update_result(&self, i: usize) -> Option<UpdateInstallationResult> {
-        self.results.get(i).copied()
+        self.results.get(i).cloned()
     }
 }
 
@@ -91,18 +104,19 @@ impl InstallationResult {
     /// The result of a job whose work stopped on an internal error (the transaction in
     /// progress was rolled back as the stack unwound): what had finished keeps its
     /// result, every other update is `Failed` with `E_UNEXPECTED`.
-    fn after_panic(last: &InstallationProgress) -> InstallationResult {
+    fn after_panic(last: &InstallationProgress, msg: &str) -> InstallationResult {
         let results: Vec<UpdateInstallationResult> = last
             .results
             .iter()
             .map(|r| match r.result_code {
                 OperationResultCode::NotStarted | OperationResultCode::InProgress => {
-                    UpdateInstallationResult::new(
+                    UpdateInstallationResult::failed(
                         OperationResultCode::Failed,
                         HResult::E_UNEXPECTED,
+                        &format!("stopped on an internal error: {msg}"),
                     )
                 }
-                _ => *r,
+                _ => r.clone(),
             })
             .collect();
         let (result_code, hresult) = crate::overall_result(
@@ -134,7 +148,7 @@ impl InstallationResult {
     }
     /// `GetUpdateResult(i)`.
     pub fn update_result(&self, i: usize) -> Option<UpdateInstallationResult> {
-        self.results.get(i).copied()
+        self.results.get(i).cloned()
     }
 }
 
@@ -372,8 +386,8 @@ impl UpdateInstaller {
                 };
                 on_completed.invoke(&j, &InstallationCompletedCallbackArgs::default())
             })
-            .on_panic(|last: &InstallationProgress, _msg| {
-                Ok(InstallationResult::after_panic(last))
+            .on_panic(|last: &InstallationProgress, msg| {
+                Ok(InstallationResult::after_panic(last, &msg))
             });
         let session = self.session.clone();
         let forced = self.is_forced;
@@ -440,9 +454,10 @@ fn run(
         vec![UpdateInstallationResult::new(OperationResultCode::NotStarted, HResult::S_OK); n];
     for (i, u) in updates.iter().enumerate() {
         if ctx.is_abort_requested() {
-            results[i] = UpdateInstallationResult::new(
+            results[i] = UpdateInstallationResult::failed(
                 OperationResultCode::Aborted,
                 HResult::WU_E_CALL_CANCELLED,
+                "aborted before it started",
             );
             continue;
         }
@@ -496,6 +511,7 @@ fn run(
                 result_code: OperationResultCode::Succeeded,
                 hresult: HResult::S_OK,
                 reboot_required: done.reboot_required,
+                message: None,
             },
             Err(e) => {
                 let code = if e.hresult == HResult::WU_E_CALL_CANCELLED {
@@ -515,7 +531,7 @@ fn run(
                         u.mark_not_downloaded();
                     }
                 }
-                UpdateInstallationResult::new(code, e.hresult)
+                UpdateInstallationResult::failed(code, e.hresult, &e.message)
             }
         };
         let snapshot = Arc::new(results.clone());

@@ -248,6 +248,40 @@ fn per_update_failures_have_their_codes_and_the_rest_go_on() {
         HResult::WU_E_DM_NOTDOWNLOADED
     );
     assert!(!fx.root().join("l").exists());
+    // Each failure says why, in the result and in history; successes say nothing.
+    let why = |i: usize| r.update_result(i).unwrap().message().map(str::to_string);
+    assert!(
+        why(0).unwrap().contains("license terms were not accepted"),
+        "{:?}",
+        why(0)
+    );
+    assert!(
+        why(3).unwrap().contains("is not downloaded"),
+        "{:?}",
+        why(3)
+    );
+    assert_eq!(why(1), None);
+    let history = fx
+        .session
+        .create_update_searcher()
+        .query_history(0, 10)
+        .unwrap();
+    let failed: Vec<_> = history
+        .iter()
+        .filter(|h| h.result_code == OperationResultCode::Failed)
+        .collect();
+    assert_eq!(failed.len(), 2);
+    for h in &failed {
+        let m = h.message.as_deref().unwrap_or_default();
+        assert!(
+            m.contains("license terms") || m.contains("not downloaded"),
+            "history keeps the cause: {m:?}"
+        );
+    }
+    assert!(history
+        .iter()
+        .filter(|h| h.result_code == OperationResultCode::Succeeded)
+        .all(|h| h.message.is_none()));
     // Accepting the license (recorded in the state) lets it install.
     let licensed = fx.search(ALL);
     let u = licensed.get(0).unwrap();
