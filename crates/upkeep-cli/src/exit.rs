@@ -64,6 +64,7 @@ pub fn report(e: &Error, json: bool) {
                 "message": e.message(),
                 "hresult": format!("0x{:08X}", code.as_u32()),
                 "name": code.name(),
+                "kind": format!("{:?}", e.kind()),
             }
         });
         eprintln!("{v}");

@@ -117,7 +117,7 @@ pub use downloader::{
     DownloadProgressChangedCallback, DownloadProgressChangedCallbackArgs, DownloadResult,
     UpdateDownloadResult, UpdateDownloader,
 };
-pub use error::{tuf_hresult, Error, Result};
+pub use error::{tuf_hresult, tuf_kind, Error, ErrorKind, Result};
 pub use installer::{
     InstallationCompletedCallback, InstallationCompletedCallbackArgs, InstallationJob,
     InstallationProgress, InstallationProgressChangedCallback,

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use upkeep::{HResult, OperationResultCode, UpdateSession};
+use upkeep::{ErrorKind, HResult, OperationResultCode, UpdateSession};
 use upkeep_testkit::{expires_in, RepoSim};
 
 struct Fixture {
@@ -35,13 +35,14 @@ impl Fixture {
             .unwrap()
     }
 
-    /// A search from a fresh session: its result code or its error code.
-    fn search(&self) -> Result<usize, HResult> {
+    /// A search from a fresh session: the updates found, or the error's code and kind
+    /// (which check refused the repository).
+    fn search(&self) -> Result<usize, (HResult, ErrorKind)> {
         self.session()
             .create_update_searcher()
             .search("")
             .map(|r| r.updates().len())
-            .map_err(|e| e.hresult())
+            .map_err(|e| (e.hresult(), e.kind()))
     }
 
     fn trusted_files(&self) -> BTreeMap<String, String> {
@@ -72,12 +73,12 @@ fn with_one_update() -> RepoSim {
 /// Trust the repository once, change it with `attack`, and check that the next search
 /// fails with `code` and leaves the trusted metadata untouched — except, where the attack
 /// serves a valid newer timestamp, that timestamp, which TUF keeps for rollback protection.
-fn assert_refused_after_trust(attack: impl FnOnce(&mut RepoSim), code: HResult) {
+fn assert_refused_after_trust(attack: impl FnOnce(&mut RepoSim), code: HResult, kind: ErrorKind) {
     let mut f = Fixture::new(with_one_update());
     assert_eq!(f.search(), Ok(1));
     let mut before = f.trusted_files();
     attack(&mut f.sim);
-    assert_eq!(f.search(), Err(code));
+    assert_eq!(f.search(), Err((code, kind)));
     let mut after = f.trusted_files();
     let served = std::fs::read(f.sim.dir().join("metadata/timestamp.json")).unwrap();
     let trusted = std::fs::read(f.state.path().join("metadata/timestamp.json")).unwrap();
@@ -112,6 +113,7 @@ fn timestamp_rollback_is_refused() {
             sim.write_timestamp();
         },
         HResult::WU_E_INVALID_UPDATE,
+        ErrorKind::Rollback,
     );
 }
 
@@ -126,6 +128,7 @@ fn snapshot_rollback_is_refused() {
             sim.write_timestamp_for(&snap);
         },
         HResult::WU_E_INVALID_UPDATE,
+        ErrorKind::Rollback,
     );
 }
 
@@ -141,6 +144,7 @@ fn targets_rollback_is_refused() {
             sim.write_timestamp_for(&snap);
         },
         HResult::WU_E_INVALID_UPDATE,
+        ErrorKind::Rollback,
     );
 }
 
@@ -159,7 +163,10 @@ fn delegated_role_rollback_is_refused() {
     let snap = f.sim.write_snapshot();
     f.sim.timestamp.common.version += 1;
     f.sim.write_timestamp_for(&snap);
-    assert_eq!(f.search(), Err(HResult::WU_E_INVALID_UPDATE));
+    assert_eq!(
+        f.search(),
+        Err((HResult::WU_E_INVALID_UPDATE, ErrorKind::Rollback))
+    );
     let mut after = f.trusted_files();
     // The new timestamp is valid and kept; nothing else changed.
     assert_ne!(
@@ -178,6 +185,7 @@ fn expired_timestamp_is_a_freeze_attack() {
             sim.write_timestamp();
         },
         HResult::WU_E_INVALID_UPDATE,
+        ErrorKind::Expired,
     );
 }
 
@@ -191,7 +199,11 @@ fn expired_snapshot_and_targets_are_refused() {
         }
         sim.publish();
         let f = Fixture::new(sim);
-        assert_eq!(f.search(), Err(HResult::WU_E_INVALID_UPDATE), "{role}");
+        assert_eq!(
+            f.search(),
+            Err((HResult::WU_E_INVALID_UPDATE, ErrorKind::Expired)),
+            "{role}"
+        );
     }
 }
 
@@ -201,7 +213,10 @@ fn expired_root_is_refused() {
     sim.root.common.expires = expires_in(-60);
     sim.publish_root_signed_by(&[]);
     let f = Fixture::new(sim);
-    assert_eq!(f.search(), Err(HResult::WU_E_INVALID_UPDATE));
+    assert_eq!(
+        f.search(),
+        Err((HResult::WU_E_INVALID_UPDATE, ErrorKind::Expired))
+    );
 }
 
 #[test]
@@ -220,6 +235,7 @@ fn mix_and_match_snapshot_is_refused() {
             sim.write_snapshot();
         },
         HResult::WU_E_INVALID_UPDATE,
+        ErrorKind::Length,
     );
 }
 
@@ -240,7 +256,10 @@ fn mix_and_match_targets_version_is_refused() {
     sim.write_raw(&format!("{v}.targets.json"), &wrong);
     let _ = bytes_v3;
     let f = Fixture::new(sim);
-    assert_eq!(f.search(), Err(HResult::WU_E_INVALID_UPDATE));
+    assert_eq!(
+        f.search(),
+        Err((HResult::WU_E_INVALID_UPDATE, ErrorKind::VersionMismatch))
+    );
 }
 
 #[test]
@@ -256,7 +275,10 @@ fn signatures_below_threshold_are_refused() {
     sim.publish_root_signed_by(&[]);
     sim.publish(); // targets signed by one of the two keys
     let f = Fixture::new(sim);
-    assert_eq!(f.search(), Err(HResult::WU_E_INVALID_UPDATE));
+    assert_eq!(
+        f.search(),
+        Err((HResult::WU_E_INVALID_UPDATE, ErrorKind::Threshold))
+    );
 }
 
 #[test]
@@ -279,7 +301,10 @@ fn root_rotation_not_signed_by_the_old_root_is_refused() {
     f.sim.rotate_key("root", 60); // new root signed only by the new key
     f.sim.publish_root_signed_by(&[]);
     f.sim.publish();
-    assert_eq!(f.search(), Err(HResult::WU_E_INVALID_UPDATE));
+    assert_eq!(
+        f.search(),
+        Err((HResult::WU_E_INVALID_UPDATE, ErrorKind::Threshold))
+    );
     assert_eq!(f.trusted_files(), before);
 }
 
@@ -296,7 +321,10 @@ fn root_rotation_signed_by_old_and_new_keys_is_followed() {
 fn endless_timestamp_is_cut_at_its_limit() {
     let f = Fixture::new(with_one_update());
     f.sim.write_raw("timestamp.json", &vec![b' '; 4 << 20]);
-    assert_eq!(f.search(), Err(HResult::WU_E_PT_INVALID_FORMAT));
+    assert_eq!(
+        f.search(),
+        Err((HResult::WU_E_PT_INVALID_FORMAT, ErrorKind::TooLarge))
+    );
 }
 
 #[test]
@@ -304,9 +332,15 @@ fn malformed_json_is_refused() {
     let f = Fixture::new(with_one_update());
     f.sim
         .write_raw("timestamp.json", b"{\"signed\": {\"_type\": \"timestamp\"");
-    assert_eq!(f.search(), Err(HResult::WU_E_PT_INVALID_FORMAT));
+    assert_eq!(
+        f.search(),
+        Err((HResult::WU_E_PT_INVALID_FORMAT, ErrorKind::InvalidMetadata))
+    );
     f.sim.write_raw("timestamp.json", b"[]");
-    assert_eq!(f.search(), Err(HResult::WU_E_PT_INVALID_FORMAT));
+    assert_eq!(
+        f.search(),
+        Err((HResult::WU_E_PT_INVALID_FORMAT, ErrorKind::InvalidMetadata))
+    );
 }
 
 #[test]
