@@ -89,6 +89,9 @@ enum Command {
         /// Use only local metadata.
         #[arg(long)]
         offline: bool,
+        /// Print the update's license terms (with --json: as "eula_text").
+        #[arg(long)]
+        eula: bool,
     },
     /// Download updates' content into the verified cache (bars on a terminal; Ctrl-C aborts
     /// and keeps partial files for resuming).
@@ -142,7 +145,8 @@ enum Command {
 impl Global {
     /// A session from these settings.
     pub fn session(&self) -> Result<UpdateSession, Error> {
-        let mut b = UpdateSession::builder().client_application_id("upkeep-cli");
+        // The caller's name in history: the configuration's, else the CLI's.
+        let mut b = UpdateSession::builder().default_client_application_id("upkeep-cli");
         if let Some(c) = &self.config {
             b = b.config_file(c);
         }
@@ -198,7 +202,12 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
             std::mem::forget((session, result));
             Ok(code)
         }
-        Command::Show { id, json, offline } => {
+        Command::Show {
+            id,
+            json,
+            offline,
+            eula,
+        } => {
             let criteria = format!("UpdateID='{id}' and DeploymentAction=*");
             let (_session, result) = cli.global.search(&criteria, offline, true, json)?;
             // An installed revision is listed beside a newer published one: show the newest
@@ -214,6 +223,20 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
                 );
                 return Err(Exit::from_error(&e, json));
             };
+            if eula {
+                let text = u
+                    .eula_text()
+                    .map_err(|e| Exit::from_error(&e.into(), json))?;
+                if json {
+                    println!("{}", serde_json::json!({ "id": id, "eula_text": text }));
+                } else {
+                    print!("{text}");
+                    if !text.ends_with('\n') {
+                        println!();
+                    }
+                }
+                return Ok(Exit::Success);
+            }
             output::print_update(u, json);
             Ok(Exit::Success)
         }

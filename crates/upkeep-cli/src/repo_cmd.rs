@@ -195,8 +195,9 @@ pub struct AddArgs {
     /// Read every field from an update.toml manifest instead of flags.
     #[arg(long, conflicts_with_all = ["id", "title", "payload", "handler"])]
     manifest: Option<PathBuf>,
-    /// Update id (a UUID).
-    #[arg(long, required_unless_present = "manifest")]
+    /// Update id (a UUID); without it a new one is generated and printed (keep it: the
+    /// next revision needs it).
+    #[arg(long)]
     id: Option<uuid::Uuid>,
     /// Title.
     #[arg(long, required_unless_present = "manifest")]
@@ -307,15 +308,20 @@ impl AddArgs {
         if let Some(m) = &self.manifest {
             return Manifest::load(m);
         }
-        let (Some(id), Some(title), Some(payload), Some(handler)) = (
-            self.id,
-            self.title.clone(),
-            self.payload.clone(),
-            self.handler,
-        ) else {
+        let (Some(title), Some(payload), Some(handler)) =
+            (self.title.clone(), self.payload.clone(), self.handler)
+        else {
             return Err(PublishError::Invalid(
-                "--id, --title, --payload and --handler are required".into(),
+                "--title, --payload and --handler are required".into(),
             ));
+        };
+        let id = match self.id {
+            Some(id) => id,
+            None => {
+                let id = uuid::Uuid::new_v4();
+                println!("Generated update id {id} (pass it as --id for the next revision)");
+                id
+            }
         };
         let mut m = UpdateMetadata::new(id, title, "placeholder");
         m.revision = self.revision;

@@ -1055,3 +1055,84 @@ fn a_failure_names_its_cause_in_the_table_the_json_and_history() {
     let table = String::from_utf8_lossy(&run(&["history"]).stdout).into_owned();
     assert!(table.contains("is not downloaded"), "{table}");
 }
+
+#[test]
+fn the_cli_does_what_its_docs_say() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = published_repo(tmp.path());
+    let d = dir.to_str().unwrap();
+    // `repo add` without --id generates one and prints it; with --eula, `show --eula`
+    // prints the terms.
+    let eula = tmp.path().join("EULA.txt");
+    std::fs::write(&eula, "You agree.\n").unwrap();
+    let out = ok(&upkeep(&[
+        "repo",
+        "add",
+        d,
+        "--title",
+        "Licensed",
+        "--payload",
+        tmp.path().join("tools.tar").to_str().unwrap(),
+        "--handler",
+        "files",
+        "--eula",
+        eula.to_str().unwrap(),
+    ]));
+    let id = out
+        .split_whitespace()
+        .find_map(|w| uuid::Uuid::parse_str(w).ok())
+        .expect("the generated id is printed");
+    assert!(ok(&upkeep(&["repo", "list", d])).contains(&id.to_string()));
+    let serve = Serve::start(&dir);
+    let root = dir.join("metadata/root.json");
+    let state = tmp.path().join("state");
+    let common = agent_args(&serve.1, &root, &state);
+    let id_s = id.to_string();
+    let text = ok(&upkeep(&[&common[..], &["show", &id_s, "--eula"]].concat()));
+    assert_eq!(text, "You agree.\n");
+    let o = upkeep(
+        &[
+            &common[..],
+            &["show", "11111111-1111-4111-8111-111111111111", "--eula"],
+        ]
+        .concat(),
+    );
+    assert_ne!(o.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no license terms"));
+    // The caller's name in history comes from the configuration when it gives one.
+    let install_root = tmp.path().join("r");
+    for (env, want) in [(None, "upkeep-cli"), (Some("fleet-tool"), "fleet-tool")] {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_upkeep"));
+        c.args(common)
+            .args(["--root", install_root.to_str().unwrap()])
+            .args(["install", "11111111-1111-4111-8111-111111111111"])
+            .env_remove("UPKEEP_CONFIG")
+            .env_remove("UPKEEP_CLIENT_APPLICATION_ID");
+        if let Some(v) = env {
+            c.env("UPKEEP_CLIENT_APPLICATION_ID", v);
+            c.arg("--json"); // reinstall is harmless; history gets a row either way
+        }
+        let _ = c.output().unwrap();
+        let h = ok(&upkeep(&[&common[..], &["history", "--json"]].concat()));
+        let v: serde_json::Value = serde_json::from_str(&h).unwrap();
+        assert_eq!(v["entries"][0]["client_application_id"], want, "{v}");
+        ok(&upkeep(
+            &[
+                &common[..],
+                &[
+                    "--root",
+                    install_root.to_str().unwrap(),
+                    "uninstall",
+                    "11111111-1111-4111-8111-111111111111",
+                ],
+            ]
+            .concat(),
+        ));
+    }
+    // With nothing configured, nothing is created.
+    let fresh = tmp.path().join("fresh-state");
+    let o = upkeep(&["--state-dir", fresh.to_str().unwrap(), "search"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no trusted root yet"));
+    assert!(!fresh.exists(), "nothing was created");
+}

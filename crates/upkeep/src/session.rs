@@ -38,6 +38,7 @@ pub struct UpdateSessionBuilder {
     no_env: bool,
     transport: Option<Arc<dyn Transport>>,
     limits: Option<Limits>,
+    default_client_id: Option<String>,
 }
 
 impl UpdateSessionBuilder {
@@ -92,6 +93,12 @@ impl UpdateSessionBuilder {
         self.over.min_transfer_rate_seconds = Some(seconds);
         self
     }
+    /// The caller's name when neither the builder, the environment nor the configuration
+    /// file gives one (a tool's own name, below the user's settings).
+    pub fn default_client_application_id(mut self, id: impl Into<String>) -> Self {
+        self.default_client_id = Some(id.into());
+        self
+    }
     /// A TOML configuration file.
     pub fn config_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.config_file = Some(path.into());
@@ -128,7 +135,11 @@ impl UpdateSessionBuilder {
         if !self.no_env {
             cfg = cfg.merge(Config::from_env()?);
         }
-        let cfg = cfg.merge(self.over).resolve()?;
+        let mut cfg = cfg.merge(self.over);
+        if cfg.client_application_id.is_none() {
+            cfg.client_application_id = self.default_client_id;
+        }
+        let cfg = cfg.resolve()?;
         if let Some(url) = &cfg.repository {
             if !(url.starts_with("http://")
                 || url.starts_with("https://")
@@ -140,8 +151,19 @@ impl UpdateSessionBuilder {
                 ));
             }
         }
-        secure_state_dir(&cfg.state_dir)?;
         let md = cfg.state_dir.join("metadata");
+        if !md.join("root.json").exists() && cfg.trusted_root.is_none() {
+            // Nothing to trust yet: say so, and create nothing.
+            return Err(Error::new(
+                HResult::WU_E_NOT_INITIALIZED,
+                format!(
+                    "{} has no trusted root yet: give one with --trusted-root or trusted_root (and the repository with --repo or repository)",
+                    md.display()
+                ),
+            )
+            .with_kind(crate::ErrorKind::NotInitialized));
+        }
+        secure_state_dir(&cfg.state_dir)?;
         std::fs::create_dir_all(&md).map_err(|e| {
             Error::new(
                 HResult::WU_E_DS_UNEXPECTED,
