@@ -133,6 +133,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script: `upkeep completions bash > /etc/bash_completion.d/upkeep`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `upkeep man | man -l -`.
+    Man,
     /// Create, change, publish and serve repositories.
     #[cfg(feature = "publisher")]
     #[command(subcommand)]
@@ -248,6 +255,21 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
         Command::Hide { ids } => install_cmd::hide(&cli.global, &ids, true),
         Command::Unhide { ids } => install_cmd::hide(&cli.global, &ids, false),
         Command::Status { json } => install_cmd::status(&cli.global, json),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "upkeep", &mut std::io::stdout());
+            Ok(Exit::Success)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(|e| {
+                    eprintln!("upkeep: error: writing the manual: {e}");
+                    Exit::Failure
+                })?;
+            Ok(Exit::Success)
+        }
         #[cfg(feature = "publisher")]
         Command::Repo(cmd) => repo_cmd::run(cmd),
         #[cfg(feature = "publisher")]

@@ -1136,3 +1136,21 @@ fn the_cli_does_what_its_docs_say() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("no trusted root yet"));
     assert!(!fresh.exists(), "nothing was created");
 }
+
+#[test]
+fn completions_and_the_manual_come_from_the_command_definitions() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = ok(&upkeep(&["completions", shell]));
+        for verb in ["search", "install", "uninstall", "history", "repo"] {
+            assert!(out.contains(verb), "{shell}: {verb} missing");
+        }
+    }
+    // The bash script is valid bash.
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("upkeep.bash");
+    std::fs::write(&f, ok(&upkeep(&["completions", "bash"]))).unwrap();
+    let st = Command::new("bash").arg("-n").arg(&f).status().unwrap();
+    assert!(st.success());
+    let man = ok(&upkeep(&["man"]));
+    assert!(man.contains(".SH NAME") && man.contains("install"), "{man}");
+}
