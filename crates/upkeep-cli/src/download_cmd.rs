@@ -37,11 +37,59 @@ pub struct DownloadArgs {
     priority: PriorityArg,
 }
 
+/// An update as an operator names it: its id, or a KB article id (`KB5001001` or
+/// `5001001`), as PSWindowsUpdate's `-KBArticleID`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpdateRef {
+    /// An update id.
+    Id(uuid::Uuid),
+    /// A KB article id, digits only.
+    Kb(String),
+}
+
+impl std::str::FromStr for UpdateRef {
+    type Err = String;
+    fn from_str(s: &str) -> Result<UpdateRef, String> {
+        if let Ok(id) = uuid::Uuid::parse_str(s) {
+            return Ok(UpdateRef::Id(id));
+        }
+        let digits = s
+            .strip_prefix("KB")
+            .or_else(|| s.strip_prefix("kb"))
+            .unwrap_or(s);
+        if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Ok(UpdateRef::Kb(digits.to_string()));
+        }
+        Err(format!(
+            "{s:?} is neither an update id (a UUID) nor a KB article id (KB5001001)"
+        ))
+    }
+}
+
+impl std::fmt::Display for UpdateRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpdateRef::Id(id) => write!(f, "{id}"),
+            UpdateRef::Kb(kb) => write!(f, "KB{kb}"),
+        }
+    }
+}
+
+impl UpdateRef {
+    /// Whether `update_id` / `kbs` is what this names.
+    pub fn names(&self, update_id: &str, kbs: &[String]) -> bool {
+        match self {
+            UpdateRef::Id(id) => id.to_string() == update_id,
+            UpdateRef::Kb(kb) => kbs.iter().any(|k| k.trim_start_matches("KB") == kb),
+        }
+    }
+}
+
 /// Which updates a `download` or `install` is for, and the output form.
 #[derive(clap::Args, Debug)]
 pub struct Selection {
-    /// Update ids.
-    pub ids: Vec<uuid::Uuid>,
+    /// Update ids or KB article ids (KB5001001).
+    pub ids: Vec<UpdateRef>,
     /// Every update matching IsInstalled=0 and IsHidden=0.
     #[arg(long)]
     pub all: bool,
@@ -81,7 +129,7 @@ impl Selection {
 /// them must be given; unknown ids are `WU_E_UNKNOWN_ID`.
 pub fn select(
     global: &Global,
-    ids: &[uuid::Uuid],
+    ids: &[UpdateRef],
     all: bool,
     criteria: Option<&str>,
     all_criteria: &str,
@@ -97,9 +145,12 @@ pub fn select(
             "give update ids, --all, or --criteria (one of them)".into(),
         ));
     }
+    let by_kb = ids.iter().any(|r| matches!(r, UpdateRef::Kb(_)));
     let criteria = match (criteria, all) {
         (Some(c), _) => c.to_string(),
         (None, true) => all_criteria.into(),
+        // KB article ids are not in WUA's criteria language: look at every update.
+        (None, false) if by_kb => "DeploymentAction=*".into(),
         (None, false) => ids
             .iter()
             .map(|id| format!("UpdateID='{id}' and DeploymentAction=*"))
@@ -108,10 +159,13 @@ pub fn select(
     };
     let (_session, result) = global.search(&criteria, false, !ids.is_empty(), json)?;
     let found = result.updates().clone();
+    let named = |r: &UpdateRef, u: &upkeep::Update| {
+        r.names(&u.identity().update_id.to_string(), u.kb_article_ids())
+    };
     let missing: Vec<String> = ids
         .iter()
-        .filter(|id| !found.iter().any(|u| u.identity().update_id == **id))
-        .map(|id| id.to_string())
+        .filter(|r| !found.iter().any(|u| named(r, u)))
+        .map(|r| r.to_string())
         .collect();
     if !missing.is_empty() {
         let e = Error::new(
@@ -123,16 +177,20 @@ pub fn select(
     // In the order the ids were given; the newest revision of each (an installed
     // revision is listed beside a newer published one).
     if !ids.is_empty() {
-        return Ok(ids
-            .iter()
-            .filter_map(|id| {
-                found
+        let mut out: Vec<upkeep::Update> = Vec::new();
+        for r in ids {
+            let mut matched: Vec<&upkeep::Update> = found.iter().filter(|u| named(r, u)).collect();
+            matched.sort_by_key(|u| std::cmp::Reverse(u.identity().revision_number));
+            for u in matched {
+                if !out
                     .iter()
-                    .filter(|u| u.identity().update_id == *id)
-                    .max_by_key(|u| u.identity().revision_number)
-                    .cloned()
-            })
-            .collect());
+                    .any(|o| o.identity().update_id == u.identity().update_id)
+                {
+                    out.push(u.clone());
+                }
+            }
+        }
+        return Ok(out.into_iter().collect());
     }
     Ok(found)
 }

@@ -31,9 +31,9 @@ pub struct InstallArgs {
 /// What `upkeep uninstall` was asked for.
 #[derive(clap::Args, Debug)]
 pub struct UninstallArgs {
-    /// Update ids.
+    /// Update ids or KB article ids (KB5001001).
     #[arg(required = true)]
-    ids: Vec<uuid::Uuid>,
+    ids: Vec<crate::download_cmd::UpdateRef>,
     /// Print JSON for scripts.
     #[arg(long)]
     json: bool,
@@ -190,23 +190,35 @@ pub fn uninstall(global: &Global, a: UninstallArgs) -> Result<Exit, Exit> {
         .installed_updates()
         .map_err(|e| Exit::from_error(&e, a.json))?;
     let mut updates = UpdateCollection::new();
-    for id in &a.ids {
-        let Some(i) = installed.iter().find(|i| i.update_id == id.to_string()) else {
+    for r in &a.ids {
+        let kbs = |i: &upkeep::InstalledUpdate| {
+            i.update
+                .as_ref()
+                .map(|u| u.kb_article_ids().to_vec())
+                .unwrap_or_default()
+        };
+        let matched: Vec<_> = installed
+            .iter()
+            .filter(|i| r.names(&i.update_id, &kbs(i)))
+            .collect();
+        if matched.is_empty() {
             let e = Error::new(
                 HResult::WU_E_NOT_APPLICABLE,
-                format!("update {id} is not installed"),
+                format!("update {r} is not installed"),
             );
             return Err(Exit::from_error(&e, a.json));
-        };
-        match &i.update {
-            Some(u) => {
-                updates.push(u.clone());
+        }
+        for i in matched {
+            match &i.update {
+                Some(u) => {
+                    updates.push(u.clone());
+                }
+                None => updates.extend(
+                    select(global, &[r.clone()], false, None, "", a.json)?
+                        .iter()
+                        .cloned(),
+                ),
             }
-            None => updates.extend(
-                select(global, &[*id], false, None, "", a.json)?
-                    .iter()
-                    .cloned(),
-            ),
         }
     }
     let r = run_job(&session, &updates, true, a.json)?;
@@ -345,7 +357,11 @@ pub fn history(global: &Global, limit: usize, json: bool) -> Result<Exit, Exit> 
 }
 
 /// `upkeep hide` / `unhide`.
-pub fn hide(global: &Global, ids: &[uuid::Uuid], hidden: bool) -> Result<Exit, Exit> {
+pub fn hide(
+    global: &Global,
+    ids: &[crate::download_cmd::UpdateRef],
+    hidden: bool,
+) -> Result<Exit, Exit> {
     let updates = select(global, ids, false, None, "", false)?;
     for u in updates.iter() {
         u.set_is_hidden(hidden)

@@ -78,6 +78,8 @@ enum Command {
         /// Include updates superseded by others in the result.
         #[arg(long)]
         include_superseded: bool,
+        #[command(flatten)]
+        filter: output::Filter,
     },
     /// Show every field of one update.
     Show {
@@ -117,15 +119,15 @@ enum Command {
     },
     /// Hide updates from default searches.
     Hide {
-        /// Update ids.
+        /// Update ids or KB article ids (KB5001001).
         #[arg(required = true)]
-        ids: Vec<uuid::Uuid>,
+        ids: Vec<download_cmd::UpdateRef>,
     },
     /// Show hidden updates again.
     Unhide {
-        /// Update ids.
+        /// Update ids or KB article ids (KB5001001).
         #[arg(required = true)]
-        ids: Vec<uuid::Uuid>,
+        ids: Vec<download_cmd::UpdateRef>,
     },
     /// Whether an installer is busy, whether a restart is pending, the last results.
     Status {
@@ -198,12 +200,13 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
             json,
             offline,
             include_superseded,
+            filter,
         } => {
             let criteria = criteria.as_deref().unwrap_or("");
             let (session, result) =
                 cli.global
                     .search(criteria, offline, include_superseded, json)?;
-            output::print_search(&result, json);
+            output::print_search_filtered(&result, json, &filter);
             let code = Exit::for_result(result.result_code());
             // The process exits next: skip freeing what may be a 100,000-update catalog.
             std::mem::forget((session, result));

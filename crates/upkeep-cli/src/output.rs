@@ -56,11 +56,93 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 /// Prints a search result.
+/// Filters on a search's result, as PSWindowsUpdate's `Get-WindowsUpdate` offers them.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct Filter {
+    /// Only updates with this KB article id (KB5001001 or 5001001; repeatable).
+    #[arg(long = "kb", value_name = "KB")]
+    pub kb: Vec<String>,
+    /// Only updates whose title contains this text (any case).
+    #[arg(long, value_name = "TEXT")]
+    pub title: Option<String>,
+    /// Only updates in a category of this name (any case; repeatable).
+    #[arg(long = "category", value_name = "NAME")]
+    pub category: Vec<String>,
+    /// Only updates of this severity: Critical, Important, Moderate, Low (repeatable).
+    #[arg(long, value_name = "SEVERITY")]
+    pub severity: Vec<String>,
+    /// Only updates whose download is at most this size (bytes, or with KB, MB, GB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_size: Option<u64>,
+    /// Only updates whose download is at least this size.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub min_size: Option<u64>,
+}
+
+/// `123`, `10KB`, `5MB`, `1GB` (powers of 1024) → bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_uppercase();
+    let (n, mul) = [
+        ("GB", 1u64 << 30),
+        ("MB", 1 << 20),
+        ("KB", 1 << 10),
+        ("B", 1),
+    ]
+    .iter()
+    .find_map(|(suf, m)| t.strip_suffix(suf).map(|n| (n.trim().to_string(), *m)))
+    .unwrap_or((t.clone(), 1));
+    n.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .ok_or_else(|| format!("{s:?}: expected a size such as 500KB, 50MB or 2GB"))
+}
+
+impl Filter {
+    /// Whether `u` passes every filter given.
+    pub fn matches(&self, u: &Update) -> bool {
+        let kb_ok = self.kb.is_empty()
+            || self.kb.iter().any(|k| {
+                let k = k.trim_start_matches("KB").trim_start_matches("kb");
+                u.kb_article_ids()
+                    .iter()
+                    .any(|x| x.trim_start_matches("KB") == k)
+            });
+        let title_ok = self
+            .title
+            .as_ref()
+            .is_none_or(|t| u.title().to_lowercase().contains(&t.to_lowercase()));
+        let cat_ok = self.category.is_empty()
+            || u.categories().iter().any(|c| {
+                self.category
+                    .iter()
+                    .any(|n| n.eq_ignore_ascii_case(&c.name))
+            });
+        let sev_ok = self.severity.is_empty()
+            || self
+                .severity
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case(u.msrc_severity()));
+        let size = u.max_download_size();
+        kb_ok
+            && title_ok
+            && cat_ok
+            && sev_ok
+            && self.max_size.is_none_or(|m| size <= m)
+            && self.min_size.is_none_or(|m| size >= m)
+    }
+}
+
 pub fn print_search(r: &SearchResult, json: bool) {
+    print_search_filtered(r, json, &Filter::default())
+}
+
+/// Prints the updates of `r` that pass `filter`: a table, or JSON.
+pub fn print_search_filtered(r: &SearchResult, json: bool, filter: &Filter) {
+    let updates: Vec<&Update> = r.updates().iter().filter(|u| filter.matches(u)).collect();
     if json {
         let v = json!({
             "result_code": r.result_code(),
-            "updates": r.updates().iter().map(update_json).collect::<Vec<_>>(),
+            "updates": updates.iter().map(|u| update_json(u)).collect::<Vec<_>>(),
             "warnings": r.warnings(),
         });
         println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
@@ -69,14 +151,30 @@ pub fn print_search(r: &SearchResult, json: bool) {
     for w in r.warnings() {
         eprintln!("upkeep: warning: {} [{}]", w.message, w.hresult);
     }
-    if r.updates().is_empty() {
+    if updates.is_empty() {
         println!("No updates match.");
         return;
     }
-    let rows: Vec<[String; 6]> = r
-        .updates()
+    let rows: Vec<[String; 8]> = updates
         .iter()
         .map(|u| {
+            let kb = u
+                .kb_article_ids()
+                .iter()
+                .map(|k| format!("KB{}", k.trim_start_matches("KB")))
+                .collect::<Vec<_>>()
+                .join(",");
+            // D downloaded, I installed, H hidden, R restart required, M mandatory.
+            let flags: String = [
+                (u.is_downloaded(), 'D'),
+                (u.is_installed(), 'I'),
+                (u.is_hidden(), 'H'),
+                (u.reboot_required(), 'R'),
+                (u.is_mandatory(), 'M'),
+            ]
+            .iter()
+            .map(|(on, c)| if *on { *c } else { '-' })
+            .collect();
             [
                 u.identity().update_id.to_string(),
                 match u.installed_revision() {
@@ -85,6 +183,7 @@ pub fn print_search(r: &SearchResult, json: bool) {
                     }
                     _ => u.identity().revision_number.to_string(),
                 },
+                if kb.is_empty() { "-".into() } else { kb },
                 u.update_type().to_string(),
                 if u.msrc_severity().is_empty() {
                     "-".into()
@@ -92,12 +191,26 @@ pub fn print_search(r: &SearchResult, json: bool) {
                     u.msrc_severity().to_string()
                 },
                 human_bytes(u.max_download_size()),
+                flags,
                 u.title().to_string(),
             ]
         })
         .collect();
-    print_table(&["ID", "REV", "TYPE", "SEVERITY", "SIZE", "TITLE"], &rows);
-    println!("{} update(s)", rows.len());
+    print_table(
+        &[
+            "ID", "REV", "KB", "TYPE", "SEVERITY", "SIZE", "FLAGS", "TITLE",
+        ],
+        &rows,
+    );
+    println!(
+        "{} update(s){}",
+        rows.len(),
+        if rows.len() < r.updates().len() {
+            format!(" of {} (filtered)", r.updates().len())
+        } else {
+            String::new()
+        }
+    );
 }
 
 pub fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {

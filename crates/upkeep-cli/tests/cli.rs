@@ -1154,3 +1154,54 @@ fn completions_and_the_manual_come_from_the_command_definitions() {
     let man = ok(&upkeep(&["man"]));
     assert!(man.contains(".SH NAME") && man.contains("install"), "{man}");
 }
+
+#[test]
+fn operators_select_by_kb_title_severity_and_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = published_repo(tmp.path());
+    let serve = Serve::start(&dir);
+    let root = dir.join("metadata/root.json");
+    let state = tmp.path().join("state");
+    let common = agent_args(&serve.1, &root, &state);
+    let ids = |extra: &[&str]| -> Vec<String> {
+        let out = ok(&upkeep(
+            &[&common[..], &["search", "--json"], extra].concat(),
+        ));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["updates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["title"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(&["--kb", "123"]), ["Tools 1.0"]);
+    assert_eq!(ids(&["--kb", "KB123"]), ["Tools 1.0"]);
+    assert_eq!(ids(&["--title", "AGENT"]), ["Agent"]);
+    assert_eq!(ids(&["--severity", "important"]), ["Tools 1.0"]);
+    assert!(ids(&["--severity", "Critical"]).is_empty());
+    assert_eq!(ids(&["--max-size", "1KB"]), ["Agent"]);
+    assert_eq!(ids(&["--min-size", "1KB"]), ["Tools 1.0"]);
+    assert!(ids(&["--category", "nothing"]).is_empty());
+    // The table shows KB, severity, size and flags.
+    let table = ok(&upkeep(&[&common[..], &["search"]].concat()));
+    assert!(table.contains("KB") && table.contains("FLAGS"), "{table}");
+    assert!(table.contains("KB123"), "{table}");
+    // A KB article id selects its update wherever an id is accepted.
+    let out = ok(&upkeep(
+        &[&common[..], &["download", "KB123", "--json"]].concat(),
+    ));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["updates"][0]["id"],
+        "11111111-1111-4111-8111-111111111111"
+    );
+    let table = ok(&upkeep(&[&common[..], &["search", "--kb", "123"]].concat()));
+    assert!(table.contains("D----"), "downloaded flag: {table}");
+    let o = upkeep(&[&common[..], &["download", "KB999"]].concat());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("KB999"));
+    let o = upkeep(&[&common[..], &["download", "not-an-id"]].concat());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("KB article id"));
+}
