@@ -214,7 +214,7 @@ pub fn uninstall(global: &Global, a: UninstallArgs) -> Result<Exit, Exit> {
                     updates.push(u.clone());
                 }
                 None => updates.extend(
-                    select(global, &[r.clone()], false, None, "", a.json)?
+                    select(global, std::slice::from_ref(r), false, None, "", a.json)?
                         .iter()
                         .cloned(),
                 ),

@@ -132,6 +132,8 @@ impl Filter {
     }
 }
 
+/// Prints every update of `r` (the demo's listing).
+#[cfg(feature = "publisher")]
 pub fn print_search(r: &SearchResult, json: bool) {
     print_search_filtered(r, json, &Filter::default())
 }
