@@ -361,15 +361,31 @@ pub fn hide(
     global: &Global,
     ids: &[crate::download_cmd::UpdateRef],
     hidden: bool,
+    json: bool,
 ) -> Result<Exit, Exit> {
-    let updates = select(global, ids, false, None, "", false)?;
+    let updates = select(global, ids, false, None, "", json)?;
+    let mut done = Vec::new();
     for u in updates.iter() {
         u.set_is_hidden(hidden)
-            .map_err(|e| Exit::from_error(&e.into(), false))?;
+            .map_err(|e| Exit::from_error(&e.into(), json))?;
+        if json {
+            done.push(json!({
+                "id": u.identity().update_id,
+                "title": u.title(),
+                "is_hidden": hidden,
+            }));
+        } else {
+            println!(
+                "{} {}",
+                if hidden { "Hidden:" } else { "Shown:" },
+                u.title()
+            );
+        }
+    }
+    if json {
         println!(
-            "{} {}",
-            if hidden { "Hidden:" } else { "Shown:" },
-            u.title()
+            "{}",
+            serde_json::to_string_pretty(&json!({ "updates": done })).expect("JSON")
         );
     }
     Ok(Exit::Success)
@@ -397,7 +413,25 @@ pub fn status(global: &Global, json: bool) -> Result<Exit, Exit> {
     if json {
         let last: Vec<_> = last
             .iter()
-            .map(|h| json!({"date": h.date.to_string(), "operation": h.operation, "result_code": h.result_code, "title": h.title}))
+            .map(|h| {
+                let mut v = json!({
+                    "date": h.date.to_string(),
+                    "operation": h.operation,
+                    "result_code": h.result_code,
+                    "hresult": format!("0x{:08X}", h.hresult.as_u32()),
+                    "id": h.update_id,
+                    "revision": h.revision,
+                    "title": h.title,
+                });
+                if let Some(m) = &h.message {
+                    v["error"] = json!({
+                        "message": m,
+                        "hresult": format!("0x{:08X}", h.hresult.as_u32()),
+                        "name": h.hresult.name(),
+                    });
+                }
+                v
+            })
             .collect();
         println!(
             "{}",

@@ -122,12 +122,18 @@ enum Command {
         /// Update ids or KB article ids (KB5001001).
         #[arg(required = true)]
         ids: Vec<download_cmd::UpdateRef>,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// Show hidden updates again.
     Unhide {
         /// Update ids or KB article ids (KB5001001).
         #[arg(required = true)]
         ids: Vec<download_cmd::UpdateRef>,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// Whether an installer is busy, whether a restart is pending, the last results.
     Status {
@@ -255,8 +261,8 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
         Command::Uninstall(a) => install_cmd::uninstall(&cli.global, a),
         Command::List { json } => install_cmd::list(&cli.global, json),
         Command::History { limit, json } => install_cmd::history(&cli.global, limit, json),
-        Command::Hide { ids } => install_cmd::hide(&cli.global, &ids, true),
-        Command::Unhide { ids } => install_cmd::hide(&cli.global, &ids, false),
+        Command::Hide { ids, json } => install_cmd::hide(&cli.global, &ids, true, json),
+        Command::Unhide { ids, json } => install_cmd::hide(&cli.global, &ids, false, json),
         Command::Status { json } => install_cmd::status(&cli.global, json),
         Command::Completions { shell } => {
             use clap::CommandFactory;

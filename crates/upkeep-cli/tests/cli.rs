@@ -1129,6 +1129,17 @@ fn the_cli_does_what_its_docs_say() {
             .concat(),
         ));
     }
+    // `status --json` names each last result's update and code; `hide --json` answers in JSON.
+    let st: serde_json::Value =
+        serde_json::from_str(&ok(&upkeep(&[&common[..], &["status", "--json"]].concat()))).unwrap();
+    let last = &st["last_results"][0];
+    assert_eq!(last["id"], "11111111-1111-4111-8111-111111111111", "{st}");
+    assert_eq!(last["hresult"], "0x00000000", "{st}");
+    let h: serde_json::Value = serde_json::from_str(&ok(&upkeep(
+        &[&common[..], &["hide", "KB123", "--json"]].concat(),
+    )))
+    .unwrap();
+    assert_eq!(h["updates"][0]["is_hidden"], true, "{h}");
     // With nothing configured, nothing is created.
     let fresh = tmp.path().join("fresh-state");
     let o = upkeep(&["--state-dir", fresh.to_str().unwrap(), "search"]);
