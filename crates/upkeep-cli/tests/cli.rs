@@ -1216,3 +1216,31 @@ fn operators_select_by_kb_title_severity_and_size() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("KB article id"));
 }
+
+#[test]
+fn a_trusted_root_of_another_repository_is_a_clear_error_with_a_hint() {
+    let (ta, tb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (published_repo(ta.path()), published_repo(tb.path()));
+    let (sa, sb) = (Serve::start(&a), Serve::start(&b));
+    let state = ta.path().join("state");
+    let root_a = a.join("metadata/root.json");
+    let root_b = b.join("metadata/root.json");
+    ok(&upkeep(
+        &[&agent_args(&sa.1, &root_a, &state)[..], &["search"]].concat(),
+    ));
+    // The same state directory pointed at repository B with B's root.
+    let o = upkeep(
+        &[
+            &agent_args(&sb.1, &root_b, &state)[..],
+            &["search", "--json"],
+        ]
+        .concat(),
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stderr).lines().last().unwrap()).unwrap();
+    let msg = err["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("shares no key with --trusted-root"), "{msg}");
+    assert!(msg.contains("use another --state-dir"), "{msg}");
+    assert_eq!(err["error"]["kind"], "Threshold");
+}

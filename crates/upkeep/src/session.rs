@@ -170,6 +170,26 @@ impl UpdateSessionBuilder {
                 format!("{}: {e}", md.display()),
             )
         })?;
+        let mut foreign_root = None;
+        if let (true, Some(tr)) = (md.join("root.json").exists(), &cfg.trusted_root) {
+            // The state already trusts a root: the given one is not used. If it shares no
+            // root key with that one, it is probably another repository's.
+            let given = std::fs::read(tr).ok();
+            let held = std::fs::read(md.join("root.json")).ok();
+            if let (Some((gv, gk)), Some((hv, hk))) = (
+                given.as_deref().and_then(root_keys_of),
+                held.as_deref().and_then(root_keys_of),
+            ) {
+                if !gk.iter().any(|k| hk.contains(k)) {
+                    foreign_root = Some(format!(
+                        "the state directory {} already trusts a root (version {hv}) that shares no key with --trusted-root {} (version {gv}), which was not used: if this is another repository, use another --state-dir (or remove {} to trust the new root)",
+                        cfg.state_dir.display(),
+                        tr.display(),
+                        md.display()
+                    ));
+                }
+            }
+        }
         if !md.join("root.json").exists() {
             let Some(tr) = &cfg.trusted_root else {
                 return Err(Error::new(
@@ -209,6 +229,7 @@ impl UpdateSessionBuilder {
                 limits: self.limits.unwrap_or_default(),
                 catalog: Mutex::new(None),
                 engine: std::sync::OnceLock::new(),
+                foreign_root,
             }),
         };
         session.recover()?;
@@ -280,6 +301,21 @@ struct SessionInner {
     /// The transfer engine (one pooled HTTP client and transfer queue per session),
     /// started by the first download.
     engine: std::sync::OnceLock<upkeep_transfer::Engine>,
+    /// A `--trusted-root` was given that shares no root key with the root the state
+    /// directory already trusts (it was not used): said when a refresh is refused.
+    foreign_root: Option<String>,
+}
+
+/// The root role's key ids and the version of root metadata `bytes`.
+fn root_keys_of(bytes: &[u8]) -> Option<(u64, Vec<String>)> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let signed = &v["signed"];
+    let ids = signed["roles"]["root"]["keyids"]
+        .as_array()?
+        .iter()
+        .filter_map(|k| k.as_str().map(str::to_string))
+        .collect();
+    Some((signed["version"].as_u64()?, ids))
 }
 
 /// WUA's `IUpdateSession`: the entry point that creates searchers, downloaders and
@@ -801,7 +837,15 @@ impl UpdateSearcher {
     /// is set.
     pub fn search(&self, criteria: &str) -> Result<SearchResult> {
         let criteria = Criteria::parse(criteria)?;
-        let catalog = self.session.catalog(self.online)?;
+        let catalog = self.session.catalog(self.online).map_err(|e| {
+            match (&self.session.inner.foreign_root, e.kind()) {
+                (Some(hint), crate::ErrorKind::Threshold | crate::ErrorKind::VersionMismatch) => {
+                    let kind = e.kind();
+                    Error::new(e.hresult(), format!("{}; {hint}", e.message())).with_kind(kind)
+                }
+                _ => e,
+            }
+        })?;
         let local = self.session.local_state()?;
         let sink: Arc<dyn upkeep_types::StateSink> = Arc::new(SessionSink(self.session.clone()));
         // Per-machine state first (installed, hidden, downloaded…), so criteria see it. An
