@@ -1244,3 +1244,75 @@ fn a_trusted_root_of_another_repository_is_a_clear_error_with_a_hint() {
     assert!(msg.contains("use another --state-dir"), "{msg}");
     assert_eq!(err["error"]["kind"], "Threshold");
 }
+
+#[test]
+fn a_local_repository_works_by_file_url_and_by_plain_path_with_no_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = published_repo(tmp.path());
+    let root = dir.join("metadata/root.json");
+    let tools = "11111111-1111-4111-8111-111111111111";
+    for (i, repo) in [
+        format!("file://{}/", dir.display()),
+        dir.display().to_string(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let state = tmp.path().join(format!("state{i}"));
+        let install_root = tmp.path().join(format!("root{i}"));
+        let common = agent_args(repo, &root, &state);
+        let out = ok(&upkeep(&[&common[..], &["search", "--json"]].concat()));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["updates"].as_array().unwrap().len(), 2, "{repo}: {v}");
+        let out = ok(&upkeep(
+            &[
+                &common[..],
+                &[
+                    "--root",
+                    install_root.to_str().unwrap(),
+                    "install",
+                    tools,
+                    "--json",
+                ],
+            ]
+            .concat(),
+        ));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["result_code"], "Succeeded", "{repo}: {v}");
+        assert_eq!(
+            std::fs::read(install_root.join("opt/tools/run")).unwrap(),
+            b"#!/bin/sh\n"
+        );
+    }
+    // A local file that is not what was signed is refused like a download.
+    let state = tmp.path().join("state-bad");
+    let common = agent_args(dir.to_str().unwrap(), &root, &state);
+    ok(&upkeep(&[&common[..], &["search"]].concat()));
+    for f in walk_tree(&dir.join("targets/updates/11111111-1111-4111-8111-111111111111")) {
+        let mut data = std::fs::read(&f).unwrap();
+        data[600] ^= 1;
+        std::fs::write(&f, data).unwrap();
+    }
+    let o = upkeep(&[&common[..], &["download", tools, "--json"]].concat());
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["updates"][0]["hresult"], "0x80246002", "{v}");
+    assert_eq!(
+        std::fs::read_dir(state.join("cache/objects"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+fn walk_tree(d: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(d).unwrap().flatten() {
+        if e.path().is_dir() {
+            out.extend(walk_tree(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}

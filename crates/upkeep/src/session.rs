@@ -139,7 +139,18 @@ impl UpdateSessionBuilder {
         if cfg.client_application_id.is_none() {
             cfg.client_application_id = self.default_client_id;
         }
-        let cfg = cfg.resolve()?;
+        let mut cfg = cfg.resolve()?;
+        // A plain path is a local repository: `file://` + its absolute path.
+        if let Some(url) = &cfg.repository {
+            if !url.contains("://") {
+                let p = std::path::absolute(url).unwrap_or_else(|_| PathBuf::from(url));
+                let mut u = format!("file://{}", p.display());
+                if !u.ends_with('/') {
+                    u.push('/');
+                }
+                cfg.repository = Some(u);
+            }
+        }
         if let Some(url) = &cfg.repository {
             if !(url.starts_with("http://")
                 || url.starts_with("https://")
@@ -210,8 +221,13 @@ impl UpdateSessionBuilder {
                 )
             })?;
         }
+        let local = cfg
+            .repository
+            .as_deref()
+            .is_some_and(|u| u.starts_with("file://"));
         let transport: Arc<dyn Transport> = match self.transport {
             Some(t) => t,
+            None if local => Arc::new(upkeep_tuf::FileTransport),
             None => Arc::new(
                 HttpTransport::new()
                     .map_err(upkeep_tuf::Error::from)?
