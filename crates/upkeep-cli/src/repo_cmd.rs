@@ -434,7 +434,7 @@ fn check_files_payloads(update: &mut NewUpdate) -> Result<(), Exit> {
         payloads.push(upkeep_install::files::Payload {
             path: path.clone(),
             length,
-            sha256: None,
+            hashes: None,
         });
     }
     let m = &update.metadata;

@@ -42,8 +42,9 @@ pub struct RunFile {
     pub cached: PathBuf,
     /// Its file name in the update.
     pub name: String,
-    /// Its signed SHA-256 (hex), checked again while it is copied.
-    pub sha256: Option<String>,
+    /// Its signed hashes (`(algorithm, hex)`), every one checked again while it is
+    /// copied.
+    pub hashes: Option<Vec<(String, String)>>,
 }
 
 /// What to run.
@@ -106,11 +107,10 @@ pub fn check_executable(path: &Path) -> Result<()> {
 /// Copies a cached file, checking its signed hash on the way (the cache is re-verified on
 /// use: see `docs/architecture.md`, durability).
 pub fn copy_in(f: &RunFile, to: &Path, mode: u32) -> Result<()> {
-    use sha2::{Digest, Sha256};
     use std::io::{Read, Write};
+    let mut verifier = crate::verifier(f.hashes.as_deref(), &f.cached)?;
     let mut src = std::fs::File::open(&f.cached).map_err(|e| InstallError::io(&f.cached, e))?;
     let mut dst = std::fs::File::create(to).map_err(|e| InstallError::io(to, e))?;
-    let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
         let n = src
@@ -119,12 +119,14 @@ pub fn copy_in(f: &RunFile, to: &Path, mode: u32) -> Result<()> {
         if n == 0 {
             break;
         }
-        h.update(&buf[..n]);
+        if let Some(v) = &mut verifier {
+            v.update(&buf[..n]);
+        }
         dst.write_all(&buf[..n])
             .map_err(|e| InstallError::io(to, e))?;
     }
-    if let Some(want) = &f.sha256 {
-        if hex::encode(h.finalize()) != want.to_ascii_lowercase() {
+    if let Some(v) = verifier {
+        if v.finish().is_err() {
             return Err(InstallError::new(
                 HResult::WU_E_DM_INCORRECTFILEHASH,
                 format!(

@@ -110,15 +110,7 @@ fn depth(p: &str) -> usize {
 /// Fails with `E_DISK_FULL` unless the filesystem holding `dir` has `need` bytes (plus a
 /// margin) available.
 fn check_space(dir: &Path, need: u64) -> Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| InstallError::new(HResult::E_INVALIDARG, "a path with a NUL byte"))?;
-    // SAFETY: statvfs writes into the struct we pass and reads the NUL-terminated path.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(InstallError::io(dir, std::io::Error::last_os_error()));
-    }
-    let avail = st.f_bavail as u64 * st.f_frsize as u64;
+    let avail = upkeep_fs::free_space(dir).map_err(|e| InstallError::io(&e.path, e.source))?;
     if avail < need.saturating_add(SPACE_MARGIN) {
         return Err(InstallError::new(
             HResult::E_DISK_FULL,
@@ -138,6 +130,14 @@ fn file_name(path: &str) -> String {
     path.rsplit('/').next().unwrap_or(path).to_string()
 }
 
+/// A content file's signed hashes as `(algorithm, hex)` pairs.
+fn signed_hashes(f: &upkeep_types::ContentFile) -> Vec<(String, String)> {
+    f.hashes
+        .iter()
+        .map(|(a, h)| (a.to_string(), h.to_string()))
+        .collect()
+}
+
 /// The record's content files as they run beside a command: from `dir` (pinned) or the
 /// cache.
 fn run_files(record: &UpdateRecord, paths: &[PathBuf]) -> Vec<RunFile> {
@@ -147,7 +147,7 @@ fn run_files(record: &UpdateRecord, paths: &[PathBuf]) -> Vec<RunFile> {
         .map(|(p, f)| RunFile {
             cached: p.clone(),
             name: file_name(&f.path),
-            sha256: f.hashes.get("sha256").map(str::to_string),
+            hashes: Some(signed_hashes(f)),
         })
         .collect()
 }
@@ -416,7 +416,7 @@ impl<'a> Engine<'a> {
                     let payload = Payload {
                         path: p.clone(),
                         length: f.length,
-                        sha256: f.hashes.get("sha256").map(str::to_string),
+                        hashes: Some(signed_hashes(f)),
                     };
                     let step = Step {
                         parent: reporter,

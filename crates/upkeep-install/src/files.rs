@@ -29,8 +29,9 @@ pub struct Payload {
     pub path: PathBuf,
     /// Its signed length.
     pub length: u64,
-    /// Its signed SHA-256 (hex), re-checked while it is read.
-    pub sha256: Option<String>,
+    /// Its signed hashes (`(algorithm, hex)`), every one re-checked while it is read;
+    /// `None` only where nothing is signed yet (a publisher checking a payload).
+    pub hashes: Option<Vec<(String, String)>>,
 }
 
 /// What an archive entry becomes.
@@ -141,14 +142,16 @@ fn link_stays_inside(rel: &str, target: &Path) -> bool {
 
 struct Hashing<R> {
     inner: R,
-    hash: Sha256,
+    verifier: Option<upkeep_fs::Verifier>,
     read: std::rc::Rc<std::cell::Cell<u64>>,
 }
 
 impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hash.update(&buf[..n]);
+        if let Some(v) = &mut self.verifier {
+            v.update(&buf[..n]);
+        }
         self.read.set(self.read.get() + n as u64);
         Ok(n)
     }
@@ -534,7 +537,7 @@ impl<'a> Stager<'a> {
             1 << 20,
             Hashing {
                 inner: f,
-                hash: Sha256::new(),
+                verifier: crate::verifier(payload.hashes.as_deref(), &payload.path)?,
                 read: read.clone(),
             },
         );
@@ -613,11 +616,8 @@ impl<'a> Stager<'a> {
         // the archive could not be read: corrupt bytes in the cache are the cause to report.
         let drained = std::io::copy(&mut input, &mut std::io::sink());
         let h = input.into_inner();
-        if let Some(want) = &payload.sha256 {
-            if drained.is_err()
-                || read.get() != payload.length
-                || hex::encode(h.hash.finalize()) != want.to_ascii_lowercase()
-            {
+        if let Some(v) = h.verifier {
+            if drained.is_err() || read.get() != payload.length || v.finish().is_err() {
                 return Err(InstallError::new(
                     HResult::WU_E_DM_INCORRECTFILEHASH,
                     format!(

@@ -239,11 +239,23 @@ pub fn checkpoint(name: &str) {
 
 /// Flushes the filesystem holding `dir` (one `syncfs`).
 pub fn syncfs(dir: &Path) -> Result<()> {
-    let f = std::fs::File::open(dir).map_err(|e| InstallError::io(dir, e))?;
-    // SAFETY: syncfs takes a valid open file descriptor and has no memory effects.
-    let rc = unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) };
-    if rc != 0 {
-        return Err(InstallError::io(dir, std::io::Error::last_os_error()));
-    }
-    Ok(())
+    upkeep_fs::syncfs(dir).map_err(|e| InstallError::io(&e.path, e.source))
+}
+
+/// A verifier of `hashes` (every one is checked) for the content file `what`; `None` when
+/// there is nothing signed to check against. No hash, or an unknown algorithm, is
+/// `WU_E_DM_UNKNOWNALGORITHM`: never a skip.
+pub(crate) fn verifier(
+    hashes: Option<&[(String, String)]>,
+    what: &Path,
+) -> Result<Option<upkeep_fs::Verifier>> {
+    let Some(h) = hashes else { return Ok(None) };
+    upkeep_fs::Verifier::new(h.iter().map(|(a, x)| (a.as_str(), x.as_str())))
+        .map(Some)
+        .map_err(|e| {
+            InstallError::new(
+                HResult::WU_E_DM_UNKNOWNALGORITHM,
+                format!("{}: {e}", what.display()),
+            )
+        })
 }

@@ -158,7 +158,7 @@ fn payload(fx: &Fx, name: &str, bytes: &[u8], compress: &str) -> Payload {
     Payload {
         path: p,
         length: data.len() as u64,
-        sha256: Some(hex::encode(Sha256::digest(&data))),
+        hashes: Some(vec![("sha256".into(), hex::encode(Sha256::digest(&data)))]),
     }
 }
 
@@ -185,8 +185,8 @@ fn update(name: &str, revision: u32, payloads: &[&Payload]) -> UpdateRecord {
             .zip(&m.content)
             .map(|(p, path)| {
                 let mut hashes = upkeep_types::Hashes::default();
-                if let Some(h) = &p.sha256 {
-                    hashes.insert("sha256", h.as_str());
+                for (alg, h) in p.hashes.iter().flatten() {
+                    hashes.insert(alg.as_str(), h.as_str());
                 }
                 ContentFile {
                     path: path.clone(),
@@ -624,7 +624,7 @@ fn a_decompression_bomb_stops_at_its_bound_before_filling_the_disk() {
 fn a_payload_that_does_not_match_its_hash_installs_nothing() {
     let fx = fx();
     let mut p = payload(&fx, "p.tar", &tar(&[E::File("a", b"1", 0o644)]), "zst");
-    p.sha256 = Some("00".repeat(32));
+    p.hashes = Some(vec![("sha256".into(), "00".repeat(32))]);
     let e = install_and_commit(&fx, "x", &p).unwrap_err();
     assert_eq!(e.hresult, HResult::WU_E_DM_INCORRECTFILEHASH);
     assert!(!fx.layout.root.join("a").exists());
@@ -926,7 +926,7 @@ fn a_failed_check_leaves_the_installed_revision_exactly_as_it_was() {
     assert_eq!(e.hresult, HResult::WU_E_UH_INSTALLERFAILURE, "{e}");
     // Corrupt bytes in the cache.
     let mut bad = p2.clone();
-    bad.sha256 = Some("00".repeat(32));
+    bad.hashes = Some(vec![("sha256".into(), "00".repeat(32))]);
     let e = install_rec(&fx, &update("app", 2, &[&bad]), &[&bad]).unwrap_err();
     assert_eq!(e.hresult, HResult::WU_E_DM_INCORRECTFILEHASH);
     assert_eq!(snapshot(&root), r1, "r1 is untouched");
@@ -1050,7 +1050,7 @@ fn a_full_disk_fails_cleanly_before_or_while_staging() {
         Payload {
             path: p,
             length: data.len() as u64,
-            sha256: Some(hex::encode(Sha256::digest(&data))),
+            hashes: Some(vec![("sha256".into(), hex::encode(Sha256::digest(&data)))]),
         }
     };
     let p1 = put("r1.tar", tar(&[E::File("app/run", b"r1", 0o755)]), "");
@@ -1171,7 +1171,7 @@ fn a_damaged_compressed_payload_is_a_refused_payload_not_an_io_error() {
         let p = Payload {
             path: cut,
             length: data.len() as u64,
-            sha256: Some(hex::encode(Sha256::digest(&data))),
+            hashes: Some(vec![("sha256".into(), hex::encode(Sha256::digest(&data)))]),
         };
         let e = install_and_commit(&fx, "t", &p).unwrap_err();
         assert_eq!(
@@ -1396,4 +1396,35 @@ fn a_bind_mounted_root_installs() {
         .install(&request(&rec, &[&p]), &Silent)
         .unwrap();
     assert_eq!(std::fs::read(real.join("bin/tool")).unwrap(), b"tool");
+}
+
+#[test]
+fn every_signed_hash_of_a_payload_is_checked_and_none_is_refused() {
+    use sha2::Sha512;
+    let fx = fx();
+    let mut p = payload(&fx, "p.tar", &tar(&[E::File("a", b"1", 0o644)]), "");
+    let data = std::fs::read(&p.path).unwrap();
+    let sha256 = hex::encode(Sha256::digest(&data));
+    // A right SHA-256 beside a wrong SHA-512: refused.
+    p.hashes = Some(vec![
+        ("sha256".into(), sha256.clone()),
+        ("sha512".into(), "00".repeat(64)),
+    ]);
+    let e = install_and_commit(&fx, "x", &p).unwrap_err();
+    assert_eq!(e.hresult, HResult::WU_E_DM_INCORRECTFILEHASH, "{e}");
+    // Both right: installed.
+    p.hashes = Some(vec![
+        ("sha256".into(), sha256),
+        ("sha512".into(), hex::encode(Sha512::digest(&data))),
+    ]);
+    install_and_commit(&fx, "x", &p).unwrap();
+    // Nothing signed, or only an unknown algorithm: refused, never skipped.
+    for hashes in [vec![], vec![("md5".to_string(), "00".to_string())]] {
+        let other = self::fx();
+        let mut q = payload(&other, "q.tar", &tar(&[E::File("b", b"2", 0o644)]), "");
+        q.hashes = Some(hashes);
+        let e = install_and_commit(&other, "y", &q).unwrap_err();
+        assert_eq!(e.hresult, HResult::WU_E_DM_UNKNOWNALGORITHM, "{e}");
+        assert!(!other.layout.root.join("b").exists());
+    }
 }

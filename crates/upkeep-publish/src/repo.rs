@@ -1244,27 +1244,13 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), PublishError> {
 }
 
 fn lock(dir: &Path) -> Result<File, PublishError> {
-    let path = dir.join(".lock");
-    let f = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| io(&path, e))?;
-    match f.try_lock() {
-        Ok(()) => Ok(f),
-        Err(std::fs::TryLockError::WouldBlock) => Err(PublishError::Locked(dir.to_path_buf())),
-        Err(std::fs::TryLockError::Error(e)) => Err(io(&path, e)),
+    match upkeep_fs::try_lock(&dir.join(".lock")) {
+        Ok(Some(f)) => Ok(f),
+        Ok(None) => Err(PublishError::Locked(dir.to_path_buf())),
+        Err(e) => Err(io(&e.path, e.source)),
     }
 }
 
 fn syncfs(dir: &Path) -> Result<(), PublishError> {
-    use std::os::fd::AsRawFd;
-    let f = File::open(dir).map_err(|e| io(dir, e))?;
-    // SAFETY: syncfs takes a valid open file descriptor and has no memory effects.
-    let rc = unsafe { libc::syncfs(f.as_raw_fd()) };
-    if rc != 0 {
-        return Err(io(dir, std::io::Error::last_os_error()));
-    }
-    Ok(())
+    upkeep_fs::syncfs(dir).map_err(|e| io(&e.path, e.source))
 }

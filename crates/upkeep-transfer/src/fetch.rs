@@ -237,19 +237,6 @@ fn copy_verified(
     result
 }
 
-/// Bytes available to this process on the filesystem holding `dir`.
-fn free_space(dir: &Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: statvfs writes into the struct we pass and reads the NUL-terminated path.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
-}
-
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TransferError + '_ {
     move |source| TransferError::Io {
         path: path.to_path_buf(),
@@ -412,14 +399,7 @@ impl Engine {
     /// Flushes everything committed to the cache to disk (one `syncfs`, instead of an
     /// `fsync` per file). Blocking.
     pub fn sync(&self) -> Result<(), TransferError> {
-        let dir = self.inner.cache.dir();
-        let f = std::fs::File::open(dir).map_err(io_err(dir))?;
-        // SAFETY: syncfs takes a valid open file descriptor and has no memory effects.
-        let rc = unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) };
-        if rc != 0 {
-            return Err(io_err(dir)(std::io::Error::last_os_error()));
-        }
-        Ok(())
+        upkeep_fs::syncfs(self.inner.cache.dir()).map_err(|e| io_err(&e.path)(e.source))
     }
 
     /// Downloads `file` from the first mirror that has it (`urls` are full URLs of the same
@@ -571,7 +551,8 @@ impl Engine {
         };
         let need = file.length.saturating_sub(part.len()?);
         let reserve = self.inner.opts.disk_reserve;
-        let avail = free_space(self.inner.cache.dir()).map_err(io_err(self.inner.cache.dir()))?;
+        let avail =
+            upkeep_fs::free_space(self.inner.cache.dir()).map_err(|e| io_err(&e.path)(e.source))?;
         if avail < need.saturating_add(reserve) {
             return Err(TransferError::DiskFull {
                 path: what,

@@ -238,8 +238,11 @@ impl Client {
     /// would strand the client, a lost timestamp would weaken rollback protection. Other roles
     /// are not flushed; one lost to a power cut is fetched again.
     fn persist(&self, role: &str, data: &[u8]) -> Result<()> {
-        let durable = role == "root" || role == "timestamp";
-        write_file(&self.local_path(role), data, durable)
+        if role == "root" || role == "timestamp" {
+            write_atomic(&self.local_path(role), data)
+        } else {
+            write_file(&self.local_path(role), data)
+        }
     }
 
     fn load_root(&mut self) -> Result<()> {
@@ -634,13 +637,16 @@ pub fn read_limited(mut reader: impl Read, max: u64, what: &str) -> Result<Vec<u
     Ok(buf)
 }
 
-/// Writes a file by temporary file, `fdatasync` and rename, so readers see the old or the
-/// new bytes, and the new bytes survive a power cut.
+/// Writes a file by temporary file, `fsync`, rename and `fsync` of the directory
+/// ([`upkeep_fs::write_atomic`]), so readers see the old or the new bytes, and the new
+/// bytes survive a power cut.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    write_file(path, data, true)
+    upkeep_fs::write_atomic(path, data).map_err(|e| Error::io(e.path, e.source))
 }
 
-fn write_file(path: &Path, data: &[u8], durable: bool) -> Result<()> {
+/// Replaces `path` by rename, without flushing (a role lost to a power cut is fetched
+/// again).
+fn write_file(path: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
@@ -648,9 +654,6 @@ fn write_file(path: &Path, data: &[u8], durable: bool) -> Result<()> {
     let r = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(data)?;
-        if durable {
-            f.sync_data()?;
-        }
         std::fs::rename(&tmp, path)
     })();
     if let Err(e) = r {

@@ -715,25 +715,8 @@ impl UpdateSession {
     /// Tries to take the machine-wide install lock (`<state_dir>/install.lock`); `None`
     /// when another installer, in this process or another, holds it.
     pub(crate) fn try_install_lock(&self) -> Result<Option<std::fs::File>> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let p = self.inner.cfg.state_dir.join("install.lock");
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&p)
-            .map_err(|e| {
-                Error::new(HResult::WU_E_DS_UNEXPECTED, format!("{}: {e}", p.display()))
-            })?;
-        match f.try_lock() {
-            Ok(()) => Ok(Some(f)),
-            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => Err(Error::new(
-                HResult::WU_E_DS_UNEXPECTED,
-                format!("{}: {e}", p.display()),
-            )),
-        }
+        upkeep_fs::try_lock(&self.inner.cfg.state_dir.join("install.lock"))
+            .map_err(|e| Error::new(HResult::WU_E_DS_UNEXPECTED, e.to_string()))
     }
 
     /// Recovery: rolls back or finishes install transactions a crash interrupted. Runs

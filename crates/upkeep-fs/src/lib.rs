@@ -1,0 +1,253 @@
+//! upkeep's file-system layer: what every other crate needs from the disk, written once.
+//!
+//! - [`write_atomic`]: a file replaced whole or not at all, durable when it returns
+//!   (temporary file in the same directory, `fsync`, `rename`, `fsync` of the directory).
+//! - [`syncfs`]: one flush of a whole filesystem (cheaper than an `fsync` per file).
+//! - [`free_space`]: bytes available to this process on a filesystem.
+//! - [`try_lock`]: an exclusive advisory lock on a file only its owner can open (0600).
+//! - [`Verifier`]: one check of signed hashes — every listed algorithm is checked; none
+//!   listed, or only unknown ones, is an error, never a skip.
+//!
+//! Errors name their path ([`PathError`]).
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// An I/O error and the path it happened on.
+#[derive(Debug)]
+pub struct PathError {
+    /// The file or directory.
+    pub path: PathBuf,
+    /// The cause.
+    pub source: io::Error,
+}
+
+impl std::fmt::Display for PathError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.source)
+    }
+}
+
+impl std::error::Error for PathError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// `map_err(at(path))`: names the path an I/O error happened on.
+pub fn at(path: &Path) -> impl FnOnce(io::Error) -> PathError + '_ {
+    move |source| PathError {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Replaces `path` with `data` atomically and durably: the old content or the new one is
+/// there after a crash or a power cut, never a mix, and the new one is on disk when this
+/// returns.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), PathError> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let r = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = r {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(at(path)(e));
+    }
+    fsync_dir(dir)
+}
+
+/// Makes a directory's entries (a rename, a new file) durable.
+pub fn fsync_dir(dir: &Path) -> Result<(), PathError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(at(dir))
+}
+
+/// Flushes the filesystem holding `dir` (one `syncfs`).
+pub fn syncfs(dir: &Path) -> Result<(), PathError> {
+    let f = File::open(dir).map_err(at(dir))?;
+    // SAFETY: syncfs takes a valid open file descriptor and has no memory effects.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(at(dir)(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Bytes available to this process on the filesystem holding `dir`.
+pub fn free_space(dir: &Path) -> Result<u64, PathError> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| at(dir)(io::Error::from_raw_os_error(libc::EINVAL)))?;
+    // SAFETY: statvfs writes into the struct we pass and reads the NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(at(dir)(io::Error::last_os_error()));
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Takes an exclusive lock on `path` (created 0600 — no one else can open it to hold the
+/// lock against us); `None` when another process or handle holds it.
+pub fn try_lock(path: &Path) -> Result<Option<File>, PathError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(at(path))?;
+    match f.try_lock() {
+        Ok(()) => Ok(Some(f)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(at(path)(e)),
+    }
+}
+
+/// Why bytes were refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VerifyError {
+    /// No hash was listed, or none this build knows (the bytes cannot be trusted).
+    NoUsableHash,
+    /// A listed algorithm this build cannot compute.
+    Unsupported(String),
+    /// This algorithm's digest differs from the signed one.
+    Mismatch(String),
+}
+
+impl std::fmt::Display for VerifyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VerifyError::NoUsableHash => f.write_str("no sha256 or sha512 hash is signed"),
+            VerifyError::Unsupported(a) => write!(f, "unsupported hash algorithm {a:?}"),
+            VerifyError::Mismatch(a) => write!(f, "the {a} hash does not match the signed one"),
+        }
+    }
+}
+
+impl std::error::Error for VerifyError {}
+
+/// Checks bytes against every signed hash: SHA-256 and SHA-512.
+pub struct Verifier {
+    sha256: Option<(sha2::Sha256, String)>,
+    sha512: Option<(sha2::Sha512, String)>,
+}
+
+impl Verifier {
+    /// A verifier for `(algorithm, hex digest)` pairs. Every one must be known; at least
+    /// one must be given.
+    pub fn new<'a>(
+        hashes: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Verifier, VerifyError> {
+        use sha2::Digest;
+        let mut v = Verifier {
+            sha256: None,
+            sha512: None,
+        };
+        for (alg, hex) in hashes {
+            match alg {
+                "sha256" => v.sha256 = Some((sha2::Sha256::new(), hex.to_ascii_lowercase())),
+                "sha512" => v.sha512 = Some((sha2::Sha512::new(), hex.to_ascii_lowercase())),
+                other => return Err(VerifyError::Unsupported(other.to_string())),
+            }
+        }
+        if v.sha256.is_none() && v.sha512.is_none() {
+            return Err(VerifyError::NoUsableHash);
+        }
+        Ok(v)
+    }
+
+    /// Feeds bytes.
+    pub fn update(&mut self, data: &[u8]) {
+        use sha2::Digest;
+        if let Some((h, _)) = &mut self.sha256 {
+            h.update(data);
+        }
+        if let Some((h, _)) = &mut self.sha512 {
+            h.update(data);
+        }
+    }
+
+    /// Whether every digest matches.
+    pub fn finish(self) -> Result<(), VerifyError> {
+        use sha2::Digest;
+        if let Some((h, want)) = self.sha256 {
+            if hex::encode(h.finalize()) != want {
+                return Err(VerifyError::Mismatch("sha256".into()));
+            }
+        }
+        if let Some((h, want)) = self.sha512 {
+            if hex::encode(h.finalize()) != want {
+                return Err(VerifyError::Mismatch("sha512".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_atomic_replaces_whole_files_and_names_its_path_on_error() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            1,
+            "no temporary left"
+        );
+        let e = write_atomic(&d.path().join("missing/f"), b"x").unwrap_err();
+        assert!(e.to_string().contains("missing/f"), "{e}");
+    }
+
+    #[test]
+    fn every_listed_hash_is_checked_and_none_is_an_error() {
+        use sha2::Digest;
+        let data = b"content";
+        let s256 = hex::encode(sha2::Sha256::digest(data));
+        let s512 = hex::encode(sha2::Sha512::digest(data));
+        let mut v = Verifier::new([("sha256", s256.as_str()), ("sha512", s512.as_str())]).unwrap();
+        v.update(data);
+        assert_eq!(v.finish(), Ok(()));
+        // A wrong sha512 beside a right sha256 is refused.
+        let mut v = Verifier::new([("sha256", s256.as_str()), ("sha512", "00")]).unwrap();
+        v.update(data);
+        assert_eq!(v.finish(), Err(VerifyError::Mismatch("sha512".into())));
+        assert_eq!(Verifier::new([]).err(), Some(VerifyError::NoUsableHash));
+        assert_eq!(
+            Verifier::new([("md5", "x")]).err(),
+            Some(VerifyError::Unsupported("md5".into()))
+        );
+    }
+
+    #[test]
+    fn a_lock_is_held_once_and_only_its_owner_can_open_the_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("lock");
+        let held = try_lock(&p).unwrap().expect("free");
+        assert!(try_lock(&p).unwrap().is_none(), "held elsewhere");
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        drop(held);
+        assert!(try_lock(&p).unwrap().is_some());
+        assert!(free_space(d.path()).unwrap() > 0);
+        syncfs(d.path()).unwrap();
+    }
+}
