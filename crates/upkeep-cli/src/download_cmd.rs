@@ -28,6 +28,8 @@ pub enum PriorityArg {
 #[derive(clap::Args, Debug)]
 pub struct DownloadArgs {
     #[command(flatten)]
+    pub here: crate::Global,
+    #[command(flatten)]
     which: Selection,
     /// Only the updates' bootstrappers.
     #[arg(long)]

@@ -19,6 +19,8 @@ use crate::Global;
 #[derive(clap::Args, Debug)]
 pub struct InstallArgs {
     #[command(flatten)]
+    pub here: crate::Global,
+    #[command(flatten)]
     which: Selection,
     /// Accept the license terms of the selected updates.
     #[arg(long)]
@@ -31,6 +33,8 @@ pub struct InstallArgs {
 /// What `upkeep uninstall` was asked for.
 #[derive(clap::Args, Debug)]
 pub struct UninstallArgs {
+    #[command(flatten)]
+    pub here: crate::Global,
     /// Update ids or KB article ids (KB5001001).
     #[arg(required = true)]
     ids: Vec<crate::download_cmd::UpdateRef>,

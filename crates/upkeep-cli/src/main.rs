@@ -32,41 +32,75 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(flatten)]
     global: Global,
+    #[command(flatten)]
+    logging: Logging,
     #[command(subcommand)]
     command: Command,
 }
 
-/// Settings shared by every agent command (they override the configuration file and
-/// `UPKEEP_*` variables).
+/// How much to log: meaningful for every command.
 #[derive(Args, Debug, Clone, Default)]
-pub struct Global {
-    /// Repository base URL (serves <URL>/metadata/ and <URL>/targets/).
-    #[arg(long = "repo", global = true, value_name = "URL")]
-    pub repo: Option<String>,
-    /// Initially trusted root metadata (copied into the state directory on first use).
-    #[arg(long, global = true, value_name = "FILE")]
-    pub trusted_root: Option<PathBuf>,
-    /// State directory (trusted metadata, cache, state database).
-    #[arg(long, global = true, value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
-    /// Install root.
-    #[arg(long = "root", global = true, value_name = "DIR")]
-    pub root: Option<PathBuf>,
-    /// Configuration file (TOML).
-    #[arg(long, global = true, value_name = "FILE")]
-    pub config: Option<PathBuf>,
+struct Logging {
     /// Log only errors.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
-    pub quiet: bool,
+    quiet: bool,
     /// Log more: -v for progress notes, -vv for debugging (`UPKEEP_LOG` overrides).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    pub verbose: u8,
+    verbose: u8,
+}
+
+/// Settings of the agent commands (they override the configuration file and `UPKEEP_*`
+/// variables): given before the command, or after an agent command — not offered where
+/// they would mean nothing (`repo`, `demo`, `completions`, `man`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct Global {
+    /// Repository base URL (serves <URL>/metadata/ and <URL>/targets/), or a local
+    /// directory.
+    #[arg(long = "repo", value_name = "URL")]
+    pub repo: Option<String>,
+    /// Initially trusted root metadata (copied into the state directory on first use).
+    #[arg(long, value_name = "FILE")]
+    pub trusted_root: Option<PathBuf>,
+    /// State directory (trusted metadata, cache, state database).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Install root.
+    #[arg(long = "root", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Configuration file (TOML).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl Global {
+    /// These settings with those given after the command (`here`) taking precedence.
+    pub fn with(&self, here: &Global) -> Global {
+        Global {
+            repo: here.repo.clone().or_else(|| self.repo.clone()),
+            trusted_root: here
+                .trusted_root
+                .clone()
+                .or_else(|| self.trusted_root.clone()),
+            state_dir: here.state_dir.clone().or_else(|| self.state_dir.clone()),
+            root: here.root.clone().or_else(|| self.root.clone()),
+            config: here.config.clone().or_else(|| self.config.clone()),
+        }
+    }
+    fn is_empty(&self) -> bool {
+        self.repo.is_none()
+            && self.trusted_root.is_none()
+            && self.state_dir.is_none()
+            && self.root.is_none()
+            && self.config.is_none()
+    }
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Find updates matching WUA search criteria (default: IsInstalled=0 and IsHidden=0).
     Search {
+        #[command(flatten)]
+        here: Global,
         /// Criteria, e.g. "IsInstalled=0 and Type='Software'".
         criteria: Option<String>,
         /// Print JSON for scripts.
@@ -83,6 +117,8 @@ enum Command {
     },
     /// Show every field of one update.
     Show {
+        #[command(flatten)]
+        here: Global,
         /// The update id.
         id: uuid::Uuid,
         /// Print JSON for scripts.
@@ -104,12 +140,16 @@ enum Command {
     Uninstall(install_cmd::UninstallArgs),
     /// List installed updates (from the agent's own records; no repository needed).
     List {
+        #[command(flatten)]
+        here: Global,
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
     },
     /// Show install and uninstall history, newest first.
     History {
+        #[command(flatten)]
+        here: Global,
         /// At most this many entries.
         #[arg(long, default_value_t = 20)]
         limit: usize,
@@ -119,6 +159,8 @@ enum Command {
     },
     /// Hide updates from default searches.
     Hide {
+        #[command(flatten)]
+        here: Global,
         /// Update ids or KB article ids (KB5001001).
         #[arg(required = true)]
         ids: Vec<download_cmd::UpdateRef>,
@@ -128,6 +170,8 @@ enum Command {
     },
     /// Show hidden updates again.
     Unhide {
+        #[command(flatten)]
+        here: Global,
         /// Update ids or KB article ids (KB5001001).
         #[arg(required = true)]
         ids: Vec<download_cmd::UpdateRef>,
@@ -137,6 +181,8 @@ enum Command {
     },
     /// Whether an installer is busy, whether a restart is pending, the last results.
     Status {
+        #[command(flatten)]
+        here: Global,
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
@@ -199,9 +245,24 @@ impl Global {
     }
 }
 
+/// Whether `c` uses the agent settings (`--repo`, `--state-dir`, …).
+fn takes_agent_settings(c: &Command) -> bool {
+    match c {
+        #[cfg(feature = "publisher")]
+        Command::Repo(_) | Command::Demo => false,
+        Command::Completions { .. } | Command::Man => false,
+        _ => true,
+    }
+}
+
 fn run(cli: Cli) -> Result<Exit, Exit> {
+    if !takes_agent_settings(&cli.command) && !cli.global.is_empty() {
+        eprintln!("upkeep: error: --repo, --trusted-root, --state-dir, --root and --config belong to the agent commands (search, install, …); this command does not use them");
+        return Err(Exit::Usage);
+    }
     match cli.command {
         Command::Search {
+            here,
             criteria,
             json,
             offline,
@@ -211,6 +272,7 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
             let criteria = criteria.as_deref().unwrap_or("");
             let (session, result) =
                 cli.global
+                    .with(&here)
                     .search(criteria, offline, include_superseded, json)?;
             output::print_search_filtered(&result, json, &filter);
             let code = Exit::for_result(result.result_code());
@@ -219,13 +281,17 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
             Ok(code)
         }
         Command::Show {
+            here,
             id,
             json,
             offline,
             eula,
         } => {
             let criteria = format!("UpdateID='{id}' and DeploymentAction=*");
-            let (_session, result) = cli.global.search(&criteria, offline, true, json)?;
+            let (_session, result) = cli
+                .global
+                .with(&here)
+                .search(&criteria, offline, true, json)?;
             // An installed revision is listed beside a newer published one: show the newest
             // (it says which revision is installed).
             let newest = result
@@ -256,14 +322,20 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
             output::print_update(u, json);
             Ok(Exit::Success)
         }
-        Command::Download(args) => download_cmd::run(&cli.global, args),
-        Command::Install(a) => install_cmd::install(&cli.global, a),
-        Command::Uninstall(a) => install_cmd::uninstall(&cli.global, a),
-        Command::List { json } => install_cmd::list(&cli.global, json),
-        Command::History { limit, json } => install_cmd::history(&cli.global, limit, json),
-        Command::Hide { ids, json } => install_cmd::hide(&cli.global, &ids, true, json),
-        Command::Unhide { ids, json } => install_cmd::hide(&cli.global, &ids, false, json),
-        Command::Status { json } => install_cmd::status(&cli.global, json),
+        Command::Download(args) => download_cmd::run(&cli.global.with(&args.here), args),
+        Command::Install(a) => install_cmd::install(&cli.global.with(&a.here), a),
+        Command::Uninstall(a) => install_cmd::uninstall(&cli.global.with(&a.here), a),
+        Command::List { here, json } => install_cmd::list(&cli.global.with(&here), json),
+        Command::History { here, limit, json } => {
+            install_cmd::history(&cli.global.with(&here), limit, json)
+        }
+        Command::Hide { here, ids, json } => {
+            install_cmd::hide(&cli.global.with(&here), &ids, true, json)
+        }
+        Command::Unhide { here, ids, json } => {
+            install_cmd::hide(&cli.global.with(&here), &ids, false, json)
+        }
+        Command::Status { here, json } => install_cmd::status(&cli.global.with(&here), json),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "upkeep", &mut std::io::stdout());
@@ -338,7 +410,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    logs::init(json, cli.global.quiet, cli.global.verbose);
+    logs::init(json, cli.logging.quiet, cli.logging.verbose);
     match run(cli) {
         Ok(code) | Err(code) => code.into(),
     }

@@ -1316,3 +1316,55 @@ fn walk_tree(d: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn agent_settings_are_offered_only_where_they_mean_something() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = published_repo(tmp.path());
+    let serve = Serve::start(&dir);
+    let root = dir.join("metadata/root.json");
+    let state = tmp.path().join("state");
+    // Before or after an agent command: the same.
+    let after = ok(&upkeep(&[
+        "search",
+        "--json",
+        "--repo",
+        &serve.1,
+        "--trusted-root",
+        root.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&after).unwrap();
+    assert_eq!(v["updates"].as_array().unwrap().len(), 2);
+    // Not offered by the publisher, the demo, completions or the manual.
+    for cmd in [
+        &["repo", "init", "--help"][..],
+        &["demo", "--help"],
+        &["man", "--help"],
+    ] {
+        let help = ok(&upkeep(cmd));
+        for flag in [
+            "--repo ",
+            "--state-dir",
+            "--trusted-root",
+            "--root ",
+            "--config",
+        ] {
+            assert!(!help.contains(flag), "{cmd:?} offers {flag}:\n{help}");
+        }
+    }
+    let o = upkeep(&[
+        "repo",
+        "init",
+        tmp.path().join("x").to_str().unwrap(),
+        "--root",
+        "/",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = upkeep(&["--state-dir", "/tmp", "demo"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not use them"));
+    // Logging flags mean something everywhere.
+    assert!(ok(&upkeep(&["repo", "list", dir.to_str().unwrap(), "-q"])).contains("Tools"));
+}
