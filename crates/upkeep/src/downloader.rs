@@ -687,7 +687,7 @@ async fn run(
                 }
             }
             Err((code, message)) => {
-                tracing::warn!("download failed: {message}");
+                tracing::info!("download failed: {message}");
                 for &u in &pf.owners {
                     b.finish(
                         u,

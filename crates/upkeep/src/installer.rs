@@ -519,7 +519,8 @@ fn run(
                 } else {
                     OperationResultCode::Failed
                 };
-                tracing::warn!("{} {}: {}", u.identity().update_id, u.title(), e.message);
+                // The cause is in the update's result (and history); the log keeps a note.
+                tracing::info!("{} {}: {}", u.identity().update_id, u.title(), e.message);
                 if e.hresult == HResult::WU_E_DM_INCORRECTFILEHASH {
                     // Damaged in the cache since it was verified: drop what is wrong so
                     // that the next download fetches it again.
