@@ -312,11 +312,7 @@ pub fn history(global: &Global, limit: usize, json: bool) -> Result<Exit, Exit> 
                     "replaced_by": h.replaced_by,
                 });
                 if let Some(m) = &h.message {
-                    v["error"] = json!({
-                        "message": m,
-                        "hresult": format!("0x{:08X}", h.hresult.as_u32()),
-                        "name": h.hresult.name(),
-                    });
+                    v["error"] = crate::output::error_json(m, h.hresult);
                 }
                 v
             })
@@ -428,11 +424,7 @@ pub fn status(global: &Global, json: bool) -> Result<Exit, Exit> {
                     "title": h.title,
                 });
                 if let Some(m) = &h.message {
-                    v["error"] = json!({
-                        "message": m,
-                        "hresult": format!("0x{:08X}", h.hresult.as_u32()),
-                        "name": h.hresult.name(),
-                    });
+                    v["error"] = crate::output::error_json(m, h.hresult);
                 }
                 v
             })

@@ -335,6 +335,15 @@ pub fn print_update(u: &Update, json: bool) {
 /// `json` `{"result_code", "hresult", ["reboot_required",] "updates": [{"id", "title",
 /// "result_code", "hresult"[, "reboot_required"]}]}`. `rows` are (unused, code, hresult)
 /// per update; `reboot` is the per-update and overall restart flags when they apply.
+/// The `"error"` object of `--json` output: why something failed, and its code.
+pub fn error_json(message: &str, hresult: upkeep::HResult) -> Value {
+    json!({
+        "message": message,
+        "hresult": format!("0x{:08X}", hresult.as_u32()),
+        "name": hresult.name(),
+    })
+}
+
 /// `rows`: for each update, why it failed (empty when it did not), its result code and
 /// HRESULT.
 pub fn print_results(
@@ -359,11 +368,7 @@ pub fn print_results(
                     "hresult": format!("0x{:08X}", h.as_u32()),
                 });
                 if !message.is_empty() {
-                    v["error"] = serde_json::json!({
-                        "message": message,
-                        "hresult": format!("0x{:08X}", h.as_u32()),
-                        "name": h.name(),
-                    });
+                    v["error"] = error_json(message, *h);
                 }
                 if let Some((per, _)) = reboot {
                     v["reboot_required"] = per[i].into();
