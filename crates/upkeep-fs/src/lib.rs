@@ -8,11 +8,13 @@
 //! - [`Verifier`]: one check of signed hashes — every listed algorithm is checked; none
 //!   listed, or only unknown ones, is an error, never a skip.
 //!
-//! Errors name their path ([`PathError`]).
+//! Errors name their path ([`PathError`]). The workspace's `clippy.toml` points every
+//! other crate here: the raw calls are allowed only in this crate.
+#![allow(clippy::disallowed_methods)]
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
 /// An I/O error and the path it happened on.
@@ -75,9 +77,14 @@ pub fn fsync_dir(dir: &Path) -> Result<(), PathError> {
 /// Flushes the filesystem holding `dir` (one `syncfs`).
 pub fn syncfs(dir: &Path) -> Result<(), PathError> {
     let f = File::open(dir).map_err(at(dir))?;
+    syncfs_fd(f.as_fd()).map_err(at(dir))
+}
+
+/// Flushes the filesystem holding an open file or directory.
+pub fn syncfs_fd(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: syncfs takes a valid open file descriptor and has no memory effects.
-    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-        return Err(at(dir)(io::Error::last_os_error()));
+    if unsafe { libc::syncfs(fd.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
@@ -96,12 +103,14 @@ pub fn free_space(dir: &Path) -> Result<u64, PathError> {
 }
 
 /// Takes an exclusive lock on `path` (created 0600 — no one else can open it to hold the
-/// lock against us); `None` when another process or handle holds it.
+/// lock against us), opened for reading and writing; `None` when another process or
+/// handle holds it.
 pub fn try_lock(path: &Path) -> Result<Option<File>, PathError> {
     use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
+        .read(true)
         .write(true)
         .mode(0o600)
         .open(path)

@@ -457,11 +457,7 @@ impl RootDir {
         let fd = self
             .open_beneath(rel, libc::O_RDONLY | libc::O_DIRECTORY)
             .map_err(self.err(rel))?;
-        // SAFETY: syncfs on an open descriptor.
-        if unsafe { libc::syncfs(fd.as_raw_fd()) } != 0 {
-            return Err(self.err(rel)(last_err()));
-        }
-        Ok(())
+        upkeep_fs::syncfs_fd(std::os::fd::AsFd::as_fd(&fd)).map_err(self.err(rel))
     }
 
     /// Makes the directory `rel`'s entries durable (`fsync` of the directory).

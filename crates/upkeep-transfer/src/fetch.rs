@@ -658,22 +658,10 @@ impl Engine {
         use std::os::unix::fs::MetadataExt;
         let path = self.inner.cache.partial_path(key);
         loop {
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(io_err(&path))?;
-            match f.try_lock() {
-                Ok(()) => {}
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    drop(f);
-                    sleep(SLICE, abort, what).await?;
-                    continue;
-                }
-                Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
-            }
+            let Some(f) = upkeep_fs::try_lock(&path).map_err(|e| io_err(&e.path)(e.source))? else {
+                sleep(SLICE, abort, what).await?;
+                continue;
+            };
             // The holder may have renamed (committed) the file meanwhile: only the file
             // still at the path counts.
             let mine = f.metadata().map_err(io_err(&path))?.ino();
