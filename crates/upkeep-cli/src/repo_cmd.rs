@@ -20,6 +20,9 @@ pub enum RepoCommand {
     Init {
         /// Repository directory (must not exist or be empty).
         dir: PathBuf,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
         /// Use N hashed bins (a power of two) for large catalogs.
         #[arg(long, value_name = "N")]
         bins: Option<u32>,
@@ -39,6 +42,9 @@ pub enum RepoCommand {
     Remove {
         /// Repository directory.
         dir: PathBuf,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
         /// The update id.
         id: uuid::Uuid,
         /// Where an offline root key is (needed only when the root is due for renewal).
@@ -51,6 +57,9 @@ pub enum RepoCommand {
     Publish {
         /// Repository directory.
         dir: PathBuf,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         lifetimes: Lifetimes,
         /// Where an offline root key is (needed only when the root is renewed).
@@ -62,6 +71,9 @@ pub enum RepoCommand {
     RotateKey {
         /// Repository directory.
         dir: PathBuf,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
         /// The role.
         role: String,
         /// Where an offline root key is (always needed: the root is signed again).
@@ -73,6 +85,9 @@ pub enum RepoCommand {
     Prune {
         /// Repository directory.
         dir: PathBuf,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
         /// Snapshots (and what they reference) to keep, the current one included.
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
         keep: u64,
@@ -94,6 +109,9 @@ pub enum RepoCommand {
     List {
         /// Repository directory.
         dir: PathBuf,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// Serve a repository over HTTP/1.1 for development (keep-alive, Range).
     Serve {
@@ -185,6 +203,9 @@ pub enum Reboot {
 pub struct AddArgs {
     /// Repository directory.
     dir: PathBuf,
+    /// Print JSON for scripts (the added update's id, the roles signed, warnings).
+    #[arg(long)]
+    json: bool,
     /// Replace the published revision even though its content differs (devices that
     /// already hold that revision will not update to this one).
     #[arg(long)]
@@ -319,7 +340,9 @@ impl AddArgs {
             Some(id) => id,
             None => {
                 let id = uuid::Uuid::new_v4();
-                println!("Generated update id {id} (pass it as --id for the next revision)");
+                if !self.json {
+                    println!("Generated update id {id} (pass it as --id for the next revision)");
+                }
                 id
             }
         };
@@ -409,14 +432,22 @@ impl AddArgs {
 /// payloads are checked as every device will check them — the same
 /// function (`upkeep_install::files::inspect`) — so that what devices would refuse is
 /// refused here, with the reason; and its `installed_size` is filled in when not given.
-fn check_files_payloads(update: &mut NewUpdate) -> Result<(), Exit> {
+fn check_files_payloads(update: &mut NewUpdate, json: bool) -> Result<(), Exit> {
+    let refuse = |message: &str| {
+        if json {
+            eprintln!(
+                "{}",
+                serde_json::json!({ "error": crate::output::error_json(message, upkeep::HResult::WU_E_UH_INSTALLERFAILURE) })
+            );
+        } else {
+            eprintln!("upkeep: error: refused: {message}");
+        }
+        Exit::Usage
+    };
     if let Handler::Command { .. } = update.metadata.handler {
         // The command handler's payload must be something it can run.
         if let ContentSource::File(p) = &update.payload {
-            upkeep_install::command::check_executable(p).map_err(|e| {
-                eprintln!("upkeep: error: refused: {}", e.message);
-                Exit::Usage
-            })?;
+            upkeep_install::command::check_executable(p).map_err(|e| refuse(&e.message))?;
         }
         return Ok(());
     }
@@ -457,11 +488,10 @@ fn check_files_payloads(update: &mut NewUpdate) -> Result<(), Exit> {
             } else {
                 ""
             };
-            eprintln!(
-                "upkeep: error: refused: {}{hint}; devices would refuse this payload",
+            Err(refuse(&format!(
+                "{}{hint}; devices would refuse this payload",
                 e.message
-            );
-            Err(Exit::Usage)
+            )))
         }
     }
 }
@@ -496,12 +526,33 @@ fn move_key_offline(dir: &std::path::Path, off: &std::path::Path, role: &str) ->
     std::fs::remove_file(&from).map_err(|e| err(&from, e))
 }
 
-fn fail(e: PublishError) -> Exit {
-    eprintln!("upkeep: error: {e}");
-    match e {
-        PublishError::Invalid(_) | PublishError::UnknownUpdate(_) => Exit::Usage,
-        _ => Exit::Failure,
+/// Reports a publisher error (as one JSON line with `json`) and picks the exit code.
+fn fail_as(json: bool) -> impl Fn(PublishError) -> Exit {
+    move |e| {
+        let (exit, code) = match e {
+            PublishError::Invalid(_) | PublishError::UnknownUpdate(_) => {
+                (Exit::Usage, upkeep::HResult::E_INVALIDARG)
+            }
+            _ => (Exit::Failure, upkeep::HResult::E_FAIL),
+        };
+        if json {
+            eprintln!(
+                "{}",
+                serde_json::json!({ "error": crate::output::error_json(&e.to_string(), code) })
+            );
+        } else {
+            eprintln!("upkeep: error: {e}");
+        }
+        exit
     }
+}
+
+/// The roles a publish signed, as JSON.
+fn roles_json(roles: &[(String, u64)]) -> serde_json::Value {
+    roles
+        .iter()
+        .map(|(r, v)| serde_json::json!({"role": r, "version": v}))
+        .collect()
 }
 
 pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
@@ -512,13 +563,40 @@ pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
             lifetimes,
             root_keys,
             offline_targets_key,
+            json,
         } => {
+            let fail = fail_as(json);
             let mut config = RepositoryConfig {
                 bins: bins.unwrap_or(0),
                 ..Default::default()
             };
             lifetimes.apply(&mut config);
-            let repo = Repository::init(&dir, InitOptions { config }).map_err(fail)?;
+            let repo = Repository::init(&dir, InitOptions { config }).map_err(&fail)?;
+            if json {
+                if let Some(off) = &root_keys {
+                    move_key_offline(&dir, off, "root")?;
+                    if offline_targets_key {
+                        move_key_offline(&dir, off, "targets")?;
+                    }
+                }
+                let c = repo.config();
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "dir": dir,
+                        "trusted_root": repo.root_path(),
+                        "keys": dir.join("keys"),
+                        "offline_keys": root_keys,
+                        "lifetimes_secs": {
+                            "root": c.root_expiry_secs,
+                            "targets": c.targets_expiry_secs,
+                            "snapshot": c.snapshot_expiry_secs,
+                            "timestamp": c.timestamp_expiry_secs,
+                        },
+                    })
+                );
+                return Ok(Exit::Success);
+            }
             println!("Created repository {}", dir.display());
             println!("  trusted root for clients: {}", repo.root_path().display());
             println!("  keys (keep them private): {}", dir.join("keys").display());
@@ -545,14 +623,28 @@ pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
             Ok(Exit::Success)
         }
         RepoCommand::Add(args) => {
-            let mut update = args.to_update().map_err(fail)?;
-            check_files_payloads(&mut update)?;
+            let fail = fail_as(args.json);
+            let mut update = args.to_update().map_err(&fail)?;
+            check_files_payloads(&mut update, args.json)?;
             let (id, title) = (update.metadata.id, update.metadata.title.clone());
             let mut repo =
-                Repository::open_with_keys(&args.dir, args.root_keys.as_deref()).map_err(fail)?;
+                Repository::open_with_keys(&args.dir, args.root_keys.as_deref()).map_err(&fail)?;
             let report = repo
                 .add_updates_with(vec![update], args.force)
-                .map_err(fail)?;
+                .map_err(&fail)?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "id": id,
+                        "title": title,
+                        "updates": report.updates,
+                        "roles": roles_json(&report.roles),
+                        "warnings": report.warnings,
+                    })
+                );
+                return Ok(Exit::Success);
+            }
             for w in &report.warnings {
                 eprintln!("upkeep: warning: {w}");
             }
@@ -562,9 +654,22 @@ pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
             );
             Ok(Exit::Success)
         }
-        RepoCommand::Remove { dir, id, root_keys } => {
-            let mut repo = Repository::open_with_keys(&dir, root_keys.as_deref()).map_err(fail)?;
-            let report = repo.remove_update(id).map_err(fail)?;
+        RepoCommand::Remove {
+            dir,
+            id,
+            root_keys,
+            json,
+        } => {
+            let fail = fail_as(json);
+            let mut repo = Repository::open_with_keys(&dir, root_keys.as_deref()).map_err(&fail)?;
+            let report = repo.remove_update(id).map_err(&fail)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"id": id, "updates": report.updates, "roles": roles_json(&report.roles)})
+                );
+                return Ok(Exit::Success);
+            }
             println!(
                 "Removed {id}; the repository has {} update(s)",
                 report.updates
@@ -575,13 +680,22 @@ pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
             dir,
             lifetimes,
             root_keys,
+            json,
         } => {
-            let mut repo = Repository::open_with_keys(&dir, root_keys.as_deref()).map_err(fail)?;
+            let fail = fail_as(json);
+            let mut repo = Repository::open_with_keys(&dir, root_keys.as_deref()).map_err(&fail)?;
             let mut config = repo.config().clone();
             if lifetimes.apply(&mut config) {
-                repo.set_config(config).map_err(fail)?;
+                repo.set_config(config).map_err(&fail)?;
             }
-            let report = repo.publish().map_err(fail)?;
+            let report = repo.publish().map_err(&fail)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"updates": report.updates, "roles": roles_json(&report.roles)})
+                );
+                return Ok(Exit::Success);
+            }
             for (role, v) in &report.roles {
                 println!("  {role} v{v}");
             }
@@ -592,9 +706,18 @@ pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
             dir,
             role,
             root_keys,
+            json,
         } => {
-            let mut repo = Repository::open_with_keys(&dir, root_keys.as_deref()).map_err(fail)?;
-            let report = repo.rotate_key(&role).map_err(fail)?;
+            let fail = fail_as(json);
+            let mut repo = Repository::open_with_keys(&dir, root_keys.as_deref()).map_err(&fail)?;
+            let report = repo.rotate_key(&role).map_err(&fail)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"rotated": role, "roles": roles_json(&report.roles)})
+                );
+                return Ok(Exit::Success);
+            }
             for (r, v) in &report.roles {
                 println!("  {r} v{v}");
             }
@@ -604,9 +727,22 @@ pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
             );
             Ok(Exit::Success)
         }
-        RepoCommand::Prune { dir, keep } => {
-            let mut repo = Repository::open(&dir).map_err(fail)?;
-            let r = repo.prune(keep as usize).map_err(fail)?;
+        RepoCommand::Prune { dir, keep, json } => {
+            let fail = fail_as(json);
+            let mut repo = Repository::open(&dir).map_err(&fail)?;
+            let r = repo.prune(keep as usize).map_err(&fail)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "metadata_removed": r.metadata_removed,
+                        "targets_removed": r.targets_removed,
+                        "bytes_removed": r.bytes_removed,
+                        "kept_snapshots": keep,
+                    })
+                );
+                return Ok(Exit::Success);
+            }
             println!(
                 "Removed {} metadata file(s) and {} content file(s) ({} bytes); kept what the newest {keep} snapshot(s) refer to",
                 r.metadata_removed, r.targets_removed, r.bytes_removed
@@ -618,8 +754,9 @@ pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
             json,
             root_keys,
         } => {
-            let repo = Repository::open_with_keys(&dir, root_keys.as_deref()).map_err(fail)?;
-            let roles = repo.status().map_err(fail)?;
+            let fail = fail_as(json);
+            let repo = Repository::open_with_keys(&dir, root_keys.as_deref()).map_err(&fail)?;
+            let roles = repo.status().map_err(&fail)?;
             let expired = roles.iter().any(|r| r.expired);
             let due = roles.iter().any(|r| r.due);
             if json {
@@ -674,9 +811,19 @@ pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
                 Exit::Success
             })
         }
-        RepoCommand::List { dir } => {
-            let repo = Repository::open(&dir).map_err(fail)?;
-            for (id, m) in repo.updates().map_err(fail)? {
+        RepoCommand::List { dir, json } => {
+            let fail = fail_as(json);
+            let repo = Repository::open(&dir).map_err(&fail)?;
+            let updates = repo.updates().map_err(&fail)?;
+            if json {
+                let list: Vec<_> = updates
+                    .iter()
+                    .map(|(id, m)| serde_json::json!({"id": id, "revision": m.revision, "title": m.title}))
+                    .collect();
+                println!("{}", serde_json::json!({ "updates": list }));
+                return Ok(Exit::Success);
+            }
+            for (id, m) in updates {
                 println!("{id}  r{}  {}", m.revision, m.title);
             }
             Ok(Exit::Success)

@@ -1368,3 +1368,53 @@ fn agent_settings_are_offered_only_where_they_mean_something() {
     // Logging flags mean something everywhere.
     assert!(ok(&upkeep(&["repo", "list", dir.to_str().unwrap(), "-q"])).contains("Tools"));
 }
+
+#[test]
+fn every_repo_verb_answers_in_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("repo");
+    let d = dir.to_str().unwrap();
+    let json = |args: &[&str]| -> serde_json::Value {
+        let o = upkeep(args);
+        assert!(o.status.success(), "{args:?}: {o:?}");
+        assert!(
+            o.stderr.is_empty(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    };
+    assert!(json(&["repo", "init", d, "--json"])["trusted_root"].is_string());
+    let p = tmp.path().join("setup.sh");
+    std::fs::write(&p, b"#!/bin/sh\n").unwrap();
+    let added = json(&[
+        "repo",
+        "add",
+        d,
+        "--title",
+        "T",
+        "--payload",
+        p.to_str().unwrap(),
+        "--handler",
+        "command",
+        "--json",
+    ]);
+    let id = added["id"].as_str().unwrap().to_string();
+    assert_eq!(json(&["repo", "list", d, "--json"])["updates"][0]["id"], id);
+    assert!(json(&["repo", "publish", d, "--json"])["roles"].is_array());
+    assert_eq!(
+        json(&["repo", "rotate-key", d, "snapshot", "--json"])["rotated"],
+        "snapshot"
+    );
+    assert!(json(&["repo", "prune", d, "--json"])["metadata_removed"].is_number());
+    assert!(json(&["repo", "status", d, "--json"])["roles"].is_array());
+    assert_eq!(json(&["repo", "remove", d, &id, "--json"])["updates"], 0);
+    // A refusal is one JSON line on stderr.
+    let o = upkeep(&["repo", "remove", d, &id, "--json"]);
+    assert_eq!(o.status.code(), Some(2));
+    let e: serde_json::Value = serde_json::from_slice(&o.stderr).unwrap();
+    assert!(e["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not in the repository"));
+}
