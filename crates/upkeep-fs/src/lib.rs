@@ -146,6 +146,7 @@ impl std::fmt::Display for VerifyError {
 impl std::error::Error for VerifyError {}
 
 /// Checks bytes against every signed hash: SHA-256 and SHA-512.
+#[derive(Clone)]
 pub struct Verifier {
     sha256: Option<(sha2::Sha256, String)>,
     sha512: Option<(sha2::Sha512, String)>,

@@ -13,45 +13,30 @@ use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256, Sha512};
 use tokio::sync::{mpsc, oneshot};
 use upkeep_types::ContentFile;
 
 /// Chunks in flight per channel.
 const DEPTH: usize = 16;
 
-/// The running hashes of every signed algorithm.
+/// The running hashes of every signed algorithm: [`upkeep_fs::Verifier`], the one
+/// verifier every crate uses.
 #[derive(Clone)]
 pub(crate) struct Digests {
-    sha256: Option<Sha256>,
-    sha512: Option<Sha512>,
+    inner: upkeep_fs::Verifier,
 }
 
 impl Digests {
     /// Hashers for every hash of `file`; `None` if one of them is an algorithm this build
     /// cannot check or there is none (the transfer must not be trusted then).
     pub(crate) fn for_file(file: &ContentFile) -> Option<Digests> {
-        let mut d = Digests {
-            sha256: None,
-            sha512: None,
-        };
-        for (alg, _) in file.hashes.iter() {
-            match alg {
-                "sha256" => d.sha256 = Some(Sha256::new()),
-                "sha512" => d.sha512 = Some(Sha512::new()),
-                _ => return None,
-            }
-        }
-        (d.sha256.is_some() || d.sha512.is_some()).then_some(d)
+        upkeep_fs::Verifier::new(file.hashes.iter())
+            .ok()
+            .map(|inner| Digests { inner })
     }
 
     pub(crate) fn update(&mut self, data: &[u8]) {
-        if let Some(h) = &mut self.sha256 {
-            h.update(data);
-        }
-        if let Some(h) = &mut self.sha512 {
-            h.update(data);
-        }
+        self.inner.update(data);
     }
 
     /// Hashes the first `len` bytes of `f` (a resumed prefix).
@@ -77,19 +62,11 @@ impl Digests {
     }
 
     /// `Err(alg)` names the first signed hash that does not match.
-    pub(crate) fn check(self, file: &ContentFile) -> Result<(), String> {
-        let want = |alg: &str| file.hashes.get(alg).map(str::to_ascii_lowercase);
-        if let Some(h) = self.sha256 {
-            if Some(hex::encode(h.finalize())) != want("sha256") {
-                return Err("sha256".into());
-            }
-        }
-        if let Some(h) = self.sha512 {
-            if Some(hex::encode(h.finalize())) != want("sha512") {
-                return Err("sha512".into());
-            }
-        }
-        Ok(())
+    pub(crate) fn check(self, _file: &ContentFile) -> Result<(), String> {
+        self.inner.finish().map_err(|e| match e {
+            upkeep_fs::VerifyError::Mismatch(alg) | upkeep_fs::VerifyError::Unsupported(alg) => alg,
+            upkeep_fs::VerifyError::NoUsableHash => "none".into(),
+        })
     }
 }
 
