@@ -295,28 +295,7 @@ pub fn history(global: &Global, limit: usize, json: bool) -> Result<Exit, Exit> 
             .map_err(|e| Exit::from_error(&e, json))?
     };
     if json {
-        let list: Vec<_> = entries
-            .iter()
-            .map(|h| {
-                let mut v = json!({
-                    "date": h.date.to_string(),
-                    "operation": h.operation,
-                    "result_code": h.result_code,
-                    "hresult": format!("0x{:08X}", h.hresult.as_u32()),
-                    "id": h.update_id,
-                    "revision": h.revision,
-                    "title": h.title,
-                    "client_application_id": h.client_application_id,
-                    "unmapped_result_code": h.unmapped_result_code,
-                    "previous_revision": h.previous_revision,
-                    "replaced_by": h.replaced_by,
-                });
-                if let Some(m) = &h.message {
-                    v["error"] = crate::output::error_json(m, h.hresult);
-                }
-                v
-            })
-            .collect();
+        let list: Vec<_> = entries.iter().map(history_json).collect();
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({"total": total, "entries": list})).expect("JSON")
@@ -354,6 +333,27 @@ pub fn history(global: &Global, limit: usize, json: bool) -> Result<Exit, Exit> 
         println!("{} of {total} entries", entries.len());
     }
     Ok(Exit::Success)
+}
+
+/// A history entry in `--json` output (`history`, and `status`'s last results).
+fn history_json(h: &upkeep::UpdateHistoryEntry) -> serde_json::Value {
+    let mut v = json!({
+        "date": h.date.to_string(),
+        "operation": h.operation,
+        "result_code": h.result_code,
+        "hresult": format!("0x{:08X}", h.hresult.as_u32()),
+        "id": h.update_id,
+        "revision": h.revision,
+        "title": h.title,
+        "client_application_id": h.client_application_id,
+        "unmapped_result_code": h.unmapped_result_code,
+        "previous_revision": h.previous_revision,
+        "replaced_by": h.replaced_by,
+    });
+    if let Some(m) = &h.message {
+        v["error"] = crate::output::error_json(m, h.hresult);
+    }
+    v
 }
 
 /// `upkeep hide` / `unhide`.
@@ -411,24 +411,7 @@ pub fn status(global: &Global, json: bool) -> Result<Exit, Exit> {
         Vec::new()
     };
     if json {
-        let last: Vec<_> = last
-            .iter()
-            .map(|h| {
-                let mut v = json!({
-                    "date": h.date.to_string(),
-                    "operation": h.operation,
-                    "result_code": h.result_code,
-                    "hresult": format!("0x{:08X}", h.hresult.as_u32()),
-                    "id": h.update_id,
-                    "revision": h.revision,
-                    "title": h.title,
-                });
-                if let Some(m) = &h.message {
-                    v["error"] = crate::output::error_json(m, h.hresult);
-                }
-                v
-            })
-            .collect();
+        let last: Vec<_> = last.iter().map(history_json).collect();
         println!(
             "{}",
             serde_json::to_string_pretty(
