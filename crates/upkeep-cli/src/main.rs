@@ -112,6 +112,9 @@ enum Command {
         /// Include updates superseded by others in the result.
         #[arg(long)]
         include_superseded: bool,
+        /// Include updates that do not apply to this machine (flag N; `show ID` says why).
+        #[arg(long)]
+        include_not_applicable: bool,
         #[command(flatten)]
         filter: output::Filter,
     },
@@ -234,10 +237,32 @@ impl Global {
         include_superseded: bool,
         json: bool,
     ) -> Result<(UpdateSession, upkeep::SearchResult), Exit> {
+        // Naming an update (superseded included) finds it even where it does not apply,
+        // so that `show` says why and `install` refuses with the rule that failed.
+        self.search_with(
+            criteria,
+            offline,
+            include_superseded,
+            include_superseded,
+            json,
+        )
+    }
+
+    /// [`search`](Self::search), also returning updates that do not apply here when
+    /// `include_not_applicable`.
+    fn search_with(
+        &self,
+        criteria: &str,
+        offline: bool,
+        include_superseded: bool,
+        include_not_applicable: bool,
+        json: bool,
+    ) -> Result<(UpdateSession, upkeep::SearchResult), Exit> {
         let session = self.session().map_err(|e| Exit::from_error(&e, json))?;
         let mut searcher = session.create_update_searcher();
         searcher.set_online(!offline);
         searcher.set_include_potentially_superseded_updates(include_superseded);
+        searcher.set_include_not_applicable(include_not_applicable);
         let result = searcher
             .search(criteria)
             .map_err(|e| Exit::from_error(&e, json))?;
@@ -267,13 +292,17 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
             json,
             offline,
             include_superseded,
+            include_not_applicable,
             filter,
         } => {
             let criteria = criteria.as_deref().unwrap_or("");
-            let (session, result) =
-                cli.global
-                    .with(&here)
-                    .search(criteria, offline, include_superseded, json)?;
+            let (session, result) = cli.global.with(&here).search_with(
+                criteria,
+                offline,
+                include_superseded,
+                include_not_applicable,
+                json,
+            )?;
             output::print_search_filtered(&result, json, &filter);
             let code = Exit::for_result(result.result_code());
             // The process exits next: skip freeing what may be a 100,000-update catalog.

@@ -36,6 +36,11 @@ pub fn update_json(u: &Update) -> Value {
         "is_downloaded": u.is_downloaded(),
         "eula_accepted": u.eula_accepted(),
         "reboot_required": u.reboot_required(),
+        "applicable": u.is_applicable(),
+        "not_applicable_reason": u.not_applicable_reason(),
+        "detected": u.is_detected(),
+        "applicability": m.applicability,
+        "applicability_checks": u.applicability_checks(),
     })
 }
 
@@ -166,13 +171,15 @@ pub fn print_search_filtered(r: &SearchResult, json: bool, filter: &Filter) {
                 .map(|k| format!("KB{}", k.trim_start_matches("KB")))
                 .collect::<Vec<_>>()
                 .join(",");
-            // D downloaded, I installed, H hidden, R restart required, M mandatory.
+            // D downloaded, I installed, H hidden, R restart required, M mandatory, N not
+            // applicable here (listed with --include-not-applicable).
             let flags: String = [
                 (u.is_downloaded(), 'D'),
                 (u.is_installed(), 'I'),
                 (u.is_hidden(), 'H'),
                 (u.reboot_required(), 'R'),
                 (u.is_mandatory(), 'M'),
+                (!u.is_applicable(), 'N'),
             ]
             .iter()
             .map(|(on, c)| if *on { *c } else { '-' })
@@ -256,11 +263,27 @@ pub fn print_update(u: &Update, json: bool) {
     println!("  revision:         {}", m.revision);
     match u.installed_revision() {
         Some(r) if r == m.revision => println!("  installed:        yes"),
+        None if u.is_detected() => {
+            println!(
+                "  installed:        yes, without the agent (detected; not uninstallable here)"
+            )
+        }
         Some(r) => println!(
             "  installed:        revision {r} (this is an upgrade: {r} → {})",
             m.revision
         ),
         None => println!("  installed:        no"),
+    }
+    match u.not_applicable_reason() {
+        None => println!("  applies:          yes"),
+        Some(why) => println!("  applies:          no: {why}"),
+    }
+    for c in u.applicability_checks() {
+        println!(
+            "    {} {}",
+            if c.holds { "yes" } else { "no " },
+            upkeep_install::escape_controls(&c.rule)
+        );
     }
     println!("  type:             {}", m.update_type);
     if !m.severity.is_empty() {

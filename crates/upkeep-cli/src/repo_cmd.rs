@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
 use upkeep::{
-    Category, DeploymentAction, Handler, InstallationImpact, InstallationRebootBehavior,
-    UpdateMetadata, UpdateType,
+    Category, DeploymentAction, FileRule, Handler, InstallationImpact, InstallationRebootBehavior,
+    OsRule, UpdateMetadata, UpdateType,
 };
 use upkeep_publish::{
     ContentSource, InitOptions, Manifest, NewUpdate, PublishError, Repository, RepositoryConfig,
@@ -214,7 +214,7 @@ pub struct AddArgs {
     #[arg(long, value_name = "DIR")]
     root_keys: Option<PathBuf>,
     /// Read every field from an update.toml manifest instead of flags.
-    #[arg(long, conflicts_with_all = ["id", "title", "payload", "handler"])]
+    #[arg(long, conflicts_with_all = ["id", "title", "payload", "handler", "arch", "os", "min_agent_version", "requires", "installed_if", "applicable_if"])]
     manifest: Option<PathBuf>,
     /// Update id (a UUID); without it a new one is generated and printed (keep it: the
     /// next revision needs it).
@@ -314,6 +314,77 @@ pub struct AddArgs {
     /// Optional update, discoverable only by browsing.
     #[arg(long)]
     browse_only: bool,
+    /// Architecture it applies to, as `uname -m` names it (repeatable; none = any).
+    #[arg(long = "arch", value_name = "ARCH")]
+    arch: Vec<String>,
+    /// Operating system it applies to: an os-release ID with an optional VERSION_ID range,
+    /// `debian`, `debian:>=12,<13`, `ubuntu:24.04` (repeatable: any of them).
+    #[arg(long = "os", value_name = "ID[:RANGE]", value_parser = parse_os)]
+    os: Vec<OsRule>,
+    /// The oldest agent version that may install it (older agents report it not
+    /// applicable, with a warning).
+    #[arg(long, value_name = "VERSION")]
+    min_agent_version: Option<String>,
+    /// Id of an update that must be installed first (repeatable).
+    #[arg(long = "requires", value_name = "UUID")]
+    requires: Vec<uuid::Uuid>,
+    /// Software installed without the agent that counts as this update installed
+    /// (repeatable: any of them): `exists:PATH`, `sha256:PATH=HEX`, `version:PATH=RANGE`,
+    /// `version:PATH:KEY=RANGE` (the version from the line KEY=value).
+    #[arg(long = "installed-if", value_name = "RULE", value_parser = parse_file_rule)]
+    installed_if: Vec<FileRule>,
+    /// A file fact that must hold for the update to apply, in the same forms
+    /// (repeatable: all of them).
+    #[arg(long = "applicable-if", value_name = "RULE", value_parser = parse_file_rule)]
+    applicable_if: Vec<FileRule>,
+}
+
+fn parse_os(s: &str) -> Result<OsRule, String> {
+    let (id, version) = match s.split_once(':') {
+        Some((id, r)) => (id, Some(r.to_string())),
+        None => (s, None),
+    };
+    Ok(OsRule {
+        id: id.to_string(),
+        version,
+    })
+}
+
+/// `exists:PATH`, `sha256:PATH=HEX`, `version:PATH=RANGE`, `version:PATH:KEY=RANGE`.
+fn parse_file_rule(s: &str) -> Result<FileRule, String> {
+    let bad = || {
+        format!("{s:?}: expected exists:PATH, sha256:PATH=HEX, version:PATH=RANGE or version:PATH:KEY=RANGE")
+    };
+    let (kind, rest) = s.split_once(':').ok_or_else(bad)?;
+    let rule = |path: &str| FileRule {
+        path: path.to_string(),
+        sha256: None,
+        version: None,
+        key: None,
+    };
+    match kind {
+        "exists" => Ok(rule(rest)),
+        "sha256" => {
+            let (path, hex) = rest.split_once('=').ok_or_else(bad)?;
+            Ok(FileRule {
+                sha256: Some(hex.to_ascii_lowercase()),
+                ..rule(path)
+            })
+        }
+        "version" => {
+            let (path, range) = rest.split_once('=').ok_or_else(bad)?;
+            let (path, key) = match path.rsplit_once(':') {
+                Some((p, k)) => (p, Some(k.to_string())),
+                None => (path, None),
+            };
+            Ok(FileRule {
+                version: Some(range.to_string()),
+                key,
+                ..rule(path)
+            })
+        }
+        _ => Err(bad()),
+    }
 }
 
 fn parse_category(s: &str) -> Result<Category, String> {
@@ -413,6 +484,14 @@ impl AddArgs {
             _ => DeploymentAction::Installation,
         };
         m.browse_only = self.browse_only;
+        m.applicability = upkeep::Applicability {
+            architectures: self.arch.clone(),
+            os: self.os.clone(),
+            min_agent_version: self.min_agent_version.clone(),
+            prerequisites: self.requires.clone(),
+            installed_if: self.installed_if.clone(),
+            applicable_if: self.applicable_if.clone(),
+        };
         Ok(NewUpdate {
             metadata: m,
             payload: ContentSource::File(payload),

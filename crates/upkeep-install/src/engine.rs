@@ -55,6 +55,12 @@ pub struct InstallRequest<'a> {
     pub supersedes: Vec<String>,
     /// Reinstall even if this revision is installed, rewriting files that changed on disk.
     pub forced: bool,
+    /// Why the update does not apply to this machine (its applicability rules or
+    /// prerequisites, as the caller evaluated them): refused with `WU_E_NOT_APPLICABLE`.
+    pub not_applicable: Option<String>,
+    /// Installed without the agent (an `installed_if` rule holds): nothing to do unless
+    /// forced.
+    pub detected: bool,
 }
 
 /// What to uninstall.
@@ -271,8 +277,20 @@ impl<'a> Engine<'a> {
         let m = &record.metadata;
         let id = m.id.to_string();
         let what = format!("update {id} ({})", m.title);
+        if let Some(why) = &req.not_applicable {
+            return Err(InstallError::new(
+                HResult::WU_E_NOT_APPLICABLE,
+                format!("{what} does not apply to this machine: {why}"),
+            ));
+        }
         let installed = self.store.installed()?;
         let prev = installed.iter().find(|i| i.update_id == id);
+        if req.detected && prev.is_none() && !req.forced {
+            return Ok(Done {
+                already_installed: true,
+                ..Done::default()
+            });
+        }
         if let Some(p) = prev {
             if !req.forced && p.revision >= m.revision {
                 return Ok(Done {

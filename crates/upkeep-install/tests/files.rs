@@ -208,6 +208,8 @@ fn request<'a>(rec: &'a UpdateRecord, payloads: &[&Payload]) -> InstallRequest<'
         eula_accepted: true,
         supersedes: Vec::new(),
         forced: false,
+        not_applicable: None,
+        detected: false,
     }
 }
 

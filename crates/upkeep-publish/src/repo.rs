@@ -156,8 +156,8 @@ pub struct NewUpdate {
 }
 
 /// An update manifest (`update.toml`): every field of the metadata schema plus the files.
-/// Relative file paths are relative to the manifest. Unknown keys are an error (they reach
-/// the metadata schema, which refuses them).
+/// Relative file paths are relative to the manifest. Unknown keys are an error, naming
+/// them (agents ignore unknown fields of a record; a publisher's manifest has typos).
 #[derive(Clone, Debug, Deserialize)]
 pub struct Manifest {
     /// The metadata fields, as in `docs/repository-format.md` (without `schema` and
@@ -203,8 +203,20 @@ impl Manifest {
         );
         let json = serde_json::to_value(&fields)
             .map_err(|e| PublishError::Invalid(format!("{}: {e}", path.display())))?;
-        let metadata: UpdateMetadata = serde_json::from_value(json)
-            .map_err(|e| PublishError::Invalid(format!("{}: {e}", path.display())))?;
+        // Agents ignore fields they do not know (records from newer publishers); here an
+        // unknown key is a typo, and refused.
+        let mut unknown = Vec::new();
+        let metadata: UpdateMetadata =
+            serde_ignored::deserialize(json, |p| unknown.push(p.to_string()))
+                .map_err(|e| PublishError::Invalid(format!("{}: {e}", path.display())))?;
+        if !unknown.is_empty() {
+            return Err(PublishError::Invalid(format!(
+                "{}: unknown key{} {} (see docs/repository-format.md)",
+                path.display(),
+                if unknown.len() == 1 { "" } else { "s" },
+                unknown.join(", ")
+            )));
+        }
         let file = |p: &PathBuf| ContentSource::File(base.join(p));
         Ok(NewUpdate {
             metadata,
@@ -844,6 +856,17 @@ impl Repository {
         let mut warnings = Vec::new();
         for u in &updates {
             let m = &u.metadata;
+            m.applicability.validate().map_err(|(field, why)| {
+                PublishError::Invalid(format!("update {}: {field}: {why}", m.id))
+            })?;
+            for p in &m.applicability.prerequisites {
+                if !published.contains_key(p) && !updates.iter().any(|o| o.metadata.id == *p) {
+                    warnings.push(format!(
+                        "update {}: prerequisite {p} is not in this repository; devices without it installed will find the update not applicable",
+                        m.id
+                    ));
+                }
+            }
             let Some(old) = published.get(&m.id) else {
                 continue;
             };

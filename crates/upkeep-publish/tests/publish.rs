@@ -291,6 +291,14 @@ deadline = "2026-02-01T00:00:00Z"
 payload = "agent.sh"
 eula_file = "EULA.txt"
 bootstrapper_file = "boot.sh"
+
+[applicability]
+architectures = ["x86_64", "aarch64"]
+os = [{ id = "debian", version = ">=12" }, { id = "ubuntu" }]
+min_agent_version = "0.1"
+prerequisites = ["00000000-0000-4000-8000-0000000000a9"]
+installed_if = [{ path = "/opt/agent/VERSION", version = ">=3" }]
+applicable_if = [{ path = "/etc/agent.conf" }]
 "#,
     )
     .unwrap();
@@ -303,14 +311,35 @@ bootstrapper_file = "boot.sh"
     assert!(m.eula.as_deref().unwrap().ends_with("/eula/EULA.txt"));
     assert!(m.bootstrapper.is_some());
     assert!(!m.uninstallable);
+    let a = &m.applicability;
+    assert_eq!(a.architectures, ["x86_64", "aarch64"]);
+    assert_eq!(a.os[0].version.as_deref(), Some(">=12"));
+    assert_eq!(a.installed_if[0].version.as_deref(), Some(">=3"));
+    assert_eq!(a.applicable_if[0].path, "/etc/agent.conf");
+    assert_eq!(a.prerequisites.len(), 1);
+    // Unknown keys are typos here (agents ignore them in records), at any depth.
+    let valid = "id = '00000000-0000-4000-8000-0000000000ab'\nrevision = 1\ntitle = 'x'\nhandler = { kind = 'files' }\npayload = 'agent.sh'\n";
+    for (extra, name) in [
+        ("colour = 'red'\n", "colour"),
+        (
+            "[applicability]\narchitecture = ['x86_64']\n",
+            "applicability.architecture",
+        ),
+    ] {
+        std::fs::write(tmp.path().join("bad.toml"), format!("{valid}{extra}")).unwrap();
+        let e = upkeep_publish::Manifest::load(&tmp.path().join("bad.toml")).unwrap_err();
+        assert!(
+            matches!(&e, PublishError::Invalid(m) if m.contains(name)),
+            "{e}"
+        );
+    }
+    // A malformed rule is refused before anything is written.
     std::fs::write(
         tmp.path().join("bad.toml"),
-        "title = 'x'\npayload = 'agent.sh'\ncolour = 'red'\n",
+        format!("{valid}[applicability]\nos = [{{ id = 'debian', version = '>=' }}]\n"),
     )
     .unwrap();
-    let e = upkeep_publish::Manifest::load(&tmp.path().join("bad.toml")).unwrap_err();
-    assert!(
-        matches!(&e, PublishError::Invalid(m) if m.contains("colour")),
-        "{e}"
-    );
+    let nu = upkeep_publish::Manifest::load(&tmp.path().join("bad.toml")).unwrap();
+    let e = repo.add_update(nu).err().unwrap();
+    assert!(e.to_string().contains("applicability.os"), "{e}");
 }

@@ -6,11 +6,13 @@
 //! metadata schema ([`UpdateMetadata`]) and the caller-facing [`Update`] and
 //! [`UpdateCollection`]. It does no I/O.
 
+pub mod applicability;
 mod enums;
 mod hashes;
 mod hresult;
 mod update;
 
+pub use applicability::{Applicability, FileRule, Machine, OsRule, RuleCheck};
 pub use enums::*;
 pub use hashes::Hashes;
 pub use hresult::*;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::applicability::Applicability;
 use crate::{DeploymentAction, InstallationImpact, InstallationRebootBehavior, UpdateType};
 
 /// The schema version this build writes and reads.
@@ -33,7 +34,6 @@ impl fmt::Display for UpdateIdentity {
 
 /// A category an update belongs to (WUA's `ICategory`: id and name).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Category {
     /// The category id (a UUID).
     pub id: Uuid,
@@ -43,7 +43,7 @@ pub struct Category {
 
 /// WUA's `IInstallationBehavior`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct InstallationBehavior {
     /// How much the installation affects the machine.
     pub impact: InstallationImpact,
@@ -57,7 +57,7 @@ pub struct InstallationBehavior {
 
 /// How an update's content is applied to the machine.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Handler {
     /// A tar, tar.zst or tar.gz payload whose entries are placed under the install root.
     Files,
@@ -125,9 +125,10 @@ impl Handler {
 /// One update's signed metadata: everything a search needs, with no content download.
 ///
 /// Serialised into `custom.upkeep` of the update's first content target. Unknown fields are
-/// rejected so that a typo in a manifest is an error, not a silently ignored setting.
+/// ignored, so that an older agent reads a record written for a newer one (a record that an
+/// older agent must not install says so with `applicability.min_agent_version`); the
+/// publisher refuses unknown keys in its manifests, where they are typos.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct UpdateMetadata {
     /// Schema version; this build reads [`SCHEMA_VERSION`].
     pub schema: u32,
@@ -207,6 +208,10 @@ pub struct UpdateMetadata {
     /// set-user-id or set-group-id bits; an entry with them that is not listed is refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub setid_paths: Vec<String>,
+    /// Which machines it applies to, its prerequisites, and how to detect it installed
+    /// without the agent.
+    #[serde(default, skip_serializing_if = "Applicability::is_empty")]
+    pub applicability: Applicability,
 }
 
 /// Without a declared `installed_size`, payloads may expand to this many times their
@@ -264,6 +269,7 @@ impl UpdateMetadata {
             more_info_urls: Vec::new(),
             installed_size: None,
             setid_paths: Vec::new(),
+            applicability: Applicability::default(),
         }
     }
 
@@ -322,6 +328,15 @@ impl UpdateMetadata {
                     "{:?} is not one of Critical, Important, Moderate, Low",
                     self.severity
                 ),
+            ));
+        }
+        self.applicability
+            .validate()
+            .map_err(|(field, reason)| err(field, reason))?;
+        if self.applicability.prerequisites.contains(&self.id) {
+            return Err(err(
+                "applicability.prerequisites",
+                "an update cannot be its own prerequisite".into(),
             ));
         }
         if self.supersedes.contains(&self.id) {
@@ -406,6 +421,13 @@ pub struct UpdateState {
     /// The revision installed on this machine, if any: equal to the update's own revision
     /// when it is installed, lower when this update is an upgrade of what is installed.
     pub installed_revision: Option<u32>,
+    /// Why the update does not apply to this machine (the first rule that failed); `None`
+    /// when it applies.
+    pub not_applicable: Option<String>,
+    /// Installed without the agent, as an `installed_if` rule detected it.
+    pub detected: bool,
+    /// Every applicability rule as it was checked, prerequisites included.
+    pub applicability: Vec<crate::applicability::RuleCheck>,
 }
 
 /// What the agent keeps of an installed update, so that it can be shown and uninstalled
@@ -761,6 +783,28 @@ impl Update {
     pub fn installed_revision(&self) -> Option<u32> {
         self.0.state.installed_revision
     }
+    /// Whether the update applies to this machine (as the search found it). Searches
+    /// return only applicable updates unless asked for all.
+    pub fn is_applicable(&self) -> bool {
+        self.0.state.not_applicable.is_none()
+    }
+    /// Why it does not apply: the first rule that failed, in words.
+    pub fn not_applicable_reason(&self) -> Option<&str> {
+        self.0.state.not_applicable.as_deref()
+    }
+    /// Installed without the agent (an `installed_if` rule detected it): `IsInstalled` is
+    /// true but the agent owns none of its files and cannot uninstall it.
+    pub fn is_detected(&self) -> bool {
+        self.0.state.detected
+    }
+    /// Every applicability rule as the search checked it.
+    pub fn applicability_checks(&self) -> &[crate::RuleCheck] {
+        &self.0.state.applicability
+    }
+    /// Updates that must be installed before this one.
+    pub fn prerequisites(&self) -> &[Uuid] {
+        &self.0.signed.metadata.applicability.prerequisites
+    }
     /// `EulaAccepted`; true for an update without a EULA.
     pub fn eula_accepted(&self) -> bool {
         self.0.signed.metadata.eula.is_none()
@@ -913,11 +957,17 @@ mod tests {
     }
 
     #[test]
-    fn metadata_rejects_unknown_fields_and_bad_paths() {
+    fn metadata_ignores_unknown_fields_and_rejects_bad_paths() {
         let m = UpdateMetadata::new(Uuid::from_u128(1), "t", "a/b.tar");
+        // A newer publisher's fields, at the top, in nested records and in the rules.
         let mut v = serde_json::to_value(&m).unwrap();
         v["colour"] = "blue".into();
-        assert!(serde_json::from_value::<UpdateMetadata>(v).is_err());
+        v["handler"]["future"] = 1.into();
+        v["installation_behavior"] = serde_json::json!({"impact": "Minor", "new": true});
+        v["applicability"] = serde_json::json!({"architectures": ["x86_64"], "gpu": "any"});
+        let read: UpdateMetadata = serde_json::from_value(v).unwrap();
+        assert_eq!(read.applicability.architectures, ["x86_64"]);
+        assert_eq!(read.handler, Handler::Files);
 
         for bad in ["", "/abs", "a/../b", "a//b", "./a", "a\\b"] {
             let mut m2 = m.clone();

@@ -12,12 +12,18 @@
 //! low_priority_bytes_per_second = 1000000  # cap shared by Low priority downloads
 //! min_transfer_rate = 1024                 # slower for min_transfer_rate_seconds: retried
 //! min_transfer_rate_seconds = 30
+//! keep_downloads = false                   # keep content in the cache after installing
+//! cache_max_bytes = 2000000000             # least recently used content goes beyond it
+//! partial_max_age_days = 7                 # unfinished downloads older than this go
+//! architecture = "aarch64"                 # instead of `uname -m` (an image of another machine)
+//! os_release = "/mnt/image/etc/os-release" # instead of the install root's os-release
 //! ```
 //! Environment: `UPKEEP_REPOSITORY`, `UPKEEP_TRUSTED_ROOT`, `UPKEEP_STATE_DIR`,
 //! `UPKEEP_INSTALL_ROOT`, `UPKEEP_CLIENT_APPLICATION_ID`, `UPKEEP_MIRRORS` (comma-separated),
 //! `UPKEEP_PARALLEL_DOWNLOADS`, `UPKEEP_LOW_PRIORITY_BYTES_PER_SECOND`,
-//! `UPKEEP_MIN_TRANSFER_RATE`, `UPKEEP_MIN_TRANSFER_RATE_SECONDS`; `UPKEEP_CONFIG`
-//! names the file.
+//! `UPKEEP_MIN_TRANSFER_RATE`, `UPKEEP_MIN_TRANSFER_RATE_SECONDS`, `UPKEEP_KEEP_DOWNLOADS`
+//! (`1`/`true`), `UPKEEP_CACHE_MAX_BYTES`, `UPKEEP_PARTIAL_MAX_AGE_DAYS`,
+//! `UPKEEP_ARCHITECTURE`, `UPKEEP_OS_RELEASE`; `UPKEEP_CONFIG` names the file.
 
 use std::path::{Path, PathBuf};
 
@@ -53,6 +59,19 @@ pub struct Config {
     pub min_transfer_rate: Option<u64>,
     /// The window of `min_transfer_rate`, seconds (default 30, at least 1).
     pub min_transfer_rate_seconds: Option<u64>,
+    /// Keep downloaded content in the cache after a successful install (default false:
+    /// it is removed, except what an installed `command` update needs to uninstall).
+    pub keep_downloads: Option<bool>,
+    /// The most bytes of content the cache keeps; beyond it the least recently used
+    /// objects are removed (default: no cap).
+    pub cache_max_bytes: Option<u64>,
+    /// Unfinished downloads older than this many days are removed (default 7).
+    pub partial_max_age_days: Option<u64>,
+    /// The architecture applicability rules see, instead of `uname -m`.
+    pub architecture: Option<String>,
+    /// The `os-release` file applicability rules read, instead of the install root's
+    /// (`etc/os-release`, then `usr/lib/os-release`; the host's when the root has none).
+    pub os_release: Option<PathBuf>,
 }
 
 impl Config {
@@ -112,6 +131,23 @@ impl Config {
                 "UPKEEP_MIN_TRANSFER_RATE_SECONDS",
                 get("UPKEEP_MIN_TRANSFER_RATE_SECONDS"),
             )?,
+            keep_downloads: get("UPKEEP_KEEP_DOWNLOADS")
+                .map(|v| match v.trim() {
+                    "1" | "true" | "yes" => Ok(true),
+                    "0" | "false" | "no" => Ok(false),
+                    _ => Err(Error::new(
+                        HResult::E_INVALIDARG,
+                        format!("UPKEEP_KEEP_DOWNLOADS={v:?} is not 1/true/yes or 0/false/no"),
+                    )),
+                })
+                .transpose()?,
+            cache_max_bytes: number("UPKEEP_CACHE_MAX_BYTES", get("UPKEEP_CACHE_MAX_BYTES"))?,
+            partial_max_age_days: number(
+                "UPKEEP_PARTIAL_MAX_AGE_DAYS",
+                get("UPKEEP_PARTIAL_MAX_AGE_DAYS"),
+            )?,
+            architecture: get("UPKEEP_ARCHITECTURE"),
+            os_release: get("UPKEEP_OS_RELEASE").map(PathBuf::from),
         })
     }
 
@@ -137,6 +173,11 @@ impl Config {
             min_transfer_rate_seconds: over
                 .min_transfer_rate_seconds
                 .or(self.min_transfer_rate_seconds),
+            keep_downloads: over.keep_downloads.or(self.keep_downloads),
+            cache_max_bytes: over.cache_max_bytes.or(self.cache_max_bytes),
+            partial_max_age_days: over.partial_max_age_days.or(self.partial_max_age_days),
+            architecture: over.architecture.or(self.architecture),
+            os_release: over.os_release.or(self.os_release),
         }
     }
 
@@ -169,6 +210,12 @@ impl Config {
                 ));
             }
         }
+        if self.cache_max_bytes == Some(0) {
+            return Err(Error::new(
+                HResult::E_INVALIDARG,
+                "cache_max_bytes = 0: leave it unset for no cap (content is removed after install unless keep_downloads is set)",
+            ));
+        }
         let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
         let state_dir = absolute(self.state_dir.unwrap_or_else(default_state_dir));
         Ok(ResolvedConfig {
@@ -184,6 +231,11 @@ impl Config {
             low_priority_bytes_per_second: self.low_priority_bytes_per_second,
             min_transfer_rate: self.min_transfer_rate.unwrap_or(1024),
             min_transfer_rate_seconds: self.min_transfer_rate_seconds.unwrap_or(30),
+            keep_downloads: self.keep_downloads.unwrap_or(false),
+            cache_max_bytes: self.cache_max_bytes,
+            partial_max_age_days: self.partial_max_age_days.unwrap_or(7),
+            architecture: self.architecture,
+            os_release: self.os_release.map(absolute),
         })
     }
 }
@@ -227,6 +279,16 @@ pub struct ResolvedConfig {
     pub min_transfer_rate: u64,
     /// Its window, seconds.
     pub min_transfer_rate_seconds: u64,
+    /// Keep content after installing.
+    pub keep_downloads: bool,
+    /// Cache cap, bytes.
+    pub cache_max_bytes: Option<u64>,
+    /// Age in days after which unfinished downloads are removed.
+    pub partial_max_age_days: u64,
+    /// Architecture override.
+    pub architecture: Option<String>,
+    /// `os-release` override.
+    pub os_release: Option<PathBuf>,
 }
 
 #[cfg(test)]

@@ -452,7 +452,24 @@ fn run(
     let n = updates.len();
     let mut results =
         vec![UpdateInstallationResult::new(OperationResultCode::NotStarted, HResult::S_OK); n];
-    for (i, u) in updates.iter().enumerate() {
+    // Installs run prerequisites first; results stay at the caller's indices.
+    let order = match op {
+        Operation::Install => crate::applicable::install_order(
+            &updates
+                .iter()
+                .map(|u| (u.identity().update_id, u.prerequisites().to_vec()))
+                .collect::<Vec<_>>(),
+        ),
+        Operation::Uninstall => (0..n).collect(),
+    };
+    let facts = (op == Operation::Install
+        && updates
+            .iter()
+            .any(|u| !u.metadata().applicability.is_empty()))
+    .then(|| crate::applicable::Facts::read(session.config()));
+    let mut succeeded_here: std::collections::HashSet<uuid::Uuid> = Default::default();
+    for (step, &i) in order.iter().enumerate() {
+        let u = updates.get(i).expect("an index of the collection");
         if ctx.is_abort_requested() {
             results[i] = UpdateInstallationResult::failed(
                 OperationResultCode::Aborted,
@@ -470,7 +487,7 @@ fn run(
         });
         let reporter = JobReporter {
             ctx,
-            index: i,
+            index: step,
             count: n,
         };
         let record = u.record();
@@ -485,6 +502,10 @@ fn run(
                     store.accept_eula(&id, u.identity().revision_number)?;
                 }
                 let accepted = store.accepted_eulas()?;
+                let (not_applicable, detected) = match &facts {
+                    Some(f) => applicability_now(session, f, &store, u, &succeeded_here)?,
+                    None => (None, false),
+                };
                 engine.install(
                     &InstallRequest {
                         update: &record,
@@ -493,6 +514,8 @@ fn run(
                             || accepted.contains(&(id.clone(), u.identity().revision_number)),
                         supersedes: supersedence_closure(&supersedes, u),
                         forced,
+                        not_applicable,
+                        detected,
                     },
                     &reporter,
                 )
@@ -506,6 +529,9 @@ fn run(
                 &reporter,
             ),
         };
+        if outcome.is_ok() {
+            succeeded_here.insert(u.identity().update_id);
+        }
         results[i] = match outcome {
             Ok(done) => UpdateInstallationResult {
                 result_code: OperationResultCode::Succeeded,
@@ -539,7 +565,9 @@ fn run(
         ctx.update(|p| {
             p.results = snapshot;
             p.current_update_percent_complete = 100;
-            p.percent_complete = p.percent_complete.max(percent((i + 1) as f64 / n as f64));
+            p.percent_complete = p
+                .percent_complete
+                .max(percent((step + 1) as f64 / n as f64));
         });
     }
     let (code, hresult) = crate::overall_result(
@@ -554,6 +582,48 @@ fn run(
         reboot_required: results.iter().any(|r| r.reboot_required),
         results,
     })
+}
+
+/// Whether `u` applies to this machine now (its rules re-read, not the search's view): why
+/// not, and whether it is installed without the agent. A prerequisite is met when it is
+/// installed (by the agent, or detected by its own rules as the session's catalog has
+/// them) or was installed earlier in this job.
+fn applicability_now(
+    session: &UpdateSession,
+    facts: &crate::applicable::Facts,
+    store: &upkeep_store::Store,
+    u: &Update,
+    earlier: &std::collections::HashSet<uuid::Uuid>,
+) -> Result<(Option<String>, bool)> {
+    let v = facts.verdict(&u.metadata().applicability);
+    if v.not_applicable.is_some() || u.prerequisites().is_empty() {
+        return Ok((v.not_applicable, v.detected_installed));
+    }
+    let installed: std::collections::HashSet<String> = store
+        .installed()?
+        .into_iter()
+        .map(|i| i.update_id)
+        .collect();
+    for p in u.prerequisites() {
+        if installed.contains(&p.to_string()) || earlier.contains(p) {
+            continue;
+        }
+        let detected = session.cached_update(p).is_some_and(|pu| {
+            facts
+                .verdict(&pu.metadata().applicability)
+                .detected_installed
+        });
+        if detected {
+            continue;
+        }
+        return Ok((
+            Some(format!(
+                "prerequisite {p} is not installed (install it first, or in the same job)"
+            )),
+            false,
+        ));
+    }
+    Ok((None, v.detected_installed))
 }
 
 /// The ids `u` supersedes, followed through every update the session's catalog knows.

@@ -101,6 +101,7 @@ pub(crate) fn overall_result(
     }
 }
 
+pub mod applicable;
 pub mod catalog;
 pub mod config;
 pub mod criteria;

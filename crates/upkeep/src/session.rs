@@ -93,6 +93,26 @@ impl UpdateSessionBuilder {
         self.over.min_transfer_rate_seconds = Some(seconds);
         self
     }
+    /// Keep downloaded content in the cache after a successful install (default false).
+    pub fn keep_downloads(mut self, keep: bool) -> Self {
+        self.over.keep_downloads = Some(keep);
+        self
+    }
+    /// The most bytes of content the cache keeps (least recently used removed beyond it).
+    pub fn cache_max_bytes(mut self, bytes: u64) -> Self {
+        self.over.cache_max_bytes = Some(bytes);
+        self
+    }
+    /// The architecture applicability rules see, instead of `uname -m`.
+    pub fn architecture(mut self, arch: impl Into<String>) -> Self {
+        self.over.architecture = Some(arch.into());
+        self
+    }
+    /// The `os-release` file applicability rules read, instead of the install root's.
+    pub fn os_release(mut self, path: impl Into<PathBuf>) -> Self {
+        self.over.os_release = Some(path.into());
+        self
+    }
     /// The caller's name when neither the builder, the environment nor the configuration
     /// file gives one (a tool's own name, below the user's settings).
     pub fn default_client_application_id(mut self, id: impl Into<String>) -> Self {
@@ -390,6 +410,7 @@ impl UpdateSession {
             session: self.clone(),
             online: true,
             include_superseded: false,
+            include_not_applicable: false,
         }
     }
 
@@ -535,6 +556,7 @@ impl LocalState {
             eula_accepted: self.eulas.contains(&(id, rev)),
             reboot_required: inst.is_some_and(|i| i.reboot_required),
             installed_revision: any.map(|i| i.revision),
+            ..Default::default()
         }
     }
 
@@ -558,8 +580,88 @@ impl LocalState {
             eula_accepted: self.eulas.contains(&(id, i.revision)),
             reboot_required: i.reboot_required,
             installed_revision: Some(i.revision),
+            ..Default::default()
         };
         Some(u.with_state(st))
+    }
+}
+
+/// Applicability of every catalog entry on this machine, evaluated once per search.
+struct Applies {
+    /// Verdicts of the entries that have rules, prerequisites included.
+    verdicts: std::collections::HashMap<uuid::Uuid, upkeep_types::applicability::Verdict>,
+}
+
+impl Applies {
+    fn evaluate(
+        session: &UpdateSession,
+        catalog: &Catalog,
+        local: &LocalState,
+        warnings: &mut Vec<UpdateException>,
+    ) -> Applies {
+        let with_rules: Vec<&Update> = catalog
+            .entries()
+            .iter()
+            .filter(|u| !u.metadata().applicability.is_empty())
+            .collect();
+        let mut verdicts = std::collections::HashMap::new();
+        if with_rules.is_empty() {
+            return Applies { verdicts };
+        }
+        let facts = crate::applicable::Facts::read(session.config());
+        for u in &with_rules {
+            let v = facts.verdict(&u.metadata().applicability);
+            if v.needs_newer_agent {
+                warnings.push(UpdateException {
+                    message: format!(
+                        "update {} ({}) needs agent version {} or later (this is {}): not applicable here until the agent is updated",
+                        u.identity().update_id,
+                        u.title(),
+                        u.metadata().applicability.min_agent_version.as_deref().unwrap_or("?"),
+                        crate::applicable::AGENT_VERSION
+                    ),
+                    hresult: HResult::WU_E_NOT_APPLICABLE,
+                });
+            }
+            verdicts.insert(u.identity().update_id, v);
+        }
+        let installed = |id: &uuid::Uuid| {
+            local.installed.contains_key(id)
+                || verdicts.get(id).is_some_and(|v| v.detected_installed)
+        };
+        let available = |id: &uuid::Uuid| {
+            let u = catalog.get(id)?;
+            let applies = verdicts.get(id).is_none_or(|v| v.not_applicable.is_none());
+            Some((u.title().to_string(), u.prerequisites().to_vec(), applies))
+        };
+        let mut pre = crate::applicable::Prerequisites::new(&installed, &available);
+        let mut outcome = Vec::new();
+        for u in with_rules.iter().filter(|u| !u.prerequisites().is_empty()) {
+            outcome.push((u.identity().update_id, pre.check(u.prerequisites())));
+        }
+        drop(pre);
+        for (id, (checks, failed)) in outcome {
+            let v = verdicts.get_mut(&id).expect("evaluated above");
+            v.checks.extend(checks);
+            if v.not_applicable.is_none() {
+                v.not_applicable = failed;
+            }
+        }
+        Applies { verdicts }
+    }
+
+    /// Sets the applicability part of a published update's state.
+    fn apply(&self, u: &Update, st: &mut upkeep_types::UpdateState) {
+        let Some(v) = self.verdicts.get(&u.identity().update_id) else {
+            return;
+        };
+        st.not_applicable = v.not_applicable.clone();
+        st.applicability = v.checks.clone();
+        if v.detected_installed && !st.is_installed {
+            st.is_installed = true;
+            st.is_present = true;
+            st.detected = true;
+        }
     }
 }
 
@@ -658,6 +760,12 @@ impl UpdateSession {
                 .collect(),
             cached,
         })
+    }
+
+    /// An update of the catalog in memory (no refresh).
+    pub(crate) fn cached_update(&self, id: &uuid::Uuid) -> Option<Update> {
+        let cache = self.inner.catalog.lock().expect("not poisoned");
+        cache.as_ref().and_then(|(_, cat)| cat.get(id).cloned())
     }
 
     /// Who supersedes whom, as the catalog in memory knows it (no refresh): id → the ids
@@ -782,6 +890,7 @@ pub struct UpdateSearcher {
     session: UpdateSession,
     online: bool,
     include_superseded: bool,
+    include_not_applicable: bool,
 }
 
 impl UpdateSearcher {
@@ -802,6 +911,16 @@ impl UpdateSearcher {
     /// Sets `IncludePotentiallySupersededUpdates`.
     pub fn set_include_potentially_superseded_updates(&mut self, include: bool) {
         self.include_superseded = include;
+    }
+    /// Whether searches also return updates that do not apply to this machine (an upkeep
+    /// extension, default false as in WUA; `show` uses it to say why one does not apply:
+    /// [`Update::not_applicable_reason`], [`Update::applicability_checks`]).
+    pub fn include_not_applicable(&self) -> bool {
+        self.include_not_applicable
+    }
+    /// Sets [`include_not_applicable`](Self::include_not_applicable).
+    pub fn set_include_not_applicable(&mut self, include: bool) {
+        self.include_not_applicable = include;
     }
     /// `QueryHistory`: up to `count` entries, newest first, from `start` (0 = newest).
     /// `count` 0 is `WU_E_INVALIDINDEX`.
@@ -846,6 +965,8 @@ impl UpdateSearcher {
             }
         })?;
         let local = self.session.local_state()?;
+        let mut warnings = catalog.warnings().to_vec();
+        let applies = Applies::evaluate(&self.session, &catalog, &local, &mut warnings);
         let sink: Arc<dyn upkeep_types::StateSink> = Arc::new(SessionSink(self.session.clone()));
         // Per-machine state first (installed, hidden, downloaded…), so criteria see it. An
         // installed update is shown at its installed revision, from its own record — also
@@ -858,7 +979,11 @@ impl UpdateSearcher {
         let mut updates: Vec<(uuid::Uuid, bool, Update)> = Vec::new();
         let mut seen: HashSet<uuid::Uuid> = HashSet::new();
         let include_superseded = self.include_superseded;
+        let include_not_applicable = self.include_not_applicable;
         let mut consider = |u: Update, updates: &mut Vec<(uuid::Uuid, bool, Update)>| {
+            if !include_not_applicable && !u.is_applicable() {
+                return;
+            }
             let installed = u.is_installed();
             let matches = criteria.matches(&u);
             if !include_superseded && (installed || matches) {
@@ -870,7 +995,8 @@ impl UpdateSearcher {
         };
         for u in catalog.entries() {
             let id = u.identity().update_id;
-            let st = local.state_of(u);
+            let mut st = local.state_of(u);
+            applies.apply(u, &mut st);
             let published = u.with_state_and_sink(st, Some(sink.clone()));
             match local.installed.get(&id) {
                 Some(i) => {
@@ -912,7 +1038,6 @@ impl UpdateSearcher {
             // one, supersedes. Installed updates stay in view.
             updates.retain(|(id, installed, _)| *installed || !superseded.contains(id));
         }
-        let warnings = catalog.warnings().to_vec();
         Ok(SearchResult {
             result_code: if warnings.is_empty() {
                 OperationResultCode::Succeeded

@@ -1,0 +1,180 @@
+//! Fleet features through the binary: applicability published with `repo add` flags and
+//! evaluated on this machine (its real `uname -m` and `os-release`), shown by `show`,
+//! enforced by `install`.
+
+mod common;
+
+use std::path::Path;
+
+use common::{ok, tar_of, upkeep};
+
+const HERE: &str = "a0000000-0000-4000-8000-000000000001";
+const OTHER: &str = "a0000000-0000-4000-8000-000000000002";
+const NEEDS: &str = "a0000000-0000-4000-8000-000000000003";
+const DETECT: &str = "a0000000-0000-4000-8000-000000000004";
+
+fn this_arch() -> String {
+    let o = std::process::Command::new("uname")
+        .arg("-m")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn this_os_id() -> String {
+    let t = std::fs::read_to_string("/etc/os-release")
+        .or_else(|_| std::fs::read_to_string("/usr/lib/os-release"))
+        .unwrap();
+    upkeep::applicability::os_release_value(&t, "ID").unwrap()
+}
+
+fn add(dir: &Path, payload: &Path, id: &str, title: &str, extra: &[&str]) {
+    let base = [
+        "repo",
+        "add",
+        dir.to_str().unwrap(),
+        "--id",
+        id,
+        "--title",
+        title,
+        "--payload",
+        payload.to_str().unwrap(),
+        "--handler",
+        "files",
+    ];
+    ok(&upkeep(&[&base[..], extra].concat()));
+}
+
+#[test]
+fn applicability_from_repo_add_flags_on_this_machine() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    ok(&upkeep(&["repo", "init", repo.to_str().unwrap()]));
+    let payload = |name: &str| {
+        let p = tmp.path().join(format!("{name}.tar"));
+        std::fs::write(&p, tar_of(&[(&format!("opt/{name}/f"), b"x", 0o644)])).unwrap();
+        p
+    };
+    let (arch, os) = (this_arch(), this_os_id());
+    add(
+        &repo,
+        &payload("here"),
+        HERE,
+        "For this machine",
+        &["--arch", &arch, "--os", &os],
+    );
+    // Another architecture (a name no machine here has).
+    add(
+        &repo,
+        &payload("other"),
+        OTHER,
+        "For another machine",
+        &["--arch", "riscv64"],
+    );
+    add(
+        &repo,
+        &payload("needs"),
+        NEEDS,
+        "Needs the first",
+        &["--requires", HERE],
+    );
+    add(
+        &repo,
+        &payload("detect"),
+        DETECT,
+        "Maybe installed by hand",
+        &["--installed-if", "exists:/etc/by-hand.conf"],
+    );
+    // A malformed rule is refused by the publisher, naming it.
+    let bad = upkeep(&[
+        "repo",
+        "add",
+        repo.to_str().unwrap(),
+        "--title",
+        "x",
+        "--payload",
+        payload("bad").to_str().unwrap(),
+        "--handler",
+        "files",
+        "--os",
+        "debian:>=",
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("applicability.os"));
+
+    let root = tmp.path().join("root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/by-hand.conf"), "x").unwrap();
+    let (trusted, state) = (repo.join("metadata/1.root.json"), tmp.path().join("state"));
+    let agent = [
+        "--repo",
+        repo.to_str().unwrap(),
+        "--trusted-root",
+        trusted.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--root",
+        root.to_str().unwrap(),
+    ];
+    let run = |args: &[&str]| upkeep(&[&agent[..], args].concat());
+    let ids = |criteria: &str, extra: &[&str]| -> Vec<String> {
+        let out = ok(&run(&[&["search", criteria, "--json"][..], extra].concat()));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let mut ids: Vec<String> = v["updates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids("IsInstalled=0", &[]), [HERE, NEEDS]);
+    assert_eq!(ids("IsInstalled=1", &[]), [DETECT]);
+    assert_eq!(
+        ids("IsInstalled=0", &["--include-not-applicable"]),
+        [HERE, OTHER, NEEDS]
+    );
+    let table = ok(&run(&["search", "--include-not-applicable"]));
+    let line = table.lines().find(|l| l.contains(OTHER)).unwrap();
+    assert!(line.contains("-----N"), "{line}");
+
+    let show = ok(&run(&["show", OTHER]));
+    assert!(
+        show.contains(&format!(
+            "applies:          no: architecture {arch} is one of riscv64"
+        )),
+        "{show}"
+    );
+    let show = ok(&run(&["show", DETECT]));
+    assert!(
+        show.contains("without the agent")
+            && show.contains("yes installed if /etc/by-hand.conf exists"),
+        "{show}"
+    );
+    let show: serde_json::Value =
+        serde_json::from_str(&ok(&run(&["show", HERE, "--json"]))).unwrap();
+    assert_eq!(show["applicable"], true);
+    assert_eq!(show["applicability"]["architectures"][0], arch.as_str());
+    assert_eq!(show["applicability_checks"].as_array().unwrap().len(), 2);
+
+    // Installing what does not apply: refused with its code and rule; nothing changed.
+    let o = run(&["install", OTHER, "--json"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let u = &v["updates"][0];
+    assert_eq!(u["hresult"], "0x80240017");
+    assert!(
+        u["error"]["message"].as_str().unwrap().contains("riscv64"),
+        "{u}"
+    );
+    assert!(!root.join("opt").exists());
+    // A prerequisite named after its dependent is installed first.
+    ok(&run(&["install", NEEDS, HERE]));
+    assert!(root.join("opt/needs/f").exists() && root.join("opt/here/f").exists());
+}
