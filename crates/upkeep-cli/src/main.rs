@@ -2,6 +2,7 @@
 //! repository authoring and the demo. This is the only crate that knows about
 //! terminals; libraries report through types and `tracing`.
 
+mod cache_cmd;
 #[cfg(feature = "publisher")]
 mod demo;
 mod download_cmd;
@@ -190,6 +191,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The content cache: list what it holds, clean it.
+    #[command(subcommand)]
+    Cache(cache_cmd::CacheCommand),
     /// Print a shell completion script: `upkeep completions bash > /etc/bash_completion.d/upkeep`.
     Completions {
         /// The shell.
@@ -365,6 +369,7 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
             install_cmd::hide(&cli.global.with(&here), &ids, false, json)
         }
         Command::Status { here, json } => install_cmd::status(&cli.global.with(&here), json),
+        Command::Cache(c) => cache_cmd::run(&cli.global, c),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "upkeep", &mut std::io::stdout());

@@ -178,3 +178,58 @@ fn applicability_from_repo_add_flags_on_this_machine() {
     ok(&run(&["install", NEEDS, HERE]));
     assert!(root.join("opt/needs/f").exists() && root.join("opt/here/f").exists());
 }
+
+#[test]
+fn cache_list_and_clean() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    ok(&upkeep(&["repo", "init", repo.to_str().unwrap()]));
+    for (id, name) in [(HERE, "one"), (OTHER, "two")] {
+        let p = tmp.path().join(format!("{name}.tar"));
+        std::fs::write(
+            &p,
+            tar_of(&[(&format!("opt/{name}/f"), name.as_bytes(), 0o644)]),
+        )
+        .unwrap();
+        add(&repo, &p, id, name, &[]);
+    }
+    let (trusted, state, root) = (
+        repo.join("metadata/1.root.json"),
+        tmp.path().join("state"),
+        tmp.path().join("root"),
+    );
+    let agent = [
+        "--repo",
+        repo.to_str().unwrap(),
+        "--trusted-root",
+        trusted.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--root",
+        root.to_str().unwrap(),
+    ];
+    let run = |args: &[&str]| upkeep(&[&agent[..], args].concat());
+    let listed = || -> serde_json::Value {
+        serde_json::from_str(&ok(&run(&["cache", "list", "--json"]))).unwrap()
+    };
+    assert_eq!(listed()["objects"].as_array().unwrap().len(), 0);
+    ok(&run(&["download", "--all"]));
+    let v = listed();
+    let objects = v["objects"].as_array().unwrap();
+    assert_eq!(objects.len(), 2);
+    assert!(objects.iter().all(|o| o["verified"] == true));
+    let owners: Vec<&str> = objects
+        .iter()
+        .map(|o| o["updates"][0].as_str().unwrap())
+        .collect();
+    assert!(owners.iter().any(|o| o.starts_with("one (")), "{owners:?}");
+    assert!(ok(&run(&["cache", "list"])).contains("2 object(s), 0 partial download(s)"));
+    // Installing one removes its content; the other stays until cleaned.
+    ok(&run(&["install", HERE]));
+    assert_eq!(listed()["objects"].as_array().unwrap().len(), 1);
+    let cleaned: serde_json::Value =
+        serde_json::from_str(&ok(&run(&["cache", "clean", "--json"]))).unwrap();
+    assert_eq!(cleaned["objects"], 1);
+    assert_eq!(listed()["objects"].as_array().unwrap().len(), 0);
+    assert!(ok(&run(&["cache", "list"])).contains("The cache is empty."));
+}

@@ -96,6 +96,7 @@ impl ContentCache {
         let m = std::fs::symlink_metadata(&p).ok()?;
         let whole = m.is_file() && m.len() == file.length;
         if whole && self.stamp_matches(&k, &m) {
+            self.touch(&k);
             return Some(p);
         }
         if whole && hashes_match(&p, file).unwrap_or(false) {
@@ -174,12 +175,157 @@ impl ContentCache {
             .unwrap_or_default()
     }
 
+    /// Records that the object `key` was used now (the modification time of its stamp,
+    /// which least-recently-used eviction orders by; the stamp's target — what it checks —
+    /// is unchanged).
+    pub fn touch(&self, key: &str) {
+        use std::os::unix::ffi::OsStrExt;
+        let Ok(c) = std::ffi::CString::new(self.stamp_path(key).as_os_str().as_bytes()) else {
+            return;
+        };
+        // SAFETY: a NUL-terminated path; a null `times` means "now"; the link itself is
+        // changed, not what it names.
+        unsafe {
+            libc::utimensat(
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                std::ptr::null(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            );
+        }
+    }
+
+    /// Every object in the cache, verified or not, with its size and when it was last
+    /// used, least recently used first.
+    pub fn entries(&self) -> Vec<CacheEntry> {
+        let mut out: Vec<CacheEntry> = std::fs::read_dir(self.dir.join("objects"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| {
+                        let key = e.file_name().into_string().ok()?;
+                        let m = e.metadata().ok()?;
+                        let stamp = std::fs::symlink_metadata(self.stamp_path(&key)).ok();
+                        Some(CacheEntry {
+                            verified: stamp.is_some() && self.stamp_matches(&key, &m),
+                            last_used: stamp
+                                .and_then(|s| s.modified().ok())
+                                .or_else(|| m.modified().ok())
+                                .unwrap_or(std::time::UNIX_EPOCH),
+                            bytes: m.len(),
+                            key,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by(|a, b| {
+            a.last_used
+                .cmp(&b.last_used)
+                .then_with(|| a.key.cmp(&b.key))
+        });
+        out
+    }
+
+    /// Unfinished downloads: (file name, bytes, last written).
+    pub fn partials(&self) -> Vec<(String, u64, std::time::SystemTime)> {
+        std::fs::read_dir(self.dir.join("partial"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| {
+                        let name = e.file_name().into_string().ok()?;
+                        let m = e.metadata().ok()?;
+                        name.ends_with(".part")
+                            .then(|| (name, m.len(), m.modified().unwrap_or(std::time::UNIX_EPOCH)))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Removes the object `key` and its stamp; the bytes freed.
+    pub fn remove_key(&self, key: &str) -> u64 {
+        let p = self.object_path(key);
+        let n = std::fs::symlink_metadata(&p).map_or(0, |m| m.len());
+        let gone = std::fs::remove_file(&p).is_ok();
+        let _ = std::fs::remove_file(self.stamp_path(key));
+        if gone {
+            n
+        } else {
+            0
+        }
+    }
+
+    /// Removes unfinished downloads last written more than `max_age` ago (`None`: all) that
+    /// no transfer holds; (files, bytes) removed.
+    pub fn remove_partials(&self, max_age: Option<std::time::Duration>) -> (usize, u64) {
+        let mut removed = (0, 0);
+        for (name, bytes, modified) in self.partials() {
+            let old = max_age.is_none_or(|age| modified.elapsed().is_ok_and(|e| e > age));
+            if !old {
+                continue;
+            }
+            let path = self.dir.join("partial").join(&name);
+            // A running transfer holds the lock: its file stays.
+            let Ok(Some(_held)) = upkeep_fs::try_lock(&path) else {
+                continue;
+            };
+            if std::fs::remove_file(&path).is_ok() {
+                let key = name.trim_end_matches(".part");
+                let _ = std::fs::remove_file(self.meta_path(key));
+                removed.0 += 1;
+                removed.1 += bytes;
+            }
+        }
+        removed
+    }
+
+    /// Removes least recently used objects until the objects add up to at most `max_bytes`,
+    /// never one of `keep` (content a job is using now: a cap smaller than one job's
+    /// content is exceeded rather than breaking the job); (objects, bytes) removed.
+    pub fn enforce_cap(
+        &self,
+        max_bytes: u64,
+        keep: &std::collections::HashSet<String>,
+    ) -> (usize, u64) {
+        let entries = self.entries();
+        let mut total: u64 = entries.iter().map(|e| e.bytes).sum();
+        let mut removed = (0, 0);
+        for e in entries {
+            if total <= max_bytes {
+                break;
+            }
+            if keep.contains(&e.key) {
+                continue;
+            }
+            let freed = self.remove_key(&e.key);
+            if freed > 0 || !self.object_path(&e.key).exists() {
+                total = total.saturating_sub(e.bytes);
+                removed.0 += 1;
+                removed.1 += e.bytes;
+            }
+        }
+        removed
+    }
+
     /// Bytes of an unfinished transfer of `file` kept for resuming.
     pub fn partial_len(&self, file: &ContentFile) -> u64 {
         key(file)
             .and_then(|k| std::fs::metadata(self.partial_path(&k)).ok())
             .map_or(0, |m| m.len())
     }
+}
+
+/// One object of the cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheEntry {
+    /// Its key (the content's SHA-256, or SHA-512).
+    pub key: String,
+    /// Its size.
+    pub bytes: u64,
+    /// When it was downloaded or last used (by an install, or a license read).
+    pub last_used: std::time::SystemTime,
+    /// Its stamp matches: it counts as downloaded.
+    pub verified: bool,
 }
 
 /// The stamp of an object with metadata `m`: its inode, modification time and size. (Not

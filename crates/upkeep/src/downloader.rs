@@ -249,12 +249,24 @@ impl UpdateSession {
     /// The content cache of this session (`<state_dir>/cache`).
     pub fn content_cache(&self) -> Result<ContentCache> {
         let dir = self.config().state_dir.join("cache");
-        ContentCache::open(&dir).map_err(|e| {
+        let cache = ContentCache::open(&dir).map_err(|e| {
             Error::new(
                 HResult::WU_E_DM_UNEXPECTED,
                 format!("{}: {e}", dir.display()),
             )
-        })
+        })?;
+        // Unfinished downloads nobody resumed within `partial_max_age_days`.
+        let age = std::time::Duration::from_secs(self.config().partial_max_age_days * 86_400);
+        let (n, bytes) = cache.remove_partials(Some(age));
+        if n > 0 {
+            tracing::info!(
+                files = n,
+                bytes,
+                "removed unfinished downloads older than {} days",
+                self.config().partial_max_age_days
+            );
+        }
+        Ok(cache)
     }
 }
 
@@ -390,6 +402,7 @@ impl UpdateDownloader {
         let plan = Arc::new(Plan::new(plan, &bases, consistent));
         let priority = self.priority;
         let done_updates = updates.clone();
+        let session = self.session.clone();
         let job = Job::spawn("upkeep-download", initial, state, callbacks, move |ctx| {
             let ctx = ctx.clone();
             let r = engine.clone().block_on(run(ctx, engine, plan, priority));
@@ -401,6 +414,8 @@ impl UpdateDownloader {
                     }
                 }
             }
+            // The cache cap, never at the cost of what this job just fetched.
+            session.trim_cache(&crate::session::content_keys(done_updates.iter()));
             r
         })
         .map_err(|e| {

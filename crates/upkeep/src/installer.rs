@@ -570,6 +570,15 @@ fn run(
                 .max(percent((step + 1) as f64 / n as f64));
         });
     }
+    if op == Operation::Install {
+        let (done, rest): (Vec<_>, Vec<_>) = updates
+            .iter()
+            .zip(&results)
+            .partition(|(_, r)| r.result_code == OperationResultCode::Succeeded);
+        let done: Vec<&Update> = done.into_iter().map(|(u, _)| u).collect();
+        let still_needed = crate::session::content_keys(rest.into_iter().map(|(u, _)| u));
+        session.after_install(&done, &still_needed);
+    }
     let (code, hresult) = crate::overall_result(
         &results
             .iter()

@@ -812,6 +812,106 @@ impl UpdateSession {
         Ok(out)
     }
 
+    /// Applies `cache_max_bytes`: removes the least recently used content beyond it,
+    /// never the objects of `keep`.
+    pub(crate) fn trim_cache(&self, keep: &HashSet<String>) {
+        let Some(max) = self.inner.cfg.cache_max_bytes else {
+            return;
+        };
+        if let Ok(cache) = self.content_cache() {
+            let (n, bytes) = cache.enforce_cap(max, keep);
+            if n > 0 {
+                tracing::info!(
+                    objects = n,
+                    bytes,
+                    "cache over cache_max_bytes ({max}): least recently used content removed"
+                );
+            }
+        }
+    }
+
+    /// After an install job: removes the content of the updates it installed (unless
+    /// `keep_downloads`; a `command` update's uninstall runs from the copy the install
+    /// engine pinned, not from the cache), except what `still_needed` (updates of the job
+    /// that did not install) uses; then applies the cap.
+    pub(crate) fn after_install(&self, installed: &[&Update], still_needed: &HashSet<String>) {
+        if !self.inner.cfg.keep_downloads && !installed.is_empty() {
+            if let Ok(cache) = self.content_cache() {
+                let mut freed = 0;
+                for k in content_keys(installed.iter().copied()) {
+                    if !still_needed.contains(&k) {
+                        freed += cache.remove_key(&k);
+                    }
+                }
+                for u in installed {
+                    u.mark_not_downloaded();
+                }
+                tracing::debug!(bytes = freed, "installed content removed from the cache");
+            }
+        }
+        self.trim_cache(still_needed);
+    }
+
+    /// Removes every object and unfinished download from the content cache (`upkeep cache
+    /// clean`); pinned copies of installed `command` updates are not in it.
+    pub fn clean_cache(&self) -> Result<CacheReport> {
+        let cache = self.content_cache()?;
+        let mut report = CacheReport::default();
+        for e in cache.entries() {
+            let freed = cache.remove_key(&e.key);
+            if freed > 0 {
+                report.objects += 1;
+                report.bytes += freed;
+            }
+        }
+        let (n, bytes) = cache.remove_partials(None);
+        report.partial_files = n;
+        report.bytes += bytes;
+        Ok(report)
+    }
+
+    /// What the content cache holds, least recently used first, each object with the
+    /// updates of the catalog in memory (or of the installed records) whose content it is.
+    pub fn cache_entries(&self) -> Result<(Vec<CacheObject>, Vec<CachePartial>)> {
+        let cache = self.content_cache()?;
+        let mut owners: std::collections::HashMap<String, Vec<String>> = Default::default();
+        {
+            let cat = self.inner.catalog.lock().expect("not poisoned");
+            if let Some((_, cat)) = cat.as_ref() {
+                for u in cat.entries() {
+                    for k in content_keys(std::iter::once(u)) {
+                        owners.entry(k).or_default().push(format!(
+                            "{} ({})",
+                            u.title(),
+                            u.identity()
+                        ));
+                    }
+                }
+            }
+        }
+        let objects = cache
+            .entries()
+            .into_iter()
+            .map(|e| CacheObject {
+                updates: owners.remove(&e.key).unwrap_or_default(),
+                key: e.key,
+                bytes: e.bytes,
+                last_used: jiff::Timestamp::try_from(e.last_used).unwrap_or_default(),
+                verified: e.verified,
+            })
+            .collect();
+        let partials = cache
+            .partials()
+            .into_iter()
+            .map(|(name, bytes, modified)| CachePartial {
+                name,
+                bytes,
+                modified: jiff::Timestamp::try_from(modified).unwrap_or_default(),
+            })
+            .collect();
+        Ok((objects, partials))
+    }
+
     /// The install root and its work directory.
     pub(crate) fn layout(&self) -> Result<upkeep_install::Layout> {
         Ok(upkeep_install::Layout::new(
@@ -850,6 +950,52 @@ impl UpdateSession {
     ) -> Result<Vec<upkeep_store::HistoryEntry>> {
         Ok(self.store()?.history(start, count)?)
     }
+}
+
+/// The cache keys of the content files of `updates`.
+pub(crate) fn content_keys<'a>(updates: impl Iterator<Item = &'a Update>) -> HashSet<String> {
+    updates
+        .flat_map(|u| u.download_contents().iter())
+        .filter_map(upkeep_transfer::cache_key)
+        .collect()
+}
+
+/// What `clean_cache` removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CacheReport {
+    /// Verified (or unverified) objects.
+    pub objects: usize,
+    /// Unfinished downloads.
+    pub partial_files: usize,
+    /// Bytes freed.
+    pub bytes: u64,
+}
+
+/// An object of the content cache.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct CacheObject {
+    /// Its key (SHA-256 of the content).
+    pub key: String,
+    /// Its size.
+    pub bytes: u64,
+    /// When it was downloaded or last used.
+    pub last_used: jiff::Timestamp,
+    /// It counts as downloaded (its stamp matches).
+    pub verified: bool,
+    /// The updates (title and identity) whose content it is, as far as the session's
+    /// catalog knows.
+    pub updates: Vec<String>,
+}
+
+/// An unfinished download kept for resuming.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct CachePartial {
+    /// Its file name in `cache/partial/`.
+    pub name: String,
+    /// Bytes so far.
+    pub bytes: u64,
+    /// Last written.
+    pub modified: jiff::Timestamp,
 }
 
 /// An installed update as the agent keeps it (not WUA's: WUA answers `IsInstalled=1`

@@ -836,6 +836,9 @@ fn a_superseded_update_stays_in_view_uninstalls_and_is_replaced_by_its_successor
         .iter()
         .cloned()
         .collect();
+    // Its content left the cache after the first install: downloaded again.
+    assert!(!a_again.get(0).unwrap().is_downloaded());
+    fx.download(&a_again);
     fx.installer(&a_again).install().unwrap();
     fx.download(&offered);
     let r = fx.installer(&offered).install().unwrap();
