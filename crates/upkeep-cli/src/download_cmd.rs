@@ -98,6 +98,10 @@ pub struct Selection {
     /// Updates matching these criteria.
     #[arg(long)]
     pub criteria: Option<String>,
+    /// Select from the metadata already trusted locally, with no network (a machine that
+    /// received its content with `cache import`; install with `--no-download`).
+    #[arg(long)]
+    pub offline: bool,
     /// Print JSON for scripts.
     #[arg(long)]
     pub json: bool,
@@ -113,6 +117,7 @@ impl Selection {
             self.all,
             self.criteria.as_deref(),
             "IsInstalled=0 and IsHidden=0",
+            self.offline,
             self.json,
         )?;
         if !updates.is_empty() {
@@ -135,6 +140,7 @@ pub fn select(
     all: bool,
     criteria: Option<&str>,
     all_criteria: &str,
+    offline: bool,
     json: bool,
 ) -> Result<UpdateCollection, Exit> {
     let usage = |msg: String| Exit::from_error(&Error::new(HResult::E_INVALIDARG, msg), json);
@@ -159,7 +165,7 @@ pub fn select(
             .collect::<Vec<_>>()
             .join(" or "),
     };
-    let (_session, result) = global.search(&criteria, false, !ids.is_empty(), json)?;
+    let (_session, result) = global.search(&criteria, offline, !ids.is_empty(), json)?;
     let found = result.updates().clone();
     let named = |r: &UpdateRef, u: &upkeep::Update| {
         r.names(&u.identity().update_id.to_string(), u.kb_article_ids())

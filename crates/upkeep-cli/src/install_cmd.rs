@@ -218,9 +218,17 @@ pub fn uninstall(global: &Global, a: UninstallArgs) -> Result<Exit, Exit> {
                     updates.push(u.clone());
                 }
                 None => updates.extend(
-                    select(global, std::slice::from_ref(r), false, None, "", a.json)?
-                        .iter()
-                        .cloned(),
+                    select(
+                        global,
+                        std::slice::from_ref(r),
+                        false,
+                        None,
+                        "",
+                        false,
+                        a.json,
+                    )?
+                    .iter()
+                    .cloned(),
                 ),
             }
         }
@@ -363,7 +371,7 @@ pub fn hide(
     hidden: bool,
     json: bool,
 ) -> Result<Exit, Exit> {
-    let updates = select(global, ids, false, None, "", json)?;
+    let updates = select(global, ids, false, None, "", false, json)?;
     let mut done = Vec::new();
     for u in updates.iter() {
         u.set_is_hidden(hidden)

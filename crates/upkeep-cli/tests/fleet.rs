@@ -233,3 +233,79 @@ fn cache_list_and_clean() {
     assert_eq!(listed()["objects"].as_array().unwrap().len(), 0);
     assert!(ok(&run(&["cache", "list"])).contains("The cache is empty."));
 }
+
+#[test]
+fn content_carried_to_a_disconnected_machine_with_cache_export_and_import() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    ok(&upkeep(&["repo", "init", repo.to_str().unwrap()]));
+    let p = tmp.path().join("one.tar");
+    std::fs::write(&p, tar_of(&[("opt/one/f", b"payload one", 0o644)])).unwrap();
+    add(&repo, &p, HERE, "one", &[]);
+    let trusted = repo.join("metadata/1.root.json");
+    let machine = |name: &str| {
+        let (state, root) = (
+            tmp.path().join(name).join("state"),
+            tmp.path().join(name).join("root"),
+        );
+        let (repo, trusted) = (repo.clone(), trusted.clone());
+        move |args: &[&str]| {
+            let base = [
+                "--repo",
+                repo.to_str().unwrap(),
+                "--trusted-root",
+                trusted.to_str().unwrap(),
+                "--state-dir",
+                state.to_str().unwrap(),
+                "--root",
+                root.to_str().unwrap(),
+            ];
+            upkeep(&[&base[..], args].concat())
+        }
+    };
+    let (a, b) = (machine("a"), machine("b"));
+    // B trusts the repository's metadata (it saw it once), then loses the network.
+    ok(&b(&["search"]));
+    ok(&a(&["download", HERE]));
+    let usb = tmp.path().join("usb");
+    let out: serde_json::Value = serde_json::from_str(&ok(&a(&[
+        "cache",
+        "export",
+        usb.to_str().unwrap(),
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(out["files"].as_array().unwrap().len(), 1);
+    // A damaged copy and a stray file beside the good one.
+    let exported = std::path::PathBuf::from(out["files"][0].as_str().unwrap());
+    let mut bad = std::fs::read(&exported).unwrap();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    std::fs::write(usb.join("damaged.tar"), &bad).unwrap();
+    std::fs::write(usb.join("notes.txt"), b"hello").unwrap();
+    std::fs::rename(tmp.path().join("repo"), tmp.path().join("repo-away")).unwrap();
+    assert!(!b(&["search"]).status.success(), "no repository reachable");
+    let r: serde_json::Value = serde_json::from_str(&ok(&b(&[
+        "cache",
+        "import",
+        usb.to_str().unwrap(),
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(r["imported"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r["unmatched"].as_array().unwrap().len(), 2, "{r}");
+    let o = ok(&b(&["install", HERE, "--offline", "--no-download"]));
+    assert!(o.contains("Succeeded"), "{o}");
+    assert_eq!(
+        std::fs::read(tmp.path().join("b/root/opt/one/f")).unwrap(),
+        b"payload one"
+    );
+    // Exporting what is not cached says so.
+    let e = a(&[
+        "cache",
+        "export",
+        usb.to_str().unwrap(),
+        "a0000000-0000-4000-8000-000000000009",
+    ]);
+    assert_eq!(e.status.code(), Some(2));
+}

@@ -237,6 +237,26 @@ fn copy_verified(
     result
 }
 
+impl ContentCache {
+    /// Copies the local file `src` into the cache as `file` (WUA's `CopyToCache`): at most
+    /// the signed length is read, every signed hash is checked, and only then is it
+    /// committed to `objects/` and stamped, like a download.
+    pub fn import(&self, src: &Path, file: &ContentFile) -> Result<PathBuf, TransferError> {
+        let key = key(file).ok_or_else(|| TransferError::NoUsableHash {
+            path: file.path.clone(),
+        })?;
+        let obj = copy_verified(
+            src,
+            file,
+            &self.temp_path(&key),
+            &self.object_path(&key),
+            &file.path,
+        )?;
+        self.stamp(&key).map_err(io_err(&obj))?;
+        Ok(obj)
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TransferError + '_ {
     move |source| TransferError::Io {
         path: path.to_path_buf(),
@@ -486,22 +506,14 @@ impl Engine {
                     .decode_utf8_lossy()
                     .into_owned(),
             );
-            let (file2, tmp, obj) = (
-                file.clone(),
-                self.inner.cache.temp_path(&key),
-                self.inner.cache.object_path(&key),
-            );
-            let what2 = what.clone();
-            let copied = tokio::task::spawn_blocking(move || {
-                copy_verified(&src, &file2, &tmp, &obj, &what2)
-            })
-            .await
-            .map_err(|e| TransferError::Network {
-                path: what.clone(),
-                message: format!("the copy stopped: {e}"),
-            })?;
+            let (file2, cache) = (file.clone(), self.inner.cache.clone());
+            let copied = tokio::task::spawn_blocking(move || cache.import(&src, &file2))
+                .await
+                .map_err(|e| TransferError::Network {
+                    path: what.clone(),
+                    message: format!("the copy stopped: {e}"),
+                })?;
             let obj = copied?;
-            self.inner.cache.stamp(&key).map_err(io_err(&obj))?;
             report.phase = Phase::Verifying;
             report.bytes_done = file.length;
             report.bytes_received = file.length;

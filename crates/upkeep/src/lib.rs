@@ -127,8 +127,8 @@ pub use installer::{
 };
 pub use search_job::{AsyncState, SearchCompletedCallback, SearchCompletedCallbackArgs, SearchJob};
 pub use session::{
-    CacheObject, CachePartial, CacheReport, InstalledUpdate, SearchResult, UpdateSearcher,
-    UpdateSession, UpdateSessionBuilder,
+    CacheImport, CacheObject, CachePartial, CacheReport, InstalledUpdate, SearchResult,
+    UpdateSearcher, UpdateSession, UpdateSessionBuilder,
 };
 pub use upkeep_store::HistoryEntry as UpdateHistoryEntry;
 pub use upkeep_tuf::Limits;

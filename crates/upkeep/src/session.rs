@@ -870,6 +870,149 @@ impl UpdateSession {
         Ok(report)
     }
 
+    /// WUA's `CopyToCache`, for a whole directory: every regular file under `paths`
+    /// (directories walked, symlinks not followed) whose SHA-256 is that of a content file
+    /// of the trusted metadata (loaded from disk: no network) is copied into the cache —
+    /// read up to its signed length, every signed hash checked — and counts as downloaded.
+    /// A file that matches nothing is reported, not copied.
+    pub fn copy_to_cache(&self, paths: &[PathBuf]) -> Result<CacheImport> {
+        let catalog = self.catalog(false)?;
+        let mut by_len: std::collections::HashMap<u64, Vec<(String, upkeep_types::ContentFile)>> =
+            Default::default();
+        for u in catalog.entries() {
+            let files = u
+                .download_contents()
+                .iter()
+                .chain(u.eula_file())
+                .chain(u.bootstrapper());
+            for f in files {
+                if let Some(k) = upkeep_transfer::cache_key(f) {
+                    let list = by_len.entry(f.length).or_default();
+                    if !list.iter().any(|(key, _)| *key == k) {
+                        list.push((k, f.clone()));
+                    }
+                }
+            }
+        }
+        let cache = self.content_cache()?;
+        let mut report = CacheImport::default();
+        let mut todo: Vec<PathBuf> = paths.to_vec();
+        let mut seen_files = 0usize;
+        while let Some(p) = todo.pop() {
+            let m = std::fs::symlink_metadata(&p).map_err(|e| {
+                Error::new(HResult::WU_E_INVALID_FILE, format!("{}: {e}", p.display()))
+            })?;
+            if m.is_dir() {
+                let rd = std::fs::read_dir(&p).map_err(|e| {
+                    Error::new(HResult::WU_E_INVALID_FILE, format!("{}: {e}", p.display()))
+                })?;
+                for e in rd.flatten() {
+                    todo.push(e.path());
+                }
+                continue;
+            }
+            if !m.is_file() {
+                continue;
+            }
+            seen_files += 1;
+            if seen_files > 1_000_000 {
+                return Err(Error::new(
+                    HResult::E_INVALIDARG,
+                    "more than 1,000,000 files to import: name the directory of the content",
+                ));
+            }
+            let Some(cands) = by_len.get(&m.len()) else {
+                report.unmatched.push(p.display().to_string());
+                continue;
+            };
+            let sha = match sha256_of(&p) {
+                Ok(h) => h,
+                Err(e) => {
+                    report
+                        .failed
+                        .push((p.display().to_string(), format!("cannot be read: {e}")));
+                    continue;
+                }
+            };
+            let Some((_, file)) = cands
+                .iter()
+                .find(|(_, f)| f.hashes.get("sha256") == Some(&sha))
+            else {
+                report.unmatched.push(p.display().to_string());
+                continue;
+            };
+            if cache.get(file).is_some() {
+                report.already.push(file.path.clone());
+                continue;
+            }
+            match cache.import(&p, file) {
+                Ok(_) => {
+                    report
+                        .imported
+                        .push((p.display().to_string(), file.path.clone()));
+                    report.bytes += file.length;
+                }
+                Err(e) => report.failed.push((p.display().to_string(), e.to_string())),
+            }
+        }
+        report.imported.sort();
+        report.unmatched.sort();
+        Ok(report)
+    }
+
+    /// WUA's `CopyFromCache`: copies the cached content of `updates` (content files, and
+    /// the license text and bootstrapper when cached) to `dir/<target path>`, for another
+    /// machine's `copy_to_cache`. An update whose content is not all cached is
+    /// `WU_E_DM_NOTDOWNLOADED`, naming it, before anything is copied.
+    pub fn copy_from_cache(
+        &self,
+        updates: &UpdateCollection,
+        dir: &std::path::Path,
+    ) -> Result<Vec<PathBuf>> {
+        let cache = self.content_cache()?;
+        let mut plan = Vec::new();
+        for u in updates {
+            for f in u.download_contents() {
+                let Some(src) = cache.get(f) else {
+                    return Err(Error::new(
+                        HResult::WU_E_DM_NOTDOWNLOADED,
+                        format!(
+                            "update {} ({}): {} is not in the cache; download it first",
+                            u.identity().update_id,
+                            u.title(),
+                            f.path
+                        ),
+                    ));
+                };
+                plan.push((src, f.path.clone()));
+            }
+            for f in u.eula_file().into_iter().chain(u.bootstrapper()) {
+                if let Some(src) = cache.get(f) {
+                    plan.push((src, f.path.clone()));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (src, rel) in plan {
+            if !upkeep_types::is_valid_target_path(&rel) {
+                continue; // validated with the record; never a path out of `dir`
+            }
+            let to = dir.join(&rel);
+            let fail = |e: std::io::Error| {
+                Error::new(
+                    HResult::WU_E_DM_UNEXPECTED,
+                    format!("{}: {e}", to.display()),
+                )
+            };
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent).map_err(fail)?;
+            }
+            std::fs::copy(&src, &to).map_err(fail)?;
+            out.push(to);
+        }
+        Ok(out)
+    }
+
     /// What the content cache holds, least recently used first, each object with the
     /// updates of the catalog in memory (or of the installed records) whose content it is.
     pub fn cache_entries(&self) -> Result<(Vec<CacheObject>, Vec<CachePartial>)> {
@@ -958,6 +1101,38 @@ pub(crate) fn content_keys<'a>(updates: impl Iterator<Item = &'a Update>) -> Has
         .flat_map(|u| u.download_contents().iter())
         .filter_map(upkeep_transfer::cache_key)
         .collect()
+}
+
+/// SHA-256 of a file, lowercase hex.
+fn sha256_of(p: &std::path::Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(p)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// What `copy_to_cache` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CacheImport {
+    /// (file, the target it was imported as).
+    pub imported: Vec<(String, String)>,
+    /// Targets that were in the cache already.
+    pub already: Vec<String>,
+    /// Files matching no content file of the trusted metadata.
+    pub unmatched: Vec<String>,
+    /// (file, why) for files that matched but could not be imported.
+    pub failed: Vec<(String, String)>,
+    /// Bytes imported.
+    pub bytes: u64,
 }
 
 /// What `clean_cache` removed.
