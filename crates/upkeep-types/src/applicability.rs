@@ -78,7 +78,12 @@ pub struct FileRule {
 impl Applicability {
     /// True when there is no rule at all.
     pub fn is_empty(&self) -> bool {
-        *self == Applicability::default()
+        self.architectures.is_empty()
+            && self.os.is_empty()
+            && self.min_agent_version.is_none()
+            && self.prerequisites.is_empty()
+            && self.installed_if.is_empty()
+            && self.applicable_if.is_empty()
     }
 
     /// Checks every rule's syntax; `Err((field, reason))`.

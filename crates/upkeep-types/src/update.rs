@@ -421,13 +421,21 @@ pub struct UpdateState {
     /// The revision installed on this machine, if any: equal to the update's own revision
     /// when it is installed, lower when this update is an upgrade of what is installed.
     pub installed_revision: Option<u32>,
+    /// How its applicability rules came out, for an update that has rules (boxed: a
+    /// search of 100,000 updates without rules keeps its states small).
+    pub applicability: Option<Box<Applied>>,
+}
+
+/// An update's applicability rules as a search evaluated them on this machine.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Applied {
     /// Why the update does not apply to this machine (the first rule that failed); `None`
     /// when it applies.
     pub not_applicable: Option<String>,
     /// Installed without the agent, as an `installed_if` rule detected it.
     pub detected: bool,
     /// Every applicability rule as it was checked, prerequisites included.
-    pub applicability: Vec<crate::applicability::RuleCheck>,
+    pub checks: Vec<crate::applicability::RuleCheck>,
 }
 
 /// What the agent keeps of an installed update, so that it can be shown and uninstalled
@@ -786,20 +794,32 @@ impl Update {
     /// Whether the update applies to this machine (as the search found it). Searches
     /// return only applicable updates unless asked for all.
     pub fn is_applicable(&self) -> bool {
-        self.0.state.not_applicable.is_none()
+        self.not_applicable_reason().is_none()
     }
     /// Why it does not apply: the first rule that failed, in words.
     pub fn not_applicable_reason(&self) -> Option<&str> {
-        self.0.state.not_applicable.as_deref()
+        self.0
+            .state
+            .applicability
+            .as_ref()
+            .and_then(|a| a.not_applicable.as_deref())
     }
     /// Installed without the agent (an `installed_if` rule detected it): `IsInstalled` is
     /// true but the agent owns none of its files and cannot uninstall it.
     pub fn is_detected(&self) -> bool {
-        self.0.state.detected
+        self.0
+            .state
+            .applicability
+            .as_ref()
+            .is_some_and(|a| a.detected)
     }
     /// Every applicability rule as the search checked it.
     pub fn applicability_checks(&self) -> &[crate::RuleCheck] {
-        &self.0.state.applicability
+        self.0
+            .state
+            .applicability
+            .as_ref()
+            .map_or(&[], |a| a.checks.as_slice())
     }
     /// Updates that must be installed before this one.
     pub fn prerequisites(&self) -> &[Uuid] {

@@ -23,6 +23,9 @@ pub struct UpdateException {
 pub struct Catalog {
     entries: Vec<Update>,
     by_id: HashMap<Uuid, usize>,
+    /// Indices of the entries with applicability rules (found once, so that a search of a
+    /// catalog without rules does not touch every record for them).
+    with_rules: Vec<usize>,
     warnings: Vec<UpdateException>,
 }
 
@@ -151,8 +154,19 @@ impl Catalog {
             .enumerate()
             .map(|(i, e)| (e.identity().update_id, i))
             .collect();
+        cat.with_rules = entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| !e.metadata().applicability.is_empty())
+            .map(|(i, _)| i)
+            .collect();
         cat.entries = entries;
         cat
+    }
+
+    /// The entries that have applicability rules.
+    pub fn with_rules(&self) -> impl Iterator<Item = &Update> {
+        self.with_rules.iter().map(|&i| &self.entries[i])
     }
 
     /// Every entry.

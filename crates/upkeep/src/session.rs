@@ -599,11 +599,7 @@ impl Applies {
         local: &LocalState,
         warnings: &mut Vec<UpdateException>,
     ) -> Applies {
-        let with_rules: Vec<&Update> = catalog
-            .entries()
-            .iter()
-            .filter(|u| !u.metadata().applicability.is_empty())
-            .collect();
+        let with_rules: Vec<&Update> = catalog.with_rules().collect();
         let mut verdicts = std::collections::HashMap::new();
         if with_rules.is_empty() {
             return Applies { verdicts };
@@ -652,16 +648,22 @@ impl Applies {
 
     /// Sets the applicability part of a published update's state.
     fn apply(&self, u: &Update, st: &mut upkeep_types::UpdateState) {
+        if self.verdicts.is_empty() {
+            return; // a catalog without rules: nothing to look up, 100,000 times
+        }
         let Some(v) = self.verdicts.get(&u.identity().update_id) else {
             return;
         };
-        st.not_applicable = v.not_applicable.clone();
-        st.applicability = v.checks.clone();
-        if v.detected_installed && !st.is_installed {
+        let detected = v.detected_installed && !st.is_installed;
+        if detected {
             st.is_installed = true;
             st.is_present = true;
-            st.detected = true;
         }
+        st.applicability = Some(Box::new(upkeep_types::Applied {
+            not_applicable: v.not_applicable.clone(),
+            detected,
+            checks: v.checks.clone(),
+        }));
     }
 }
 
