@@ -45,6 +45,30 @@ fn add(dir: &Path, payload: &Path, id: &str, title: &str, extra: &[&str]) {
     ok(&upkeep(&[&base[..], extra].concat()));
 }
 
+/// Runs `upkeep` as one machine: `--repo REPO --trusted-root REPO/metadata/1.root.json
+/// --state-dir BASE/state --root BASE/root`, then `args`.
+fn machine(repo: &Path, base: &Path) -> impl Fn(&[&str]) -> std::process::Output {
+    let (repo, base) = (repo.to_path_buf(), base.to_path_buf());
+    move |args: &[&str]| {
+        let (trusted, state, root) = (
+            repo.join("metadata/1.root.json"),
+            base.join("state"),
+            base.join("root"),
+        );
+        let agent = [
+            "--repo",
+            repo.to_str().unwrap(),
+            "--trusted-root",
+            trusted.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--root",
+            root.to_str().unwrap(),
+        ];
+        upkeep(&[&agent[..], args].concat())
+    }
+}
+
 #[test]
 fn applicability_from_repo_add_flags_on_this_machine() {
     let tmp = tempfile::tempdir().unwrap();
@@ -105,18 +129,7 @@ fn applicability_from_repo_add_flags_on_this_machine() {
     let root = tmp.path().join("root");
     std::fs::create_dir_all(root.join("etc")).unwrap();
     std::fs::write(root.join("etc/by-hand.conf"), "x").unwrap();
-    let (trusted, state) = (repo.join("metadata/1.root.json"), tmp.path().join("state"));
-    let agent = [
-        "--repo",
-        repo.to_str().unwrap(),
-        "--trusted-root",
-        trusted.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--root",
-        root.to_str().unwrap(),
-    ];
-    let run = |args: &[&str]| upkeep(&[&agent[..], args].concat());
+    let run = machine(&repo, tmp.path());
     let ids = |criteria: &str, extra: &[&str]| -> Vec<String> {
         let out = ok(&run(&[&["search", criteria, "--json"][..], extra].concat()));
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -193,22 +206,7 @@ fn cache_list_and_clean() {
         .unwrap();
         add(&repo, &p, id, name, &[]);
     }
-    let (trusted, state, root) = (
-        repo.join("metadata/1.root.json"),
-        tmp.path().join("state"),
-        tmp.path().join("root"),
-    );
-    let agent = [
-        "--repo",
-        repo.to_str().unwrap(),
-        "--trusted-root",
-        trusted.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--root",
-        root.to_str().unwrap(),
-    ];
-    let run = |args: &[&str]| upkeep(&[&agent[..], args].concat());
+    let run = machine(&repo, tmp.path());
     let listed = || -> serde_json::Value {
         serde_json::from_str(&ok(&run(&["cache", "list", "--json"]))).unwrap()
     };
@@ -242,28 +240,10 @@ fn content_carried_to_a_disconnected_machine_with_cache_export_and_import() {
     let p = tmp.path().join("one.tar");
     std::fs::write(&p, tar_of(&[("opt/one/f", b"payload one", 0o644)])).unwrap();
     add(&repo, &p, HERE, "one", &[]);
-    let trusted = repo.join("metadata/1.root.json");
-    let machine = |name: &str| {
-        let (state, root) = (
-            tmp.path().join(name).join("state"),
-            tmp.path().join(name).join("root"),
-        );
-        let (repo, trusted) = (repo.clone(), trusted.clone());
-        move |args: &[&str]| {
-            let base = [
-                "--repo",
-                repo.to_str().unwrap(),
-                "--trusted-root",
-                trusted.to_str().unwrap(),
-                "--state-dir",
-                state.to_str().unwrap(),
-                "--root",
-                root.to_str().unwrap(),
-            ];
-            upkeep(&[&base[..], args].concat())
-        }
-    };
-    let (a, b) = (machine("a"), machine("b"));
+    let (a, b) = (
+        machine(&repo, &tmp.path().join("a")),
+        machine(&repo, &tmp.path().join("b")),
+    );
     // B trusts the repository's metadata (it saw it once), then loses the network.
     ok(&b(&["search"]));
     ok(&a(&["download", HERE]));

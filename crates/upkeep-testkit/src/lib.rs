@@ -392,3 +392,16 @@ fn meta_version(v: u64) -> MetaFile {
         unrecognized: BTreeMap::new(),
     }
 }
+
+/// A tar.zst payload of `(path, content)` regular files, mode 0644 (compression level 0,
+/// zstd's default).
+pub fn tar_zst(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (p, d) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(d.len() as u64);
+        b.append_data(&mut h, p, *d).expect("an in-memory tar");
+    }
+    zstd::encode_all(&b.into_inner().expect("an in-memory tar")[..], 0).expect("zstd")
+}

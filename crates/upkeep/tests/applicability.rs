@@ -11,19 +11,8 @@ use upkeep::{
     Applicability, FileRule, HResult, OperationResultCode, OsRule, UpdateCollection,
     UpdateMetadata, UpdateSession,
 };
-use upkeep_testkit::RepoSim;
+use upkeep_testkit::{tar_zst, RepoSim};
 use uuid::Uuid;
-
-fn tar_zst(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (p, d) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(0o644);
-        h.set_size(d.len() as u64);
-        b.append_data(&mut h, p, *d).unwrap();
-    }
-    zstd::encode_all(&b.into_inner().unwrap()[..], 3).unwrap()
-}
 
 const TOOL_BYTES: &[u8] = b"#!/bin/sh\necho tool 1.0\n";
 

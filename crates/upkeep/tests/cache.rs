@@ -8,18 +8,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
 use upkeep::{Handler, OperationResultCode, UpdateCollection, UpdateSession};
-use upkeep_testkit::RepoSim;
-
-fn tar_zst(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (p, d) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(0o644);
-        h.set_size(d.len() as u64);
-        b.append_data(&mut h, p, *d).unwrap();
-    }
-    zstd::encode_all(&b.into_inner().unwrap()[..], 0).unwrap()
-}
+use upkeep_testkit::{tar_zst, RepoSim};
 
 /// Incompressible bytes, so that sizes are what the cap sees.
 fn noise(n: usize, seed: u8) -> Vec<u8> {

@@ -8,21 +8,10 @@ use upkeep::{
     InstallationProgressChangedCallbackArgs, InstallationRebootBehavior, OperationResultCode,
     UpdateCollection, UpdateMetadata, UpdateOperation, UpdateSession,
 };
-use upkeep_testkit::RepoSim;
+use upkeep_testkit::{tar_zst, RepoSim};
 
 /// Every update, installed or not.
 const ALL: &str = "IsInstalled=0 or IsInstalled=1";
-
-fn tar_zst(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (p, d) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(0o644);
-        h.set_size(d.len() as u64);
-        b.append_data(&mut h, p, *d).unwrap();
-    }
-    zstd::encode_all(&b.into_inner().unwrap()[..], 3).unwrap()
-}
 
 fn command(
     n: u128,
