@@ -33,7 +33,7 @@ impl Exit {
     }
 
     /// Prints `e` to stderr (as JSON with `json`) and picks the exit code: bad input
-    /// (criteria, files, URLs, ids) is 2, everything else 1.
+    /// (criteria, files, URLs, ids, service names) is 2, everything else 1.
     pub fn from_error(e: &Error, json: bool) -> Exit {
         report(e, json);
         let code = e.hresult();
@@ -43,6 +43,8 @@ impl Exit {
             HResult::WU_E_PT_INVALID_URL,
             HResult::WU_E_UNKNOWN_ID,
             HResult::WU_E_NOT_APPLICABLE,
+            HResult::WU_E_DUPLICATE_ITEM,
+            HResult::WU_E_UNKNOWN_SERVICE,
             HResult::E_INVALIDARG,
         ];
         if input.contains(&code) {

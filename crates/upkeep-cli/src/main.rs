@@ -12,6 +12,7 @@ mod logs;
 mod output;
 #[cfg(feature = "publisher")]
 mod repo_cmd;
+mod service_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -116,6 +117,9 @@ enum Command {
         /// Include updates that do not apply to this machine (flag N; `show ID` says why).
         #[arg(long)]
         include_not_applicable: bool,
+        /// Search only this update service (`service list`); default: every one.
+        #[arg(long, value_name = "NAME")]
+        service: Option<String>,
         #[command(flatten)]
         filter: output::Filter,
     },
@@ -191,6 +195,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Update services: add, remove, list the repositories this machine trusts.
+    #[command(subcommand)]
+    Service(service_cmd::ServiceCommand),
     /// The content cache: list what it holds, clean it.
     #[command(subcommand)]
     Cache(cache_cmd::CacheCommand),
@@ -213,6 +220,11 @@ enum Command {
 impl Global {
     /// A session from these settings.
     pub fn session(&self) -> Result<UpdateSession, Error> {
+        self.builder().build()
+    }
+
+    /// A session builder with these settings.
+    pub fn builder(&self) -> upkeep::UpdateSessionBuilder {
         // The caller's name in history: the configuration's, else the CLI's.
         let mut b = UpdateSession::builder().default_client_application_id("upkeep-cli");
         if let Some(c) = &self.config {
@@ -230,7 +242,7 @@ impl Global {
         if let Some(r) = &self.root {
             b = b.install_root(r);
         }
-        b.build()
+        b
     }
 
     /// Runs one search with these settings; errors are reported (as JSON with `json`).
@@ -248,6 +260,7 @@ impl Global {
             offline,
             include_superseded,
             include_superseded,
+            None,
             json,
         )
     }
@@ -260,6 +273,7 @@ impl Global {
         offline: bool,
         include_superseded: bool,
         include_not_applicable: bool,
+        service: Option<&str>,
         json: bool,
     ) -> Result<(UpdateSession, upkeep::SearchResult), Exit> {
         let session = self.session().map_err(|e| Exit::from_error(&e, json))?;
@@ -267,6 +281,10 @@ impl Global {
         searcher.set_online(!offline);
         searcher.set_include_potentially_superseded_updates(include_superseded);
         searcher.set_include_not_applicable(include_not_applicable);
+        if let Some(s) = service {
+            searcher.set_server_selection(upkeep::ServerSelection::Others);
+            searcher.set_service_id(s);
+        }
         let result = searcher
             .search(criteria)
             .map_err(|e| Exit::from_error(&e, json))?;
@@ -297,6 +315,7 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
             offline,
             include_superseded,
             include_not_applicable,
+            service,
             filter,
         } => {
             let criteria = criteria.as_deref().unwrap_or("");
@@ -305,6 +324,7 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
                 offline,
                 include_superseded,
                 include_not_applicable,
+                service.as_deref(),
                 json,
             )?;
             output::print_search_filtered(&result, json, &filter);
@@ -370,6 +390,7 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
         }
         Command::Status { here, json } => install_cmd::status(&cli.global.with(&here), json),
         Command::Cache(c) => cache_cmd::run(&cli.global, c),
+        Command::Service(c) => service_cmd::run(&cli.global, c),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "upkeep", &mut std::io::stdout());

@@ -36,6 +36,7 @@ pub fn update_json(u: &Update) -> Value {
         "is_downloaded": u.is_downloaded(),
         "eula_accepted": u.eula_accepted(),
         "reboot_required": u.reboot_required(),
+        "service": u.service(),
         "applicable": u.is_applicable(),
         "not_applicable_reason": u.not_applicable_reason(),
         "detected": u.is_detected(),
@@ -261,6 +262,9 @@ pub fn print_update(u: &Update, json: bool) {
     println!("{}", m.title);
     println!("  id:               {}", m.id);
     println!("  revision:         {}", m.revision);
+    if let Some(svc) = u.service() {
+        println!("  service:          {svc}");
+    }
     match u.installed_revision() {
         Some(r) if r == m.revision => println!("  installed:        yes"),
         None if u.is_detected() => {

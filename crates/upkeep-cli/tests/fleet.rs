@@ -289,3 +289,110 @@ fn content_carried_to_a_disconnected_machine_with_cache_export_and_import() {
     ]);
     assert_eq!(e.status.code(), Some(2));
 }
+
+#[test]
+fn service_add_list_search_and_remove() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (vendor, internal) = (tmp.path().join("vendor"), tmp.path().join("internal"));
+    for (repo, id, name) in [(&vendor, HERE, "vendor"), (&internal, OTHER, "internal")] {
+        ok(&upkeep(&["repo", "init", repo.to_str().unwrap()]));
+        let p = tmp.path().join(format!("{name}.tar"));
+        std::fs::write(&p, tar_of(&[(&format!("opt/{name}/f"), b"x", 0o644)])).unwrap();
+        add(repo, &p, id, name, &[]);
+    }
+    let run = machine(&vendor, tmp.path());
+    let state = tmp.path().join("state");
+    let svc = |args: &[&str]| {
+        upkeep(
+            &[
+                &["service"][..],
+                args,
+                &["--state-dir", state.to_str().unwrap()],
+            ]
+            .concat(),
+        )
+    };
+    let root = internal.join("metadata/1.root.json");
+    ok(&svc(&[
+        "add",
+        "internal",
+        internal.to_str().unwrap(),
+        "--trusted-root",
+        root.to_str().unwrap(),
+    ]));
+    // The same name again: its WUA code, exit 2.
+    let again = svc(&[
+        "add",
+        "internal",
+        internal.to_str().unwrap(),
+        "--trusted-root",
+        root.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("WU_E_DUPLICATE_ITEM"));
+    let ids = |extra: &[&str]| -> Vec<(String, String)> {
+        let v: serde_json::Value =
+            serde_json::from_str(&ok(&run(&[&["search", "--json"][..], extra].concat()))).unwrap();
+        let mut out: Vec<_> = v["updates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| {
+                (
+                    u["title"].as_str().unwrap().to_string(),
+                    u["service"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    assert_eq!(
+        ids(&[]),
+        [
+            ("internal".to_string(), "internal".to_string()),
+            ("vendor".to_string(), "default".to_string())
+        ]
+    );
+    assert_eq!(
+        ids(&["--service", "internal"]),
+        [("internal".to_string(), "internal".to_string())]
+    );
+    ok(&run(&["install", "--all"]));
+    assert!(tmp.path().join("root/opt/internal/f").exists());
+    let list: serde_json::Value = serde_json::from_str(&ok(&svc(&["list", "--json"]))).unwrap();
+    let names: Vec<&str> = list["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["default", "internal"]);
+    ok(&svc(&["remove", "internal"]));
+    // Nothing is offered by it any more; what it installed stays in view, from its record.
+    ok(&upkeep(&[
+        "repo",
+        "add",
+        internal.to_str().unwrap(),
+        "--title",
+        "internal 2",
+        "--payload",
+        tmp.path().join("internal.tar").to_str().unwrap(),
+        "--handler",
+        "files",
+    ]));
+    assert!(ids(&[]).is_empty());
+    assert_eq!(
+        ids(&["IsInstalled=1"]),
+        [
+            ("internal".to_string(), "internal".to_string()),
+            ("vendor".to_string(), "default".to_string())
+        ]
+    );
+    // What it installed stays installed, and uninstalls.
+    ok(&run(&["uninstall", OTHER]));
+    assert!(!tmp.path().join("root/opt/internal/f").exists());
+    let unknown = svc(&["remove", "internal"]);
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("WU_E_UNKNOWN_SERVICE"));
+}

@@ -198,6 +198,7 @@ fn update(name: &str, revision: u32, payloads: &[&Payload]) -> UpdateRecord {
         metadata: m,
         eula: None,
         bootstrapper: None,
+        service: None,
     }
 }
 

@@ -68,6 +68,12 @@ impl RepoSim {
     /// A repository with one key per top-level role, consistent snapshots, no targets,
     /// published once (root v1, targets/snapshot/timestamp v1).
     pub fn new() -> RepoSim {
+        RepoSim::with_seed(1)
+    }
+
+    /// [`new`](Self::new) with keys of their own: the roles' keys are seeded from `seed`,
+    /// `seed + 1`, … (another publisher than `new`'s, which uses 1).
+    pub fn with_seed(seed: u8) -> RepoSim {
         let dir = tempfile::Builder::new()
             .prefix("upkeep-sim-")
             .tempdir()
@@ -81,7 +87,7 @@ impl RepoSim {
             .into_iter()
             .enumerate()
         {
-            let k = SigningKey::from_seed([i as u8 + 1; 32]);
+            let k = SigningKey::from_seed([seed.wrapping_add(i as u8); 32]);
             keys.insert(k.key_id().to_string(), k.public().clone());
             roles.insert(
                 role.to_string(),

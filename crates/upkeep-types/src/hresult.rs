@@ -121,6 +121,8 @@ codes! {
     WU_E_INVALID_OPERATION = 0x8024_0036u32, "the current state does not allow the operation";
     /// Functionality not supported.
     WU_E_NOT_SUPPORTED = 0x8024_0037u32, "not supported";
+    /// The update service is not registered.
+    WU_E_UNKNOWN_SERVICE = 0x8024_0042u32, "the update service is not registered";
     /// The URL does not point to a file.
     WU_E_BAD_FILE_URL = 0x8024_0046u32, "the URL does not point to a file";
     /// Data out of range.

@@ -453,6 +453,9 @@ pub struct UpdateRecord {
     /// The bootstrapper's target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrapper: Option<ContentFile>,
+    /// The update service it was installed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 /// A failure of a state change requested through an update (`accept_eula`,
@@ -473,8 +476,9 @@ pub trait StateSink: Send + Sync + std::fmt::Debug {
     fn accept_eula(&self, id: &Uuid, revision: u32) -> Result<(), StateError>;
     /// Hides or shows `id`.
     fn set_hidden(&self, id: &Uuid, hidden: bool) -> Result<(), StateError>;
-    /// The license text of `file` (read from the content cache, fetched if need be).
-    fn eula_text(&self, file: &ContentFile) -> Result<String, StateError>;
+    /// The license text of `file` of the update service `service` (read from the content
+    /// cache, fetched if need be).
+    fn eula_text(&self, file: &ContentFile, service: Option<&str>) -> Result<String, StateError>;
 }
 
 /// What every copy of an update shares, whatever its per-machine state: the signed parts.
@@ -484,6 +488,8 @@ struct Signed {
     content: Vec<ContentFile>,
     eula_file: Option<ContentFile>,
     bootstrapper: Option<ContentFile>,
+    /// The update service whose signed metadata it came from.
+    service: Option<Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -524,6 +530,7 @@ impl Update {
                 content,
                 eula_file,
                 bootstrapper,
+                service: None,
             }),
             state,
             None,
@@ -547,13 +554,56 @@ impl Update {
 
     /// An update from what the agent kept of it at install.
     pub fn from_record(record: UpdateRecord, state: UpdateState) -> Update {
-        Update::new(
-            record.metadata,
-            record.content,
-            record.eula,
-            record.bootstrapper,
+        Update::from_signed(
+            Arc::new(Signed {
+                metadata: record.metadata,
+                content: record.content,
+                eula_file: record.eula,
+                bootstrapper: record.bootstrapper,
+                service: record.service.map(Arc::from),
+            }),
             state,
+            None,
         )
+    }
+
+    /// This update as found in the signed metadata of the update service `service` (the
+    /// catalog sets it; records installed from it keep it).
+    pub fn in_service(self, service: Arc<str>) -> Update {
+        match Arc::try_unwrap(self.0) {
+            Ok(inner) => {
+                let signed = match Arc::try_unwrap(inner.signed) {
+                    Ok(mut s) => {
+                        s.service = Some(service);
+                        s
+                    }
+                    Err(shared) => Signed {
+                        metadata: shared.metadata.clone(),
+                        content: shared.content.clone(),
+                        eula_file: shared.eula_file.clone(),
+                        bootstrapper: shared.bootstrapper.clone(),
+                        service: Some(service),
+                    },
+                };
+                Update::from_signed(Arc::new(signed), inner.state, inner.sink)
+            }
+            Err(shared) => {
+                let r = Update(shared).record();
+                Update::from_record(
+                    UpdateRecord {
+                        service: Some(service.to_string()),
+                        ..r
+                    },
+                    UpdateState::default(),
+                )
+            }
+        }
+    }
+
+    /// The name of the update service it came from (`None` for a record kept by an agent
+    /// that had no services).
+    pub fn service(&self) -> Option<&str> {
+        self.0.signed.service.as_deref()
     }
 
     /// What the agent keeps of this update when it installs it.
@@ -563,6 +613,7 @@ impl Update {
             content: self.0.signed.content.clone(),
             eula: self.0.signed.eula_file.clone(),
             bootstrapper: self.0.signed.bootstrapper.clone(),
+            service: self.0.signed.service.as_deref().map(str::to_string),
         }
     }
 
@@ -609,7 +660,7 @@ impl Update {
             ))
         })?;
         match &self.0.sink {
-            Some(s) => s.eula_text(f),
+            Some(s) => s.eula_text(f, self.service()),
             None => Err(unavailable(format!(
                 "update {}: no session to read its license from",
                 self.0.signed.metadata.id

@@ -32,7 +32,8 @@ pub struct Catalog {
 impl Catalog {
     /// Builds the catalog from every trusted target. Records are parsed on all cores, and
     /// each record's text is freed once parsed.
-    pub fn build(mut all: CatalogTargets) -> Catalog {
+    pub fn build(mut all: CatalogTargets, service: &str) -> Catalog {
+        let service: std::sync::Arc<str> = service.into();
         let mut cat = Catalog::default();
         for (role, e) in &all.warnings {
             cat.warnings.push(UpdateException {
@@ -122,7 +123,8 @@ impl Catalog {
             let eula = m.eula.as_ref().map(&mut resolve);
             let boot = m.bootstrapper.as_ref().map(&mut resolve);
             let (id, rev) = (m.id, m.revision);
-            let entry = Update::new(m, content, eula, boot, UpdateState::default());
+            let entry = Update::new(m, content, eula, boot, UpdateState::default())
+                .in_service(service.clone());
             match chosen.get(&id) {
                 Some(old) if old.identity().revision_number >= rev => {
                     if old.identity().revision_number == rev {
@@ -141,26 +143,72 @@ impl Catalog {
         let _ = std::thread::Builder::new()
             .name("upkeep-free".into())
             .spawn(move || drop(all));
-        // Newest release first, then title, so output is stable.
-        let mut entries: Vec<Update> = chosen.into_values().collect();
+        cat.set_entries(chosen.into_values().collect());
+        cat
+    }
+
+    /// Orders the entries — newest release first, then title, so output is stable — and
+    /// indexes them.
+    fn set_entries(&mut self, mut entries: Vec<Update>) {
         entries.sort_by(|a, b| {
             b.release_date()
                 .cmp(&a.release_date())
                 .then_with(|| a.title().cmp(b.title()))
                 .then_with(|| a.identity().cmp(&b.identity()))
         });
-        cat.by_id = entries
+        self.by_id = entries
             .iter()
             .enumerate()
             .map(|(i, e)| (e.identity().update_id, i))
             .collect();
-        cat.with_rules = entries
+        self.with_rules = entries
             .iter()
             .enumerate()
             .filter(|(_, e)| !e.metadata().applicability.is_empty())
             .map(|(i, _)| i)
             .collect();
-        cat.entries = entries;
+        self.entries = entries;
+    }
+
+    /// The catalogs of several services as one, in the order given: an update id offered
+    /// by two services is taken from the first and the other is a warning
+    /// (`WU_E_DUPLICATE_ITEM`) — each service's trust covers only what it signs, and one
+    /// cannot replace another's update. `failed` are warnings for services left out.
+    pub fn merge(
+        parts: Vec<(String, std::sync::Arc<Catalog>)>,
+        failed: Vec<UpdateException>,
+    ) -> Catalog {
+        let mut cat = Catalog {
+            warnings: failed,
+            ..Catalog::default()
+        };
+        let mut from: HashMap<Uuid, String> = HashMap::new();
+        let mut entries = Vec::new();
+        for (name, part) in &parts {
+            for w in part.warnings() {
+                cat.warnings.push(UpdateException {
+                    message: format!("service {name}: {}", w.message),
+                    hresult: w.hresult,
+                });
+            }
+            for u in part.entries() {
+                let id = u.identity().update_id;
+                match from.get(&id) {
+                    Some(first) => cat.warnings.push(UpdateException {
+                        message: format!(
+                            "update {id} ({}) is offered by service {first} and by service {name}: {name}'s is ignored",
+                            u.title()
+                        ),
+                        hresult: HResult::WU_E_DUPLICATE_ITEM,
+                    }),
+                    None => {
+                        from.insert(id, name.clone());
+                        entries.push(u.clone());
+                    }
+                }
+            }
+        }
+        cat.set_entries(entries);
         cat
     }
 

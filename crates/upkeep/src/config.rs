@@ -17,6 +17,11 @@
 //! partial_max_age_days = 7                 # unfinished downloads older than this go
 //! architecture = "aarch64"                 # instead of `uname -m` (an image of another machine)
 //! os_release = "/mnt/image/etc/os-release" # instead of the install root's os-release
+//!
+//! [[services]]                             # more update services, each with its own trust
+//! name = "internal"
+//! url = "https://updates.internal.example/"
+//! trusted_root = "/etc/upkeep/internal-root.json"
 //! ```
 //! Environment: `UPKEEP_REPOSITORY`, `UPKEEP_TRUSTED_ROOT`, `UPKEEP_STATE_DIR`,
 //! `UPKEEP_INSTALL_ROOT`, `UPKEEP_CLIENT_APPLICATION_ID`, `UPKEEP_MIRRORS` (comma-separated),
@@ -72,6 +77,24 @@ pub struct Config {
     /// The `os-release` file applicability rules read, instead of the install root's
     /// (`etc/os-release`, then `usr/lib/os-release`; the host's when the root has none).
     pub os_release: Option<PathBuf>,
+    /// More update services beside `repository` (the default service), each with its own
+    /// trust: `[[services]]` tables with `name`, `url`, `trusted_root`, `mirrors`.
+    pub services: Option<Vec<ServiceConfig>>,
+}
+
+/// An update service of the configuration file.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Its name (`service list`, `search --service`).
+    pub name: String,
+    /// Base URL (`http(s)://`, `file://`) or a local directory.
+    pub url: String,
+    /// File with its initially trusted root (copied into the state directory once).
+    pub trusted_root: Option<PathBuf>,
+    /// Its content mirrors.
+    #[serde(default)]
+    pub mirrors: Vec<String>,
 }
 
 impl Config {
@@ -148,6 +171,7 @@ impl Config {
             )?,
             architecture: get("UPKEEP_ARCHITECTURE"),
             os_release: get("UPKEEP_OS_RELEASE").map(PathBuf::from),
+            services: None,
         })
     }
 
@@ -178,6 +202,7 @@ impl Config {
             partial_max_age_days: over.partial_max_age_days.or(self.partial_max_age_days),
             architecture: over.architecture.or(self.architecture),
             os_release: over.os_release.or(self.os_release),
+            services: over.services.or(self.services),
         }
     }
 
@@ -236,6 +261,7 @@ impl Config {
             partial_max_age_days: self.partial_max_age_days.unwrap_or(7),
             architecture: self.architecture,
             os_release: self.os_release.map(absolute),
+            services: self.services.unwrap_or_default(),
         })
     }
 }
@@ -289,6 +315,8 @@ pub struct ResolvedConfig {
     pub architecture: Option<String>,
     /// `os-release` override.
     pub os_release: Option<PathBuf>,
+    /// Services of the configuration file.
+    pub services: Vec<ServiceConfig>,
 }
 
 #[cfg(test)]

@@ -355,7 +355,21 @@ impl UpdateDownloader {
                 }
             })
             .collect::<Result<_>>()?;
-        let (bases, consistent) = self.session.content_bases()?;
+        // Each update's content comes from its own service (and that service's mirrors).
+        let mut bases_of: HashMap<Option<String>, Arc<(Vec<String>, bool)>> = HashMap::new();
+        let mut plan_bases = Vec::with_capacity(updates.len());
+        for u in updates.iter() {
+            let svc = u.service().map(str::to_string);
+            let b = match bases_of.get(&svc) {
+                Some(b) => b.clone(),
+                None => {
+                    let b = Arc::new(self.session.content_bases(svc.as_deref())?);
+                    bases_of.insert(svc, b.clone());
+                    b
+                }
+            };
+            plan_bases.push(b);
+        }
         let engine = self.session.engine()?;
         let total: u64 = plan.iter().flatten().map(|f| f.length).sum();
         let initial = DownloadProgress {
@@ -399,7 +413,7 @@ impl UpdateDownloader {
                 on_completed.invoke(&dj, &DownloadCompletedCallbackArgs::default())
             })
             .on_panic(|last: &DownloadProgress, msg| Ok(DownloadResult::after_panic(last, &msg)));
-        let plan = Arc::new(Plan::new(plan, &bases, consistent));
+        let plan = Arc::new(Plan::new(plan, &plan_bases));
         let priority = self.priority;
         let done_updates = updates.clone();
         let session = self.session.clone();
@@ -452,12 +466,13 @@ struct PlannedFile {
 }
 
 impl Plan {
-    fn new(per_update: Vec<Vec<ContentFile>>, bases: &[String], consistent: bool) -> Plan {
+    fn new(per_update: Vec<Vec<ContentFile>>, bases: &[Arc<(Vec<String>, bool)>]) -> Plan {
         let mut files: Vec<PlannedFile> = Vec::new();
         let mut by_key: HashMap<String, usize> = HashMap::new();
         let mut updates = Vec::with_capacity(per_update.len());
         let mut update_bytes = Vec::with_capacity(per_update.len());
         for (u, list) in per_update.into_iter().enumerate() {
+            let (bases, consistent) = (&bases[u].0, bases[u].1);
             update_bytes.push(list.iter().map(|f| f.length).sum());
             let mut mine = Vec::with_capacity(list.len());
             for f in list {

@@ -502,9 +502,22 @@ fn run(
                     store.accept_eula(&id, u.identity().revision_number)?;
                 }
                 let accepted = store.accepted_eulas()?;
-                let (not_applicable, detected) = match &facts {
-                    Some(f) => applicability_now(session, f, &store, u, &succeeded_here)?,
-                    None => (None, false),
+                let mine = u.service().unwrap_or(crate::services::DEFAULT_SERVICE);
+                let foreign = store
+                    .installed()?
+                    .iter()
+                    .find(|i| i.update_id == id)
+                    .map(|i| crate::session::installed_service(i).to_string())
+                    .filter(|from| from != mine);
+                let (not_applicable, detected) = match (foreign, &facts) {
+                    (Some(from), _) => (
+                        Some(format!(
+                            "it is installed from service {from}; service {mine} cannot replace it"
+                        )),
+                        false,
+                    ),
+                    (None, Some(f)) => applicability_now(session, f, &store, u, &succeeded_here)?,
+                    (None, None) => (None, false),
                 };
                 engine.install(
                     &InstallRequest {

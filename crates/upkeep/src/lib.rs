@@ -109,6 +109,7 @@ mod downloader;
 mod error;
 mod installer;
 mod search_job;
+mod services;
 mod session;
 
 pub use catalog::UpdateException;
@@ -126,9 +127,10 @@ pub use installer::{
     UpdateInstaller,
 };
 pub use search_job::{AsyncState, SearchCompletedCallback, SearchCompletedCallbackArgs, SearchJob};
+pub use services::{ServiceOrigin, UpdateService, UpdateServiceManager, DEFAULT_SERVICE};
 pub use session::{
     CacheImport, CacheObject, CachePartial, CacheReport, InstalledUpdate, SearchResult,
-    UpdateSearcher, UpdateSession, UpdateSessionBuilder,
+    ServerSelection, UpdateSearcher, UpdateSession, UpdateSessionBuilder,
 };
 pub use upkeep_store::HistoryEntry as UpdateHistoryEntry;
 pub use upkeep_tuf::Limits;

@@ -140,50 +140,49 @@ impl UpdateSessionBuilder {
         self
     }
 
-    /// Builds the session: resolves the configuration, creates the state directory, and
-    /// installs the trusted root there if it has none yet (verifying it is self-signed).
-    pub fn build(self) -> Result<UpdateSession> {
+    /// The configuration these settings resolve to (file, environment, builder).
+    fn resolved(&mut self) -> Result<ResolvedConfig> {
         let env_file = if self.no_env {
             None
         } else {
             std::env::var_os("UPKEEP_CONFIG").map(PathBuf::from)
         };
-        let mut cfg = match self.config_file.or(env_file) {
+        let mut cfg = match self.config_file.clone().or(env_file) {
             Some(p) => Config::from_file(&p)?,
             None => Config::default(),
         };
         if !self.no_env {
             cfg = cfg.merge(Config::from_env()?);
         }
-        let mut cfg = cfg.merge(self.over);
+        let mut cfg = cfg.merge(std::mem::take(&mut self.over));
         if cfg.client_application_id.is_none() {
-            cfg.client_application_id = self.default_client_id;
+            cfg.client_application_id = self.default_client_id.take();
         }
         let mut cfg = cfg.resolve()?;
-        // A plain path is a local repository: `file://` + its absolute path.
         if let Some(url) = &cfg.repository {
-            if !url.contains("://") {
-                let p = std::path::absolute(url).unwrap_or_else(|_| PathBuf::from(url));
-                let mut u = format!("file://{}", p.display());
-                if !u.ends_with('/') {
-                    u.push('/');
-                }
-                cfg.repository = Some(u);
-            }
+            cfg.repository = Some(crate::services::normalize_url(url)?);
         }
-        if let Some(url) = &cfg.repository {
-            if !(url.starts_with("http://")
-                || url.starts_with("https://")
-                || url.starts_with("file://"))
-            {
-                return Err(Error::new(
-                    HResult::WU_E_PT_INVALID_URL,
-                    format!("repository {url:?} is not an http(s):// or file:// URL"),
-                ));
-            }
-        }
+        Ok(cfg)
+    }
+
+    /// An `UpdateServiceManager` for these settings' state directory (WUA's
+    /// `CreateUpdateServiceManager`), usable before any service is trusted: `upkeep
+    /// service add` on a new machine.
+    pub fn build_service_manager(mut self) -> Result<crate::UpdateServiceManager> {
+        let cfg = self.resolved()?;
+        secure_state_dir(&cfg.state_dir)?;
+        Ok(crate::UpdateServiceManager::new(cfg))
+    }
+
+    /// Builds the session: resolves the configuration, creates the state directory, and
+    /// installs each service's trusted root there if it has none yet (verifying it is
+    /// self-signed). With no service at all — no repository, no trusted root, nothing
+    /// configured or registered — it is `WU_E_NOT_INITIALIZED` and nothing is created.
+    pub fn build(mut self) -> Result<UpdateSession> {
+        let cfg = self.resolved()?;
         let md = cfg.state_dir.join("metadata");
-        if !md.join("root.json").exists() && cfg.trusted_root.is_none() {
+        let others = !cfg.services.is_empty() || cfg.state_dir.join("services").is_dir();
+        if !md.join("root.json").exists() && cfg.trusted_root.is_none() && !others {
             // Nothing to trust yet: say so, and create nothing.
             return Err(Error::new(
                 HResult::WU_E_NOT_INITIALIZED,
@@ -195,12 +194,6 @@ impl UpdateSessionBuilder {
             .with_kind(crate::ErrorKind::NotInitialized));
         }
         secure_state_dir(&cfg.state_dir)?;
-        std::fs::create_dir_all(&md).map_err(|e| {
-            Error::new(
-                HResult::WU_E_DS_UNEXPECTED,
-                format!("{}: {e}", md.display()),
-            )
-        })?;
         let mut foreign_root = None;
         if let (true, Some(tr)) = (md.join("root.json").exists(), &cfg.trusted_root) {
             // The state already trusts a root: the given one is not used. If it shares no
@@ -221,49 +214,60 @@ impl UpdateSessionBuilder {
                 }
             }
         }
-        if !md.join("root.json").exists() {
-            let Some(tr) = &cfg.trusted_root else {
+        // A default service needs the repository or a trusted root; given a root alone,
+        // it is the default service's.
+        if cfg.repository.is_some() || cfg.trusted_root.is_some() {
+            std::fs::create_dir_all(&md).map_err(|e| {
+                Error::new(
+                    HResult::WU_E_DS_UNEXPECTED,
+                    format!("{}: {e}", md.display()),
+                )
+            })?;
+        }
+        for svc in crate::services::list(&cfg)? {
+            if svc.trusted {
+                continue;
+            }
+            let Some(tr) = &svc.trusted_root else {
                 return Err(Error::new(
                     HResult::WU_E_NOT_INITIALIZED,
                     format!(
-                        "{} has no trusted root yet: give one with --trusted-root or trusted_root",
-                        md.display()
+                        "{} has no trusted root yet: give one with {}",
+                        svc.metadata_dir.display(),
+                        if svc.is_default() {
+                            "--trusted-root or trusted_root"
+                        } else {
+                            "trusted_root in its [[services]] entry"
+                        }
                     ),
-                ));
+                )
+                .with_kind(crate::ErrorKind::NotInitialized));
             };
             let bytes = std::fs::read(tr).map_err(|e| {
                 Error::new(HResult::WU_E_INVALID_FILE, format!("{}: {e}", tr.display()))
             })?;
-            Client::init_trusted_root(&md, &bytes, true).map_err(|e| {
+            std::fs::create_dir_all(&svc.metadata_dir).map_err(|e| {
+                Error::new(
+                    HResult::WU_E_DS_UNEXPECTED,
+                    format!("{}: {e}", svc.metadata_dir.display()),
+                )
+            })?;
+            Client::init_trusted_root(&svc.metadata_dir, &bytes, true).map_err(|e| {
                 Error::new(
                     HResult::WU_E_INVALID_FILE,
                     format!("trusted root {}: {e}", tr.display()),
                 )
             })?;
         }
-        let local = cfg
-            .repository
-            .as_deref()
-            .is_some_and(|u| u.starts_with("file://"));
-        let transport: Arc<dyn Transport> = match self.transport {
-            Some(t) => t,
-            None if local => Arc::new(upkeep_tuf::FileTransport),
-            None => Arc::new(
-                HttpTransport::new()
-                    .map_err(upkeep_tuf::Error::from)?
-                    .with_min_rate(
-                        cfg.min_transfer_rate,
-                        std::time::Duration::from_secs(cfg.min_transfer_rate_seconds),
-                    ),
-            ),
-        };
         let session = UpdateSession {
             inner: Arc::new(SessionInner {
                 client_application_id: Mutex::new(cfg.client_application_id.clone()),
                 cfg,
-                transport,
+                transport: self.transport,
+                http: std::sync::OnceLock::new(),
                 limits: self.limits.unwrap_or_default(),
-                catalog: Mutex::new(None),
+                catalogs: Mutex::new(std::collections::HashMap::new()),
+                merged: Mutex::new(None),
                 engine: std::sync::OnceLock::new(),
                 foreign_root,
             }),
@@ -328,12 +332,23 @@ fn secure_state_dir(dir: &std::path::Path) -> Result<()> {
 
 type CatalogKey = (u64, u64);
 
+/// Each service's name and catalog key: what a merged catalog was built from.
+type ServiceKeys = Vec<(String, CatalogKey)>;
+
 struct SessionInner {
     cfg: ResolvedConfig,
-    transport: Arc<dyn Transport>,
+    /// A transport given to the builder (tests, custom schemes), for every service.
+    transport: Option<Arc<dyn Transport>>,
+    /// The HTTP transport, made when a service first needs it.
+    http: std::sync::OnceLock<Arc<dyn Transport>>,
     limits: Limits,
     client_application_id: Mutex<String>,
-    catalog: Mutex<Option<(CatalogKey, Arc<Catalog>)>>,
+    /// Each service's catalog, reused while its trusted snapshot is unchanged. Held while
+    /// refreshing, so one session refreshes one service at a time.
+    catalogs: Mutex<std::collections::HashMap<String, (CatalogKey, Arc<Catalog>)>>,
+    /// The last catalog of every service together (what supersedence and installs look
+    /// up), and the keys it was merged from.
+    merged: Mutex<Option<(ServiceKeys, Arc<Catalog>)>>,
     /// The transfer engine (one pooled HTTP client and transfer queue per session),
     /// started by the first download.
     engine: std::sync::OnceLock<upkeep_transfer::Engine>,
@@ -411,15 +426,115 @@ impl UpdateSession {
             online: true,
             include_superseded: false,
             include_not_applicable: false,
+            server_selection: ServerSelection::Default,
+            service_id: None,
         }
     }
 
-    /// Refreshes the trusted metadata (online) or loads it (offline) and returns the catalog
-    /// for the current repository state, reusing the one in memory when the snapshot has
-    /// not changed.
+    /// The catalog of every service (`only`: of one), its trusted metadata refreshed
+    /// (online) or loaded (offline); a service's catalog is reused while its snapshot has
+    /// not changed. With several services, one that fails is a warning of the result
+    /// (unless all fail); the same update id from two services is taken from the first and
+    /// is a warning.
+    pub(crate) fn catalog_for(&self, only: Option<&str>, online: bool) -> Result<Arc<Catalog>> {
+        let mut services = crate::services::list(&self.inner.cfg)?;
+        if let Some(name) = only {
+            services.retain(|s| s.name == name);
+            if services.is_empty() {
+                return Err(Error::new(
+                    HResult::WU_E_UNKNOWN_SERVICE,
+                    format!("no update service is named {name:?} (see `upkeep service list`)"),
+                ));
+            }
+        }
+        if services.is_empty() {
+            return Err(Error::new(
+                HResult::WU_E_NOT_INITIALIZED,
+                "no repository configured: give one with --repo or repository, or add a service",
+            ));
+        }
+        let mut cache = self.inner.catalogs.lock().expect("not poisoned");
+        if services.len() == 1 {
+            let (_, cat) = self.service_catalog(&mut cache, &services[0], online)?;
+            if only.is_none() {
+                *self.inner.merged.lock().expect("not poisoned") = Some((Vec::new(), cat.clone()));
+            }
+            return Ok(cat);
+        }
+        let mut parts = Vec::new();
+        let mut failures = Vec::new();
+        for svc in &services {
+            match self.service_catalog(&mut cache, svc, online) {
+                Ok((key, cat)) => parts.push((svc.name.clone(), key, cat)),
+                Err(e) => failures.push((svc.name.clone(), e)),
+            }
+        }
+        if parts.is_empty() {
+            let (_, e) = failures.remove(0);
+            return Err(e);
+        }
+        let keys: ServiceKeys = parts.iter().map(|(n, k, _)| (n.clone(), *k)).collect();
+        let mut merged = self.inner.merged.lock().expect("not poisoned");
+        let cat = match merged.as_ref() {
+            Some((k, cat)) if failures.is_empty() && *k == keys => cat.clone(),
+            _ => {
+                let failed = failures
+                    .iter()
+                    .map(|(n, e)| UpdateException {
+                        message: format!("service {n} left out: {}", e.message()),
+                        hresult: e.hresult(),
+                    })
+                    .collect();
+                let cat = Arc::new(Catalog::merge(
+                    parts.into_iter().map(|(n, _, c)| (n, c)).collect(),
+                    failed,
+                ));
+                if only.is_none() && failures.is_empty() {
+                    *merged = Some((keys, cat.clone()));
+                }
+                cat
+            }
+        };
+        Ok(cat)
+    }
+
+    /// [`catalog_for`](Self::catalog_for) every service.
     pub(crate) fn catalog(&self, online: bool) -> Result<Arc<Catalog>> {
-        let mut cache = self.inner.catalog.lock().expect("not poisoned");
-        let url = match (&self.inner.cfg.repository, online) {
+        self.catalog_for(None, online)
+    }
+
+    /// The transport for a service's URL.
+    fn transport_for(&self, url: Option<&str>) -> Result<Arc<dyn Transport>> {
+        if let Some(t) = &self.inner.transport {
+            return Ok(t.clone());
+        }
+        if url.is_none_or(|u| u.starts_with("file://")) {
+            return Ok(Arc::new(upkeep_tuf::FileTransport));
+        }
+        if let Some(t) = self.inner.http.get() {
+            return Ok(t.clone());
+        }
+        let cfg = &self.inner.cfg;
+        let t: Arc<dyn Transport> = Arc::new(
+            HttpTransport::new()
+                .map_err(upkeep_tuf::Error::from)?
+                .with_min_rate(
+                    cfg.min_transfer_rate,
+                    std::time::Duration::from_secs(cfg.min_transfer_rate_seconds),
+                ),
+        );
+        Ok(self.inner.http.get_or_init(|| t).clone())
+    }
+
+    /// One service's catalog, refreshed or loaded, from the cache when its snapshot has
+    /// not changed.
+    fn service_catalog(
+        &self,
+        cache: &mut std::collections::HashMap<String, (CatalogKey, Arc<Catalog>)>,
+        svc: &crate::UpdateService,
+        online: bool,
+    ) -> Result<(CatalogKey, Arc<Catalog>)> {
+        let url = match (&svc.url, online) {
             (Some(r), _) => metadata_url(r),
             (None, false) => String::from("offline:"),
             (None, true) => {
@@ -430,37 +545,38 @@ impl UpdateSession {
             }
         };
         let cfg = ClientConfig {
-            metadata_dir: self.inner.cfg.state_dir.join("metadata"),
+            metadata_dir: svc.metadata_dir.clone(),
             metadata_url: url,
             limits: self.inner.limits.clone(),
             offline: !online,
             timestamp_first: true,
         };
         let started = std::time::Instant::now();
-        let mut client = Client::new(cfg, self.inner.transport.clone())?;
+        let mut client = Client::new(cfg, self.transport_for(svc.url.as_deref())?)?;
         client.refresh()?;
-        tracing::debug!(elapsed = ?started.elapsed(), "top-level metadata refreshed");
+        tracing::debug!(service = %svc.name, elapsed = ?started.elapsed(), "top-level metadata refreshed");
         let t = client.trusted();
         let key = (
             t.root().common.version,
             t.snapshot().map_or(0, |s| s.common.version),
         );
-        if let Some((k, cat)) = cache.as_ref() {
+        if let Some((k, cat)) = cache.get(&svc.name) {
             if *k == key {
-                return Ok(cat.clone());
+                return Ok((key, cat.clone()));
             }
         }
         let all = client.all_targets()?;
         tracing::debug!(
+            service = %svc.name,
             targets = all.targets.len(),
             roles = all.roles_loaded,
             elapsed = ?started.elapsed(),
             "every targets role loaded"
         );
-        let cat = Arc::new(Catalog::build(all));
-        tracing::debug!(updates = cat.len(), elapsed = ?started.elapsed(), "catalog built");
-        *cache = Some((key, cat.clone()));
-        Ok(cat)
+        let cat = Arc::new(Catalog::build(all, &svc.name));
+        tracing::debug!(service = %svc.name, updates = cat.len(), elapsed = ?started.elapsed(), "catalog built");
+        cache.insert(svc.name.clone(), (key, cat.clone()));
+        Ok((key, cat))
     }
 }
 
@@ -484,35 +600,31 @@ impl UpdateSession {
         Ok(self.inner.engine.get_or_init(|| engine).clone())
     }
 
-    /// The base URLs of content (the repository's `targets/`, then each mirror's) and
-    /// whether the trusted root uses consistent snapshots; `WU_E_NOT_INITIALIZED` without a
-    /// repository or trusted metadata.
-    pub(crate) fn content_bases(&self) -> Result<(Vec<String>, bool)> {
-        let (base, consistent) = self.content_base()?;
-        let mut bases = vec![base];
-        for m in &self.inner.cfg.mirrors {
-            let mut m = m.clone();
-            if !m.ends_with('/') {
-                m.push('/');
-            }
-            m.push_str("targets/");
-            bases.push(m);
-        }
-        Ok((bases, consistent))
-    }
-
-    fn content_base(&self) -> Result<(String, bool)> {
-        let Some(repo) = &self.inner.cfg.repository else {
+    /// The base URLs of content of the service `name` (`None`: the default service) — its
+    /// `targets/`, then each mirror's — and whether its trusted root uses consistent
+    /// snapshots; `WU_E_NOT_INITIALIZED` without a URL or trusted metadata.
+    pub(crate) fn content_bases(&self, name: Option<&str>) -> Result<(Vec<String>, bool)> {
+        let name = name.unwrap_or(crate::services::DEFAULT_SERVICE);
+        let Some(svc) = crate::services::list(&self.inner.cfg)?
+            .into_iter()
+            .find(|s| s.name == name)
+        else {
+            return Err(Error::new(
+                HResult::WU_E_UNKNOWN_SERVICE,
+                format!("update service {name:?} is not configured or registered any more"),
+            ));
+        };
+        let Some(repo) = &svc.url else {
             return Err(Error::new(
                 HResult::WU_E_NOT_INITIALIZED,
                 "no repository configured: give one with --repo or repository",
             ));
         };
-        let md = self.inner.cfg.state_dir.join("metadata");
+        let md = &svc.metadata_dir;
         if !md.join("timestamp.json").exists() {
             return Err(Error::new(
                 HResult::WU_E_NOT_INITIALIZED,
-                "no repository metadata is trusted yet: search first",
+                format!("no metadata of service {name} is trusted yet: search first"),
             ));
         }
         let root = std::fs::read(md.join("root.json")).map_err(|e| {
@@ -522,12 +634,16 @@ impl UpdateSession {
             )
         })?;
         let root = upkeep_tuf::metadata::parse::<upkeep_tuf::metadata::Root>("root", &root)?;
-        let mut base = repo.clone();
-        if !base.ends_with('/') {
-            base.push('/');
+        let mut bases = Vec::new();
+        for b in std::iter::once(repo).chain(&svc.mirrors) {
+            let mut b = b.clone();
+            if !b.ends_with('/') {
+                b.push('/');
+            }
+            b.push_str("targets/");
+            bases.push(b);
         }
-        base.push_str("targets/");
-        Ok((base, root.signed.consistent_snapshot))
+        Ok((bases, root.signed.consistent_snapshot))
     }
 }
 
@@ -584,6 +700,15 @@ impl LocalState {
         };
         Some(u.with_state(st))
     }
+}
+
+/// The service an installed update came from (the default one for records kept before
+/// services existed).
+pub(crate) fn installed_service(i: &upkeep_store::Installed) -> &str {
+    i.record
+        .as_ref()
+        .and_then(|r| r.service.as_deref())
+        .unwrap_or(crate::services::DEFAULT_SERVICE)
 }
 
 /// Applicability of every catalog entry on this machine, evaluated once per search.
@@ -702,12 +827,13 @@ impl upkeep_types::StateSink for SessionSink {
     fn eula_text(
         &self,
         file: &upkeep_types::ContentFile,
+        service: Option<&str>,
     ) -> std::result::Result<String, upkeep_types::StateError> {
         let path = match self.0.content_cache().map_err(state_err)?.get(file) {
             Some(p) => p,
             None => {
                 let engine = self.0.engine().map_err(state_err)?;
-                let (bases, consistent) = self.0.content_bases().map_err(state_err)?;
+                let (bases, consistent) = self.0.content_bases(service).map_err(state_err)?;
                 let urls: Vec<String> = bases
                     .iter()
                     .map(|b| upkeep_tuf::target_url(b, &file.path, &file.hashes, consistent))
@@ -766,14 +892,14 @@ impl UpdateSession {
 
     /// An update of the catalog in memory (no refresh).
     pub(crate) fn cached_update(&self, id: &uuid::Uuid) -> Option<Update> {
-        let cache = self.inner.catalog.lock().expect("not poisoned");
+        let cache = self.inner.merged.lock().expect("not poisoned");
         cache.as_ref().and_then(|(_, cat)| cat.get(id).cloned())
     }
 
     /// Who supersedes whom, as the catalog in memory knows it (no refresh): id → the ids
     /// it supersedes.
     pub(crate) fn supersedence(&self) -> std::collections::HashMap<uuid::Uuid, Vec<uuid::Uuid>> {
-        let cache = self.inner.catalog.lock().expect("not poisoned");
+        let cache = self.inner.merged.lock().expect("not poisoned");
         cache
             .as_ref()
             .map(|(_, cat)| {
@@ -1021,7 +1147,7 @@ impl UpdateSession {
         let cache = self.content_cache()?;
         let mut owners: std::collections::HashMap<String, Vec<String>> = Default::default();
         {
-            let cat = self.inner.catalog.lock().expect("not poisoned");
+            let cat = self.inner.merged.lock().expect("not poisoned");
             if let Some((_, cat)) = cat.as_ref() {
                 for u in cat.entries() {
                     for k in content_keys(std::iter::once(u)) {
@@ -1214,6 +1340,23 @@ pub struct UpdateSearcher {
     online: bool,
     include_superseded: bool,
     include_not_applicable: bool,
+    server_selection: ServerSelection,
+    service_id: Option<String>,
+}
+
+/// WUA's `ServerSelection`: which update services a search covers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[repr(i32)]
+pub enum ServerSelection {
+    /// `ssDefault` (0): every service.
+    #[default]
+    Default = 0,
+    /// `ssManagedServer` (1): the default service (the `repository` setting).
+    ManagedServer = 1,
+    /// `ssWindowsUpdate` (2): the default service, as `ManagedServer`.
+    WindowsUpdate = 2,
+    /// `ssOthers` (3): the service named by `service_id`.
+    Others = 3,
 }
 
 impl UpdateSearcher {
@@ -1244,6 +1387,38 @@ impl UpdateSearcher {
     /// Sets [`include_not_applicable`](Self::include_not_applicable).
     pub fn set_include_not_applicable(&mut self, include: bool) {
         self.include_not_applicable = include;
+    }
+    /// `ServerSelection` (default `Default`: every service).
+    pub fn server_selection(&self) -> ServerSelection {
+        self.server_selection
+    }
+    /// Sets `ServerSelection`.
+    pub fn set_server_selection(&mut self, s: ServerSelection) {
+        self.server_selection = s;
+    }
+    /// `ServiceID`: the service searched when `ServerSelection` is `Others` (its name).
+    pub fn service_id(&self) -> Option<&str> {
+        self.service_id.as_deref()
+    }
+    /// Sets `ServiceID`; searching only that service also needs
+    /// `set_server_selection(ServerSelection::Others)`.
+    pub fn set_service_id(&mut self, name: impl Into<String>) {
+        self.service_id = Some(name.into());
+    }
+    /// The one service this searcher's selection names, if any.
+    fn selected_service(&self) -> Result<Option<&str>> {
+        Ok(match self.server_selection {
+            ServerSelection::Default => None,
+            ServerSelection::ManagedServer | ServerSelection::WindowsUpdate => {
+                Some(crate::services::DEFAULT_SERVICE)
+            }
+            ServerSelection::Others => Some(self.service_id.as_deref().ok_or_else(|| {
+                Error::new(
+                    HResult::E_INVALIDARG,
+                    "ServerSelection is Others but no ServiceID is set",
+                )
+            })?),
+        })
     }
     /// `QueryHistory`: up to `count` entries, newest first, from `start` (0 = newest).
     /// `count` 0 is `WU_E_INVALIDINDEX`.
@@ -1278,15 +1453,16 @@ impl UpdateSearcher {
     /// is set.
     pub fn search(&self, criteria: &str) -> Result<SearchResult> {
         let criteria = Criteria::parse(criteria)?;
-        let catalog = self.session.catalog(self.online).map_err(|e| {
-            match (&self.session.inner.foreign_root, e.kind()) {
+        let catalog = self
+            .session
+            .catalog_for(self.selected_service()?, self.online)
+            .map_err(|e| match (&self.session.inner.foreign_root, e.kind()) {
                 (Some(hint), crate::ErrorKind::Threshold | crate::ErrorKind::VersionMismatch) => {
                     let kind = e.kind();
                     Error::new(e.hresult(), format!("{}; {hint}", e.message())).with_kind(kind)
                 }
                 _ => e,
-            }
-        })?;
+            })?;
         let local = self.session.local_state()?;
         let mut warnings = catalog.warnings().to_vec();
         let applies = Applies::evaluate(&self.session, &catalog, &local, &mut warnings);
@@ -1318,6 +1494,22 @@ impl UpdateSearcher {
         };
         for u in catalog.entries() {
             let id = u.identity().update_id;
+            if let Some(i) = local.installed.get(&id) {
+                // Installed from one service, offered by another: not an upgrade of it
+                // (one service cannot sign for another's updates).
+                let from = installed_service(i);
+                if from != u.service().unwrap_or(crate::services::DEFAULT_SERVICE) {
+                    warnings.push(UpdateException {
+                        message: format!(
+                            "update {id} ({}) is installed from service {from}; service {}'s update of the same id is ignored",
+                            u.title(),
+                            u.service().unwrap_or("?")
+                        ),
+                        hresult: HResult::WU_E_DUPLICATE_ITEM,
+                    });
+                    continue;
+                }
+            }
             let mut st = local.state_of(u);
             applies.apply(u, &mut st);
             let published = u.with_state_and_sink(st, Some(sink.clone()));

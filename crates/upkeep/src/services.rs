@@ -1,0 +1,303 @@
+//! Update services (WUA's `IUpdateServiceManager` and `IUpdateService`): the repositories a
+//! machine takes updates from, each with its own TUF trust and metadata.
+//!
+//! - The `repository` setting is the **default** service, named `default`; its trusted
+//!   metadata stays in `<state_dir>/metadata` as before services existed.
+//! - The configuration file lists more (`[[services]]`).
+//! - `UpdateServiceManager::add_service` registers one at run time (`upkeep service add`):
+//!   `<state_dir>/services/<name>/service.json` and its own `metadata/` with the trusted root,
+//!   checked to be self-signed before anything is written.
+//!
+//! Every service's metadata is verified against its own root only, so one service's keys
+//! can never sign for another's updates; an update id offered by two services is taken from
+//! the first (default, configured, registered by name) and reported as a warning.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use upkeep_tuf::Client;
+use upkeep_types::HResult;
+
+use crate::config::ResolvedConfig;
+use crate::error::{Error, Result};
+
+/// The name of the service the `repository` setting defines.
+pub const DEFAULT_SERVICE: &str = "default";
+
+/// Where a service is defined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceOrigin {
+    /// The `repository` setting.
+    Repository,
+    /// `[[services]]` of the configuration file.
+    Configuration,
+    /// Registered with `add_service` (`upkeep service add`).
+    Registered,
+}
+
+/// One update service (WUA's `IUpdateService`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UpdateService {
+    /// Its name: WUA's `ServiceID` here.
+    pub name: String,
+    /// Its base URL (`http(s)://` or `file://`); `None` for a default service known only
+    /// from metadata trusted earlier (offline searches).
+    pub url: Option<String>,
+    /// Content mirrors.
+    pub mirrors: Vec<String>,
+    /// Where it is defined.
+    pub origin: ServiceOrigin,
+    /// Its trusted metadata.
+    pub metadata_dir: PathBuf,
+    /// A root is trusted for it (it can be searched).
+    pub trusted: bool,
+    /// Where its initial root comes from when none is trusted yet.
+    #[serde(skip)]
+    pub(crate) trusted_root: Option<PathBuf>,
+}
+
+impl UpdateService {
+    /// `IsDefaultAUService`: the `repository` setting's.
+    pub fn is_default(&self) -> bool {
+        self.origin == ServiceOrigin::Repository
+    }
+}
+
+/// What `service.json` of a registered service holds.
+#[derive(Serialize, Deserialize)]
+struct Registration {
+    url: String,
+    #[serde(default)]
+    mirrors: Vec<String>,
+    added_at: jiff::Timestamp,
+}
+
+/// A plain path is a local repository: `file://` + its absolute path, ending in `/`; other
+/// schemes than http(s) and file are `WU_E_PT_INVALID_URL`.
+pub(crate) fn normalize_url(url: &str) -> Result<String> {
+    let mut u = if url.contains("://") {
+        url.to_string()
+    } else {
+        let p = std::path::absolute(url).unwrap_or_else(|_| PathBuf::from(url));
+        format!("file://{}", p.display())
+    };
+    if !(u.starts_with("http://") || u.starts_with("https://") || u.starts_with("file://")) {
+        return Err(Error::new(
+            HResult::WU_E_PT_INVALID_URL,
+            format!("repository {url:?} is not an http(s):// or file:// URL, nor a directory"),
+        ));
+    }
+    if !u.ends_with('/') {
+        u.push('/');
+    }
+    Ok(u)
+}
+
+/// Every service of a configuration, in the order searches take them: the default, the
+/// configured ones, the registered ones by name.
+pub(crate) fn list(cfg: &ResolvedConfig) -> Result<Vec<UpdateService>> {
+    let mut out = Vec::new();
+    let default_md = cfg.state_dir.join("metadata");
+    if cfg.repository.is_some() || default_md.join("root.json").exists() {
+        out.push(UpdateService {
+            name: DEFAULT_SERVICE.into(),
+            url: cfg.repository.clone(),
+            mirrors: cfg.mirrors.clone(),
+            origin: ServiceOrigin::Repository,
+            trusted: default_md.join("root.json").exists(),
+            metadata_dir: default_md,
+            trusted_root: cfg.trusted_root.clone(),
+        });
+    }
+    for s in &cfg.services {
+        check_name(&s.name)?;
+        if out.iter().any(|o| o.name == s.name) {
+            return Err(Error::new(
+                HResult::WU_E_DUPLICATE_ITEM,
+                format!("service {:?} is defined twice in the configuration", s.name),
+            ));
+        }
+        let md = service_dir(&cfg.state_dir, &s.name).join("metadata");
+        out.push(UpdateService {
+            name: s.name.clone(),
+            url: Some(normalize_url(&s.url)?),
+            mirrors: s.mirrors.clone(),
+            origin: ServiceOrigin::Configuration,
+            trusted: md.join("root.json").exists(),
+            metadata_dir: md,
+            trusted_root: s.trusted_root.clone(),
+        });
+    }
+    let mut registered = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(cfg.state_dir.join("services")) {
+        for e in rd.flatten() {
+            let Ok(name) = e.file_name().into_string() else {
+                continue;
+            };
+            let file = e.path().join("service.json");
+            let Ok(text) = std::fs::read(&file) else {
+                continue; // not registered (a configured service's metadata only)
+            };
+            if out.iter().any(|o| o.name == name) {
+                continue; // the configuration's definition wins
+            }
+            let r: Registration = serde_json::from_slice(&text).map_err(|e| {
+                Error::new(
+                    HResult::WU_E_DS_UNEXPECTED,
+                    format!("{}: {e}", file.display()),
+                )
+            })?;
+            let md = e.path().join("metadata");
+            registered.push(UpdateService {
+                name,
+                url: Some(r.url),
+                mirrors: r.mirrors,
+                origin: ServiceOrigin::Registered,
+                trusted: md.join("root.json").exists(),
+                metadata_dir: md,
+                trusted_root: None,
+            });
+        }
+    }
+    registered.sort_by(|a, b| a.name.cmp(&b.name));
+    out.extend(registered);
+    Ok(out)
+}
+
+fn service_dir(state_dir: &Path, name: &str) -> PathBuf {
+    state_dir.join("services").join(name)
+}
+
+/// A service name: 1 to 64 of `a-z 0-9 . _ -`, starting with a letter or digit.
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::new(
+            HResult::E_INVALIDARG,
+            format!("{name:?} is not a service name (1 to 64 of a-z, 0-9, `.`, `_`, `-`, starting with a letter or digit)"),
+        ))
+    }
+}
+
+/// WUA's `IUpdateServiceManager`: lists, registers and removes update services.
+#[derive(Clone, Debug)]
+pub struct UpdateServiceManager {
+    cfg: ResolvedConfig,
+}
+
+impl UpdateServiceManager {
+    pub(crate) fn new(cfg: ResolvedConfig) -> UpdateServiceManager {
+        UpdateServiceManager { cfg }
+    }
+
+    /// `Services`: every service, in search order.
+    pub fn services(&self) -> Result<Vec<UpdateService>> {
+        list(&self.cfg)
+    }
+
+    /// `AddService2`: registers `name` at `url` (an `http(s)://` or `file://` URL, or a
+    /// local directory), trusting the root in `trusted_root` (which must be self-signed).
+    /// Nothing is fetched: the first search does that. A name already used is
+    /// `WU_E_DUPLICATE_ITEM`; a bad name `E_INVALIDARG`; a root that does not verify
+    /// `WU_E_INVALID_FILE`. On failure nothing is left behind.
+    pub fn add_service(&self, name: &str, url: &str, trusted_root: &Path) -> Result<UpdateService> {
+        check_name(name)?;
+        let url = normalize_url(url)?;
+        if list(&self.cfg)?.iter().any(|s| s.name == name) || name == DEFAULT_SERVICE {
+            return Err(Error::new(
+                HResult::WU_E_DUPLICATE_ITEM,
+                format!("a service named {name:?} exists already (remove it first)"),
+            ));
+        }
+        let bytes = std::fs::read(trusted_root).map_err(|e| {
+            Error::new(
+                HResult::WU_E_INVALID_FILE,
+                format!("{}: {e}", trusted_root.display()),
+            )
+        })?;
+        let dir = service_dir(&self.cfg.state_dir, name);
+        if dir.exists() {
+            // Metadata left by a removed configuration entry of the same name: its trust
+            // is not this registration's.
+            std::fs::remove_dir_all(&dir).map_err(|e| {
+                Error::new(
+                    HResult::WU_E_DS_UNEXPECTED,
+                    format!("{}: {e}", dir.display()),
+                )
+            })?;
+        }
+        let result = (|| {
+            let md = dir.join("metadata");
+            std::fs::create_dir_all(&md).map_err(|e| {
+                Error::new(
+                    HResult::WU_E_DS_UNEXPECTED,
+                    format!("{}: {e}", md.display()),
+                )
+            })?;
+            Client::init_trusted_root(&md, &bytes, true).map_err(|e| {
+                Error::new(
+                    HResult::WU_E_INVALID_FILE,
+                    format!("trusted root {}: {e}", trusted_root.display()),
+                )
+            })?;
+            let reg = Registration {
+                url: url.clone(),
+                mirrors: Vec::new(),
+                added_at: jiff::Timestamp::now(),
+            };
+            let file = dir.join("service.json");
+            upkeep_fs::write_atomic(
+                &file,
+                &serde_json::to_vec_pretty(&reg).expect("a registration serialises"),
+            )
+            .map_err(|e| Error::new(HResult::WU_E_DS_UNEXPECTED, e.to_string()))
+        })();
+        if let Err(e) = result {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        tracing::info!(service = name, url = %url, "update service registered");
+        list(&self.cfg)?
+            .into_iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| Error::new(HResult::E_UNEXPECTED, "the new service is not listed"))
+    }
+
+    /// `RemoveService`: unregisters a service added with `add_service`, with its trusted
+    /// metadata. Installed updates from it stay installed (and uninstallable). One defined
+    /// by the configuration is `E_INVALIDARG`; an unknown one `WU_E_UNKNOWN_SERVICE`.
+    pub fn remove_service(&self, name: &str) -> Result<()> {
+        let Some(s) = list(&self.cfg)?.into_iter().find(|s| s.name == name) else {
+            return Err(Error::new(
+                HResult::WU_E_UNKNOWN_SERVICE,
+                format!("no update service is named {name:?}"),
+            ));
+        };
+        if s.origin != ServiceOrigin::Registered {
+            return Err(Error::new(
+                HResult::E_INVALIDARG,
+                format!("service {name:?} is defined by the configuration; change it there"),
+            ));
+        }
+        let dir = service_dir(&self.cfg.state_dir, name);
+        // The registration goes first: a crash after it leaves only unused metadata.
+        std::fs::remove_file(dir.join("service.json"))
+            .and_then(|()| std::fs::remove_dir_all(&dir))
+            .map_err(|e| {
+                Error::new(
+                    HResult::WU_E_DS_UNEXPECTED,
+                    format!("{}: {e}", dir.display()),
+                )
+            })?;
+        tracing::info!(service = name, "update service removed");
+        Ok(())
+    }
+}
