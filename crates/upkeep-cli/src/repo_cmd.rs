@@ -105,6 +105,25 @@ pub enum RepoCommand {
         #[arg(long, value_name = "DIR")]
         root_keys: Option<PathBuf>,
     },
+    /// Write an offline bundle: a self-contained signed snapshot of the repository with
+    /// the chosen updates' content, for machines with no network (`service add NAME
+    /// FILE.tar`). Needs the targets, snapshot and timestamp keys.
+    Bundle {
+        /// Repository directory.
+        dir: PathBuf,
+        /// The bundle to write (a tar file).
+        #[arg(long, value_name = "FILE.tar")]
+        out: PathBuf,
+        /// Only the updates matching these WUA search criteria (default: every update).
+        #[arg(long, value_name = "C")]
+        criteria: Option<String>,
+        /// How long devices accept the bundle (`90d`, `12h`, seconds).
+        #[arg(long, default_value = "90d", value_parser = parse_duration)]
+        expires: u64,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the updates in a repository.
     List {
         /// Repository directory.
@@ -889,6 +908,60 @@ pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
             } else {
                 Exit::Success
             })
+        }
+        RepoCommand::Bundle {
+            dir,
+            out,
+            criteria,
+            expires,
+            json,
+        } => {
+            let fail = fail_as(json);
+            let repo = Repository::open(&dir).map_err(&fail)?;
+            let updates = repo.updates().map_err(&fail)?;
+            let ids: std::collections::BTreeSet<uuid::Uuid> = match &criteria {
+                None => updates.keys().copied().collect(),
+                Some(c) => {
+                    let c = upkeep::criteria::Criteria::parse(c)
+                        .map_err(|e| Exit::from_error(&upkeep::Error::from(e), json))?;
+                    updates
+                        .values()
+                        .filter(|m| {
+                            c.matches(&upkeep::Update::new(
+                                (*m).clone(),
+                                Vec::new(),
+                                None,
+                                None,
+                                upkeep::UpdateState::default(),
+                            ))
+                        })
+                        .map(|m| m.id)
+                        .collect()
+                }
+            };
+            if ids.is_empty() {
+                return Err(fail(PublishError::Invalid(
+                    "no update matches: the bundle would be empty".into(),
+                )));
+            }
+            let r = repo.bundle(&out, &ids, expires).map_err(&fail)?;
+            if json {
+                println!("{}", serde_json::to_string(&r).expect("JSON"));
+            } else {
+                for w in &r.warnings {
+                    eprintln!("upkeep: warning: {w}");
+                }
+                println!(
+                    "Wrote {}: {} update(s), {} file(s), {}; valid until {}. On a device: upkeep service add NAME {} --trusted-root ROOT.json",
+                    out.display(),
+                    r.updates,
+                    r.files,
+                    crate::output::human_bytes(r.bytes),
+                    r.expires,
+                    out.display()
+                );
+            }
+            Ok(Exit::Success)
         }
         RepoCommand::List { dir, json } => {
             let fail = fail_as(json);

@@ -412,3 +412,114 @@ fn walk_files(d: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// An offline bundle, written at t0 and carried to a machine that never had a network:
+/// used 60 days later (the repository's own timestamp expired after 7), with no server
+/// running; the same bundle refused once it expires; a repository read directly at day 60
+/// refused as the freeze attack it would be.
+#[test]
+fn an_offline_bundle_installs_60_days_later_with_no_server() {
+    let repo = Repo::new(t0(), &[]);
+    let tmp = repo.tmp.path();
+    let bundle = tmp.join("bundle.tar");
+    let none = at(
+        t0(),
+        &[
+            "repo",
+            "bundle",
+            repo.d(),
+            "--out",
+            bundle.to_str().unwrap(),
+            "--criteria",
+            "Type='Driver'",
+        ],
+    );
+    assert!(!none.status.success());
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no update matches"));
+    let r: serde_json::Value = serde_json::from_str(&ok(&at(
+        t0(),
+        &[
+            "repo",
+            "bundle",
+            repo.d(),
+            "--out",
+            bundle.to_str().unwrap(),
+            "--expires",
+            "90d",
+            "--json",
+        ],
+    )))
+    .unwrap();
+    assert_eq!(r["updates"], 1);
+    assert!(
+        r["expires"].as_str().unwrap().starts_with("2027-04-01"),
+        "{r}"
+    );
+    let device = |name: &str, when: jiff::Timestamp, args: &[&str]| {
+        let (state, root) = (tmp.join(name).join("state"), tmp.join(name).join("root"));
+        let base = [
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--root",
+            root.to_str().unwrap(),
+        ];
+        at(when, &[&base[..], args].concat())
+    };
+    let day60 = t0() + day(60);
+    ok(&device(
+        "usb",
+        day60,
+        &[
+            "service",
+            "add",
+            "usb",
+            bundle.to_str().unwrap(),
+            "--trusted-root",
+            repo.root_v1.to_str().unwrap(),
+        ],
+    ));
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&device("usb", day60, &["search", "--json"]))).unwrap();
+    assert_eq!(v["result_code"], "Succeeded", "{v}");
+    assert_eq!(v["updates"][0]["id"], ID);
+    assert_eq!(v["updates"][0]["service"], "usb");
+    let o = ok(&device("usb", day60, &["install", ID, "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&o).unwrap();
+    assert_eq!(v["result_code"], "Succeeded", "{v}");
+    // The repository itself at day 60: its timestamp expired at day 7.
+    let direct = device(
+        "direct",
+        day60,
+        &[
+            "--repo",
+            repo.d(),
+            "--trusted-root",
+            repo.root_v1.to_str().unwrap(),
+            "search",
+            "--json",
+        ],
+    );
+    assert!(!direct.status.success());
+    assert!(
+        String::from_utf8_lossy(&direct.stderr).contains("Expired"),
+        "{}",
+        String::from_utf8_lossy(&direct.stderr)
+    );
+    // The bundle past its own expiry: refused the same way, nothing relaxed.
+    let day91 = t0() + day(91);
+    ok(&device(
+        "late",
+        day91,
+        &[
+            "service",
+            "add",
+            "usb",
+            bundle.to_str().unwrap(),
+            "--trusted-root",
+            repo.root_v1.to_str().unwrap(),
+        ],
+    ));
+    let late = device("late", day91, &["search", "--json"]);
+    assert!(!late.status.success());
+    assert!(String::from_utf8_lossy(&late.stderr).contains("Expired"));
+}

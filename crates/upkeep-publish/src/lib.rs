@@ -19,6 +19,6 @@ mod repo;
 pub mod serve;
 
 pub use repo::{
-    ContentSource, InitOptions, Manifest, NewUpdate, PruneReport, PublishError, PublishReport,
-    Repository, RepositoryConfig, RoleStatus,
+    BundleReport, ContentSource, InitOptions, Manifest, NewUpdate, PruneReport, PublishError,
+    PublishReport, Repository, RepositoryConfig, RoleStatus,
 };

@@ -1150,27 +1150,8 @@ impl Repository {
         write_file(&md.join(format!("{snap_v}.snapshot.json")), &snap_bytes)?;
         report.roles.push(("snapshot".into(), snap_v));
         let ts_v = cur.map_or(1, |c| c.timestamp_version + 1);
-        let mut hashes = metadata::Hashes::new();
-        hashes.insert(
-            "sha256",
-            metadata::digest_bytes("sha256", &snap_bytes).expect("sha256 is supported"),
-        );
-        let mut ts_meta = BTreeMap::new();
-        ts_meta.insert(
-            "snapshot.json".to_string(),
-            MetaFile {
-                version: snap_v,
-                length: Some(snap_bytes.len() as u64),
-                hashes: Some(hashes),
-                unrecognized: BTreeMap::new(),
-            },
-        );
-        let ts = Timestamp {
-            common: self.common("timestamp", ts_v, self.config.timestamp_expiry_secs)?,
-            meta: ts_meta,
-            unrecognized: BTreeMap::new(),
-        };
-        let ts_bytes = self.sign_role(&ts, "timestamp")?;
+        let ts_bytes =
+            self.signed_timestamp(ts_v, snap_v, &snap_bytes, self.config.timestamp_expiry_secs)?;
         // The next root goes last before the timestamp: a client that sees it finds
         // metadata signed with its keys.
         if let Some((version, bytes)) = &new_root_bytes {
@@ -1185,6 +1166,181 @@ impl Repository {
         report.roles.push(("timestamp".into(), ts_v));
         Ok(report)
     }
+}
+
+impl Repository {
+    /// A signed timestamp of `version` for the snapshot `snap_bytes` (version `snap_v`),
+    /// with its length and SHA-256, valid for `secs`.
+    fn signed_timestamp(
+        &self,
+        version: u64,
+        snap_v: u64,
+        snap_bytes: &[u8],
+        secs: u64,
+    ) -> Result<Vec<u8>, PublishError> {
+        let mut hashes = metadata::Hashes::new();
+        hashes.insert(
+            "sha256",
+            metadata::digest_bytes("sha256", snap_bytes).expect("sha256 is supported"),
+        );
+        let mut ts_meta = BTreeMap::new();
+        ts_meta.insert(
+            "snapshot.json".to_string(),
+            MetaFile {
+                version: snap_v,
+                length: Some(snap_bytes.len() as u64),
+                hashes: Some(hashes),
+                unrecognized: BTreeMap::new(),
+            },
+        );
+        let ts = Timestamp {
+            common: self.common("timestamp", version, secs)?,
+            meta: ts_meta,
+            unrecognized: BTreeMap::new(),
+        };
+        self.sign_role(&ts, "timestamp")
+    }
+
+    /// Writes an offline bundle to `out` (a tar file): a self-contained TUF repository
+    /// signed with this repository's own keys — every root version, and a top-level
+    /// targets role listing the chosen updates' targets, a snapshot and a timestamp all
+    /// valid for `expires_secs` — with their content, so that a device with no network
+    /// verifies it exactly as it verifies the repository (no check is relaxed; only the
+    /// lifetimes are an offline medium's). Role versions are the Unix time of the bundle,
+    /// so a later bundle is always newer. Needs the targets, snapshot and timestamp keys.
+    /// `ids` must all be published (else `UnknownUpdate`); nothing is written on failure.
+    pub fn bundle(
+        &self,
+        out: &Path,
+        ids: &std::collections::BTreeSet<Uuid>,
+        expires_secs: u64,
+    ) -> Result<BundleReport, PublishError> {
+        for role in ["targets", "snapshot", "timestamp"] {
+            self.key(role)?;
+        }
+        let all = self.targets()?;
+        let records: BTreeMap<Uuid, UpdateMetadata> = self
+            .updates()?
+            .into_iter()
+            .filter(|(id, _)| ids.contains(id))
+            .collect();
+        if let Some(missing) = ids.iter().find(|id| !records.contains_key(id)) {
+            return Err(PublishError::UnknownUpdate(*missing));
+        }
+        let mut chosen = BTreeMap::new();
+        for m in records.values() {
+            for p in m.content.iter().chain(&m.eula).chain(&m.bootstrapper) {
+                let t = all.get(p).ok_or_else(|| {
+                    repo_err(
+                        &self.targets_dir(),
+                        format!("update {} refers to {p}, which is not published", m.id),
+                    )
+                })?;
+                chosen.insert(p.clone(), t.clone());
+            }
+        }
+        let version = jiff::Timestamp::now().as_second().max(1) as u64;
+        let targets = Targets {
+            common: self.common("targets", version, expires_secs)?,
+            targets: chosen.clone(),
+            delegations: None,
+            unrecognized: BTreeMap::new(),
+        };
+        let targets_bytes = self.sign_role(&targets, "targets")?;
+        let mut snap_meta = BTreeMap::new();
+        snap_meta.insert("targets.json".to_string(), meta_version(version));
+        let snap = Snapshot {
+            common: self.common("snapshot", version, expires_secs)?,
+            meta: snap_meta,
+            unrecognized: BTreeMap::new(),
+        };
+        let snap_bytes = self.sign_role(&snap, "snapshot")?;
+        let ts_bytes = self.signed_timestamp(version, version, &snap_bytes, expires_secs)?;
+        let mut report = BundleReport {
+            updates: records.len(),
+            expires: targets.common.expires.clone(),
+            ..BundleReport::default()
+        };
+        let root = self.root()?;
+        if root.common.expires < targets.common.expires {
+            report.warnings.push(format!(
+                "the root expires {} — before the bundle ({}): devices refuse the bundle from then on (renew the root with `repo publish` first)",
+                root.common.expires, targets.common.expires
+            ));
+        }
+        let tmp = out.with_extension("tmp-bundle");
+        let written = (|| {
+            let f = File::create(&tmp).map_err(|e| io(&tmp, e))?;
+            let mut tar = tar::Builder::new(std::io::BufWriter::new(f));
+            let mut add = |name: &str, data: &[u8], report: &mut BundleReport| {
+                let mut h = tar::Header::new_gnu();
+                h.set_mode(0o644);
+                h.set_size(data.len() as u64);
+                h.set_mtime(version);
+                tar.append_data(&mut h, name, data)
+                    .map_err(|e| io(&tmp, e))?;
+                report.files += 1;
+                report.bytes += data.len() as u64;
+                Ok::<(), PublishError>(())
+            };
+            for v in 1..=root.common.version {
+                let name = format!("{v}.root.json");
+                let path = self.metadata_dir().join(&name);
+                let data = std::fs::read(&path).map_err(|e| io(&path, e))?;
+                add(&format!("metadata/{name}"), &data, &mut report)?;
+                if v == root.common.version {
+                    add("metadata/root.json", &data, &mut report)?;
+                }
+            }
+            add(
+                &format!("metadata/{version}.targets.json"),
+                &targets_bytes,
+                &mut report,
+            )?;
+            add(
+                &format!("metadata/{version}.snapshot.json"),
+                &snap_bytes,
+                &mut report,
+            )?;
+            add("metadata/timestamp.json", &ts_bytes, &mut report)?;
+            for (path, t) in &chosen {
+                let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+                let stored = format!("{}.{name}", &t.hashes["sha256"]);
+                let src = self.targets_dir().join(dir).join(&stored);
+                let data = std::fs::read(&src).map_err(|e| io(&src, e))?;
+                let inner = if dir.is_empty() {
+                    stored
+                } else {
+                    format!("{dir}/{stored}")
+                };
+                add(&format!("targets/{inner}"), &data, &mut report)?;
+            }
+            let w = tar.into_inner().map_err(|e| io(&tmp, e))?;
+            let f = w.into_inner().map_err(|e| io(&tmp, e.into_error()))?;
+            f.sync_all().map_err(|e| io(&tmp, e))?;
+            std::fs::rename(&tmp, out).map_err(|e| io(out, e))
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written?;
+        Ok(report)
+    }
+}
+
+/// What [`Repository::bundle`] wrote.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct BundleReport {
+    /// Updates in it.
+    pub updates: usize,
+    /// Files in the tar (metadata and content).
+    pub files: usize,
+    /// Their bytes.
+    pub bytes: u64,
+    /// When its metadata expires (RFC 3339).
+    pub expires: String,
+    /// What the operator should know (a root expiring before the bundle).
+    pub warnings: Vec<String>,
 }
 
 /// A targets role as the next publish will write it.

@@ -187,6 +187,81 @@ fn check_name(name: &str) -> Result<()> {
     }
 }
 
+/// Unpacks an offline bundle into `to`: only regular files and directories under
+/// `metadata/` and `targets/`, with plain relative names; room for it is checked first.
+fn unpack_bundle(file: &Path, to: &Path) -> Result<()> {
+    let bad = |why: String| {
+        Error::new(
+            HResult::WU_E_INVALID_FILE,
+            format!("bundle {}: {why}", file.display()),
+        )
+    };
+    let len = std::fs::metadata(file)
+        .map_err(|e| bad(e.to_string()))?
+        .len();
+    std::fs::create_dir_all(to).map_err(|e| {
+        Error::new(
+            HResult::WU_E_DS_UNEXPECTED,
+            format!("{}: {e}", to.display()),
+        )
+    })?;
+    let free = upkeep_fs::free_space(to)
+        .map_err(|e| Error::new(HResult::WU_E_DS_UNEXPECTED, e.to_string()))?;
+    if free < len + (64 << 20) {
+        return Err(Error::new(
+            HResult::E_DISK_FULL,
+            format!(
+                "bundle {} needs {len} bytes (and 64 MiB kept free); {} has {free}",
+                file.display(),
+                to.display()
+            ),
+        ));
+    }
+    let f = std::fs::File::open(file).map_err(|e| bad(e.to_string()))?;
+    let mut archive = tar::Archive::new(std::io::BufReader::new(f));
+    let mut written = 0u64;
+    for entry in archive.entries().map_err(|e| bad(e.to_string()))? {
+        let mut entry = entry.map_err(|e| bad(e.to_string()))?;
+        let path = entry.path().map_err(|e| bad(e.to_string()))?;
+        let name = path.to_string_lossy().trim_end_matches('/').to_string();
+        let kind = entry.header().entry_type();
+        if !upkeep_types::is_valid_target_path(&name)
+            || !(name.starts_with("metadata/")
+                || name.starts_with("targets/")
+                || name == "metadata"
+                || name == "targets")
+        {
+            return Err(bad(format!(
+                "{name:?} is not a bundle path (metadata/…, targets/…)"
+            )));
+        }
+        let dest = to.join(&name);
+        if kind.is_dir() {
+            std::fs::create_dir_all(&dest).map_err(|e| bad(format!("{}: {e}", dest.display())))?;
+            continue;
+        }
+        if !kind.is_file() {
+            return Err(bad(format!("{name:?} is not a regular file")));
+        }
+        written += entry.size();
+        if written > len {
+            return Err(bad("its entries are larger than the file".into()));
+        }
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| bad(format!("{}: {e}", parent.display())))?;
+        }
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&dest)
+            .map_err(|e| bad(format!("{}: {e}", dest.display())))?;
+        std::io::copy(&mut entry, &mut out).map_err(|e| bad(format!("{}: {e}", dest.display())))?;
+    }
+    upkeep_fs::syncfs(to).map_err(|e| Error::new(HResult::WU_E_DS_UNEXPECTED, e.to_string()))?;
+    Ok(())
+}
+
 /// WUA's `IUpdateServiceManager`: lists, registers and removes update services.
 #[derive(Clone, Debug)]
 pub struct UpdateServiceManager {
@@ -210,7 +285,14 @@ impl UpdateServiceManager {
     /// `WU_E_INVALID_FILE`. On failure nothing is left behind.
     pub fn add_service(&self, name: &str, url: &str, trusted_root: &Path) -> Result<UpdateService> {
         check_name(name)?;
-        let url = normalize_url(url)?;
+        let dir = service_dir(&self.cfg.state_dir, name);
+        // An offline bundle (`repo bundle`): unpacked into the service's directory and read
+        // from there like a local repository — verified by the first search like any other.
+        let bundle = (!url.contains("://") && Path::new(url).is_file()).then(|| PathBuf::from(url));
+        let url = match &bundle {
+            Some(_) => normalize_url(&dir.join("bundle").display().to_string())?,
+            None => normalize_url(url)?,
+        };
         if list(&self.cfg)?.iter().any(|s| s.name == name) || name == DEFAULT_SERVICE {
             return Err(Error::new(
                 HResult::WU_E_DUPLICATE_ITEM,
@@ -223,7 +305,6 @@ impl UpdateServiceManager {
                 format!("{}: {e}", trusted_root.display()),
             )
         })?;
-        let dir = service_dir(&self.cfg.state_dir, name);
         if dir.exists() {
             // Metadata left by a removed configuration entry of the same name: its trust
             // is not this registration's.
@@ -235,6 +316,9 @@ impl UpdateServiceManager {
             })?;
         }
         let result = (|| {
+            if let Some(b) = &bundle {
+                unpack_bundle(b, &dir.join("bundle"))?;
+            }
             let md = dir.join("metadata");
             std::fs::create_dir_all(&md).map_err(|e| {
                 Error::new(

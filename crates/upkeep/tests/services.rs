@@ -352,3 +352,62 @@ fn a_service_of_the_configuration_file_is_searched_too() {
         HResult::E_INVALIDARG
     );
 }
+
+#[test]
+fn a_hostile_bundle_is_refused_and_leaves_nothing() {
+    let two = Two::new();
+    let m = two.manager();
+    type Make = Box<dyn Fn(&mut tar::Builder<Vec<u8>>)>;
+    let cases: Vec<(&str, Make)> = vec![
+        (
+            "escape",
+            Box::new(|b| {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(1);
+                h.set_mode(0o644);
+                // `append_data` refuses `..`; write the name into the header directly.
+                h.as_gnu_mut().unwrap().name[..12].copy_from_slice(b"../outside\0\0");
+                h.set_cksum();
+                b.append(&h, &b"x"[..]).unwrap();
+            }),
+        ),
+        (
+            "elsewhere",
+            Box::new(|b| {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(1);
+                h.set_mode(0o644);
+                b.append_data(&mut h, "etc/passwd", &b"x"[..]).unwrap();
+            }),
+        ),
+        (
+            "symlink",
+            Box::new(|b| {
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                b.append_link(&mut h, "metadata/root.json", "/etc/shadow")
+                    .unwrap();
+            }),
+        ),
+    ];
+    for (name, make) in cases {
+        let mut b = tar::Builder::new(Vec::new());
+        make(&mut b);
+        let file = two.dir.path().join(format!("{name}.tar"));
+        std::fs::write(&file, b.into_inner().unwrap()).unwrap();
+        let e = m
+            .add_service(
+                name,
+                file.to_str().unwrap(),
+                &two.internal.trusted_root_file(),
+            )
+            .unwrap_err();
+        assert_eq!(e.hresult(), HResult::WU_E_INVALID_FILE, "{name}: {e}");
+        assert!(
+            !two.dir.path().join("state/services").join(name).exists(),
+            "{name}"
+        );
+    }
+    assert!(!two.dir.path().join("outside").exists());
+}
