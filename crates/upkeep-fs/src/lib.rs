@@ -69,6 +69,34 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), PathError> {
     fsync_dir(dir)
 }
 
+/// Replaces `path` with what `write` writes, atomically but not durably: a reader sees the
+/// old file or the whole new one, never a part; after a crash either may be there, or
+/// neither. For derived data that is checked when read and rebuilt when wrong (a cache),
+/// where an `fsync` of many megabytes would cost more than rebuilding.
+pub fn write_replace(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> Result<(), PathError> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let r = (|| {
+        let mut f = io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        write(&mut f)?;
+        f.flush()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = r {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(at(path)(e));
+    }
+    Ok(())
+}
+
 /// Makes a directory's entries (a rename, a new file) durable.
 pub fn fsync_dir(dir: &Path) -> Result<(), PathError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(at(dir))

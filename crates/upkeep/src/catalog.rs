@@ -21,12 +21,23 @@ pub struct UpdateException {
 /// All updates of one repository state.
 #[derive(Debug, Default)]
 pub struct Catalog {
+    /// Every entry, ordered and indexed: built from verified metadata, or read from the
+    /// catalog index all at once the first time something needs every entry.
+    full: std::sync::OnceLock<Full>,
+    /// The catalog index this catalog reads entries from one by one until then.
+    lazy: Option<crate::catalog_index::Lazy>,
+    /// Merged from a catalog whose index was found tampered.
+    tainted: bool,
+    warnings: Vec<UpdateException>,
+}
+
+#[derive(Debug, Default)]
+struct Full {
     entries: Vec<Update>,
     by_id: HashMap<Uuid, usize>,
     /// Indices of the entries with applicability rules (found once, so that a search of a
     /// catalog without rules does not touch every record for them).
     with_rules: Vec<usize>,
-    warnings: Vec<UpdateException>,
 }
 
 impl Catalog {
@@ -150,24 +161,34 @@ impl Catalog {
     /// Orders the entries — newest release first, then title, so output is stable — and
     /// indexes them.
     fn set_entries(&mut self, mut entries: Vec<Update>) {
-        entries.sort_by(|a, b| {
-            b.release_date()
-                .cmp(&a.release_date())
-                .then_with(|| a.title().cmp(b.title()))
-                .then_with(|| a.identity().cmp(&b.identity()))
-        });
-        self.by_id = entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.identity().update_id, i))
-            .collect();
-        self.with_rules = entries
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| !e.metadata().applicability.is_empty())
-            .map(|(i, _)| i)
-            .collect();
-        self.entries = entries;
+        entries.sort_by(order);
+        self.full = Full::of(entries).into();
+    }
+
+    /// A catalog whose entries are read from a catalog index as they are needed.
+    pub(crate) fn from_index(
+        lazy: crate::catalog_index::Lazy,
+        warnings: Vec<UpdateException>,
+    ) -> Catalog {
+        Catalog {
+            full: std::sync::OnceLock::new(),
+            lazy: Some(lazy),
+            tainted: false,
+            warnings,
+        }
+    }
+
+    fn full(&self) -> &Full {
+        self.full.get_or_init(|| match &self.lazy {
+            Some(l) => Full::of(l.all()),
+            None => Full::default(),
+        })
+    }
+
+    /// An entry read from the catalog index was not what the index recorded (the file was
+    /// changed): the catalog cannot be trusted, and the index must be rebuilt.
+    pub(crate) fn is_tampered(&self) -> bool {
+        self.tainted || self.lazy.as_ref().is_some_and(|l| l.is_tampered())
     }
 
     /// The catalogs of several services as one, in the order given: an update id offered
@@ -208,22 +229,40 @@ impl Catalog {
                 }
             }
         }
+        cat.tainted = parts.iter().any(|(_, p)| p.is_tampered());
         cat.set_entries(entries);
         cat
     }
 
     /// The entries that have applicability rules.
-    pub fn with_rules(&self) -> impl Iterator<Item = &Update> {
-        self.with_rules.iter().map(|&i| &self.entries[i])
+    pub fn with_rules(&self) -> Box<dyn Iterator<Item = &Update> + '_> {
+        match (&self.lazy, self.full.get()) {
+            (Some(l), None) => Box::new(l.with_rules()),
+            _ => {
+                let f = self.full();
+                Box::new(f.with_rules.iter().map(|&i| &f.entries[i]))
+            }
+        }
     }
 
-    /// Every entry.
+    /// Every entry (read from the catalog index at once, the first time, when there is
+    /// one).
     pub fn entries(&self) -> &[Update] {
-        &self.entries
+        &self.full().entries
     }
-    /// The entry for an id.
+    /// The entry for an id (from the catalog index alone when every entry is not needed).
     pub fn get(&self, id: &Uuid) -> Option<&Update> {
-        self.by_id.get(id).map(|&i| &self.entries[i])
+        match (&self.lazy, self.full.get()) {
+            (Some(l), None) => l.get(id),
+            _ => {
+                let f = self.full();
+                f.by_id.get(id).map(|&i| &f.entries[i])
+            }
+        }
+    }
+    /// Whether every entry is in memory (a search then looks at them all).
+    pub(crate) fn is_loaded(&self) -> bool {
+        self.lazy.is_none() || self.full.get().is_some()
     }
     /// Problems found while building.
     pub fn warnings(&self) -> &[UpdateException] {
@@ -231,12 +270,42 @@ impl Catalog {
     }
     /// Number of updates.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        match (&self.lazy, self.full.get()) {
+            (Some(l), None) => l.len(),
+            _ => self.full().entries.len(),
+        }
     }
     /// True when there are no updates.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
+}
+
+impl Full {
+    fn of(entries: Vec<Update>) -> Full {
+        Full {
+            by_id: entries
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (e.identity().update_id, i))
+                .collect(),
+            with_rules: entries
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| !e.metadata().applicability.is_empty())
+                .map(|(i, _)| i)
+                .collect(),
+            entries,
+        }
+    }
+}
+
+/// The catalog's order: newest release first, then title, then identity.
+pub(crate) fn order(a: &Update, b: &Update) -> std::cmp::Ordering {
+    b.release_date()
+        .cmp(&a.release_date())
+        .then_with(|| a.title().cmp(b.title()))
+        .then_with(|| a.identity().cmp(&b.identity()))
 }
 
 /// `custom` with an optional upkeep record; other members are the publisher's business.

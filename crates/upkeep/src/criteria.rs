@@ -480,6 +480,22 @@ impl Criteria {
         &self.groups
     }
 
+    /// The update ids the criteria are limited to: every AND-group names one with
+    /// `UpdateID=` (so only those entries need looking at); `None` otherwise.
+    pub fn pinned_ids(&self) -> Option<Vec<Uuid>> {
+        let mut ids = Vec::new();
+        for g in &self.groups {
+            let id = g.iter().find_map(|c| match c {
+                Criterion::UpdateId(Op::Eq, id) => Some(*id),
+                _ => None,
+            })?;
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        Some(ids)
+    }
+
     /// True if `u` matches any AND-group.
     pub fn matches(&self, u: &Update) -> bool {
         self.groups.iter().any(|g| g.iter().all(|c| c.matches(u)))

@@ -103,6 +103,7 @@ pub(crate) fn overall_result(
 
 pub mod applicable;
 pub mod catalog;
+mod catalog_index;
 pub mod config;
 pub mod criteria;
 mod downloader;

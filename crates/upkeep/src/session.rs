@@ -561,9 +561,21 @@ impl UpdateSession {
             t.snapshot().map_or(0, |s| s.common.version),
         );
         if let Some((k, cat)) = cache.get(&svc.name) {
-            if *k == key {
+            if *k == key && !cat.is_tampered() {
                 return Ok((key, cat.clone()));
             }
+        }
+        // A new process: the catalog index of this very metadata, when there is one.
+        let index = svc.metadata_dir.join(crate::catalog_index::FILE);
+        let index_key = crate::catalog_index::Key::of(&svc.metadata_dir);
+        if let Some(cat) = index_key
+            .as_ref()
+            .and_then(|k| crate::catalog_index::open(&index, k))
+        {
+            tracing::debug!(service = %svc.name, updates = cat.len(), elapsed = ?started.elapsed(), "catalog index opened");
+            let cat = Arc::new(cat);
+            cache.insert(svc.name.clone(), (key, cat.clone()));
+            return Ok((key, cat));
         }
         let all = client.all_targets()?;
         tracing::debug!(
@@ -575,6 +587,14 @@ impl UpdateSession {
         );
         let cat = Arc::new(Catalog::build(all, &svc.name));
         tracing::debug!(service = %svc.name, updates = cat.len(), elapsed = ?started.elapsed(), "catalog built");
+        if let Some(k) = crate::catalog_index::Key::of(&svc.metadata_dir) {
+            match crate::catalog_index::write(&index, &k, &cat) {
+                Ok(()) => tracing::debug!(elapsed = ?started.elapsed(), "catalog index written"),
+                Err(e) => {
+                    tracing::warn!(index = %index.display(), "writing the catalog index: {e}")
+                }
+            }
+        }
         cache.insert(svc.name.clone(), (key, cat.clone()));
         Ok((key, cat))
     }
@@ -888,6 +908,12 @@ impl UpdateSession {
                 .collect(),
             cached,
         })
+    }
+
+    /// Forgets every catalog in memory (the next search reads or rebuilds them).
+    pub(crate) fn forget_catalogs(&self) {
+        self.inner.catalogs.lock().expect("not poisoned").clear();
+        *self.inner.merged.lock().expect("not poisoned") = None;
     }
 
     /// An update of the catalog in memory (no refresh).
@@ -1452,7 +1478,18 @@ impl UpdateSearcher {
     /// [`set_include_potentially_superseded_updates`](Self::set_include_potentially_superseded_updates)
     /// is set.
     pub fn search(&self, criteria: &str) -> Result<SearchResult> {
-        let criteria = Criteria::parse(criteria)?;
+        let parsed = Criteria::parse(criteria)?;
+        let (result, tampered) = self.search_in(&parsed)?;
+        if !tampered {
+            return Ok(result);
+        }
+        // A record of a catalog index was changed: the index is gone; search again on the
+        // catalog rebuilt from the verified metadata.
+        self.session.forget_catalogs();
+        Ok(self.search_in(&parsed)?.0)
+    }
+
+    fn search_in(&self, criteria: &Criteria) -> Result<(SearchResult, bool)> {
         let catalog = self
             .session
             .catalog_for(self.selected_service()?, self.online)
@@ -1492,7 +1529,19 @@ impl UpdateSearcher {
                 updates.push((u.identity().update_id, installed, u));
             }
         };
-        for u in catalog.entries() {
+        // Criteria that name their updates, on a catalog read from its index: only those
+        // entries are read (in catalog order).
+        let pinned: Vec<&Update>;
+        let candidates: &mut dyn Iterator<Item = &Update> = match criteria.pinned_ids() {
+            Some(ids) if !catalog.is_loaded() => {
+                let mut v: Vec<&Update> = ids.iter().filter_map(|id| catalog.get(id)).collect();
+                v.sort_by(|a, b| crate::catalog::order(a, b));
+                pinned = v;
+                &mut pinned.iter().copied()
+            }
+            _ => &mut catalog.entries().iter(),
+        };
+        for u in candidates {
             let id = u.identity().update_id;
             if let Some(i) = local.installed.get(&id) {
                 // Installed from one service, offered by another: not an upgrade of it
@@ -1553,15 +1602,18 @@ impl UpdateSearcher {
             // one, supersedes. Installed updates stay in view.
             updates.retain(|(id, installed, _)| *installed || !superseded.contains(id));
         }
-        Ok(SearchResult {
-            result_code: if warnings.is_empty() {
-                OperationResultCode::Succeeded
-            } else {
-                OperationResultCode::SucceededWithErrors
+        Ok((
+            SearchResult {
+                result_code: if warnings.is_empty() {
+                    OperationResultCode::Succeeded
+                } else {
+                    OperationResultCode::SucceededWithErrors
+                },
+                updates: updates.into_iter().map(|(_, _, u)| u).collect(),
+                warnings,
             },
-            updates: updates.into_iter().map(|(_, _, u)| u).collect(),
-            warnings,
-        })
+            catalog.is_tampered(),
+        ))
     }
 }
 

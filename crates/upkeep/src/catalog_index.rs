@@ -1,0 +1,308 @@
+//! The catalog index: the catalog a service's verified metadata produced, kept beside that
+//! metadata (`<metadata_dir>/catalog.idx`) so that a new process searching an unchanged
+//! repository reads the records it needs instead of loading and verifying every targets
+//! role again.
+//!
+//! **Valid only for the metadata it came from.** The index names the SHA-256 of the trusted
+//! `root.json` and `snapshot.json` it was built under; after every refresh (which verifies
+//! the top-level metadata as always) it is used only if both still match — any change of
+//! the trusted metadata rebuilds the catalog from the verified roles and writes a new index.
+//!
+//! **Tampering is detected.** The header carries the SHA-256 of the table of entries, and
+//! the table the SHA-256 of each record: a changed table is refused when the index is
+//! opened; a changed record when it is read, which marks the catalog tampered — the search
+//! that met it is run again on a catalog rebuilt from the verified metadata, and the index
+//! is rewritten. (Whoever can write the state directory can also replace the trusted root
+//! there; the index is no weaker than that directory, whose permissions the agent
+//! enforces.)
+//!
+//! Layout: `UPKIDX01`, a little-endian `u64` header length, the header (JSON), the table
+//! (`count` slots of 61 bytes: id, record offset, record length, has-rules flag, record
+//! SHA-256), then the records (`UpdateRecord` JSON, in catalog order).
+
+use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+use sha2::Digest;
+use upkeep_types::{HResult, Update, UpdateRecord, UpdateState};
+use uuid::Uuid;
+
+use crate::catalog::{Catalog, UpdateException};
+
+const MAGIC: &[u8; 8] = b"UPKIDX01";
+const SLOT: usize = 16 + 8 + 4 + 1 + 32;
+
+/// The file name of a service's catalog index.
+pub(crate) const FILE: &str = "catalog.idx";
+
+/// What the index was built under: SHA-256 of the trusted `root.json` and `snapshot.json`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Key {
+    root_sha256: String,
+    snapshot_sha256: String,
+}
+
+impl Key {
+    /// The key of the metadata trusted in `dir` now; `None` without a snapshot.
+    pub(crate) fn of(dir: &Path) -> Option<Key> {
+        let h = |name: &str| {
+            std::fs::read(dir.join(name))
+                .ok()
+                .map(|b| hex::encode(sha2::Sha256::digest(&b)))
+        };
+        Some(Key {
+            root_sha256: h("root.json")?,
+            snapshot_sha256: h("snapshot.json")?,
+        })
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Header {
+    key: Key,
+    count: u64,
+    table_sha256: String,
+    warnings: Vec<(String, u32)>,
+}
+
+struct Slot {
+    id: Uuid,
+    offset: u64,
+    len: u32,
+    rules: bool,
+    sha: [u8; 32],
+}
+
+/// Writes the index of `cat`, built under `key`, to `path` (replacing it atomically; not
+/// flushed to disk: a lost or damaged index is rebuilt).
+pub(crate) fn write(path: &Path, key: &Key, cat: &Catalog) -> std::io::Result<()> {
+    // Records are serialised and hashed on up to four threads, in order.
+    let entries = cat.entries();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |t| t.get())
+        .clamp(1, 4);
+    let chunk = entries.len().div_ceil(threads).max(1);
+    let parts: Vec<std::io::Result<(Vec<u8>, Vec<u8>)>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = entries
+            .chunks(chunk)
+            .map(|part| sc.spawn(move || encode(part)))
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("encoding a record does not panic"))
+            .collect()
+    });
+    let mut blob = Vec::new();
+    let mut table = Vec::with_capacity(entries.len() * SLOT);
+    for part in parts {
+        let (b, mut t) = part?;
+        let base = blob.len() as u64;
+        for slot in t.chunks_exact_mut(SLOT) {
+            let off = u64::from_le_bytes(slot[16..24].try_into().expect("8 bytes")) + base;
+            slot[16..24].copy_from_slice(&off.to_le_bytes());
+        }
+        blob.extend_from_slice(&b);
+        table.extend_from_slice(&t);
+    }
+    let header = Header {
+        key: key.clone(),
+        count: cat.len() as u64,
+        table_sha256: hex::encode(sha2::Sha256::digest(&table)),
+        warnings: cat
+            .warnings()
+            .iter()
+            .map(|w| (w.message.clone(), w.hresult.as_u32()))
+            .collect(),
+    };
+    let header = serde_json::to_vec(&header).map_err(std::io::Error::other)?;
+    upkeep_fs::write_replace(path, |w| {
+        w.write_all(MAGIC)?;
+        w.write_all(&(header.len() as u64).to_le_bytes())?;
+        w.write_all(&header)?;
+        w.write_all(&table)?;
+        w.write_all(&blob)
+    })
+    .map_err(|e| e.source)
+}
+
+/// The records of `part` and their slots (offsets relative to the part's first record).
+fn encode(part: &[Update]) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+    let mut blob = Vec::with_capacity(part.len() * 1024);
+    let mut table = Vec::with_capacity(part.len() * SLOT);
+    for u in part {
+        let start = blob.len();
+        serde_json::to_writer(&mut blob, &u.record()).map_err(std::io::Error::other)?;
+        let rec = &blob[start..];
+        table.extend_from_slice(u.identity().update_id.as_bytes());
+        table.extend_from_slice(&(start as u64).to_le_bytes());
+        table.extend_from_slice(&(rec.len() as u32).to_le_bytes());
+        table.push(u8::from(!u.metadata().applicability.is_empty()));
+        table.extend_from_slice(&sha2::Sha256::digest(rec));
+    }
+    Ok((blob, table))
+}
+
+/// Opens the index at `path` if it was built under `key` and its table is intact: the
+/// catalog (entries read as needed) — `None` otherwise (a damaged one is removed).
+pub(crate) fn open(path: &Path, key: &Key) -> Option<Catalog> {
+    let file = std::fs::File::open(path).ok()?;
+    let refuse = |why: &str| {
+        tracing::warn!(index = %path.display(), "catalog index refused ({why}); rebuilding it from the verified metadata");
+        let _ = std::fs::remove_file(path);
+        None
+    };
+    let mut head = [0u8; 16];
+    if file.read_exact_at(&mut head, 0).is_err() || &head[..8] != MAGIC {
+        return refuse("not an index");
+    }
+    let hlen = u64::from_le_bytes(head[8..].try_into().expect("8 bytes"));
+    if hlen > 64 << 20 {
+        return refuse("header too large");
+    }
+    let mut hbytes = vec![0u8; hlen as usize];
+    if file.read_exact_at(&mut hbytes, 16).is_err() {
+        return refuse("truncated header");
+    }
+    let Ok(header) = serde_json::from_slice::<Header>(&hbytes) else {
+        return refuse("bad header");
+    };
+    if header.key != *key {
+        return None; // built under other metadata: simply stale
+    }
+    let tlen = (header.count as usize).checked_mul(SLOT)?;
+    let mut table = vec![0u8; tlen];
+    let table_at = 16 + hlen;
+    if file.read_exact_at(&mut table, table_at).is_err()
+        || hex::encode(sha2::Sha256::digest(&table)) != header.table_sha256
+    {
+        return refuse("its table does not match its header");
+    }
+    let slots: Vec<Slot> = table
+        .chunks_exact(SLOT)
+        .map(|c| Slot {
+            id: Uuid::from_bytes(c[..16].try_into().expect("16 bytes")),
+            offset: u64::from_le_bytes(c[16..24].try_into().expect("8 bytes")),
+            len: u32::from_le_bytes(c[24..28].try_into().expect("4 bytes")),
+            rules: c[28] != 0,
+            sha: c[29..61].try_into().expect("32 bytes"),
+        })
+        .collect();
+    let by_id = slots.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
+    let parsed = (0..slots.len()).map(|_| OnceLock::new()).collect();
+    let warnings = header
+        .warnings
+        .into_iter()
+        .map(|(message, h)| UpdateException {
+            message,
+            hresult: HResult(h as i32),
+        })
+        .collect();
+    let lazy = Lazy {
+        file,
+        path: path.to_path_buf(),
+        blob_at: table_at + tlen as u64,
+        slots,
+        by_id,
+        parsed,
+        tampered: AtomicBool::new(false),
+    };
+    Some(Catalog::from_index(lazy, warnings))
+}
+
+/// The entries of an index, read and checked one by one.
+#[derive(Debug)]
+pub(crate) struct Lazy {
+    file: std::fs::File,
+    path: PathBuf,
+    blob_at: u64,
+    slots: Vec<Slot>,
+    by_id: HashMap<Uuid, usize>,
+    parsed: Vec<OnceLock<Option<Update>>>,
+    tampered: AtomicBool,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.id)
+    }
+}
+
+impl Lazy {
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub(crate) fn is_tampered(&self) -> bool {
+        self.tampered.load(Ordering::SeqCst)
+    }
+
+    /// Reads, checks and parses slot `i`; `None` (and the index marked tampered and
+    /// removed) when its bytes are not what the table recorded.
+    fn read(&self, i: usize) -> Option<Update> {
+        let s = &self.slots[i];
+        let mut buf = vec![0u8; s.len as usize];
+        let ok = self
+            .file
+            .read_exact_at(&mut buf, self.blob_at + s.offset)
+            .is_ok()
+            && sha2::Sha256::digest(&buf)[..] == s.sha[..];
+        let rec = ok
+            .then(|| serde_json::from_slice::<UpdateRecord>(&buf).ok())
+            .flatten()
+            .filter(|r| r.metadata.id == s.id);
+        match rec {
+            Some(r) => Some(Update::from_record(r, UpdateState::default())),
+            None => {
+                if !self.tampered.swap(true, Ordering::SeqCst) {
+                    tracing::warn!(index = %self.path.display(), update = %s.id, "a record of the catalog index was changed; rebuilding the catalog from the verified metadata");
+                    let _ = std::fs::remove_file(&self.path);
+                }
+                None
+            }
+        }
+    }
+
+    fn at(&self, i: usize) -> Option<&Update> {
+        self.parsed[i].get_or_init(|| self.read(i)).as_ref()
+    }
+
+    pub(crate) fn get(&self, id: &Uuid) -> Option<&Update> {
+        self.by_id.get(id).and_then(|&i| self.at(i))
+    }
+
+    pub(crate) fn with_rules(&self) -> impl Iterator<Item = &Update> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.rules)
+            .filter_map(|(i, _)| self.at(i))
+    }
+
+    /// Every entry, in catalog order, parsed on up to four threads.
+    pub(crate) fn all(&self) -> Vec<Update> {
+        let n = self.slots.len();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |t| t.get())
+            .min(4);
+        if threads < 2 || n < 1024 {
+            return (0..n).filter_map(|i| self.at(i).cloned()).collect();
+        }
+        let chunk = n.div_ceil(threads);
+        std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..threads)
+                .map(|t| {
+                    sc.spawn(move || {
+                        (t * chunk..((t + 1) * chunk).min(n))
+                            .filter_map(|i| self.at(i).cloned())
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .flat_map(|h| h.join().expect("reading a record does not panic"))
+                .collect()
+        })
+    }
+}
