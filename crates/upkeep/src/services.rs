@@ -99,7 +99,10 @@ pub(crate) fn normalize_url(url: &str) -> Result<String> {
 pub(crate) fn list(cfg: &ResolvedConfig) -> Result<Vec<UpdateService>> {
     let mut out = Vec::new();
     let default_md = cfg.state_dir.join("metadata");
-    if cfg.repository.is_some() || default_md.join("root.json").exists() {
+    if cfg.repository.is_some()
+        || cfg.trusted_root.is_some()
+        || default_md.join("root.json").exists()
+    {
         out.push(UpdateService {
             name: DEFAULT_SERVICE.into(),
             url: cfg.repository.clone(),
