@@ -46,16 +46,21 @@ pub fn at(path: &Path) -> impl FnOnce(io::Error) -> PathError + '_ {
     }
 }
 
-/// Replaces `path` with `data` atomically and durably: the old content or the new one is
-/// there after a crash or a power cut, never a mix, and the new one is on disk when this
-/// returns.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), PathError> {
+/// The directory of `path` and a temporary name in it for this process.
+fn temp_beside(path: &Path) -> (&Path, PathBuf) {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    (dir, dir.join(format!(".{name}.tmp{}", std::process::id())))
+}
+
+/// Replaces `path` with `data` atomically and durably: the old content or the new one is
+/// there after a crash or a power cut, never a mix, and the new one is on disk when this
+/// returns.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), PathError> {
+    let (dir, tmp) = temp_beside(path);
     let r = (|| {
         let mut f = File::create(&tmp)?;
         f.write_all(data)?;
@@ -77,12 +82,7 @@ pub fn write_replace(
     path: &Path,
     write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> Result<(), PathError> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let (_, tmp) = temp_beside(path);
     let r = (|| {
         let mut f = io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
         write(&mut f)?;
