@@ -94,16 +94,19 @@ pub(crate) fn write(path: &Path, key: &Key, cat: &Catalog) -> std::io::Result<()
             .map(|h| h.join().expect("encoding a record does not panic"))
             .collect()
     });
-    let mut blob = Vec::new();
+    // The parts' records are written one after another (not copied into one buffer);
+    // their slots' offsets are moved by what comes before them.
+    let mut blobs = Vec::with_capacity(parts.len());
     let mut table = Vec::with_capacity(entries.len() * SLOT);
+    let mut base = 0u64;
     for part in parts {
         let (b, mut t) = part?;
-        let base = blob.len() as u64;
         for slot in t.chunks_exact_mut(SLOT) {
             let off = u64::from_le_bytes(slot[16..24].try_into().expect("8 bytes")) + base;
             slot[16..24].copy_from_slice(&off.to_le_bytes());
         }
-        blob.extend_from_slice(&b);
+        base += b.len() as u64;
+        blobs.push(b);
         table.extend_from_slice(&t);
     }
     let header = Header {
@@ -122,9 +125,34 @@ pub(crate) fn write(path: &Path, key: &Key, cat: &Catalog) -> std::io::Result<()
         w.write_all(&(header.len() as u64).to_le_bytes())?;
         w.write_all(&header)?;
         w.write_all(&table)?;
-        w.write_all(&blob)
+        blobs.iter().try_for_each(|b| w.write_all(b))
     })
     .map_err(|e| e.source)
+}
+
+/// An update's record as [`UpdateRecord`] reads it back, borrowed (no copy per entry).
+#[derive(serde::Serialize)]
+struct RecordRef<'a> {
+    metadata: &'a upkeep_types::UpdateMetadata,
+    content: &'a [upkeep_types::ContentFile],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eula: Option<&'a upkeep_types::ContentFile>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bootstrapper: Option<&'a upkeep_types::ContentFile>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service: Option<&'a str>,
+}
+
+impl<'a> RecordRef<'a> {
+    fn of(u: &'a Update) -> RecordRef<'a> {
+        RecordRef {
+            metadata: u.metadata(),
+            content: u.download_contents(),
+            eula: u.eula_file(),
+            bootstrapper: u.bootstrapper(),
+            service: u.service(),
+        }
+    }
 }
 
 /// The records of `part` and their slots (offsets relative to the part's first record).
@@ -133,7 +161,7 @@ fn encode(part: &[Update]) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
     let mut table = Vec::with_capacity(part.len() * SLOT);
     for u in part {
         let start = blob.len();
-        serde_json::to_writer(&mut blob, &u.record()).map_err(std::io::Error::other)?;
+        serde_json::to_writer(&mut blob, &RecordRef::of(u)).map_err(std::io::Error::other)?;
         let rec = &blob[start..];
         table.extend_from_slice(u.identity().update_id.as_bytes());
         table.extend_from_slice(&(start as u64).to_le_bytes());
