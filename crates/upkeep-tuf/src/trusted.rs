@@ -323,6 +323,13 @@ impl TrustedSet {
         );
     }
 
+    /// True if `role` is loaded and already verified through `delegator` (nothing to do).
+    pub(crate) fn is_loaded_through(&self, role: &str, delegator: &str) -> bool {
+        self.targets
+            .get(role)
+            .is_some_and(|l| l.verified_by.contains(delegator))
+    }
+
     /// True if `role` is loaded and trusted through `delegator`. The first time it is reached
     /// through another delegator, its bytes (from `reread`, checked against the digest of the
     /// bytes first verified) are verified against that delegator's keys.
