@@ -524,13 +524,26 @@ impl Update {
         bootstrapper: Option<ContentFile>,
         state: UpdateState,
     ) -> Update {
+        Update::signed(metadata, content, eula_file, bootstrapper, None, state)
+    }
+
+    /// [`Update::new`] for an update of the update service `service` (what
+    /// [`Update::in_service`] does afterwards, without moving the record again).
+    pub fn signed(
+        metadata: UpdateMetadata,
+        content: Vec<ContentFile>,
+        eula_file: Option<ContentFile>,
+        bootstrapper: Option<ContentFile>,
+        service: Option<Arc<str>>,
+        state: UpdateState,
+    ) -> Update {
         Update::from_signed(
             Arc::new(Signed {
                 metadata,
                 content,
                 eula_file,
                 bootstrapper,
-                service: None,
+                service,
             }),
             state,
             None,

@@ -173,6 +173,25 @@ fn a_changed_record_or_table_is_detected_and_the_search_answers_from_verified_me
         );
     }
     assert_eq!(std::fs::read(fx.index()).unwrap(), text);
+    // A changed content hash in a record's tail (what a download would be checked
+    // against): detected the same way.
+    let needle = b"\"sha256\":\"";
+    let last = text
+        .windows(needle.len())
+        .rposition(|w| w == needle)
+        .unwrap();
+    flip(&fx.index(), (last + needle.len() + 3) as i64);
+    assert_eq!(fx.titles("IsInstalled=0"), all);
+    assert_eq!(std::fs::read(fx.index()).unwrap(), text);
+    // An index of another format (an older agent's): rebuilt.
+    let mut old = b"UPKIDX01".to_vec();
+    old.extend_from_slice(&text[8..]);
+    std::fs::write(fx.index(), &old).unwrap();
+    assert_eq!(
+        fx.titles(&by_id(4)),
+        BTreeSet::from(["Update 4".to_string()])
+    );
+    assert_eq!(std::fs::read(fx.index()).unwrap(), text);
     // A changed table: refused when opened, rebuilt.
     let hlen = u64::from_le_bytes(text[8..16].try_into().unwrap()) as i64;
     flip(&fx.index(), 16 + hlen + 5);
