@@ -375,6 +375,29 @@ fn a_terminating_delegation_hides_later_roles() {
     );
 }
 
+/// The same with more than 1,024 targets, so that the catalog resolves its paths on
+/// several threads: the answer must not change.
+#[test]
+fn a_terminating_delegation_hides_later_roles_in_a_large_catalog() {
+    let mut sim = RepoSim::new();
+    sim.delegate("targets", "a", &["updates/*/*/*", "files/*"], true, 42);
+    sim.delegate("targets", "b", &["updates/*/*/*", "files/*"], false, 43);
+    sim.add_update("a", RepoSim::update(5, "From A"), b"a");
+    sim.add_update("b", RepoSim::update(5, "From B"), b"b");
+    sim.add_update("b", RepoSim::update(6, "Only in B"), b"b6");
+    for i in 0..1100 {
+        sim.add_target("a", &format!("files/{i}"), b"f", None);
+    }
+    sim.publish();
+    let f = Fixture::new(sim);
+    let r = f.session().create_update_searcher().search("").unwrap();
+    assert_eq!(r.result_code(), OperationResultCode::Succeeded);
+    assert_eq!(
+        r.updates().iter().map(|u| u.title()).collect::<Vec<_>>(),
+        ["From A"]
+    );
+}
+
 #[test]
 fn a_bad_update_record_is_a_warning_not_a_failure() {
     let mut sim = with_one_update();
