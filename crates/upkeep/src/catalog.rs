@@ -29,6 +29,9 @@ pub struct Catalog {
     /// Merged from a catalog whose index was found tampered.
     tainted: bool,
     warnings: Vec<UpdateException>,
+    /// The verified record text (`custom`) of each entry, in entry order, kept from
+    /// [`Catalog::build`] until the catalog index is written from it.
+    records: Option<Vec<Custom>>,
 }
 
 #[derive(Debug, Default)]
@@ -41,8 +44,9 @@ struct Full {
 }
 
 impl Catalog {
-    /// Builds the catalog from every trusted target. Records are parsed on all cores, and
-    /// each record's text is freed once parsed.
+    /// Builds the catalog from every trusted target. Records are parsed on all cores; the
+    /// text of each chosen record is kept (see [`Catalog::take_records`]) and the rest is
+    /// freed.
     pub fn build(mut all: CatalogTargets, service: &str) -> Catalog {
         let service: std::sync::Arc<str> = service.into();
         let mut cat = Catalog::default();
@@ -59,14 +63,14 @@ impl Catalog {
             .filter_map(|(path, t)| t.custom.take().map(|c| (path.clone(), c)))
             .collect();
         let parsed = parse_records(records);
-        let mut chosen: BTreeMap<Uuid, Update> = BTreeMap::new();
+        let mut chosen: BTreeMap<Uuid, (Update, Custom)> = BTreeMap::new();
         // Content files are moved out of `all.targets` on their last use (copied before
         // that when updates share one), so nothing is held twice.
         let mut uses: HashMap<String, u32> = HashMap::new();
         for m in parsed
             .iter()
             .flatten()
-            .filter_map(|(_, r)| r.as_ref().ok())
+            .filter_map(|(_, r, _)| r.as_ref().ok())
             .flatten()
         {
             for p in m
@@ -78,7 +82,7 @@ impl Catalog {
                 *uses.entry(p.clone()).or_default() += 1;
             }
         }
-        for (path, result) in parsed.into_iter().flatten() {
+        for (path, result, text) in parsed.into_iter().flatten() {
             let warn = |cat: &mut Catalog, msg: String| {
                 cat.warnings.push(UpdateException {
                     message: format!("target {path}: {msg}"),
@@ -148,7 +152,7 @@ impl Catalog {
                 UpdateState::default(),
             );
             match chosen.get(&id) {
-                Some(old) if old.identity().revision_number >= rev => {
+                Some((old, _)) if old.identity().revision_number >= rev => {
                     if old.identity().revision_number == rev {
                         warn(
                             &mut cat,
@@ -157,7 +161,7 @@ impl Catalog {
                     }
                 }
                 _ => {
-                    chosen.insert(id, entry);
+                    chosen.insert(id, (entry, text));
                 }
             }
         }
@@ -165,8 +169,18 @@ impl Catalog {
         let _ = std::thread::Builder::new()
             .name("upkeep-free".into())
             .spawn(move || drop(all));
-        cat.set_entries(chosen.into_values().collect());
+        let mut pairs: Vec<(Update, Custom)> = chosen.into_values().collect();
+        pairs.sort_by(|a, b| order(&a.0, &b.0));
+        let (entries, records) = pairs.into_iter().unzip();
+        cat.full = Full::of(entries).into();
+        cat.records = Some(records);
         cat
+    }
+
+    /// The verified record texts of a catalog just built, in entry order (once: they are
+    /// kept only to write the catalog index from).
+    pub(crate) fn take_records(&mut self) -> Option<Vec<Custom>> {
+        self.records.take()
     }
 
     /// Orders the entries — newest release first, then title, so output is stable — and
@@ -186,6 +200,7 @@ impl Catalog {
             lazy: Some(lazy),
             tainted: false,
             warnings,
+            records: None,
         }
     }
 
@@ -325,16 +340,23 @@ struct WithRecord {
     upkeep: Option<UpdateMetadata>,
 }
 
-type Parsed = (String, Result<Option<UpdateMetadata>, String>);
+/// The upkeep record in a target's `custom` text, if it has one (the one parser of
+/// records, for verified metadata and for the catalog index alike).
+pub(crate) fn parse_record(custom: &str) -> Result<Option<UpdateMetadata>, String> {
+    serde_json::from_str::<WithRecord>(custom)
+        .map(|w| w.upkeep)
+        .map_err(|e| e.to_string())
+}
 
-/// Parses records on up to four threads, keeping their order. The parts stay as the threads made them: joining them
+type Parsed = (String, Result<Option<UpdateMetadata>, String>, Custom);
+
+/// Parses records on up to four threads, keeping their order (and their text, which the
+/// catalog index is written from). The parts stay as the threads made them: joining them
 /// into one vector would copy every parsed record once more.
 fn parse_records(records: Vec<(String, Custom)>) -> Vec<Vec<Parsed>> {
     let parse_one = |(path, custom): (String, Custom)| -> Parsed {
-        let r = serde_json::from_str::<WithRecord>(custom.as_str())
-            .map(|w| w.upkeep)
-            .map_err(|e| e.to_string());
-        (path, r)
+        let r = parse_record(custom.as_str());
+        (path, r, custom)
     };
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())

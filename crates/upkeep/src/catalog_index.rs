@@ -18,7 +18,10 @@
 //!
 //! Layout: `UPKIDX01`, a little-endian `u64` header length, the header (JSON), the table
 //! (`count` slots of 61 bytes: id, record offset, record length, has-rules flag, record
-//! SHA-256), then the records (`UpdateRecord` JSON, in catalog order).
+//! SHA-256), then the records in catalog order. A record is the verified `custom` text
+//! the update came from, as the targets role carried it (a `u32` length, then the text —
+//! read back by the same parser that read it from the role), followed by a JSON tail with
+//! its resolved content files and its service.
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
@@ -27,12 +30,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use sha2::Digest;
-use upkeep_types::{HResult, Update, UpdateRecord, UpdateState};
+use upkeep_tuf::metadata::Custom;
+use upkeep_types::{HResult, Update, UpdateState};
 use uuid::Uuid;
 
 use crate::catalog::{Catalog, UpdateException};
 
-const MAGIC: &[u8; 8] = b"UPKIDX01";
+const MAGIC: &[u8; 8] = b"UPKIDX02";
 const SLOT: usize = 16 + 8 + 4 + 1 + 32;
 
 /// The file name of a service's catalog index.
@@ -76,11 +80,23 @@ struct Slot {
     sha: [u8; 32],
 }
 
-/// Writes the index of `cat`, built under `key`, to `path` (replacing it atomically; not
-/// flushed to disk: a lost or damaged index is rebuilt).
-pub(crate) fn write(path: &Path, key: &Key, cat: &Catalog) -> std::io::Result<()> {
-    // Records are serialised and hashed on up to four threads, in order.
+/// Writes the index of `cat`, built under `key` from the verified record texts `records`
+/// (one per entry, in entry order), to `path` (replacing it atomically; not flushed to
+/// disk: a lost or damaged index is rebuilt).
+pub(crate) fn write(
+    path: &Path,
+    key: &Key,
+    cat: &Catalog,
+    records: &[Custom],
+) -> std::io::Result<()> {
     let entries = cat.entries();
+    if records.len() != entries.len() {
+        return Err(std::io::Error::other(
+            "the record texts do not match the catalog's entries",
+        ));
+    }
+    // Slots (each with its record's hash) and the records' tails are made on up to four
+    // threads, in order; the record texts themselves are written as they are, not copied.
     let threads = std::thread::available_parallelism()
         .map_or(1, |t| t.get())
         .clamp(1, 4);
@@ -88,25 +104,26 @@ pub(crate) fn write(path: &Path, key: &Key, cat: &Catalog) -> std::io::Result<()
     let parts: Vec<std::io::Result<(Vec<u8>, Vec<u8>)>> = std::thread::scope(|sc| {
         let hs: Vec<_> = entries
             .chunks(chunk)
-            .map(|part| sc.spawn(move || encode(part)))
+            .zip(records.chunks(chunk))
+            .map(|(part, texts)| sc.spawn(move || encode(part, texts)))
             .collect();
         hs.into_iter()
             .map(|h| h.join().expect("encoding a record does not panic"))
             .collect()
     });
-    // The parts' records are written one after another (not copied into one buffer);
-    // their slots' offsets are moved by what comes before them.
-    let mut blobs = Vec::with_capacity(parts.len());
+    let mut tails = Vec::with_capacity(parts.len());
     let mut table = Vec::with_capacity(entries.len() * SLOT);
     let mut base = 0u64;
     for part in parts {
-        let (b, mut t) = part?;
+        let (tail, mut t) = part?;
+        let mut size = 0u64;
         for slot in t.chunks_exact_mut(SLOT) {
-            let off = u64::from_le_bytes(slot[16..24].try_into().expect("8 bytes")) + base;
-            slot[16..24].copy_from_slice(&off.to_le_bytes());
+            let off = u64::from_le_bytes(slot[16..24].try_into().expect("8 bytes"));
+            size = off + u64::from(u32::from_le_bytes(slot[24..28].try_into().expect("4")));
+            slot[16..24].copy_from_slice(&(off + base).to_le_bytes());
         }
-        base += b.len() as u64;
-        blobs.push(b);
+        base += size;
+        tails.push(tail);
         table.extend_from_slice(&t);
     }
     let header = Header {
@@ -125,15 +142,22 @@ pub(crate) fn write(path: &Path, key: &Key, cat: &Catalog) -> std::io::Result<()
         w.write_all(&(header.len() as u64).to_le_bytes())?;
         w.write_all(&header)?;
         w.write_all(&table)?;
-        blobs.iter().try_for_each(|b| w.write_all(b))
+        let mut tails = tails.iter().flat_map(|t| TailIter(t));
+        for text in records {
+            let tail = tails.next().expect("one tail per record");
+            w.write_all(&(text.as_str().len() as u32).to_le_bytes())?;
+            w.write_all(text.as_str().as_bytes())?;
+            w.write_all(tail)?;
+        }
+        Ok(())
     })
     .map_err(|e| e.source)
 }
 
-/// An update's record as [`UpdateRecord`] reads it back, borrowed (no copy per entry).
+/// What a record carries besides its verified text: its content files as resolved from
+/// the targets, and its service.
 #[derive(serde::Serialize)]
-struct RecordRef<'a> {
-    metadata: &'a upkeep_types::UpdateMetadata,
+struct TailRef<'a> {
     content: &'a [upkeep_types::ContentFile],
     #[serde(skip_serializing_if = "Option::is_none")]
     eula: Option<&'a upkeep_types::ContentFile>,
@@ -143,33 +167,66 @@ struct RecordRef<'a> {
     service: Option<&'a str>,
 }
 
-impl<'a> RecordRef<'a> {
-    fn of(u: &'a Update) -> RecordRef<'a> {
-        RecordRef {
-            metadata: u.metadata(),
+/// [`TailRef`] read back.
+#[derive(serde::Deserialize)]
+struct Tail {
+    content: Vec<upkeep_types::ContentFile>,
+    eula: Option<upkeep_types::ContentFile>,
+    bootstrapper: Option<upkeep_types::ContentFile>,
+    service: Option<String>,
+}
+
+/// The tails of one part, each preceded by its length (a `u32`), one after another.
+struct TailIter<'a>(&'a [u8]);
+
+impl<'a> Iterator for TailIter<'a> {
+    type Item = &'a [u8];
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let n = u32::from_le_bytes(self.0.get(..4)?.try_into().ok()?) as usize;
+        let (tail, rest) = self.0[4..].split_at(n);
+        self.0 = rest;
+        Some(tail)
+    }
+}
+
+/// The tails of `part` (length-prefixed) and its slots (offsets relative to the part's
+/// first record). A record is its text's length (`u32`), the text, then the tail's JSON.
+fn encode(part: &[Update], texts: &[Custom]) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+    let mut tails = Vec::with_capacity(part.len() * 160);
+    let mut table = Vec::with_capacity(part.len() * SLOT);
+    let mut offset = 0u64;
+    for (u, text) in part.iter().zip(texts) {
+        let text = text.as_str().as_bytes();
+        let len_at = tails.len();
+        tails.extend_from_slice(&[0; 4]);
+        let tail = TailRef {
             content: u.download_contents(),
             eula: u.eula_file(),
             bootstrapper: u.bootstrapper(),
             service: u.service(),
-        }
-    }
-}
-
-/// The records of `part` and their slots (offsets relative to the part's first record).
-fn encode(part: &[Update]) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
-    let mut blob = Vec::with_capacity(part.len() * 1024);
-    let mut table = Vec::with_capacity(part.len() * SLOT);
-    for u in part {
-        let start = blob.len();
-        serde_json::to_writer(&mut blob, &RecordRef::of(u)).map_err(std::io::Error::other)?;
-        let rec = &blob[start..];
+        };
+        serde_json::to_writer(&mut tails, &tail).map_err(std::io::Error::other)?;
+        let tail = &tails[len_at + 4..];
+        let text_len = u32::try_from(text.len()).map_err(std::io::Error::other)?;
+        let len = 4 + text.len() + tail.len();
+        let mut h = sha2::Sha256::new();
+        h.update(text_len.to_le_bytes());
+        h.update(text);
+        h.update(tail);
+        let tail_len = tail.len() as u32;
+        tails[len_at..len_at + 4].copy_from_slice(&tail_len.to_le_bytes());
         table.extend_from_slice(u.identity().update_id.as_bytes());
-        table.extend_from_slice(&(start as u64).to_le_bytes());
-        table.extend_from_slice(&(rec.len() as u32).to_le_bytes());
+        table.extend_from_slice(&offset.to_le_bytes());
+        table.extend_from_slice(
+            &u32::try_from(len)
+                .map_err(std::io::Error::other)?
+                .to_le_bytes(),
+        );
         table.push(u8::from(!u.metadata().applicability.is_empty()));
-        table.extend_from_slice(&sha2::Sha256::digest(rec));
+        table.extend_from_slice(&h.finalize());
+        offset += len as u64;
     }
-    Ok((blob, table))
+    Ok((tails, table))
 }
 
 /// Opens the index at `path` if it was built under `key` and its table is intact: the
@@ -263,6 +320,25 @@ impl std::fmt::Debug for Slot {
     }
 }
 
+/// A record read back: its text parsed by the catalog's own parser, and its tail.
+fn decode(buf: &[u8], id: Uuid) -> Option<Update> {
+    let n = u32::from_le_bytes(buf.get(..4)?.try_into().ok()?) as usize;
+    let text = std::str::from_utf8(buf.get(4..4 + n)?).ok()?;
+    let tail: Tail = serde_json::from_slice(&buf[4 + n..]).ok()?;
+    let m = crate::catalog::parse_record(text).ok()??;
+    if m.id != id {
+        return None;
+    }
+    Some(Update::signed(
+        m,
+        tail.content,
+        tail.eula,
+        tail.bootstrapper,
+        tail.service.map(Into::into),
+        UpdateState::default(),
+    ))
+}
+
 impl Lazy {
     pub(crate) fn len(&self) -> usize {
         self.slots.len()
@@ -282,12 +358,8 @@ impl Lazy {
             .read_exact_at(&mut buf, self.blob_at + s.offset)
             .is_ok()
             && sha2::Sha256::digest(&buf)[..] == s.sha[..];
-        let rec = ok
-            .then(|| serde_json::from_slice::<UpdateRecord>(&buf).ok())
-            .flatten()
-            .filter(|r| r.metadata.id == s.id);
-        match rec {
-            Some(r) => Some(Update::from_record(r, UpdateState::default())),
+        match ok.then(|| decode(&buf, s.id)).flatten() {
+            Some(u) => Some(u),
             None => {
                 if !self.tampered.swap(true, Ordering::SeqCst) {
                     tracing::warn!(index = %self.path.display(), update = %s.id, "a record of the catalog index was changed; rebuilding the catalog from the verified metadata");

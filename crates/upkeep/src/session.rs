@@ -585,16 +585,18 @@ impl UpdateSession {
             elapsed = ?started.elapsed(),
             "every targets role loaded"
         );
-        let cat = Catalog::build(all, &svc.name);
+        let mut cat = Catalog::build(all, &svc.name);
         tracing::debug!(service = %svc.name, updates = cat.len(), elapsed = ?started.elapsed(), "catalog built");
+        let records = cat.take_records().unwrap_or_default();
         if let Some(k) = crate::catalog_index::Key::of(&svc.metadata_dir) {
-            match crate::catalog_index::write(&index, &k, &cat) {
+            match crate::catalog_index::write(&index, &k, &cat, &records) {
                 Ok(()) => tracing::debug!(elapsed = ?started.elapsed(), "catalog index written"),
                 Err(e) => {
                     tracing::warn!(index = %index.display(), "writing the catalog index: {e}")
                 }
             }
         }
+        drop(records);
         let cat = Arc::new(cat);
         cache.insert(svc.name.clone(), (key, cat.clone()));
         Ok((key, cat))

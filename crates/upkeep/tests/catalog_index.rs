@@ -184,7 +184,7 @@ fn a_changed_record_or_table_is_detected_and_the_search_answers_from_verified_me
     assert_eq!(fx.titles("IsInstalled=0"), all);
     assert_eq!(std::fs::read(fx.index()).unwrap(), text);
     // An index of another format (an older agent's): rebuilt.
-    let mut old = b"UPKIDX00".to_vec();
+    let mut old = b"UPKIDX01".to_vec();
     old.extend_from_slice(&text[8..]);
     std::fs::write(fx.index(), &old).unwrap();
     assert_eq!(
