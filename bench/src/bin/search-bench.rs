@@ -6,6 +6,11 @@ use std::time::Instant;
 
 use upkeep::UpdateSession;
 
+/// The agent's allocator (the CLI's), so the warm search is timed on the memory layout
+/// users get.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let a: Vec<String> = std::env::args().collect();
     if a.len() != 5 {
