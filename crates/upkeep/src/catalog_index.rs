@@ -16,27 +16,27 @@
 //! there; the index is no weaker than that directory, whose permissions the agent
 //! enforces.)
 //!
-//! Layout: `UPKIDX01`, a little-endian `u64` header length, the header (JSON), the table
+//! Layout: `UPKIDX03`, a little-endian `u64` header length, the header (JSON), the table
 //! (`count` slots of 61 bytes: id, record offset, record length, has-rules flag, record
 //! SHA-256), then the records in catalog order. A record is the verified `custom` text
 //! the update came from, as the targets role carried it (a `u32` length, then the text —
-//! read back by the same parser that read it from the role), followed by a JSON tail with
-//! its resolved content files and its service.
+//! read back by the same parser that read it from the role), followed by a binary tail
+//! with its resolved content files; the header names the service of every entry.
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use sha2::Digest;
 use upkeep_tuf::metadata::Custom;
-use upkeep_types::{HResult, Update, UpdateState};
+use upkeep_types::{ContentFile, HResult, Update, UpdateState};
 use uuid::Uuid;
 
 use crate::catalog::{Catalog, UpdateException};
 
-const MAGIC: &[u8; 8] = b"UPKIDX02";
+const MAGIC: &[u8; 8] = b"UPKIDX03";
 const SLOT: usize = 16 + 8 + 4 + 1 + 32;
 
 /// The file name of a service's catalog index.
@@ -67,6 +67,8 @@ impl Key {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Header {
     key: Key,
+    /// The service every entry is from.
+    service: Option<String>,
     count: u64,
     table_sha256: String,
     warnings: Vec<(String, u32)>,
@@ -90,6 +92,14 @@ pub(crate) fn write(
     records: &[Custom],
 ) -> std::io::Result<()> {
     let entries = cat.entries();
+    // One service per catalog index (a merged catalog is never written).
+    let service = entries
+        .first()
+        .and_then(|u| u.service())
+        .map(str::to_string);
+    if entries.iter().any(|u| u.service() != service.as_deref()) {
+        return Err(std::io::Error::other("the catalog mixes services"));
+    }
     if records.len() != entries.len() {
         return Err(std::io::Error::other(
             "the record texts do not match the catalog's entries",
@@ -128,6 +138,7 @@ pub(crate) fn write(
     }
     let header = Header {
         key: key.clone(),
+        service,
         count: cat.len() as u64,
         table_sha256: hex::encode(sha2::Sha256::digest(&table)),
         warnings: cat
@@ -154,26 +165,110 @@ pub(crate) fn write(
     .map_err(|e| e.source)
 }
 
-/// What a record carries besides its verified text: its content files as resolved from
-/// the targets, and its service.
-#[derive(serde::Serialize)]
-struct TailRef<'a> {
-    content: &'a [upkeep_types::ContentFile],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    eula: Option<&'a upkeep_types::ContentFile>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    bootstrapper: Option<&'a upkeep_types::ContentFile>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    service: Option<&'a str>,
+/// A record's tail: its content files as resolved from the targets, then its EULA and its
+/// bootstrapper (each after a 0/1 byte). A file is its path, its length (`u64`) and its
+/// hashes (a count byte, then algorithm and hex pairs); strings are a `u32` length and UTF-8.
+fn put_tail(out: &mut Vec<u8>, u: &Update) -> std::io::Result<()> {
+    let content = u.download_contents();
+    put_u32(out, content.len())?;
+    for f in content {
+        put_file(out, f)?;
+    }
+    for f in [u.eula_file(), u.bootstrapper()] {
+        match f {
+            Some(f) => {
+                out.push(1);
+                put_file(out, f)?;
+            }
+            None => out.push(0),
+        }
+    }
+    Ok(())
 }
 
-/// [`TailRef`] read back.
-#[derive(serde::Deserialize)]
+fn put_file(out: &mut Vec<u8>, f: &ContentFile) -> std::io::Result<()> {
+    put_str(out, &f.path)?;
+    out.extend_from_slice(&f.length.to_le_bytes());
+    out.push(u8::try_from(f.hashes.len()).map_err(std::io::Error::other)?);
+    for (alg, hex) in f.hashes.iter() {
+        put_str(out, alg)?;
+        put_str(out, hex)?;
+    }
+    Ok(())
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) -> std::io::Result<()> {
+    put_u32(out, s.len())?;
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+fn put_u32(out: &mut Vec<u8>, n: usize) -> std::io::Result<()> {
+    let n = u32::try_from(n).map_err(std::io::Error::other)?;
+    out.extend_from_slice(&n.to_le_bytes());
+    Ok(())
+}
+
+/// A tail read back ([`put_tail`]'s layout): content files, EULA, bootstrapper.
 struct Tail {
-    content: Vec<upkeep_types::ContentFile>,
-    eula: Option<upkeep_types::ContentFile>,
-    bootstrapper: Option<upkeep_types::ContentFile>,
-    service: Option<String>,
+    content: Vec<ContentFile>,
+    eula: Option<ContentFile>,
+    bootstrapper: Option<ContentFile>,
+}
+
+/// Reads a tail; `None` when it is not one whole tail.
+fn get_tail(b: &[u8]) -> Option<Tail> {
+    let mut r = Reader(b);
+    let n = r.u32()? as usize;
+    let content = (0..n.min(b.len()))
+        .map(|_| r.file())
+        .collect::<Option<Vec<_>>>()?;
+    if content.len() != n {
+        return None;
+    }
+    let opt = |r: &mut Reader| match r.take(1)?[0] {
+        0 => Some(None),
+        1 => r.file().map(Some),
+        _ => None,
+    };
+    let eula = opt(&mut r)?;
+    let bootstrapper = opt(&mut r)?;
+    r.0.is_empty().then_some(Tail {
+        content,
+        eula,
+        bootstrapper,
+    })
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
+        self.0 = rest;
+        Some(head)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn str(&mut self) -> Option<&'a str> {
+        let n = self.u32()? as usize;
+        std::str::from_utf8(self.take(n)?).ok()
+    }
+    fn file(&mut self) -> Option<ContentFile> {
+        let path = self.str()?.to_string();
+        let length = u64::from_le_bytes(self.take(8)?.try_into().ok()?);
+        let mut hashes = upkeep_types::Hashes::new();
+        for _ in 0..self.take(1)?[0] {
+            let alg = self.str()?;
+            hashes.insert(alg, self.str()?);
+        }
+        Some(ContentFile {
+            path,
+            length,
+            hashes,
+        })
+    }
 }
 
 /// The tails of one part, each preceded by its length (a `u32`), one after another.
@@ -199,13 +294,7 @@ fn encode(part: &[Update], texts: &[Custom]) -> std::io::Result<(Vec<u8>, Vec<u8
         let text = text.as_str().as_bytes();
         let len_at = tails.len();
         tails.extend_from_slice(&[0; 4]);
-        let tail = TailRef {
-            content: u.download_contents(),
-            eula: u.eula_file(),
-            bootstrapper: u.bootstrapper(),
-            service: u.service(),
-        };
-        serde_json::to_writer(&mut tails, &tail).map_err(std::io::Error::other)?;
+        put_tail(&mut tails, u)?;
         let tail = &tails[len_at + 4..];
         let text_len = u32::try_from(text.len()).map_err(std::io::Error::other)?;
         let len = 4 + text.len() + tail.len();
@@ -294,6 +383,7 @@ pub(crate) fn open(path: &Path, key: &Key) -> Option<Catalog> {
         file,
         path: path.to_path_buf(),
         blob_at: table_at + tlen as u64,
+        service: header.service.map(Arc::from),
         slots,
         by_id,
         parsed,
@@ -308,6 +398,7 @@ pub(crate) struct Lazy {
     file: std::fs::File,
     path: PathBuf,
     blob_at: u64,
+    service: Option<Arc<str>>,
     slots: Vec<Slot>,
     by_id: HashMap<Uuid, usize>,
     parsed: Vec<OnceLock<Option<Update>>>,
@@ -321,10 +412,10 @@ impl std::fmt::Debug for Slot {
 }
 
 /// A record read back: its text parsed by the catalog's own parser, and its tail.
-fn decode(buf: &[u8], id: Uuid) -> Option<Update> {
+fn decode(buf: &[u8], id: Uuid, service: Option<&Arc<str>>) -> Option<Update> {
     let n = u32::from_le_bytes(buf.get(..4)?.try_into().ok()?) as usize;
     let text = std::str::from_utf8(buf.get(4..4 + n)?).ok()?;
-    let tail: Tail = serde_json::from_slice(&buf[4 + n..]).ok()?;
+    let tail = get_tail(&buf[4 + n..])?;
     let m = crate::catalog::parse_record(text).ok()??;
     if m.id != id {
         return None;
@@ -334,7 +425,7 @@ fn decode(buf: &[u8], id: Uuid) -> Option<Update> {
         tail.content,
         tail.eula,
         tail.bootstrapper,
-        tail.service.map(Into::into),
+        service.cloned(),
         UpdateState::default(),
     ))
 }
@@ -358,7 +449,10 @@ impl Lazy {
             .read_exact_at(&mut buf, self.blob_at + s.offset)
             .is_ok()
             && sha2::Sha256::digest(&buf)[..] == s.sha[..];
-        match ok.then(|| decode(&buf, s.id)).flatten() {
+        match ok
+            .then(|| decode(&buf, s.id, self.service.as_ref()))
+            .flatten()
+        {
             Some(u) => Some(u),
             None => {
                 if !self.tampered.swap(true, Ordering::SeqCst) {
@@ -410,5 +504,50 @@ impl Lazy {
                 .flat_map(|h| h.join().expect("reading a record does not panic"))
                 .collect()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use upkeep_types::{Hashes, UpdateMetadata};
+
+    fn file(path: &str, n: u64) -> ContentFile {
+        let mut hashes = Hashes::new();
+        hashes.insert("sha256", "ab".repeat(32));
+        hashes.insert("sha512", "cd".repeat(64));
+        ContentFile {
+            path: path.into(),
+            length: n,
+            hashes,
+        }
+    }
+
+    #[test]
+    fn a_tail_reads_back_whole_and_a_cut_one_does_not() {
+        let m = UpdateMetadata::new(Uuid::from_u128(1), "One", "updates/1/a");
+        let content = vec![file("updates/1/a", 7), file("updates/1/ü", 0)];
+        let u = Update::new(
+            m.clone(),
+            content.clone(),
+            Some(file("eula.txt", 3)),
+            None,
+            UpdateState::default(),
+        );
+        let mut b = Vec::new();
+        put_tail(&mut b, &u).unwrap();
+        let t = get_tail(&b).unwrap();
+        assert_eq!(t.content, content);
+        assert_eq!(t.eula, Some(file("eula.txt", 3)));
+        assert_eq!(t.bootstrapper, None);
+        for cut in 0..b.len() {
+            assert!(get_tail(&b[..cut]).is_none(), "cut at {cut}");
+        }
+        b.push(0);
+        assert!(get_tail(&b).is_none(), "trailing bytes");
+        let empty = Update::new(m, Vec::new(), None, None, UpdateState::default());
+        let mut b = Vec::new();
+        put_tail(&mut b, &empty).unwrap();
+        assert!(get_tail(&b).unwrap().content.is_empty());
     }
 }

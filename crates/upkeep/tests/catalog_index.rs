@@ -175,7 +175,8 @@ fn a_changed_record_or_table_is_detected_and_the_search_answers_from_verified_me
     assert_eq!(std::fs::read(fx.index()).unwrap(), text);
     // A changed content hash in a record's tail (what a download would be checked
     // against): detected the same way.
-    let needle = b"\"sha256\":\"";
+    // (The tail holds the algorithm's name, then the hex digest after its u32 length.)
+    let needle = b"sha256\x40\0\0\0";
     let last = text
         .windows(needle.len())
         .rposition(|w| w == needle)
