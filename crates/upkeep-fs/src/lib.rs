@@ -82,19 +82,75 @@ pub fn write_replace(
     path: &Path,
     write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> Result<(), PathError> {
-    let (_, tmp) = temp_beside(path);
-    let r = (|| {
-        let mut f = io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
-        write(&mut f)?;
-        f.flush()?;
-        drop(f);
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = r {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(at(path)(e));
+    let mut r = Replacement::create(path)?;
+    write(r.writer()).map_err(at(path))?;
+    r.commit()
+}
+
+/// A file being written beside `path` that replaces it atomically on [`Replacement::commit`]
+/// (not flushed to disk, as [`write_replace`]); dropped without a commit, it is removed and
+/// `path` is left as it was. For a replacement written in several steps.
+pub struct Replacement {
+    path: PathBuf,
+    tmp: PathBuf,
+    w: Option<io::BufWriter<File>>,
+    at: u64,
+}
+
+impl Replacement {
+    /// Starts the replacement of `path`.
+    pub fn create(path: &Path) -> Result<Replacement, PathError> {
+        let (_, tmp) = temp_beside(path);
+        let f = File::create(&tmp).map_err(at(path))?;
+        Ok(Replacement {
+            path: path.to_path_buf(),
+            tmp,
+            w: Some(io::BufWriter::with_capacity(1 << 20, f)),
+            at: 0,
+        })
     }
-    Ok(())
+
+    /// Where the next byte written goes.
+    pub fn position(&self) -> u64 {
+        self.at
+    }
+
+    /// The writer (counting what it writes into [`Replacement::position`]).
+    pub fn writer(&mut self) -> &mut dyn Write {
+        self
+    }
+
+    /// Writes everything out and renames the file over `path`.
+    pub fn commit(mut self) -> Result<(), PathError> {
+        let w = self.w.take().expect("written once");
+        let r = w.into_inner().map_err(|e| e.into_error()).and_then(|f| {
+            drop(f);
+            std::fs::rename(&self.tmp, &self.path)
+        });
+        if r.is_err() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+        r.map_err(at(&self.path))
+    }
+}
+
+impl Write for Replacement {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.w.as_mut().expect("not committed").write(buf)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.w.as_mut().expect("not committed").flush()
+    }
+}
+
+impl Drop for Replacement {
+    fn drop(&mut self) {
+        if self.w.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// Makes a directory's entries (a rename, a new file) durable.
@@ -250,6 +306,33 @@ mod tests {
         );
         let e = write_atomic(&d.path().join("missing/f"), b"x").unwrap_err();
         assert!(e.to_string().contains("missing/f"), "{e}");
+    }
+
+    #[test]
+    fn a_replacement_replaces_on_commit_only() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("idx");
+        std::fs::write(&p, b"old").unwrap();
+        // Dropped half-written: the old file stays, nothing else is left.
+        let mut r = Replacement::create(&p).unwrap();
+        r.writer().write_all(b"half").unwrap();
+        assert_eq!(r.position(), 4);
+        drop(r);
+        assert_eq!(std::fs::read(&p).unwrap(), b"old");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+        // Committed: the new file, whole.
+        let mut r = Replacement::create(&p).unwrap();
+        r.writer().write_all(b"new ").unwrap();
+        r.writer().write_all(b"file").unwrap();
+        assert_eq!(r.position(), 8);
+        r.commit().unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"new file");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+        // Its errors name the path.
+        let e = Replacement::create(&d.path().join("missing/idx"))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("missing/idx"), "{e}");
     }
 
     #[test]

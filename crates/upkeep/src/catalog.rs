@@ -29,9 +29,6 @@ pub struct Catalog {
     /// Merged from a catalog whose index was found tampered.
     tainted: bool,
     warnings: Vec<UpdateException>,
-    /// The verified record text (`custom`) of each entry, in entry order, kept from
-    /// [`Catalog::build`] until the catalog index is written from it.
-    records: Option<Vec<Custom>>,
 }
 
 #[derive(Debug, Default)]
@@ -44,10 +41,21 @@ struct Full {
 }
 
 impl Catalog {
-    /// Builds the catalog from every trusted target. Records are parsed on all cores; the
-    /// text of each chosen record is kept (see [`Catalog::take_records`]) and the rest is
-    /// freed.
-    pub fn build(mut all: CatalogTargets, service: &str) -> Catalog {
+    /// Builds the catalog from every trusted target. Records are parsed on all cores, and
+    /// each record's text is freed once the catalog is built.
+    pub fn build(all: CatalogTargets, service: &str) -> Catalog {
+        Catalog::build_indexed(all, service, None)
+    }
+
+    /// [`Catalog::build`], also writing the catalog index of the result to `index` (built
+    /// under its key): the record texts are written and hashed on a thread of their own
+    /// while the catalog is put together, and the rest once it is. An index that cannot be
+    /// written is a logged warning; the catalog is the same either way.
+    pub(crate) fn build_indexed(
+        mut all: CatalogTargets,
+        service: &str,
+        index: Option<(&std::path::Path, &crate::catalog_index::Key)>,
+    ) -> Catalog {
         let service: std::sync::Arc<str> = service.into();
         let mut cat = Catalog::default();
         for (role, e) in &all.warnings {
@@ -62,15 +70,15 @@ impl Catalog {
             .iter_mut()
             .filter_map(|(path, t)| t.custom.take().map(|c| (path.clone(), c)))
             .collect();
-        let parsed = parse_records(records);
-        let mut chosen: BTreeMap<Uuid, (Update, Custom)> = BTreeMap::new();
+        let (parsed, texts) = parse_records(records);
+        let mut chosen: BTreeMap<Uuid, (Update, usize)> = BTreeMap::new();
         // Content files are moved out of `all.targets` on their last use (copied before
         // that when updates share one), so nothing is held twice.
         let mut uses: HashMap<String, u32> = HashMap::new();
         for m in parsed
             .iter()
             .flatten()
-            .filter_map(|(_, r, _)| r.as_ref().ok())
+            .filter_map(|(_, r)| r.as_ref().ok())
             .flatten()
         {
             for p in m
@@ -82,105 +90,128 @@ impl Catalog {
                 *uses.entry(p.clone()).or_default() += 1;
             }
         }
-        for (path, result, text) in parsed.into_iter().flatten() {
-            let warn = |cat: &mut Catalog, msg: String| {
-                cat.warnings.push(UpdateException {
-                    message: format!("target {path}: {msg}"),
-                    hresult: HResult::WU_E_INVALID_UPDATE,
-                })
-            };
-            let m = match result {
-                Ok(Some(m)) => m,
-                Ok(None) => continue,
-                Err(e) => {
-                    warn(&mut cat, format!("update record does not parse: {e}"));
+        let (cat, written, text_of) = std::thread::scope(|sc| {
+            let writer = index.map(|(path, _)| {
+                let texts = &texts;
+                std::thread::Builder::new()
+                    .name("upkeep-index".into())
+                    .spawn_scoped(sc, move || {
+                        crate::catalog_index::write_texts(
+                            path,
+                            texts.iter().flatten().map(Custom::as_str),
+                        )
+                    })
+            });
+            for (k, (path, result)) in parsed.into_iter().flatten().enumerate() {
+                let warn = |cat: &mut Catalog, msg: String| {
+                    cat.warnings.push(UpdateException {
+                        message: format!("target {path}: {msg}"),
+                        hresult: HResult::WU_E_INVALID_UPDATE,
+                    })
+                };
+                let m = match result {
+                    Ok(Some(m)) => m,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        warn(&mut cat, format!("update record does not parse: {e}"));
+                        continue;
+                    }
+                };
+                if let Err(e) = m.validate() {
+                    warn(&mut cat, e.to_string());
                     continue;
                 }
-            };
-            if let Err(e) = m.validate() {
-                warn(&mut cat, e.to_string());
-                continue;
-            }
-            if m.content.first().map(String::as_str) != Some(path.as_str()) {
-                warn(
-                    &mut cat,
-                    "the record must sit on its update's first content target".into(),
-                );
-                continue;
-            }
-            let missing = m
-                .content
-                .iter()
-                .chain(m.eula.iter())
-                .chain(m.bootstrapper.iter())
-                .find(|p| !all.targets.contains_key(*p));
-            if let Some(p) = missing {
-                warn(
-                    &mut cat,
-                    format!("update {} refers to {p}, which no trusted role lists", m.id),
-                );
-                continue;
-            }
-            let mut resolve = |p: &String| {
-                let left = uses.get_mut(p).map(|n| {
-                    *n -= 1;
-                    *n
-                });
-                let (length, hashes) = if left == Some(0) {
-                    let t = all.targets.remove(p).expect("checked above");
-                    (t.length, t.hashes)
-                } else {
-                    let t = &all.targets[p];
-                    (t.length, t.hashes.clone())
-                };
-                ContentFile {
-                    path: p.clone(),
-                    length,
-                    hashes,
+                if m.content.first().map(String::as_str) != Some(path.as_str()) {
+                    warn(
+                        &mut cat,
+                        "the record must sit on its update's first content target".into(),
+                    );
+                    continue;
                 }
-            };
-            let content = m.content.iter().map(&mut resolve).collect();
-            let eula = m.eula.as_ref().map(&mut resolve);
-            let boot = m.bootstrapper.as_ref().map(&mut resolve);
-            let (id, rev) = (m.id, m.revision);
-            let entry = Update::signed(
-                m,
-                content,
-                eula,
-                boot,
-                Some(service.clone()),
-                UpdateState::default(),
-            );
-            match chosen.get(&id) {
-                Some((old, _)) if old.identity().revision_number >= rev => {
-                    if old.identity().revision_number == rev {
-                        warn(
-                            &mut cat,
-                            format!("update {id} revision {rev} is published twice"),
-                        );
+                let missing = m
+                    .content
+                    .iter()
+                    .chain(m.eula.iter())
+                    .chain(m.bootstrapper.iter())
+                    .find(|p| !all.targets.contains_key(*p));
+                if let Some(p) = missing {
+                    warn(
+                        &mut cat,
+                        format!("update {} refers to {p}, which no trusted role lists", m.id),
+                    );
+                    continue;
+                }
+                let mut resolve = |p: &String| {
+                    let left = uses.get_mut(p).map(|n| {
+                        *n -= 1;
+                        *n
+                    });
+                    let (length, hashes) = if left == Some(0) {
+                        let t = all.targets.remove(p).expect("checked above");
+                        (t.length, t.hashes)
+                    } else {
+                        let t = &all.targets[p];
+                        (t.length, t.hashes.clone())
+                    };
+                    ContentFile {
+                        path: p.clone(),
+                        length,
+                        hashes,
+                    }
+                };
+                let content = m.content.iter().map(&mut resolve).collect();
+                let eula = m.eula.as_ref().map(&mut resolve);
+                let boot = m.bootstrapper.as_ref().map(&mut resolve);
+                let (id, rev) = (m.id, m.revision);
+                let entry = Update::signed(
+                    m,
+                    content,
+                    eula,
+                    boot,
+                    Some(service.clone()),
+                    UpdateState::default(),
+                );
+                match chosen.get(&id) {
+                    Some((old, _)) if old.identity().revision_number >= rev => {
+                        if old.identity().revision_number == rev {
+                            warn(
+                                &mut cat,
+                                format!("update {id} revision {rev} is published twice"),
+                            );
+                        }
+                    }
+                    _ => {
+                        chosen.insert(id, (entry, k));
                     }
                 }
-                _ => {
-                    chosen.insert(id, (entry, text));
+            }
+            // 100,000 targets take a while to free; nobody waits for that.
+            let _ = std::thread::Builder::new()
+                .name("upkeep-free".into())
+                .spawn(move || drop(all));
+            let mut pairs: Vec<(Update, usize)> = chosen.into_values().collect();
+            pairs.sort_by(|a, b| order(&a.0, &b.0));
+            let (entries, text_of): (Vec<Update>, Vec<usize>) = pairs.into_iter().unzip();
+            cat.full = Full::of(entries).into();
+            let written = writer.map(|w| match w {
+                Ok(h) => h.join().expect("writing the index's texts does not panic"),
+                Err(e) => Err(e),
+            });
+            (cat, written, text_of)
+        });
+        if let (Some(written), Some((path, key))) = (written, index) {
+            match written.and_then(|t| crate::catalog_index::finish(t, key, &cat, &text_of)) {
+                Ok(()) => tracing::debug!(index = %path.display(), "catalog index written"),
+                Err(e) => {
+                    tracing::warn!(index = %path.display(), "writing the catalog index: {e}")
                 }
             }
         }
-        // 100,000 targets take a while to free; nobody waits for that.
+        // The texts are freed once the index has them (nobody waits for that either).
         let _ = std::thread::Builder::new()
             .name("upkeep-free".into())
-            .spawn(move || drop(all));
-        let mut pairs: Vec<(Update, Custom)> = chosen.into_values().collect();
-        pairs.sort_by(|a, b| order(&a.0, &b.0));
-        let (entries, records) = pairs.into_iter().unzip();
-        cat.full = Full::of(entries).into();
-        cat.records = Some(records);
+            .spawn(move || drop(texts));
         cat
-    }
-
-    /// The verified record texts of a catalog just built, in entry order (once: they are
-    /// kept only to write the catalog index from).
-    pub(crate) fn take_records(&mut self) -> Option<Vec<Custom>> {
-        self.records.take()
     }
 
     /// Orders the entries — newest release first, then title, so output is stable — and
@@ -200,7 +231,6 @@ impl Catalog {
             lazy: Some(lazy),
             tainted: false,
             warnings,
-            records: None,
         }
     }
 
@@ -348,21 +378,31 @@ pub(crate) fn parse_record(custom: &str) -> Result<Option<UpdateMetadata>, Strin
         .map_err(|e| e.to_string())
 }
 
-type Parsed = (String, Result<Option<UpdateMetadata>, String>, Custom);
+type Parsed = (String, Result<Option<UpdateMetadata>, String>);
 
-/// Parses records on up to four threads, keeping their order (and their text, which the
-/// catalog index is written from). The parts stay as the threads made them: joining them
-/// into one vector would copy every parsed record once more.
-fn parse_records(records: Vec<(String, Custom)>) -> Vec<Vec<Parsed>> {
-    let parse_one = |(path, custom): (String, Custom)| -> Parsed {
-        let r = parse_record(custom.as_str());
-        (path, r, custom)
+/// Parses records on up to four threads, keeping their order; their texts come back
+/// beside them, in the same order (the catalog index is written from them). The parts
+/// stay as the threads made them: joining them into one vector would copy every parsed
+/// record once more.
+fn parse_records(records: Vec<(String, Custom)>) -> (Vec<Vec<Parsed>>, Vec<Vec<Custom>>) {
+    let parse_part = |part: Vec<(String, Custom)>| -> (Vec<Parsed>, Vec<Custom>) {
+        let mut texts = Vec::with_capacity(part.len());
+        let parsed = part
+            .into_iter()
+            .map(|(path, custom)| {
+                let r = parse_record(custom.as_str());
+                texts.push(custom);
+                (path, r)
+            })
+            .collect();
+        (parsed, texts)
     };
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(4);
     if threads < 2 || records.len() < 1024 {
-        return vec![records.into_iter().map(parse_one).collect()];
+        let (p, t) = parse_part(records);
+        return (vec![p], vec![t]);
     }
     let chunk = records.len().div_ceil(threads);
     let mut chunks: Vec<Vec<(String, Custom)>> = Vec::with_capacity(threads);
@@ -376,11 +416,11 @@ fn parse_records(records: Vec<(String, Custom)>) -> Vec<Vec<Parsed>> {
     std::thread::scope(|s| {
         let handles: Vec<_> = chunks
             .into_iter()
-            .map(|c| s.spawn(move || c.into_iter().map(parse_one).collect::<Vec<_>>()))
+            .map(|c| s.spawn(move || parse_part(c)))
             .collect();
         handles
             .into_iter()
             .map(|h| h.join().expect("parsing a record does not panic"))
-            .collect()
+            .unzip()
     })
 }

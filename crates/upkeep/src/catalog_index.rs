@@ -30,14 +30,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use sha2::Digest;
-use upkeep_tuf::metadata::Custom;
 use upkeep_types::{ContentFile, HResult, Update, UpdateState};
 use uuid::Uuid;
 
 use crate::catalog::{Catalog, UpdateException};
 
-const MAGIC: &[u8; 8] = b"UPKIDX03";
-const SLOT: usize = 16 + 8 + 4 + 1 + 32;
+const MAGIC: &[u8; 8] = b"UPKIDX04";
+const SLOT: usize = 16 + 8 + 4 + 8 + 4 + 1 + 32;
 
 /// The file name of a service's catalog index.
 pub(crate) const FILE: &str = "catalog.idx";
@@ -76,21 +75,49 @@ struct Header {
 
 struct Slot {
     id: Uuid,
-    offset: u64,
-    len: u32,
+    text_at: u64,
+    text_len: u32,
+    tail_at: u64,
+    tail_len: u32,
     rules: bool,
     sha: [u8; 32],
 }
 
-/// Writes the index of `cat`, built under `key` from the verified record texts `records`
-/// (one per entry, in entry order), to `path` (replacing it atomically; not flushed to
-/// disk: a lost or damaged index is rebuilt).
-pub(crate) fn write(
+/// The first half of an index, written beside the catalog build: the verified record
+/// texts, in the order given, each with its SHA-256.
+pub(crate) struct Texts {
+    out: upkeep_fs::Replacement,
+    written: Vec<(u64, u32, [u8; 32])>,
+}
+
+/// Starts the index at `path` with `texts` (the file replaces `path` only when
+/// [`finish`]ed; dropped, it is removed).
+pub(crate) fn write_texts<'a>(
     path: &Path,
+    texts: impl Iterator<Item = &'a str>,
+) -> std::io::Result<Texts> {
+    let mut out = upkeep_fs::Replacement::create(path).map_err(|e| e.source)?;
+    out.writer().write_all(MAGIC)?;
+    let mut written = Vec::new();
+    for t in texts {
+        let at = out.position();
+        out.writer().write_all(t.as_bytes())?;
+        let len = u32::try_from(t.len()).map_err(std::io::Error::other)?;
+        written.push((at, len, sha2::Sha256::digest(t.as_bytes()).into()));
+    }
+    Ok(Texts { out, written })
+}
+
+/// Completes the index of `cat`, built under `key`, whose entry `i` came from text
+/// `text_of[i]` of `texts`: the tails, the table, the header, then the file replaces the
+/// index (atomically; not flushed to disk: a lost or damaged index is rebuilt).
+pub(crate) fn finish(
+    texts: Texts,
     key: &Key,
     cat: &Catalog,
-    records: &[Custom],
+    text_of: &[usize],
 ) -> std::io::Result<()> {
+    let Texts { mut out, written } = texts;
     let entries = cat.entries();
     // One service per catalog index (a merged catalog is never written).
     let service = entries
@@ -100,40 +127,37 @@ pub(crate) fn write(
     if entries.iter().any(|u| u.service() != service.as_deref()) {
         return Err(std::io::Error::other("the catalog mixes services"));
     }
-    if records.len() != entries.len() {
+    if text_of.len() != entries.len() || text_of.iter().any(|&t| t >= written.len()) {
         return Err(std::io::Error::other(
             "the record texts do not match the catalog's entries",
         ));
     }
-    // Slots (each with its record's hash) and the records' tails are made on up to four
-    // threads, in order; the record texts themselves are written as they are, not copied.
+    // Tails and slots are made on up to four threads, in order; a slot's tail offset is
+    // moved by the tails before its part once they are known.
     let threads = std::thread::available_parallelism()
         .map_or(1, |t| t.get())
         .clamp(1, 4);
     let chunk = entries.len().div_ceil(threads).max(1);
+    let written = &written;
     let parts: Vec<std::io::Result<(Vec<u8>, Vec<u8>)>> = std::thread::scope(|sc| {
         let hs: Vec<_> = entries
             .chunks(chunk)
-            .zip(records.chunks(chunk))
-            .map(|(part, texts)| sc.spawn(move || encode(part, texts)))
+            .zip(text_of.chunks(chunk))
+            .map(|(part, of)| sc.spawn(move || encode(part, of, written)))
             .collect();
         hs.into_iter()
             .map(|h| h.join().expect("encoding a record does not panic"))
             .collect()
     });
-    let mut tails = Vec::with_capacity(parts.len());
     let mut table = Vec::with_capacity(entries.len() * SLOT);
-    let mut base = 0u64;
     for part in parts {
-        let (tail, mut t) = part?;
-        let mut size = 0u64;
+        let (tails, mut t) = part?;
+        let base = out.position();
         for slot in t.chunks_exact_mut(SLOT) {
-            let off = u64::from_le_bytes(slot[16..24].try_into().expect("8 bytes"));
-            size = off + u64::from(u32::from_le_bytes(slot[24..28].try_into().expect("4")));
-            slot[16..24].copy_from_slice(&(off + base).to_le_bytes());
+            let off = u64::from_le_bytes(slot[28..36].try_into().expect("8 bytes")) + base;
+            slot[28..36].copy_from_slice(&off.to_le_bytes());
         }
-        base += size;
-        tails.push(tail);
+        out.writer().write_all(&tails)?;
         table.extend_from_slice(&t);
     }
     let header = Header {
@@ -148,21 +172,22 @@ pub(crate) fn write(
             .collect(),
     };
     let header = serde_json::to_vec(&header).map_err(std::io::Error::other)?;
-    upkeep_fs::write_replace(path, |w| {
-        w.write_all(MAGIC)?;
-        w.write_all(&(header.len() as u64).to_le_bytes())?;
-        w.write_all(&header)?;
-        w.write_all(&table)?;
-        let mut tails = tails.iter().flat_map(|t| TailIter(t));
-        for text in records {
-            let tail = tails.next().expect("one tail per record");
-            w.write_all(&(text.as_str().len() as u32).to_le_bytes())?;
-            w.write_all(text.as_str().as_bytes())?;
-            w.write_all(tail)?;
-        }
-        Ok(())
-    })
-    .map_err(|e| e.source)
+    let table_at = out.position();
+    out.writer().write_all(&table)?;
+    let header_at = out.position();
+    out.writer().write_all(&header)?;
+    out.writer().write_all(&table_at.to_le_bytes())?;
+    out.writer().write_all(&header_at.to_le_bytes())?;
+    out.writer().write_all(MAGIC)?;
+    out.commit().map_err(|e| e.source)
+}
+
+/// A record's hash: SHA-256 of its text's SHA-256 and its tail.
+fn record_sha(text_sha: &[u8; 32], tail: &[u8]) -> [u8; 32] {
+    let mut h = sha2::Sha256::new();
+    h.update(text_sha);
+    h.update(tail);
+    h.finalize().into()
 }
 
 /// A record's tail: its content files as resolved from the targets, then its EULA and its
@@ -271,49 +296,30 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The tails of one part, each preceded by its length (a `u32`), one after another.
-struct TailIter<'a>(&'a [u8]);
-
-impl<'a> Iterator for TailIter<'a> {
-    type Item = &'a [u8];
-    fn next(&mut self) -> Option<&'a [u8]> {
-        let n = u32::from_le_bytes(self.0.get(..4)?.try_into().ok()?) as usize;
-        let (tail, rest) = self.0[4..].split_at(n);
-        self.0 = rest;
-        Some(tail)
-    }
-}
-
-/// The tails of `part` (length-prefixed) and its slots (offsets relative to the part's
-/// first record). A record is its text's length (`u32`), the text, then the tail's JSON.
-fn encode(part: &[Update], texts: &[Custom]) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+/// The tails of `part` and its slots (tail offsets relative to the part's first tail).
+fn encode(
+    part: &[Update],
+    text_of: &[usize],
+    written: &[(u64, u32, [u8; 32])],
+) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
     let mut tails = Vec::with_capacity(part.len() * 160);
     let mut table = Vec::with_capacity(part.len() * SLOT);
-    let mut offset = 0u64;
-    for (u, text) in part.iter().zip(texts) {
-        let text = text.as_str().as_bytes();
-        let len_at = tails.len();
-        tails.extend_from_slice(&[0; 4]);
+    for (u, &t) in part.iter().zip(text_of) {
+        let (text_at, text_len, text_sha) = &written[t];
+        let start = tails.len();
         put_tail(&mut tails, u)?;
-        let tail = &tails[len_at + 4..];
-        let text_len = u32::try_from(text.len()).map_err(std::io::Error::other)?;
-        let len = 4 + text.len() + tail.len();
-        let mut h = sha2::Sha256::new();
-        h.update(text_len.to_le_bytes());
-        h.update(text);
-        h.update(tail);
-        let tail_len = tail.len() as u32;
-        tails[len_at..len_at + 4].copy_from_slice(&tail_len.to_le_bytes());
+        let tail = &tails[start..];
         table.extend_from_slice(u.identity().update_id.as_bytes());
-        table.extend_from_slice(&offset.to_le_bytes());
+        table.extend_from_slice(&text_at.to_le_bytes());
+        table.extend_from_slice(&text_len.to_le_bytes());
+        table.extend_from_slice(&(start as u64).to_le_bytes());
         table.extend_from_slice(
-            &u32::try_from(len)
+            &u32::try_from(tail.len())
                 .map_err(std::io::Error::other)?
                 .to_le_bytes(),
         );
         table.push(u8::from(!u.metadata().applicability.is_empty()));
-        table.extend_from_slice(&h.finalize());
-        offset += len as u64;
+        table.extend_from_slice(&record_sha(text_sha, tail));
     }
     Ok((tails, table))
 }
@@ -337,12 +343,20 @@ pub(crate) fn open(path: &Path, key: &Key) -> Option<Catalog> {
     if file.read_exact_at(&mut head, 0).is_err() || &head[..8] != MAGIC {
         return refuse("not an index");
     }
-    let hlen = u64::from_le_bytes(head[8..].try_into().expect("8 bytes"));
-    if hlen > 64 << 20 {
-        return refuse("header too large");
+    let len = file.metadata().ok()?.len();
+    let mut trailer = [0u8; 24];
+    if len < 32 || file.read_exact_at(&mut trailer, len - 24).is_err() || trailer[16..] != *MAGIC {
+        return refuse("no trailer");
     }
-    let mut hbytes = vec![0u8; hlen as usize];
-    if file.read_exact_at(&mut hbytes, 16).is_err() {
+    let table_at = u64::from_le_bytes(trailer[..8].try_into().expect("8 bytes"));
+    let header_at = u64::from_le_bytes(trailer[8..16].try_into().expect("8 bytes"));
+    if !(8 <= table_at && table_at <= header_at && header_at <= len - 24)
+        || len - 24 - header_at > 64 << 20
+    {
+        return refuse("bad trailer");
+    }
+    let mut hbytes = vec![0u8; (len - 24 - header_at) as usize];
+    if file.read_exact_at(&mut hbytes, header_at).is_err() {
         return refuse("truncated header");
     }
     let Ok(header) = serde_json::from_slice::<Header>(&hbytes) else {
@@ -351,9 +365,10 @@ pub(crate) fn open(path: &Path, key: &Key) -> Option<Catalog> {
     if header.key != *key {
         return None; // built under other metadata: simply stale
     }
-    let tlen = (header.count as usize).checked_mul(SLOT)?;
-    let mut table = vec![0u8; tlen];
-    let table_at = 16 + hlen;
+    if (header.count as u128) * (SLOT as u128) != u128::from(header_at - table_at) {
+        return refuse("its table does not match its header");
+    }
+    let mut table = vec![0u8; (header_at - table_at) as usize];
     if file.read_exact_at(&mut table, table_at).is_err()
         || hex::encode(sha2::Sha256::digest(&table)) != header.table_sha256
     {
@@ -363,10 +378,12 @@ pub(crate) fn open(path: &Path, key: &Key) -> Option<Catalog> {
         .chunks_exact(SLOT)
         .map(|c| Slot {
             id: Uuid::from_bytes(c[..16].try_into().expect("16 bytes")),
-            offset: u64::from_le_bytes(c[16..24].try_into().expect("8 bytes")),
-            len: u32::from_le_bytes(c[24..28].try_into().expect("4 bytes")),
-            rules: c[28] != 0,
-            sha: c[29..61].try_into().expect("32 bytes"),
+            text_at: u64::from_le_bytes(c[16..24].try_into().expect("8 bytes")),
+            text_len: u32::from_le_bytes(c[24..28].try_into().expect("4 bytes")),
+            tail_at: u64::from_le_bytes(c[28..36].try_into().expect("8 bytes")),
+            tail_len: u32::from_le_bytes(c[36..40].try_into().expect("4 bytes")),
+            rules: c[40] != 0,
+            sha: c[41..73].try_into().expect("32 bytes"),
         })
         .collect();
     let by_id = slots.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
@@ -382,7 +399,6 @@ pub(crate) fn open(path: &Path, key: &Key) -> Option<Catalog> {
     let lazy = Lazy {
         file,
         path: path.to_path_buf(),
-        blob_at: table_at + tlen as u64,
         service: header.service.map(Arc::from),
         slots,
         by_id,
@@ -397,7 +413,6 @@ pub(crate) fn open(path: &Path, key: &Key) -> Option<Catalog> {
 pub(crate) struct Lazy {
     file: std::fs::File,
     path: PathBuf,
-    blob_at: u64,
     service: Option<Arc<str>>,
     slots: Vec<Slot>,
     by_id: HashMap<Uuid, usize>,
@@ -412,10 +427,9 @@ impl std::fmt::Debug for Slot {
 }
 
 /// A record read back: its text parsed by the catalog's own parser, and its tail.
-fn decode(buf: &[u8], id: Uuid, service: Option<&Arc<str>>) -> Option<Update> {
-    let n = u32::from_le_bytes(buf.get(..4)?.try_into().ok()?) as usize;
-    let text = std::str::from_utf8(buf.get(4..4 + n)?).ok()?;
-    let tail = get_tail(&buf[4 + n..])?;
+fn decode(text: &[u8], tail: &[u8], id: Uuid, service: Option<&Arc<str>>) -> Option<Update> {
+    let text = std::str::from_utf8(text).ok()?;
+    let tail = get_tail(tail)?;
     let m = crate::catalog::parse_record(text).ok()??;
     if m.id != id {
         return None;
@@ -443,14 +457,13 @@ impl Lazy {
     /// removed) when its bytes are not what the table recorded.
     fn read(&self, i: usize) -> Option<Update> {
         let s = &self.slots[i];
-        let mut buf = vec![0u8; s.len as usize];
-        let ok = self
-            .file
-            .read_exact_at(&mut buf, self.blob_at + s.offset)
-            .is_ok()
-            && sha2::Sha256::digest(&buf)[..] == s.sha[..];
+        let n = s.text_len as usize;
+        let mut buf = vec![0u8; n + s.tail_len as usize];
+        let ok = self.file.read_exact_at(&mut buf[..n], s.text_at).is_ok()
+            && self.file.read_exact_at(&mut buf[n..], s.tail_at).is_ok()
+            && record_sha(&sha2::Sha256::digest(&buf[..n]).into(), &buf[n..]) == s.sha;
         match ok
-            .then(|| decode(&buf, s.id, self.service.as_ref()))
+            .then(|| decode(&buf[..n], &buf[n..], s.id, self.service.as_ref()))
             .flatten()
         {
             Some(u) => Some(u),

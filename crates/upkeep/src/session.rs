@@ -585,18 +585,14 @@ impl UpdateSession {
             elapsed = ?started.elapsed(),
             "every targets role loaded"
         );
-        let mut cat = Catalog::build(all, &svc.name);
+        // The index is written beside the build, under the key of the metadata just used.
+        let index_key = crate::catalog_index::Key::of(&svc.metadata_dir);
+        let cat = Catalog::build_indexed(
+            all,
+            &svc.name,
+            index_key.as_ref().map(|k| (index.as_path(), k)),
+        );
         tracing::debug!(service = %svc.name, updates = cat.len(), elapsed = ?started.elapsed(), "catalog built");
-        let records = cat.take_records().unwrap_or_default();
-        if let Some(k) = crate::catalog_index::Key::of(&svc.metadata_dir) {
-            match crate::catalog_index::write(&index, &k, &cat, &records) {
-                Ok(()) => tracing::debug!(elapsed = ?started.elapsed(), "catalog index written"),
-                Err(e) => {
-                    tracing::warn!(index = %index.display(), "writing the catalog index: {e}")
-                }
-            }
-        }
-        drop(records);
         let cat = Arc::new(cat);
         cache.insert(svc.name.clone(), (key, cat.clone()));
         Ok((key, cat))

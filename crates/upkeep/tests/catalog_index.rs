@@ -185,7 +185,7 @@ fn a_changed_record_or_table_is_detected_and_the_search_answers_from_verified_me
     assert_eq!(fx.titles("IsInstalled=0"), all);
     assert_eq!(std::fs::read(fx.index()).unwrap(), text);
     // An index of another format (an older agent's): rebuilt.
-    let mut old = b"UPKIDX01".to_vec();
+    let mut old = b"UPKIDX03".to_vec();
     old.extend_from_slice(&text[8..]);
     std::fs::write(fx.index(), &old).unwrap();
     assert_eq!(
@@ -194,8 +194,10 @@ fn a_changed_record_or_table_is_detected_and_the_search_answers_from_verified_me
     );
     assert_eq!(std::fs::read(fx.index()).unwrap(), text);
     // A changed table: refused when opened, rebuilt.
-    let hlen = u64::from_le_bytes(text[8..16].try_into().unwrap()) as i64;
-    flip(&fx.index(), 16 + hlen + 5);
+    // (The trailer's first number is where the table starts.)
+    let trailer = text.len() - 24;
+    let table_at = u64::from_le_bytes(text[trailer..trailer + 8].try_into().unwrap()) as i64;
+    flip(&fx.index(), table_at + 5);
     assert_eq!(fx.titles("IsInstalled=0"), all);
     assert_eq!(std::fs::read(fx.index()).unwrap(), text);
 }
