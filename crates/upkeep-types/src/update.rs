@@ -527,8 +527,8 @@ impl Update {
         Update::signed(metadata, content, eula_file, bootstrapper, None, state)
     }
 
-    /// [`Update::new`] for an update of the update service `service` (what
-    /// [`Update::in_service`] does afterwards, without moving the record again).
+    /// [`Update::new`] for an update as found in the signed metadata of the update service
+    /// `service` (the catalog sets it; records installed from it keep it).
     pub fn signed(
         metadata: UpdateMetadata,
         content: Vec<ContentFile>,
@@ -578,39 +578,6 @@ impl Update {
             state,
             None,
         )
-    }
-
-    /// This update as found in the signed metadata of the update service `service` (the
-    /// catalog sets it; records installed from it keep it).
-    pub fn in_service(self, service: Arc<str>) -> Update {
-        match Arc::try_unwrap(self.0) {
-            Ok(inner) => {
-                let signed = match Arc::try_unwrap(inner.signed) {
-                    Ok(mut s) => {
-                        s.service = Some(service);
-                        s
-                    }
-                    Err(shared) => Signed {
-                        metadata: shared.metadata.clone(),
-                        content: shared.content.clone(),
-                        eula_file: shared.eula_file.clone(),
-                        bootstrapper: shared.bootstrapper.clone(),
-                        service: Some(service),
-                    },
-                };
-                Update::from_signed(Arc::new(signed), inner.state, inner.sink)
-            }
-            Err(shared) => {
-                let r = Update(shared).record();
-                Update::from_record(
-                    UpdateRecord {
-                        service: Some(service.to_string()),
-                        ..r
-                    },
-                    UpdateState::default(),
-                )
-            }
-        }
     }
 
     /// The name of the update service it came from (`None` for a record kept by an agent

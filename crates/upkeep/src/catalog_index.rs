@@ -134,20 +134,9 @@ pub(crate) fn finish(
     }
     // Tails and slots are made on up to four threads, in order; a slot's tail offset is
     // moved by the tails before its part once they are known.
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |t| t.get())
-        .clamp(1, 4);
-    let chunk = entries.len().div_ceil(threads).max(1);
     let written = &written;
-    let parts: Vec<std::io::Result<(Vec<u8>, Vec<u8>)>> = std::thread::scope(|sc| {
-        let hs: Vec<_> = entries
-            .chunks(chunk)
-            .zip(text_of.chunks(chunk))
-            .map(|(part, of)| sc.spawn(move || encode(part, of, written)))
-            .collect();
-        hs.into_iter()
-            .map(|h| h.join().expect("encoding a record does not panic"))
-            .collect()
+    let parts = in_parts(entries.len(), |r| {
+        encode(&entries[r.clone()], &text_of[r], written)
     });
     let mut table = Vec::with_capacity(entries.len() * SLOT);
     for part in parts {
@@ -496,28 +485,38 @@ impl Lazy {
     /// Every entry, in catalog order, parsed on up to four threads.
     pub(crate) fn all(&self) -> Vec<Update> {
         let n = self.slots.len();
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |t| t.get())
-            .min(4);
-        if threads < 2 || n < 1024 {
-            return (0..n).filter_map(|i| self.at(i).cloned()).collect();
-        }
-        let chunk = n.div_ceil(threads);
-        std::thread::scope(|sc| {
-            let hs: Vec<_> = (0..threads)
-                .map(|t| {
-                    sc.spawn(move || {
-                        (t * chunk..((t + 1) * chunk).min(n))
-                            .filter_map(|i| self.at(i).cloned())
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            hs.into_iter()
-                .flat_map(|h| h.join().expect("reading a record does not panic"))
-                .collect()
+        in_parts(n, |r| {
+            r.filter_map(|i| self.at(i).cloned()).collect::<Vec<_>>()
         })
+        .into_iter()
+        .flatten()
+        .collect()
     }
+}
+
+/// `f` over `0..n` cut into consecutive ranges, on up to four threads (one range below
+/// 1,024 items or on one core), the results in order.
+fn in_parts<R: Send>(n: usize, f: impl Fn(std::ops::Range<usize>) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |t| t.get())
+        .min(4);
+    if threads < 2 || n < 1024 {
+        return vec![f(0..n)];
+    }
+    let chunk = n.div_ceil(threads);
+    let f = &f;
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..n)
+            .step_by(chunk)
+            .map(|start| sc.spawn(move || f(start..(start + chunk).min(n))))
+            .collect();
+        hs.into_iter()
+            .map(|h| {
+                h.join()
+                    .expect("a part of the catalog index does not panic")
+            })
+            .collect()
+    })
 }
 
 #[cfg(test)]
