@@ -239,7 +239,10 @@ pub fn transfer(
             .with_style(current_style)
             .with_prefix("update"),
     );
-    let titles: Vec<String> = updates.iter().map(|u| u.title().to_string()).collect();
+    let titles: Vec<String> = updates
+        .iter()
+        .map(|u| crate::output::t(u.title()).into_owned())
+        .collect();
     let (o2, c2) = (overall.clone(), current.clone());
     let job = downloader
         .begin_download2(

@@ -77,7 +77,10 @@ pub(crate) fn run_job(
             .progress_chars("=> "),
     )
     .with_prefix(if uninstall { "uninstall" } else { "install" });
-    let titles: Vec<String> = updates.iter().map(|u| u.title().to_string()).collect();
+    let titles: Vec<String> = updates
+        .iter()
+        .map(|u| crate::output::t(u.title()).into_owned())
+        .collect();
     let b2 = bar.clone();
     let on_progress = move |_: &InstallationJob, a: &InstallationProgressChangedCallbackArgs| {
         let p = a.progress();
@@ -151,7 +154,7 @@ pub fn install(global: &Global, a: InstallArgs) -> Result<Exit, Exit> {
         } else if !u.eula_accepted() && !json {
             eprintln!(
                 "upkeep: {} has license terms; read them with `upkeep show {}` and install with --accept-eula",
-                u.title(),
+                crate::output::t(u.title()),
                 u.identity().update_id
             );
         }
@@ -332,10 +335,10 @@ pub fn history(global: &Global, limit: usize, json: bool) -> Result<Exit, Exit> 
                 h.date.strftime("%Y-%m-%d %H:%M:%S"),
                 h.operation.to_string(),
                 h.result_code.to_string(),
-                h.title
+                crate::output::t(&h.title)
             );
             if let Some(m) = &h.message {
-                println!("{:<57}{}", "", upkeep_install::escape_controls(m));
+                println!("{:<57}{}", "", crate::output::t(m));
             }
         }
         println!("{} of {total} entries", entries.len());
@@ -386,7 +389,7 @@ pub fn hide(
             println!(
                 "{} {}",
                 if hidden { "Hidden:" } else { "Shown:" },
-                u.title()
+                crate::output::t(u.title())
             );
         }
     }

@@ -171,9 +171,14 @@ impl<S: Subscriber> Layer<S> for Lines {
                     Level::INFO => 6,
                     _ => 7,
                 };
-                let fields: Vec<String> = f.rest.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                // One record, one line: a newline in a message would start a new entry.
-                let msg = f.message.replace('\n', "\\n");
+                let fields: Vec<String> = f
+                    .rest
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", crate::output::t(&v.to_string())))
+                    .collect();
+                // One record, one line: a newline in a message would start a new entry,
+                // an escape sequence would reach the terminal.
+                let msg = crate::output::t(&f.message);
                 format!(
                     "<{prio}>{}: {msg}{}{}",
                     meta.target(),

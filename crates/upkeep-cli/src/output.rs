@@ -11,6 +11,8 @@ pub fn update_json(u: &Update) -> Value {
         "revision": m.revision,
         "title": m.title,
         "description": m.description,
+        "release_notes": m.release_notes,
+        "more_info_urls": m.more_info_urls,
         "type": m.update_type,
         "severity": m.severity,
         "kb_article_ids": m.kb_article_ids,
@@ -157,7 +159,7 @@ pub fn print_search_filtered(r: &SearchResult, json: bool, filter: &Filter) {
         return;
     }
     for w in r.warnings() {
-        eprintln!("upkeep: warning: {} [{}]", w.message, w.hresult);
+        eprintln!("upkeep: warning: {} [{}]", t(&w.message), w.hresult);
     }
     if updates.is_empty() {
         println!("No updates match.");
@@ -223,7 +225,20 @@ pub fn print_search_filtered(r: &SearchResult, json: bool, filter: &Filter) {
     );
 }
 
+/// `s` as a terminal may show it: every control character of text from a record, a
+/// server or the state (titles, KB ids, categories, messages) written as an escape, so
+/// that it can neither drive the terminal nor forge a line. `--json` output stays exact.
+pub fn t(s: &str) -> std::borrow::Cow<'_, str> {
+    upkeep::text::escape_controls(s)
+}
+
+/// Prints a table; every cell is escaped with [`t`].
 pub fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
+    let rows: Vec<[String; N]> = rows
+        .iter()
+        .map(|r| r.clone().map(|c| t(&c).into_owned()))
+        .collect();
+    let rows = rows.as_slice();
     let mut widths = header.map(|h| h.chars().count());
     for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -259,11 +274,11 @@ pub fn print_update(u: &Update, json: bool) {
     let m = u.metadata();
     let b = &m.installation_behavior;
     let yes = |v: bool| if v { "yes" } else { "no" };
-    println!("{}", m.title);
+    println!("{}", t(&m.title));
     println!("  id:               {}", m.id);
     println!("  revision:         {}", m.revision);
     if let Some(svc) = u.service() {
-        println!("  service:          {svc}");
+        println!("  service:          {}", t(svc));
     }
     match u.installed_revision() {
         Some(r) if r == m.revision => println!("  installed:        yes"),
@@ -280,25 +295,21 @@ pub fn print_update(u: &Update, json: bool) {
     }
     match u.not_applicable_reason() {
         None => println!("  applies:          yes"),
-        Some(why) => println!("  applies:          no: {why}"),
+        Some(why) => println!("  applies:          no: {}", t(why)),
     }
     for c in u.applicability_checks() {
-        println!(
-            "    {} {}",
-            if c.holds { "yes" } else { "no " },
-            upkeep_install::escape_controls(&c.rule)
-        );
+        println!("    {} {}", if c.holds { "yes" } else { "no " }, t(&c.rule));
     }
     println!("  type:             {}", m.update_type);
     if !m.severity.is_empty() {
-        println!("  severity:         {}", m.severity);
+        println!("  severity:         {}", t(&m.severity));
     }
     if !m.kb_article_ids.is_empty() {
         println!(
             "  KB articles:      {}",
             m.kb_article_ids
                 .iter()
-                .map(|k| format!("KB{k}"))
+                .map(|k| format!("KB{}", t(k)))
                 .collect::<Vec<_>>()
                 .join(", ")
         );
@@ -308,7 +319,7 @@ pub fn print_update(u: &Update, json: bool) {
             "  categories:       {}",
             m.categories
                 .iter()
-                .map(|c| c.name.as_str())
+                .map(|c| t(&c.name))
                 .collect::<Vec<_>>()
                 .join(", ")
         );
@@ -349,12 +360,20 @@ pub fn print_update(u: &Update, json: bool) {
     }
     println!("  download size:    {}", human_bytes(u.max_download_size()));
     for c in u.download_contents() {
-        println!("    {}  {}", c.path, human_bytes(c.length));
+        println!("    {}  {}", t(&c.path), human_bytes(c.length));
     }
     println!("  hidden:           {}", yes(u.is_hidden()));
+    for u in &m.more_info_urls {
+        println!("  more info:        {}", t(u));
+    }
     if !m.description.is_empty() {
         println!();
-        println!("{}", m.description);
+        println!("{}", upkeep::text::escape_text(&m.description));
+    }
+    if !m.release_notes.is_empty() {
+        println!();
+        println!("Release notes:");
+        println!("{}", upkeep::text::escape_text(&m.release_notes));
     }
 }
 
@@ -424,9 +443,9 @@ pub fn print_results(
             Some((per, _)) if per[i] => " (restart required)",
             _ => "",
         };
-        println!("{:<20} {}{extra}{restart}", c.to_string(), u.title());
+        println!("{:<20} {}{extra}{restart}", c.to_string(), t(u.title()));
         if !message.is_empty() {
-            println!("{:<20}   {}", "", upkeep_install::escape_controls(message));
+            println!("{:<20}   {}", "", t(message));
         }
     }
     let restart = match reboot {

@@ -251,9 +251,12 @@ pub struct AddArgs {
     /// Revision number.
     #[arg(long, default_value_t = 1)]
     revision: u32,
-    /// Description.
+    /// Description; may have several lines (the record carries them as a list of lines).
     #[arg(long, default_value = "")]
     description: String,
+    /// Release notes (WUA's ReleaseNotes); may have several lines.
+    #[arg(long, default_value = "")]
+    release_notes: String,
     /// KB article id (repeatable).
     #[arg(long = "kb")]
     kb: Vec<String>,
@@ -439,6 +442,7 @@ impl AddArgs {
         let mut m = UpdateMetadata::new(id, title, "placeholder");
         m.revision = self.revision;
         m.description = self.description.clone();
+        m.release_notes = self.release_notes.clone();
         m.kb_article_ids = self.kb.clone();
         m.categories = self.categories.clone();
         m.update_type = UpdateType::from_name(&self.update_type).unwrap_or_default();
@@ -747,7 +751,8 @@ pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
                 eprintln!("upkeep: warning: {w}");
             }
             println!(
-                "Added {id} \"{title}\"; the repository has {} update(s)",
+                "Added {id} \"{}\"; the repository has {} update(s)",
+                crate::output::t(&title),
                 report.updates
             );
             Ok(Exit::Success)
@@ -764,9 +769,12 @@ pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"id": id, "updates": report.updates, "roles": roles_json(&report.roles)})
+                    serde_json::json!({"id": id, "updates": report.updates, "roles": roles_json(&report.roles), "warnings": report.warnings})
                 );
                 return Ok(Exit::Success);
+            }
+            for w in &report.warnings {
+                eprintln!("upkeep: warning: {w}");
             }
             println!(
                 "Removed {id}; the repository has {} update(s)",
@@ -790,9 +798,12 @@ pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"updates": report.updates, "roles": roles_json(&report.roles)})
+                    serde_json::json!({"updates": report.updates, "roles": roles_json(&report.roles), "warnings": report.warnings})
                 );
                 return Ok(Exit::Success);
+            }
+            for w in &report.warnings {
+                eprintln!("upkeep: warning: {w}");
             }
             for (role, v) in &report.roles {
                 println!("  {role} v{v}");
@@ -976,7 +987,7 @@ pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
                 return Ok(Exit::Success);
             }
             for (id, m) in updates {
-                println!("{id}  r{}  {}", m.revision, m.title);
+                println!("{id}  r{}  {}", m.revision, crate::output::t(&m.title));
             }
             Ok(Exit::Success)
         }

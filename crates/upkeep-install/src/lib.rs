@@ -73,20 +73,9 @@ impl InstallError {
 
 /// `s` with control characters (newlines, escape sequences) written as escapes, for
 /// messages that name what an archive or a command supplied: a name cannot forge log lines
-/// or drive a terminal.
+/// or drive a terminal. One rule for every crate: [`upkeep_types::text::escape_controls`].
 pub fn escape_controls(s: &str) -> String {
-    if !s.chars().any(char::is_control) {
-        return s.to_string();
-    }
-    s.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    upkeep_types::text::escape_controls(s).into_owned()
 }
 
 /// Progress and cancellation for one operation: what the install engine reports to and

@@ -1145,7 +1145,7 @@ fn control_characters_in_archive_names_are_escaped_in_errors() {
         e.message
     );
     assert!(
-        e.message.contains("\\nWARN forged line\\u{1b}"),
+        e.message.contains("\\nWARN forged line\\e[31m"),
         "{}",
         e.message
     );

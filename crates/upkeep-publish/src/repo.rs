@@ -311,6 +311,11 @@ struct Current {
     snapshot_version: u64,
     targets: Targets,
     bins: BTreeMap<String, Targets>,
+    /// Targets roles that were unreadable as written (raw control characters, from an
+    /// earlier publisher) and were read leniently and repaired: they are signed again.
+    repaired: std::collections::BTreeSet<String>,
+    /// What the repair changed, for the report.
+    repairs: Vec<String>,
 }
 
 impl Repository {
@@ -793,12 +798,22 @@ impl Repository {
             .get("targets.json")
             .ok_or_else(|| repo_err(&self.metadata_dir(), "snapshot does not list targets"))?
             .version;
-        let targets: Targets = self.read_meta(&format!("{tv}.targets.json"))?;
+        let mut repaired = std::collections::BTreeSet::new();
+        let mut repairs = Vec::new();
+        let mut read_targets = |file: &str, role: &str| -> Result<Targets, PublishError> {
+            let (mut t, lenient) = self.read_targets(file)?;
+            if lenient {
+                repair_records(&mut t, &mut repairs);
+                repaired.insert(role.to_string());
+            }
+            Ok(t)
+        };
+        let targets = read_targets(&format!("{tv}.targets.json"), "targets")?;
         let mut bins = BTreeMap::new();
         for (name, info) in &snap.meta {
             if let Some(role) = name.strip_suffix(".json") {
                 if role != "targets" {
-                    let t: Targets = self.read_meta(&format!("{}.{name}", info.version))?;
+                    let t = read_targets(&format!("{}.{name}", info.version), role)?;
                     bins.insert(role.to_string(), t);
                 }
             }
@@ -808,7 +823,28 @@ impl Repository {
             snapshot_version: snap_v,
             targets,
             bins,
+            repaired,
+            repairs,
         })
+    }
+
+    /// A targets role of this repository; one that only raw control characters in its
+    /// strings make unreadable (an earlier publisher wrote them) is read with those
+    /// characters taken as escaped, and `true` says so. Its signature is not checked:
+    /// these are the publisher's own files, about to be signed again.
+    fn read_targets(&self, name: &str) -> Result<(Targets, bool), PublishError> {
+        let path = self.metadata_dir().join(name);
+        let data = std::fs::read(&path).map_err(|e| io(&path, e))?;
+        match metadata::parse::<Targets>(name, &data) {
+            Ok(env) => Ok((env.signed, false)),
+            Err(e) => {
+                let escaped =
+                    escape_raw_controls(&data).ok_or_else(|| repo_err(&path, e.to_string()))?;
+                let env = metadata::parse::<Targets>(name, &escaped)
+                    .map_err(|_| repo_err(&path, e.to_string()))?;
+                Ok((env.signed, true))
+            }
+        }
     }
 
     /// Every target currently published.
@@ -846,9 +882,14 @@ impl Repository {
     /// replaced with other content.
     pub fn add_updates_with(
         &mut self,
-        updates: Vec<NewUpdate>,
+        mut updates: Vec<NewUpdate>,
         force: bool,
     ) -> Result<PublishReport, PublishError> {
+        for u in &mut updates {
+            let m = &mut u.metadata;
+            m.description = upkeep_types::text::normalize_newlines(&m.description);
+            m.release_notes = upkeep_types::text::normalize_newlines(&m.release_notes);
+        }
         self.check_keys(false)?;
         let cur = self.current()?;
         let mut targets = self.targets()?;
@@ -856,6 +897,9 @@ impl Repository {
         let mut warnings = Vec::new();
         for u in &updates {
             let m = &u.metadata;
+            // Everything a record will say is checked before any content is written.
+            m.validate_text()
+                .map_err(|e| PublishError::Invalid(e.to_string()))?;
             m.applicability.validate().map_err(|(field, why)| {
                 PublishError::Invalid(format!("update {}: {field}: {why}", m.id))
             })?;
@@ -917,7 +961,7 @@ impl Repository {
             }
         }
         let mut report = self.commit(Some(&cur), targets, false)?;
-        report.warnings = warnings;
+        report.warnings.extend(warnings);
         Ok(report)
     }
 
@@ -1055,6 +1099,7 @@ impl Repository {
         let mut report = PublishReport {
             targets: targets.len(),
             updates: targets.values().filter(|t| record_of(t).is_some()).count(),
+            warnings: cur.map(|c| c.repairs.clone()).unwrap_or_default(),
             ..Default::default()
         };
         let mut snapshot_meta = BTreeMap::new();
@@ -1115,11 +1160,13 @@ impl Repository {
                     c.bins.get(&name)
                 }
             });
-            let unchanged = old.is_some_and(|o| {
-                o.targets == content
-                    && delegations_equal(o.delegations.as_ref(), delegations.as_ref())
-                    && !self.due("targets", &o.common.expires)
-            });
+            let repaired = cur.is_some_and(|c| c.repaired.contains(&name));
+            let unchanged = !repaired
+                && old.is_some_and(|o| {
+                    o.targets == content
+                        && delegations_equal(o.delegations.as_ref(), delegations.as_ref())
+                        && !self.due("targets", &o.common.expires)
+                });
             if unchanged && !renew {
                 let v = old.expect("unchanged implies old").common.version;
                 snapshot_meta.insert(format!("{name}.json"), meta_version(v));
@@ -1382,6 +1429,86 @@ fn meta_version(version: u64) -> MetaFile {
 }
 
 /// The update id of a path under `updates/<id>/…`.
+/// `data` with every raw control character inside a JSON string written as a `\u00XX`
+/// escape, or `None` when it has none there (so escaping cannot be what makes it readable).
+fn escape_raw_controls(data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(data.len() + 64);
+    let (mut in_string, mut escaped, mut changed) = (false, false, false);
+    for &b in data {
+        if in_string && b < 0x20 {
+            out.extend_from_slice(format!("\\u{b:04x}").as_bytes());
+            changed = true;
+            escaped = false;
+            continue;
+        }
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        }
+        out.push(b);
+    }
+    changed.then_some(out)
+}
+
+/// Rewrites every update record of `t` that canonical JSON cannot carry: a multi-line
+/// description or release notes become lines (`\r\n` as `\n`), any other control
+/// character a space. Each record changed is named in `repairs`.
+fn repair_records(t: &mut Targets, repairs: &mut Vec<String>) {
+    use upkeep_types::text::{first_control, normalize_newlines};
+    let one_line = |s: &mut String| {
+        if first_control(s).is_some() {
+            *s = s
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+        }
+    };
+    let text = |s: &mut String| {
+        let n = normalize_newlines(s);
+        *s = n
+            .split('\n')
+            .map(|l| {
+                l.chars()
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .collect::<String>()
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+    };
+    for (path, info) in t.targets.iter_mut() {
+        let Some(custom) = info.custom.as_ref() else {
+            continue;
+        };
+        if upkeep_tuf::canonical::to_canonical(custom).is_ok() {
+            continue;
+        }
+        let Some(mut m) = record_of(info) else {
+            continue; // not ours to rewrite; signing reports it
+        };
+        one_line(&mut m.title);
+        one_line(&mut m.severity);
+        m.kb_article_ids.iter_mut().for_each(one_line);
+        m.categories.iter_mut().for_each(|c| one_line(&mut c.name));
+        m.more_info_urls.iter_mut().for_each(one_line);
+        text(&mut m.description);
+        text(&mut m.release_notes);
+        let mut value = custom.to_value();
+        value["upkeep"] = serde_json::to_value(&m).expect("a record serialises");
+        info.custom = Some(metadata::Custom::from_value(&value));
+        repairs.push(format!(
+            "target {path}: update {} held control characters that made its role unreadable; rewritten (multi-line text as lines, other control characters as spaces)",
+            m.id
+        ));
+    }
+}
+
 fn update_id_of(path: &str) -> Option<&str> {
     path.strip_prefix("updates/")?.split('/').next()
 }

@@ -56,6 +56,10 @@ pub struct RepoSim {
     pub artifacts: BTreeMap<String, Vec<u8>>,
     /// The bytes of root version 1, for clients to trust.
     pub initial_root: Vec<u8>,
+    /// Sign every role over plain `serde_json` bytes instead of canonical JSON: a
+    /// non-canonical encoder, which writes control characters as escapes (`\u001b`), as a
+    /// careless or hostile publisher may. Clients verify the bytes as received.
+    pub plain_json: bool,
 }
 
 impl Default for RepoSim {
@@ -128,6 +132,7 @@ impl RepoSim {
             delegated: BTreeMap::new(),
             artifacts: BTreeMap::new(),
             initial_root: Vec::new(),
+            plain_json: false,
         };
         sim.initial_root = sim.write_root();
         sim.publish();
@@ -162,6 +167,10 @@ impl RepoSim {
             .get(role)
             .map(|v| v.iter().collect())
             .unwrap_or_default();
+        if self.plain_json {
+            let bytes = serde_json::to_vec(payload).expect("serialise");
+            return metadata::sign_bytes(bytes, &keys).expect("sign");
+        }
         metadata::sign(payload, &keys).expect("sign")
     }
 

@@ -850,7 +850,12 @@ fn count_valid(
 /// Serialises a payload and signs it with `keys`, producing canonical metadata bytes
 /// (so clients can verify them without re-serialising).
 pub fn sign<T: Serialize>(signed: &T, keys: &[&SigningKey]) -> Result<Vec<u8>, String> {
-    let payload = to_canonical(signed)?;
+    sign_bytes(to_canonical(signed)?, keys)
+}
+
+/// Signs `payload` as it is — the `signed` member of the envelope, byte for byte — with
+/// `keys`. [`sign`] passes canonical JSON; tests pass what other encoders write.
+pub fn sign_bytes(payload: Vec<u8>, keys: &[&SigningKey]) -> Result<Vec<u8>, String> {
     let signatures: Vec<Signature> = keys
         .iter()
         .map(|k| Signature {

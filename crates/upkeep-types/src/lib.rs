@@ -10,6 +10,7 @@ pub mod applicability;
 mod enums;
 mod hashes;
 mod hresult;
+pub mod text;
 mod update;
 
 pub use applicability::{Applicability, FileRule, Machine, OsRule, RuleCheck};

@@ -138,9 +138,17 @@ pub struct UpdateMetadata {
     pub revision: u32,
     /// Short title.
     pub title: String,
-    /// Longer description.
-    #[serde(default)]
+    /// Longer description; several lines are a JSON array of lines in the record (see
+    /// [`crate::text`]).
+    #[serde(default, with = "crate::text::multiline")]
     pub description: String,
+    /// Release notes (WUA's `ReleaseNotes`), multi-line as `description` is.
+    #[serde(
+        default,
+        with = "crate::text::multiline",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub release_notes: String,
     /// Knowledge-base article ids, without a "KB" prefix.
     #[serde(default)]
     pub kb_article_ids: Vec<String>,
@@ -247,6 +255,7 @@ impl UpdateMetadata {
             revision: 1,
             title: title.into(),
             description: String::new(),
+            release_notes: String::new(),
             kb_article_ids: Vec::new(),
             categories: Vec::new(),
             update_type: UpdateType::Software,
@@ -371,6 +380,58 @@ impl UpdateMetadata {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Every text field as canonical JSON can carry it (see [`crate::text`]): one-line
+    /// fields free of control characters, multi-line ones free of them within each line.
+    /// The publisher checks it before writing anything; agents do not refuse a record for
+    /// it (a non-canonical signer can escape control characters) and escape them instead
+    /// wherever they print text.
+    pub fn validate_text(&self) -> Result<(), MetadataError> {
+        use crate::text::{check_line, check_text};
+        let err = |field: &'static str, reason: String| MetadataError {
+            id: self.id.to_string(),
+            field,
+            reason,
+        };
+        let mut one_line: Vec<(&'static str, &str)> =
+            vec![("title", &self.title), ("severity", &self.severity)];
+        one_line.extend(
+            self.kb_article_ids
+                .iter()
+                .map(|k| ("kb_article_ids", k.as_str())),
+        );
+        one_line.extend(
+            self.categories
+                .iter()
+                .map(|c| ("categories.name", c.name.as_str())),
+        );
+        one_line.extend(
+            self.more_info_urls
+                .iter()
+                .map(|u| ("more_info_urls", u.as_str())),
+        );
+        one_line.extend(self.setid_paths.iter().map(|p| ("setid_paths", p.as_str())));
+        if let Handler::Command {
+            arguments,
+            uninstall_arguments,
+            ..
+        } = &self.handler
+        {
+            one_line.extend(arguments.iter().map(|a| ("handler.arguments", a.as_str())));
+            one_line.extend(
+                uninstall_arguments
+                    .iter()
+                    .flatten()
+                    .map(|a| ("handler.uninstall_arguments", a.as_str())),
+            );
+        }
+        for (field, s) in one_line {
+            check_line(s).map_err(|why| err(field, format!("{s:?} {why}")))?;
+        }
+        check_text(&self.description).map_err(|why| err("description", why))?;
+        check_text(&self.release_notes).map_err(|why| err("release_notes", why))?;
         Ok(())
     }
 
@@ -684,6 +745,10 @@ impl Update {
     /// `Description`.
     pub fn description(&self) -> &str {
         &self.0.signed.metadata.description
+    }
+    /// `ReleaseNotes` (empty when the record has none).
+    pub fn release_notes(&self) -> &str {
+        &self.0.signed.metadata.release_notes
     }
     /// `Identity`.
     pub fn identity(&self) -> UpdateIdentity {
