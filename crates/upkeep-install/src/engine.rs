@@ -300,13 +300,22 @@ impl<'a> Engine<'a> {
                 });
             }
         }
-        // Supersedence, followed through what the installed records say.
+        // Supersedence, followed through what the installed records of the same service
+        // say: an update supersedes only updates of its own service (one service cannot
+        // sign for another's), so a claim on another service's installed update is refused.
+        let service = record.service_name();
+        let service_of = |i: &Installed| {
+            i.record
+                .as_ref()
+                .map_or(upkeep_types::DEFAULT_SERVICE, |r| r.service_name())
+                .to_string()
+        };
         let mut sup: HashSet<String> = req.supersedes.iter().cloned().collect();
         sup.extend(m.supersedes.iter().map(|u| u.to_string()));
         loop {
             let more: Vec<String> = installed
                 .iter()
-                .filter(|i| sup.contains(&i.update_id))
+                .filter(|i| sup.contains(&i.update_id) && service_of(i) == service)
                 .filter_map(|i| i.record.as_ref())
                 .flat_map(|r| r.metadata.supersedes.iter().map(|u| u.to_string()))
                 .filter(|u| !sup.contains(u))
@@ -321,6 +330,17 @@ impl<'a> Engine<'a> {
             .iter()
             .filter(|i| i.update_id != id && sup.contains(&i.update_id))
             .collect();
+        if let Some(other) = replaced.iter().find(|i| service_of(i) != service) {
+            return Err(InstallError::new(
+                HResult::WU_E_NOT_APPLICABLE,
+                format!(
+                    "{what} from service {service} supersedes update {} ({}), which is installed from service {}; an update may supersede only updates of its own service",
+                    other.update_id,
+                    crate::escape_controls(&other.title),
+                    service_of(other)
+                ),
+            ));
+        }
 
         // Checks that need no I/O on the root.
         if m.eula.is_some() && !req.eula_accepted {

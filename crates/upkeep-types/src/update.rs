@@ -519,6 +519,17 @@ pub struct UpdateRecord {
     pub service: Option<String>,
 }
 
+/// The name of the update service that the `repository` setting configures; records
+/// without a service name come from it.
+pub const DEFAULT_SERVICE: &str = "default";
+
+impl UpdateRecord {
+    /// The update service it comes from ([`DEFAULT_SERVICE`] when the record names none).
+    pub fn service_name(&self) -> &str {
+        self.service.as_deref().unwrap_or(DEFAULT_SERVICE)
+    }
+}
+
 /// A failure of a state change requested through an update (`accept_eula`,
 /// `set_is_hidden`), with its WUA code.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

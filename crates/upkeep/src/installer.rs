@@ -648,16 +648,20 @@ fn applicability_now(
     Ok((None, v.detected_installed))
 }
 
-/// The ids `u` supersedes, followed through every update the session's catalog knows.
-fn supersedence_closure(
-    graph: &std::collections::HashMap<uuid::Uuid, Vec<uuid::Uuid>>,
-    u: &Update,
-) -> Vec<String> {
+/// Who supersedes whom in the session's catalog: id → its service and the ids it supersedes.
+pub(crate) type Supersedence =
+    std::collections::HashMap<uuid::Uuid, (String, Vec<uuid::Uuid>)>;
+
+/// The ids `u` supersedes, followed through the updates of its own service that the
+/// session's catalog knows (another service's claims are not followed; the install engine
+/// refuses a claim on another service's installed update).
+fn supersedence_closure(graph: &Supersedence, u: &Update) -> Vec<String> {
+    let service = u.service().unwrap_or(crate::DEFAULT_SERVICE);
     let mut seen: std::collections::HashSet<uuid::Uuid> = std::collections::HashSet::new();
     let mut todo: Vec<uuid::Uuid> = u.superseded_update_ids().to_vec();
     while let Some(id) = todo.pop() {
         if seen.insert(id) {
-            if let Some(next) = graph.get(&id) {
+            if let Some((_, next)) = graph.get(&id).filter(|(s, _)| s == service) {
                 todo.extend(next.iter().copied());
             }
         }

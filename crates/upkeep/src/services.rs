@@ -21,8 +21,8 @@ use upkeep_types::HResult;
 use crate::config::ResolvedConfig;
 use crate::error::{Error, Result};
 
-/// The name of the service the `repository` setting defines.
-pub const DEFAULT_SERVICE: &str = "default";
+/// The service that the `repository` setting configures.
+pub use upkeep_types::DEFAULT_SERVICE;
 
 /// Where a service is defined.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

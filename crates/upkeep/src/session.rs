@@ -921,9 +921,9 @@ impl UpdateSession {
         cache.as_ref().and_then(|(_, cat)| cat.get(id).cloned())
     }
 
-    /// Who supersedes whom, as the catalog in memory knows it (no refresh): id → the ids
-    /// it supersedes.
-    pub(crate) fn supersedence(&self) -> std::collections::HashMap<uuid::Uuid, Vec<uuid::Uuid>> {
+    /// Who supersedes whom, as the catalog in memory knows it (no refresh): id → its
+    /// service and the ids it supersedes.
+    pub(crate) fn supersedence(&self) -> crate::installer::Supersedence {
         let cache = self.inner.merged.lock().expect("not poisoned");
         cache
             .as_ref()
@@ -931,7 +931,15 @@ impl UpdateSession {
                 cat.entries()
                     .iter()
                     .filter(|u| !u.superseded_update_ids().is_empty())
-                    .map(|u| (u.identity().update_id, u.superseded_update_ids().to_vec()))
+                    .map(|u| {
+                        (
+                            u.identity().update_id,
+                            (
+                                u.service().unwrap_or(crate::DEFAULT_SERVICE).to_string(),
+                                u.superseded_update_ids().to_vec(),
+                            ),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -1510,7 +1518,8 @@ impl UpdateSearcher {
         // Who is superseded — by an installed update, or by one in the result — is
         // gathered while each update is at hand; the result keeps each one's id and
         // whether it is installed beside it, so the filter below touches no update again.
-        let mut superseded: HashSet<uuid::Uuid> = HashSet::new();
+        // An update supersedes only updates of its own service.
+        let mut superseded: HashSet<(String, uuid::Uuid)> = HashSet::new();
         let mut updates: Vec<(uuid::Uuid, bool, Update)> = Vec::new();
         let mut seen: HashSet<uuid::Uuid> = HashSet::new();
         let include_superseded = self.include_superseded;
@@ -1522,7 +1531,12 @@ impl UpdateSearcher {
             let installed = u.is_installed();
             let matches = criteria.matches(&u);
             if !include_superseded && (installed || matches) {
-                superseded.extend(u.superseded_update_ids().iter().copied());
+                let service = u.service().unwrap_or(crate::DEFAULT_SERVICE);
+                superseded.extend(
+                    u.superseded_update_ids()
+                        .iter()
+                        .map(|id| (service.to_string(), *id)),
+                );
             }
             if matches {
                 updates.push((u.identity().update_id, installed, u));
@@ -1599,7 +1613,13 @@ impl UpdateSearcher {
         if !superseded.is_empty() {
             // Updates not installed that another update in the result, or an installed
             // one, supersedes. Installed updates stay in view.
-            updates.retain(|(id, installed, _)| *installed || !superseded.contains(id));
+            updates.retain(|(id, installed, u)| {
+                *installed
+                    || !superseded.contains(&(
+                        u.service().unwrap_or(crate::DEFAULT_SERVICE).to_string(),
+                        *id,
+                    ))
+            });
         }
         Ok((
             SearchResult {

@@ -411,3 +411,78 @@ fn a_hostile_bundle_is_refused_and_leaves_nothing() {
     }
     assert!(!two.dir.path().join("outside").exists());
 }
+
+#[test]
+fn one_service_cannot_supersede_or_take_over_another_services_update() {
+    let mut two = Two::new();
+    // Internal, with its own keys, publishes an update that claims to supersede the
+    // vendor's tool and writes the vendor tool's path.
+    let mut y = RepoSim::update(3, "Internal takeover");
+    y.supersedes = vec![Uuid::from_u128(1)];
+    two.internal.add_update(
+        "targets",
+        y,
+        &tar_zst(&[("opt/vendor/u1", b"internal's bytes")]),
+    );
+    two.internal.publish();
+    let s = two.session();
+    // Not installed, the vendor's tool is not hidden by another service's claim.
+    let r = s.create_update_searcher().search("IsInstalled=0").unwrap();
+    let t = titles(&r);
+    assert!(
+        t.contains(&("Vendor tool".into(), "default".into()))
+            && t.contains(&("Internal takeover".into(), "internal".into())),
+        "{t:?}"
+    );
+    let pick = |title: &str| -> UpdateCollection {
+        r.updates()
+            .iter()
+            .filter(|u| u.title() == title)
+            .cloned()
+            .collect()
+    };
+    let (x, y) = (pick("Vendor tool"), pick("Internal takeover"));
+    for c in [&x, &y] {
+        let mut d = s.create_update_downloader();
+        d.set_updates(c.clone());
+        d.download().unwrap();
+    }
+    let mut i = s.create_update_installer();
+    i.set_updates(x);
+    assert_eq!(i.install().unwrap().result_code(), OperationResultCode::Succeeded);
+    let state_before = std::fs::read(two.dir.path().join("root/opt/vendor/u1")).unwrap();
+
+    // Installing the other service's update is refused before any change, naming both.
+    let mut i = s.create_update_installer();
+    i.set_updates(y);
+    let res = i.install().unwrap();
+    let u = res.update_result(0).unwrap();
+    assert_eq!(u.hresult(), HResult::WU_E_NOT_APPLICABLE);
+    let msg = u.message().unwrap();
+    for part in [
+        &Uuid::from_u128(3).to_string(),
+        "service internal",
+        &Uuid::from_u128(1).to_string(),
+        "Vendor tool",
+        "service default",
+    ] {
+        assert!(msg.contains(part), "{part} missing from: {msg}");
+    }
+    assert_eq!(
+        std::fs::read(two.dir.path().join("root/opt/vendor/u1")).unwrap(),
+        state_before
+    );
+    // The vendor's tool is still installed and shown; the other is not installed.
+    let installed = s.create_update_searcher().search("IsInstalled=1").unwrap();
+    assert_eq!(
+        titles(&installed),
+        [("Vendor tool".to_string(), "default".to_string())]
+    );
+    let installed: Vec<String> = s
+        .installed_updates()
+        .unwrap()
+        .into_iter()
+        .map(|i| i.update_id)
+        .collect();
+    assert_eq!(installed, [Uuid::from_u128(1).to_string()]);
+}
