@@ -928,7 +928,7 @@ pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
             json,
         } => {
             let fail = fail_as(json);
-            let repo = Repository::open(&dir).map_err(&fail)?;
+            let mut repo = Repository::open(&dir).map_err(&fail)?;
             let updates = repo.updates().map_err(&fail)?;
             let ids: std::collections::BTreeSet<uuid::Uuid> = match &criteria {
                 None => updates.keys().copied().collect(),
@@ -963,14 +963,20 @@ pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
                     eprintln!("upkeep: warning: {w}");
                 }
                 println!(
-                    "Wrote {}: {} update(s), {} file(s), {}; valid until {}. On a device: upkeep service add NAME {} --trusted-root ROOT.json",
+                    "Wrote {}: {} update(s), {} file(s), {}; version {}, valid until {}. On a device: upkeep service add NAME {} --trusted-root ROOT.json (a later bundle: upkeep service update NAME FILE)",
                     out.display(),
                     r.updates,
                     r.files,
                     crate::output::human_bytes(r.bytes),
+                    r.version,
                     r.expires,
                     out.display()
                 );
+                if let Some((_, v)) = r.published.iter().find(|(role, _)| role == "timestamp") {
+                    println!(
+                        "The repository was published again (timestamp v{v}), past the bundle: devices that used it go back online without a rollback."
+                    );
+                }
             }
             Ok(Exit::Success)
         }

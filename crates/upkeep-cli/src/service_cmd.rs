@@ -1,4 +1,4 @@
-//! `upkeep service add|remove|list`: the update services this machine takes updates from
+//! `upkeep service add|update|remove|list`: the update services this machine takes updates from
 //! (WUA's `IUpdateServiceManager`).
 
 use std::path::PathBuf;
@@ -38,6 +38,16 @@ pub enum ServiceCommand {
         /// The service's initially trusted root metadata (checked to be self-signed).
         #[arg(long, value_name = "FILE")]
         trusted_root: PathBuf,
+        #[command(flatten)]
+        here: Here,
+    },
+    /// Replace the offline bundle of a service added from one with a newer bundle, keeping
+    /// the service's trust (a bundle older than what it trusts is refused).
+    Update {
+        /// Its name.
+        name: String,
+        /// The newer bundle (`upkeep repo bundle`).
+        bundle: PathBuf,
         #[command(flatten)]
         here: Here,
     },
@@ -97,6 +107,21 @@ pub fn run(global: &Global, cmd: ServiceCommand) -> Result<Exit, Exit> {
                     "Added service {} ({}); `upkeep search` now covers it.",
                     s.name,
                     s.url.as_deref().unwrap_or("-")
+                );
+            }
+        }
+        ServiceCommand::Update { name, bundle, here } => {
+            let m = manager(global, &here)?;
+            let s = m
+                .update_service(&name, &bundle)
+                .map_err(|e| Exit::from_error(&e, here.json))?;
+            if here.json {
+                println!("{}", service_json(&s));
+            } else {
+                println!(
+                    "Updated service {} from {}; `upkeep search` now uses it.",
+                    s.name,
+                    bundle.display()
                 );
             }
         }

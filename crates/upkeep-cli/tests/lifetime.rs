@@ -521,5 +521,11 @@ fn an_offline_bundle_installs_60_days_later_with_no_server() {
     ));
     let late = device("late", day91, &["search", "--json"]);
     assert!(!late.status.success());
-    assert!(String::from_utf8_lossy(&late.stderr).contains("Expired"));
+    let e = String::from_utf8_lossy(&late.stdout).into_owned() + &String::from_utf8_lossy(&late.stderr);
+    assert!(e.contains("Expired"), "{e}");
+    // The error names the service and the fix.
+    assert!(
+        e.contains("service usb") && e.contains("upkeep service update usb FILE"),
+        "{e}"
+    );
 }

@@ -173,6 +173,32 @@ pub fn syncfs_fd(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// Swaps two entries of one filesystem atomically (`renameat2(RENAME_EXCHANGE)`): after
+/// a crash either both names hold what they held, or each the other's; then the directory
+/// is flushed. Both must exist.
+pub fn exchange(a: &Path, b: &Path) -> Result<(), PathError> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| at(p)(io::Error::from_raw_os_error(libc::EINVAL)))
+    };
+    let (ca, cb) = (c(a)?, c(b)?);
+    // SAFETY: renameat2 reads two NUL-terminated paths and has no memory effects.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r != 0 {
+        return Err(at(a)(io::Error::last_os_error()));
+    }
+    fsync_dir(a.parent().unwrap_or(Path::new(".")))
+}
+
 /// Bytes available to this process on the filesystem holding `dir`.
 pub fn free_space(dir: &Path) -> Result<u64, PathError> {
     use std::os::unix::ffi::OsStrExt;
@@ -290,6 +316,21 @@ impl Verifier {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn exchange_swaps_two_directories_and_names_what_is_missing() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        std::fs::create_dir(&a).unwrap();
+        std::fs::write(a.join("f"), b"old").unwrap();
+        std::fs::create_dir(&b).unwrap();
+        std::fs::write(b.join("f"), b"new").unwrap();
+        super::exchange(&a, &b).unwrap();
+        assert_eq!(std::fs::read(a.join("f")).unwrap(), b"new");
+        assert_eq!(std::fs::read(b.join("f")).unwrap(), b"old");
+        let e = super::exchange(&a, &d.path().join("missing")).unwrap_err();
+        assert!(e.to_string().contains("/a"), "{e}");
+    }
+
     use super::*;
 
     #[test]

@@ -299,6 +299,19 @@ enum RootPlan {
     /// Write the next version with the current keys; when the root key itself was
     /// replaced, the old one signs too (clients verify the new root with the old one).
     Rotate(Option<Box<SigningKey>>),
+    /// Leave it as it is (an offline bundle carries the published root versions).
+    Keep,
+}
+
+/// Where a commit writes its metadata.
+enum Out {
+    /// The repository's `metadata/`, with the configured lifetimes.
+    Repository,
+    /// An offline bundle's `metadata/` being assembled, every role valid for `expires_secs`.
+    Bundle {
+        metadata_dir: PathBuf,
+        expires_secs: u64,
+    },
 }
 
 /// The margin before expiry within which a role is renewed: a quarter of its lifetime.
@@ -306,6 +319,7 @@ fn margin(lifetime_secs: u64) -> jiff::SignedDuration {
     jiff::SignedDuration::from_secs((lifetime_secs / 4) as i64)
 }
 
+#[derive(Clone)]
 struct Current {
     timestamp_version: u64,
     snapshot_version: u64,
@@ -723,7 +737,7 @@ impl Repository {
             "root" => RootPlan::Rotate(Some(Box::new(old))),
             _ => RootPlan::Rotate(None),
         };
-        self.commit_with(Some(&cur), targets, true, plan)
+        self.commit_with(Some(&cur), targets, true, plan, &Out::Repository)
     }
 
     /// Where `role`'s key lives: `keys/<role>.json`, or the offline directory when it is
@@ -1058,7 +1072,7 @@ impl Repository {
         targets: BTreeMap<String, TargetFile>,
         renew: bool,
     ) -> Result<PublishReport, PublishError> {
-        self.commit_with(cur, targets, renew, RootPlan::IfDue)
+        self.commit_with(cur, targets, renew, RootPlan::IfDue, &Out::Repository)
     }
 
     /// [`commit`](Self::commit), with what to do with the root. Every key it will need
@@ -1070,11 +1084,20 @@ impl Repository {
         targets: BTreeMap<String, TargetFile>,
         renew: bool,
         root_plan: RootPlan,
+        out: &Out,
     ) -> Result<PublishReport, PublishError> {
-        let md = self.metadata_dir();
+        let md = match out {
+            Out::Repository => self.metadata_dir(),
+            Out::Bundle { metadata_dir, .. } => metadata_dir.clone(),
+        };
+        let lifetime = |configured: u64| match out {
+            Out::Repository => configured,
+            Out::Bundle { expires_secs, .. } => *expires_secs,
+        };
         // The root: renewed when due, or rotated.
         let new_root = match (&root_plan, cur) {
             (_, None) => None, // `init` wrote version 1
+            (RootPlan::Keep, _) => None,
             (RootPlan::Rotate(old), Some(_)) => {
                 Some((self.root()?.common.version + 1, old.as_deref()))
             }
@@ -1174,7 +1197,7 @@ impl Repository {
             }
             let version = old.map_or(1, |o| o.common.version + 1);
             let t = Targets {
-                common: self.common("targets", version, self.config.targets_expiry_secs)?,
+                common: self.common("targets", version, lifetime(self.config.targets_expiry_secs))?,
                 targets: content,
                 delegations,
                 unrecognized: BTreeMap::new(),
@@ -1189,7 +1212,7 @@ impl Repository {
         }
         let snap_v = cur.map_or(1, |c| c.snapshot_version + 1);
         let snap = Snapshot {
-            common: self.common("snapshot", snap_v, self.config.snapshot_expiry_secs)?,
+            common: self.common("snapshot", snap_v, lifetime(self.config.snapshot_expiry_secs))?,
             meta: snapshot_meta,
             unrecognized: BTreeMap::new(),
         };
@@ -1197,8 +1220,12 @@ impl Repository {
         write_file(&md.join(format!("{snap_v}.snapshot.json")), &snap_bytes)?;
         report.roles.push(("snapshot".into(), snap_v));
         let ts_v = cur.map_or(1, |c| c.timestamp_version + 1);
-        let ts_bytes =
-            self.signed_timestamp(ts_v, snap_v, &snap_bytes, self.config.timestamp_expiry_secs)?;
+        let ts_bytes = self.signed_timestamp(
+            ts_v,
+            snap_v,
+            &snap_bytes,
+            lifetime(self.config.timestamp_expiry_secs),
+        )?;
         // The next root goes last before the timestamp: a client that sees it finds
         // metadata signed with its keys.
         if let Some((version, bytes)) = &new_root_bytes {
@@ -1249,22 +1276,29 @@ impl Repository {
     }
 
     /// Writes an offline bundle to `out` (a tar file): a self-contained TUF repository
-    /// signed with this repository's own keys — every root version, and a top-level
-    /// targets role listing the chosen updates' targets, a snapshot and a timestamp all
-    /// valid for `expires_secs` — with their content, so that a device with no network
-    /// verifies it exactly as it verifies the repository (no check is relaxed; only the
-    /// lifetimes are an offline medium's). Role versions are the Unix time of the bundle,
-    /// so a later bundle is always newer. Needs the targets, snapshot and timestamp keys.
-    /// `ids` must all be published (else `UnknownUpdate`); nothing is written on failure.
+    /// signed with this repository's own keys — every root version, and targets roles (in
+    /// this repository's layout) listing the chosen updates' targets, a snapshot and a
+    /// timestamp all valid for `expires_secs` — with their content, so that a device with
+    /// no network verifies it exactly as it verifies the repository (no check is relaxed;
+    /// only the lifetimes are an offline medium's).
+    ///
+    /// Versions: every role of the bundle is one version past what the repository served,
+    /// and the repository itself is published again two versions on, before the bundle is
+    /// written. So a bundle is newer than what devices held when it was made, older than
+    /// what the repository serves from then on (a device that used it goes back online
+    /// without a rollback), and each later bundle is newer than every earlier one; a stale
+    /// bundle given to a device that has seen newer metadata is refused as a rollback.
+    /// Needs the targets, snapshot and timestamp keys (and the bins key with hashed bins).
+    /// `ids` must all be published (else `UnknownUpdate`); nothing is written on failure
+    /// but the repository's own publish, which stands on its own.
     pub fn bundle(
-        &self,
+        &mut self,
         out: &Path,
         ids: &std::collections::BTreeSet<Uuid>,
         expires_secs: u64,
     ) -> Result<BundleReport, PublishError> {
-        for role in ["targets", "snapshot", "timestamp"] {
-            self.key(role)?;
-        }
+        self.check_keys(false)?;
+        let cur = self.current()?;
         let all = self.targets()?;
         let records: BTreeMap<Uuid, UpdateMetadata> = self
             .updates()?
@@ -1286,35 +1320,69 @@ impl Repository {
                 chosen.insert(p.clone(), t.clone());
             }
         }
-        let version = jiff::Timestamp::now().as_second().max(1) as u64;
-        let targets = Targets {
-            common: self.common("targets", version, expires_secs)?,
-            targets: chosen.clone(),
-            delegations: None,
-            unrecognized: BTreeMap::new(),
-        };
-        let targets_bytes = self.sign_role(&targets, "targets")?;
-        let mut snap_meta = BTreeMap::new();
-        snap_meta.insert("targets.json".to_string(), meta_version(version));
-        let snap = Snapshot {
-            common: self.common("snapshot", version, expires_secs)?,
-            meta: snap_meta,
-            unrecognized: BTreeMap::new(),
-        };
-        let snap_bytes = self.sign_role(&snap, "snapshot")?;
-        let ts_bytes = self.signed_timestamp(version, version, &snap_bytes, expires_secs)?;
+        // The repository moves two versions on first.
+        let mut skipped = cur.clone();
+        skipped.timestamp_version += 1;
+        skipped.snapshot_version += 1;
+        skipped.targets.common.version += 1;
+        for b in skipped.bins.values_mut() {
+            b.common.version += 1;
+        }
         let mut report = BundleReport {
             updates: records.len(),
-            expires: targets.common.expires.clone(),
+            published: self
+                .commit_with(Some(&skipped), all, true, RootPlan::IfDue, &Out::Repository)?
+                .roles,
             ..BundleReport::default()
         };
+        // The bundle's metadata, one version on, assembled beside the output.
+        let work = out.with_extension("tmp-bundle.d");
+        let _ = std::fs::remove_dir_all(&work);
+        let md = work.join("metadata");
+        std::fs::create_dir_all(&md).map_err(|e| io(&md, e))?;
+        let written = self.write_bundle(out, &work, &cur, chosen, expires_secs, &mut report);
+        let _ = std::fs::remove_dir_all(&work);
+        written?;
+        Ok(report)
+    }
+
+    fn write_bundle(
+        &mut self,
+        out: &Path,
+        work: &Path,
+        cur: &Current,
+        chosen: BTreeMap<String, TargetFile>,
+        expires_secs: u64,
+        report: &mut BundleReport,
+    ) -> Result<(), PublishError> {
+        let md = work.join("metadata");
+        let signed = self.commit_with(
+            Some(cur),
+            chosen.clone(),
+            true,
+            RootPlan::Keep,
+            &Out::Bundle {
+                metadata_dir: md.clone(),
+                expires_secs,
+            },
+        )?;
+        report.roles = signed.roles;
+        let ts: Timestamp = {
+            let data = std::fs::read(md.join("timestamp.json")).map_err(|e| io(&md, e))?;
+            metadata::parse::<Timestamp>("timestamp", &data)
+                .map_err(|e| repo_err(&md, e.to_string()))?
+                .signed
+        };
+        report.version = ts.common.version;
+        report.expires = ts.common.expires.clone();
         let root = self.root()?;
-        if root.common.expires < targets.common.expires {
+        if root.common.expires < report.expires {
             report.warnings.push(format!(
                 "the root expires {} — before the bundle ({}): devices refuse the bundle from then on (renew the root with `repo publish` first)",
-                root.common.expires, targets.common.expires
+                root.common.expires, report.expires
             ));
         }
+        let mtime = jiff::Timestamp::now().as_second().max(0) as u64;
         let tmp = out.with_extension("tmp-bundle");
         let written = (|| {
             let f = File::create(&tmp).map_err(|e| io(&tmp, e))?;
@@ -1323,7 +1391,7 @@ impl Repository {
                 let mut h = tar::Header::new_gnu();
                 h.set_mode(0o644);
                 h.set_size(data.len() as u64);
-                h.set_mtime(version);
+                h.set_mtime(mtime);
                 tar.append_data(&mut h, name, data)
                     .map_err(|e| io(&tmp, e))?;
                 report.files += 1;
@@ -1334,22 +1402,22 @@ impl Repository {
                 let name = format!("{v}.root.json");
                 let path = self.metadata_dir().join(&name);
                 let data = std::fs::read(&path).map_err(|e| io(&path, e))?;
-                add(&format!("metadata/{name}"), &data, &mut report)?;
+                add(&format!("metadata/{name}"), &data, report)?;
                 if v == root.common.version {
-                    add("metadata/root.json", &data, &mut report)?;
+                    add("metadata/root.json", &data, report)?;
                 }
             }
-            add(
-                &format!("metadata/{version}.targets.json"),
-                &targets_bytes,
-                &mut report,
-            )?;
-            add(
-                &format!("metadata/{version}.snapshot.json"),
-                &snap_bytes,
-                &mut report,
-            )?;
-            add("metadata/timestamp.json", &ts_bytes, &mut report)?;
+            let mut names: Vec<String> = std::fs::read_dir(&md)
+                .map_err(|e| io(&md, e))?
+                .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect::<Result<_, _>>()
+                .map_err(|e| io(&md, e))?;
+            names.sort();
+            for name in names {
+                let path = md.join(&name);
+                let data = std::fs::read(&path).map_err(|e| io(&path, e))?;
+                add(&format!("metadata/{name}"), &data, report)?;
+            }
             for (path, t) in &chosen {
                 let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
                 let stored = format!("{}.{name}", &t.hashes["sha256"]);
@@ -1360,7 +1428,7 @@ impl Repository {
                 } else {
                     format!("{dir}/{stored}")
                 };
-                add(&format!("targets/{inner}"), &data, &mut report)?;
+                add(&format!("targets/{inner}"), &data, report)?;
             }
             let w = tar.into_inner().map_err(|e| io(&tmp, e))?;
             let f = w.into_inner().map_err(|e| io(&tmp, e.into_error()))?;
@@ -1370,8 +1438,7 @@ impl Repository {
         if written.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
-        written?;
-        Ok(report)
+        written
     }
 }
 
@@ -1386,6 +1453,12 @@ pub struct BundleReport {
     pub bytes: u64,
     /// When its metadata expires (RFC 3339).
     pub expires: String,
+    /// Its timestamp's version (one past what the repository served before).
+    pub version: u64,
+    /// Its roles, with their versions.
+    pub roles: Vec<(String, u64)>,
+    /// The roles the repository published first, two versions on.
+    pub published: Vec<(String, u64)>,
     /// What the operator should know (a root expiring before the bundle).
     pub warnings: Vec<String>,
 }

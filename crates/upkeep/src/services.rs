@@ -358,6 +358,110 @@ impl UpdateServiceManager {
             .ok_or_else(|| Error::new(HResult::E_UNEXPECTED, "the new service is not listed"))
     }
 
+    /// Replaces the offline bundle of a service that `add_service` registered from one
+    /// with a newer bundle (`upkeep service update NAME FILE`), keeping the service's
+    /// trusted metadata: the new bundle is unpacked beside the old one and verified with
+    /// TUF against what the service already trusts — a bundle older than that is a
+    /// rollback (`WU_E_INVALID_FILE`, naming both versions), an expired one says so —
+    /// and only then swapped in, atomically. On failure nothing has changed. (Removing
+    /// and adding the service again would reset its trust, so a stale bundle would be
+    /// accepted again.)
+    pub fn update_service(&self, name: &str, bundle: &Path) -> Result<UpdateService> {
+        let Some(s) = list(&self.cfg)?.into_iter().find(|s| s.name == name) else {
+            return Err(Error::new(
+                HResult::WU_E_UNKNOWN_SERVICE,
+                format!("no update service is named {name:?}"),
+            ));
+        };
+        let dir = service_dir(&self.cfg.state_dir, name);
+        let current = dir.join("bundle");
+        let bundle_url = normalize_url(&current.display().to_string())?;
+        if s.origin != ServiceOrigin::Registered || s.url.as_deref() != Some(bundle_url.as_str())
+        {
+            return Err(Error::new(
+                HResult::E_INVALIDARG,
+                format!(
+                    "service {name:?} was not added from an offline bundle (its repository is {}); only a bundle service takes a newer bundle",
+                    s.url.as_deref().unwrap_or("-")
+                ),
+            ));
+        }
+        if !bundle.is_file() {
+            return Err(Error::new(
+                HResult::WU_E_INVALID_FILE,
+                format!("bundle {}: not a file", bundle.display()),
+            ));
+        }
+        let (next, check) = (dir.join("bundle.next"), dir.join("metadata.check"));
+        let io = |p: &Path, e: std::io::Error| {
+            Error::new(
+                HResult::WU_E_DS_UNEXPECTED,
+                format!("{}: {e}", p.display()),
+            )
+        };
+        for stale in [&next, &check] {
+            if stale.exists() {
+                std::fs::remove_dir_all(stale).map_err(|e| io(stale, e))?;
+            }
+        }
+        let result = (|| {
+            unpack_bundle(bundle, &next)?;
+            // A copy of what the service trusts, refreshed from the new bundle.
+            std::fs::create_dir_all(&check).map_err(|e| io(&check, e))?;
+            for e in std::fs::read_dir(&s.metadata_dir).map_err(|e| io(&s.metadata_dir, e))? {
+                let e = e.map_err(|e| io(&s.metadata_dir, e))?;
+                let name = e.file_name();
+                let n = name.to_string_lossy();
+                if e.file_type().map_err(|x| io(&e.path(), x))?.is_file()
+                    && n.ends_with(".json")
+                {
+                    std::fs::copy(e.path(), check.join(&name)).map_err(|x| io(&e.path(), x))?;
+                }
+            }
+            let cfg = upkeep_tuf::ClientConfig {
+                metadata_dir: check.clone(),
+                metadata_url: format!("{}metadata/", normalize_url(&next.display().to_string())?),
+                limits: upkeep_tuf::Limits::default(),
+                offline: false,
+                timestamp_first: false,
+            };
+            let mut client = Client::new(cfg, std::sync::Arc::new(upkeep_tuf::FileTransport))
+                .map_err(Error::from)?;
+            client.refresh().map_err(|e| {
+                let kind = crate::error::tuf_kind(&e);
+                let why = match kind {
+                    crate::ErrorKind::Rollback => format!(
+                        "it is older than what service {name} already trusts ({e}); use a bundle made later"
+                    ),
+                    crate::ErrorKind::Expired => format!(
+                        "it has expired ({e}); make a new one with `upkeep repo bundle`"
+                    ),
+                    _ => e.to_string(),
+                };
+                Error::new(
+                    HResult::WU_E_INVALID_FILE,
+                    format!("bundle {}: {why}; service {name} is unchanged", bundle.display()),
+                )
+                .with_kind(kind)
+            })?;
+            upkeep_fs::exchange(&next, &current)
+                .map_err(|e| Error::new(HResult::WU_E_DS_UNEXPECTED, e.to_string()))?;
+            // The verified metadata becomes the trusted one; a crash before this leaves
+            // the old trust, which the next search refreshes from the new bundle.
+            upkeep_fs::exchange(&check, &s.metadata_dir)
+                .map_err(|e| Error::new(HResult::WU_E_DS_UNEXPECTED, e.to_string()))
+        })();
+        // `next` and `check` hold the old bundle and trust now, or the refused new ones.
+        let _ = std::fs::remove_dir_all(&next);
+        let _ = std::fs::remove_dir_all(&check);
+        result?;
+        tracing::info!(service = name, bundle = %bundle.display(), "offline bundle updated");
+        list(&self.cfg)?
+            .into_iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| Error::new(HResult::E_UNEXPECTED, "the service is not listed"))
+    }
+
     /// `RemoveService`: unregisters a service added with `add_service`, with its trusted
     /// metadata. Installed updates from it stay installed (and uninstallable). One defined
     /// by the configuration is `E_INVALIDARG`; an unknown one `WU_E_UNKNOWN_SERVICE`.

@@ -553,7 +553,9 @@ impl UpdateSession {
         };
         let started = std::time::Instant::now();
         let mut client = Client::new(cfg, self.transport_for(svc.url.as_deref())?)?;
-        client.refresh()?;
+        client
+            .refresh()
+            .map_err(|e| explain_refresh(svc, Error::from(e)))?;
         tracing::debug!(service = %svc.name, elapsed = ?started.elapsed(), "top-level metadata refreshed");
         let t = client.trusted();
         let key = (
@@ -723,6 +725,40 @@ impl LocalState {
 
 /// The service an installed update came from (the default one for records kept before
 /// services existed).
+/// A refresh that failed as expired or as a rollback, with the service it concerns and
+/// what fixes it: an offline bundle expires by design and a newer one is the fix; older
+/// metadata than the machine trusts is what a stale bundle or a rolled-back mirror offers.
+fn explain_refresh(svc: &crate::UpdateService, e: Error) -> Error {
+    let kind = e.kind();
+    let bundle = svc
+        .url
+        .as_deref()
+        .is_some_and(|u| u.ends_with("/bundle/") && u.contains("/services/"));
+    let fix = match (kind, bundle) {
+        (crate::ErrorKind::Expired, true) => format!(
+            "its offline bundle has expired: make a new one (`upkeep repo bundle`) and run `upkeep service update {} FILE`",
+            svc.name
+        ),
+        (crate::ErrorKind::Expired, false) => {
+            "its metadata has expired: the publisher renews it with `upkeep repo publish`".into()
+        }
+        (crate::ErrorKind::Rollback, _) => format!(
+            "it offers metadata older than this machine already trusts (a stale offline bundle or a rolled-back mirror); nothing was replaced — use the repository itself{}",
+            if bundle {
+                format!(", or `upkeep service update {}` with a bundle made later", svc.name)
+            } else {
+                String::new()
+            }
+        ),
+        _ => return e,
+    };
+    Error::new(
+        e.hresult(),
+        format!("service {}: {}; {fix}", svc.name, e.message()),
+    )
+    .with_kind(kind)
+}
+
 pub(crate) fn installed_service(i: &upkeep_store::Installed) -> &str {
     i.record
         .as_ref()
