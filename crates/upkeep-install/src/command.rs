@@ -16,9 +16,13 @@
 //!   is read for at most [`OUTPUT_GRACE`] more: a background process it started (a daemon)
 //!   may keep the pipes open without holding the install up.
 //! - Progress: a line `upkeep-progress: N` (N from 0 to 100) on standard output reports N %.
-//!   Every other line of output goes to the log (`tracing`, target `upkeep::command`).
+//!   Other lines go to the log (`tracing`, target `upkeep::command`), bounded: a line is
+//!   cut at [`MAX_LINE`] bytes, blank lines are not logged, and after [`LOG_BUDGET`] bytes
+//!   or [`LOG_LINES`] lines of a command's output nothing more is logged; the rest is read and dropped, and how
+//!   much was dropped is logged at the end. The last [`TAIL_LINES`] lines of standard error
+//!   are kept and a failure's message (and so history) ends with them. Memory stays
+//!   bounded whatever a command prints.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -34,6 +38,105 @@ pub const KILL_GRACE: Duration = Duration::from_secs(3);
 
 /// How long output is still read after the command itself has exited.
 pub const OUTPUT_GRACE: Duration = Duration::from_millis(500);
+
+/// A line of a command's output is cut after this many bytes.
+pub const MAX_LINE: usize = 4096;
+
+/// Bytes of one command's output (both streams) that go to the log; past them (or past
+/// [`LOG_LINES`] lines), output is counted and dropped.
+pub const LOG_BUDGET: usize = 64 << 10;
+
+/// Lines of one command's output that go to the log at most.
+pub const LOG_LINES: usize = 500;
+
+/// Lines of standard error kept for a failure's message.
+pub const TAIL_LINES: usize = 10;
+
+/// What a command printed that was not logged, and the tail of its standard error.
+#[derive(Default, Debug)]
+struct OutputSummary {
+    logged_lines: usize,
+    logged_bytes: usize,
+    dropped_lines: u64,
+    dropped_bytes: u64,
+    tail: std::collections::VecDeque<String>,
+}
+
+impl OutputSummary {
+    /// Counts one line (as read, cut at [`MAX_LINE`]; `cut` bytes past that), and says
+    /// whether it may be logged.
+    fn admit(&mut self, line: &[u8], cut: u64) -> bool {
+        self.dropped_bytes += cut;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return false;
+        }
+        if self.logged_bytes + line.len() > LOG_BUDGET || self.logged_lines >= LOG_LINES {
+            self.dropped_lines += 1;
+            self.dropped_bytes += line.len() as u64;
+            return false;
+        }
+        self.logged_bytes += line.len();
+        self.logged_lines += 1;
+        true
+    }
+
+    fn keep(&mut self, line: &str) {
+        if line.trim().is_empty() {
+            return;
+        }
+        if self.tail.len() == TAIL_LINES {
+            self.tail.pop_front();
+        }
+        let mut l = line.to_string();
+        if l.len() > 200 {
+            let mut end = 200;
+            while !l.is_char_boundary(end) {
+                end -= 1;
+            }
+            l.truncate(end);
+            l.push('…');
+        }
+        self.tail.push_back(l);
+    }
+}
+
+/// Reads `r` to its end in lines of at most [`MAX_LINE`] bytes (the rest of a longer line
+/// is read and counted, not kept), calling `f(line, bytes cut from it)` for each. Memory
+/// stays at one buffer whatever the input.
+fn for_each_line(mut r: impl std::io::Read, mut f: impl FnMut(&[u8], u64)) {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut line: Vec<u8> = Vec::with_capacity(256);
+    let mut cut = 0u64;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        for chunk in buf[..n].split_inclusive(|&b| b == b'\n') {
+            let (body, ends) = match chunk.strip_suffix(b"\n") {
+                Some(b) => (b, true),
+                None => (chunk, false),
+            };
+            let room = MAX_LINE - line.len();
+            if body.len() > room {
+                line.extend_from_slice(&body[..room]);
+                cut += (body.len() - room) as u64;
+            } else {
+                line.extend_from_slice(body);
+            }
+            if ends {
+                f(&line, cut);
+                line.clear();
+                cut = 0;
+            }
+        }
+    }
+    if !line.is_empty() || cut > 0 {
+        f(&line, cut);
+    }
+}
 
 /// A content file to put beside the command.
 #[derive(Clone, Debug)]
@@ -243,19 +346,17 @@ fn run_in(inv: &Invocation, exe: &Path, name: String, reporter: &dyn Reporter) -
             }
         }
     };
-    // Output readers: progress lines to us, everything else to the log. Each says when its
-    // pipe closed.
+    // Output readers: progress lines to us, the rest to the log within its budget. Each
+    // says when its pipe closed.
     let (tx, rx) = std::sync::mpsc::channel::<Option<f64>>();
     let out = child.stdout.take().expect("piped");
     let err = child.stderr.take().expect("piped");
-    let out_name = name.clone();
-    let out_tx = tx.clone();
+    let summary = std::sync::Arc::new(std::sync::Mutex::new(OutputSummary::default()));
+    let (out_name, out_tx, out_sum) = (name.clone(), tx.clone(), summary.clone());
     std::thread::spawn(move || {
-        for line in BufReader::new(out)
-            .lines()
-            .map_while(std::result::Result::ok)
-        {
-            match line
+        for_each_line(out, |line, cut| {
+            let text = String::from_utf8_lossy(line);
+            match text
                 .strip_prefix("upkeep-progress:")
                 .map(|n| n.trim().parse::<f64>())
             {
@@ -263,20 +364,25 @@ fn run_in(inv: &Invocation, exe: &Path, name: String, reporter: &dyn Reporter) -
                     let _ = out_tx.send(Some((p / 100.0).clamp(0.0, 1.0)));
                 }
                 _ => {
-                    tracing::info!(target: "upkeep::command", "{out_name}: {}", line.escape_debug())
+                    if out_sum.lock().expect("not poisoned").admit(line, cut) {
+                        tracing::info!(target: "upkeep::command", "{out_name}: {}", text.escape_debug())
+                    }
                 }
             }
-        }
+        });
         let _ = out_tx.send(None);
     });
-    let err_name = name.clone();
+    let (err_name, err_sum) = (name.clone(), summary.clone());
     std::thread::spawn(move || {
-        for line in BufReader::new(err)
-            .lines()
-            .map_while(std::result::Result::ok)
-        {
-            tracing::warn!(target: "upkeep::command", "{err_name}: {}", line.escape_debug());
-        }
+        for_each_line(err, |line, cut| {
+            let text = String::from_utf8_lossy(line);
+            let mut sum = err_sum.lock().expect("not poisoned");
+            sum.keep(&text);
+            if sum.admit(line, cut) {
+                drop(sum);
+                tracing::warn!(target: "upkeep::command", "{err_name}: {}", text.escape_debug());
+            }
+        });
         let _ = tx.send(None);
     });
     let started = Instant::now();
@@ -322,6 +428,21 @@ fn run_in(inv: &Invocation, exe: &Path, name: String, reporter: &dyn Reporter) -
             }
         }
     }
+    let (tail, dropped) = {
+        let sum = summary.lock().expect("not poisoned");
+        if sum.dropped_bytes > 0 {
+            tracing::info!(
+                target: "upkeep::command",
+                "{name}: {} more line(s) and {} byte(s) of output not logged (at most {LOG_LINES} lines and {LOG_BUDGET} bytes of a command's output are, each cut at {MAX_LINE})",
+                sum.dropped_lines,
+                sum.dropped_bytes
+            );
+        }
+        (
+            sum.tail.iter().cloned().collect::<Vec<_>>(),
+            sum.dropped_bytes,
+        )
+    };
     let status = status?;
     let code = match (status.code(), status.signal()) {
         (Some(c), _) => c as i64,
@@ -339,9 +460,17 @@ fn run_in(inv: &Invocation, exe: &Path, name: String, reporter: &dyn Reporter) -
             reboot_required: true,
         })
     } else {
+        let mut message = format!("{} {} exited with {code}", name, inv.operation);
+        if !tail.is_empty() {
+            message.push_str("; its last error output: ");
+            message.push_str(&crate::escape_controls(&tail.join(" | ")));
+        }
+        if dropped > 0 {
+            message.push_str(&format!(" ({dropped} bytes of output not kept)"));
+        }
         Err(InstallError {
             hresult: HResult::WU_E_UH_INSTALLERFAILURE,
-            message: format!("{} {} exited with {code}", name, inv.operation),
+            message,
             unmapped: code,
         })
     }
