@@ -128,7 +128,11 @@ fn a_stale_bundle_never_rolls_a_machine_back_nor_locks_it_out() {
     );
     // Nothing was replaced, and the repository is still accepted.
     assert_eq!(
-        ids_of(&ok(&f.on("m", Some(&repo), &["search", "--offline", "--json"]))),
+        ids_of(&ok(&f.on(
+            "m",
+            Some(&repo),
+            &["search", "--offline", "--json"]
+        ))),
         four
     );
     assert_eq!(
@@ -167,10 +171,18 @@ fn a_stale_bundle_never_rolls_a_machine_back_nor_locks_it_out() {
     ok(&add);
     let three = vec![id(1), id(2), id(3)];
     assert_eq!(ids_of(&ok(&f.on("u", None, &["search", "--json"]))), three);
-    ok(&f.on("u", None, &["service", "update", "usb", new.to_str().unwrap()]));
+    ok(&f.on(
+        "u",
+        None,
+        &["service", "update", "usb", new.to_str().unwrap()],
+    ));
     assert_eq!(ids_of(&ok(&f.on("u", None, &["search", "--json"]))), four);
     // The stale one again: refused, the service unchanged (its trust was kept).
-    let o = f.on("u", None, &["service", "update", "usb", old.to_str().unwrap()]);
+    let o = f.on(
+        "u",
+        None,
+        &["service", "update", "usb", old.to_str().unwrap()],
+    );
     assert!(!o.status.success());
     assert!(
         text(&o).contains("older than what service usb already trusts")
@@ -184,7 +196,9 @@ fn a_stale_bundle_never_rolls_a_machine_back_nor_locks_it_out() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert!(
-        !leftovers.iter().any(|n| n.contains("next") || n.contains("check")),
+        !leftovers
+            .iter()
+            .any(|n| n.contains("next") || n.contains("check")),
         "{leftovers:?}"
     );
     // Only a bundle service takes a bundle.
@@ -194,5 +208,9 @@ fn a_stale_bundle_never_rolls_a_machine_back_nor_locks_it_out() {
         &["service", "update", "default", new.to_str().unwrap()],
     );
     assert!(!o.status.success());
-    assert!(text(&o).contains("not added from an offline bundle"), "{}", text(&o));
+    assert!(
+        text(&o).contains("not added from an offline bundle"),
+        "{}",
+        text(&o)
+    );
 }

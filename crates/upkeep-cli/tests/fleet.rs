@@ -396,3 +396,111 @@ fn service_add_list_search_and_remove() {
     let unknown = svc(&["remove", "internal"]);
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("WU_E_UNKNOWN_SERVICE"));
 }
+
+/// `cache import` killed with SIGKILL while it copies: the temporary copy it leaves is
+/// listed by `cache list` and removed by `cache clean`, and a vanished or non-regular
+/// candidate is a report of that file, not the end of the import.
+#[test]
+fn a_killed_cache_import_leaves_nothing_that_cache_clean_does_not_remove() {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    ok(&upkeep(&["repo", "init", repo.to_str().unwrap()]));
+    let big = tmp.path().join("import/big.bin");
+    std::fs::create_dir_all(big.parent().unwrap()).unwrap();
+    std::fs::write(&big, b"#!/bin/sh\nexit 0\n").unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&big).unwrap();
+    f.set_len(256 << 20).unwrap();
+    drop(f);
+    ok(&upkeep(&[
+        "repo",
+        "add",
+        repo.to_str().unwrap(),
+        "--id",
+        HERE,
+        "--title",
+        "Big",
+        "--payload",
+        big.to_str().unwrap(),
+        "--handler",
+        "command",
+    ]));
+    let m = machine(&repo, tmp.path());
+    ok(&m(&["search"]));
+    let state = tmp.path().join("state");
+    let partial = state.join("cache/partial");
+    let tmps = || -> Vec<String> {
+        std::fs::read_dir(&partial)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(".tmp"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let trusted = repo.join("metadata/1.root.json");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .args([
+            "--repo",
+            repo.to_str().unwrap(),
+            "--trusted-root",
+            trusted.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "cache",
+            "import",
+            big.parent().unwrap().to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once its temporary copy exists (bounded: it copies 256 MiB).
+    let mut seen = false;
+    for _ in 0..200_000 {
+        if !tmps().is_empty() {
+            seen = true;
+            break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::yield_now();
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        seen,
+        "the import finished before its copy was seen ({status:?})"
+    );
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    assert_eq!(tmps().len(), 1);
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&m(&["cache", "list", "--json"]))).unwrap();
+    assert!(
+        list["partial"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"].as_str().unwrap().ends_with(".tmp")),
+        "{list}"
+    );
+    ok(&m(&["cache", "clean"]));
+    assert!(tmps().is_empty(), "{:?}", tmps());
+    // A FIFO and a file of another content beside the real one: each reported, the real
+    // one imported.
+    let fifo = big.parent().unwrap().join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let r: serde_json::Value = serde_json::from_str(&ok(&m(&[
+        "cache",
+        "import",
+        big.parent().unwrap().to_str().unwrap(),
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(r["imported"].as_array().unwrap().len(), 1, "{r}");
+    assert!(tmps().is_empty());
+}

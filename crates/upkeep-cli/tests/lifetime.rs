@@ -521,7 +521,8 @@ fn an_offline_bundle_installs_60_days_later_with_no_server() {
     ));
     let late = device("late", day91, &["search", "--json"]);
     assert!(!late.status.success());
-    let e = String::from_utf8_lossy(&late.stdout).into_owned() + &String::from_utf8_lossy(&late.stderr);
+    let e =
+        String::from_utf8_lossy(&late.stdout).into_owned() + &String::from_utf8_lossy(&late.stderr);
     assert!(e.contains("Expired"), "{e}");
     // The error names the service and the fix.
     assert!(

@@ -77,7 +77,11 @@ fn a_flood_of_command_output_keeps_memory_and_logs_bounded() {
         "{} bytes of log for a bounded command",
         o.stderr.len()
     );
-    assert!(log.contains("not logged"), "{}", &log[log.len().saturating_sub(2000)..]);
+    assert!(
+        log.contains("not logged"),
+        "{}",
+        &log[log.len().saturating_sub(2000)..]
+    );
     // The agent (the largest child so far) never held the 300 MB line.
     assert!(
         peak < 150 * 1024,

@@ -1197,7 +1197,11 @@ impl Repository {
             }
             let version = old.map_or(1, |o| o.common.version + 1);
             let t = Targets {
-                common: self.common("targets", version, lifetime(self.config.targets_expiry_secs))?,
+                common: self.common(
+                    "targets",
+                    version,
+                    lifetime(self.config.targets_expiry_secs),
+                )?,
                 targets: content,
                 delegations,
                 unrecognized: BTreeMap::new(),
@@ -1212,7 +1216,11 @@ impl Repository {
         }
         let snap_v = cur.map_or(1, |c| c.snapshot_version + 1);
         let snap = Snapshot {
-            common: self.common("snapshot", snap_v, lifetime(self.config.snapshot_expiry_secs))?,
+            common: self.common(
+                "snapshot",
+                snap_v,
+                lifetime(self.config.snapshot_expiry_secs),
+            )?,
             meta: snapshot_meta,
             unrecognized: BTreeMap::new(),
         };

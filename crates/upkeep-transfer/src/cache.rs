@@ -33,6 +33,25 @@ pub fn key(file: &ContentFile) -> Option<String> {
         .then(|| h.to_ascii_lowercase())
 }
 
+/// Whether the process that named a temporary file `<key>.<pid>.<n>.tmp` still runs (a
+/// name without a pid is taken as live).
+fn tmp_owner_alive(name: &str) -> bool {
+    let Some(pid) = name
+        .strip_suffix(".tmp")
+        .and_then(|n| n.rsplit('.').nth(1))
+        .and_then(|p| p.parse::<i32>().ok())
+        .filter(|p| *p > 0)
+    else {
+        return true;
+    };
+    if pid == std::process::id() as i32 {
+        return true;
+    }
+    // SAFETY: kill with signal 0 only checks that the process exists; no memory effects.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 impl ContentCache {
     /// Opens (creating) a cache directory.
     pub fn open(dir: &Path) -> io::Result<ContentCache> {
@@ -226,7 +245,9 @@ impl ContentCache {
         out
     }
 
-    /// Unfinished downloads: (file name, bytes, last written).
+    /// Unfinished downloads (`.part`) and temporary copies (`.tmp`, of a download or an
+    /// import that has not been renamed into `objects/` yet): (file name, bytes, last
+    /// written).
     pub fn partials(&self) -> Vec<(String, u64, std::time::SystemTime)> {
         std::fs::read_dir(self.dir.join("partial"))
             .map(|rd| {
@@ -234,7 +255,7 @@ impl ContentCache {
                     .filter_map(|e| {
                         let name = e.file_name().into_string().ok()?;
                         let m = e.metadata().ok()?;
-                        name.ends_with(".part")
+                        (name.ends_with(".part") || name.ends_with(".tmp"))
                             .then(|| (name, m.len(), m.modified().unwrap_or(std::time::UNIX_EPOCH)))
                     })
                     .collect()
@@ -265,6 +286,18 @@ impl ContentCache {
                 continue;
             }
             let path = self.dir.join("partial").join(&name);
+            if name.ends_with(".tmp") {
+                // `<key>.<pid>.<n>.tmp`: the copy of a live process stays; one whose
+                // process is gone (killed mid-copy) is litter.
+                if tmp_owner_alive(&name) {
+                    continue;
+                }
+                if std::fs::remove_file(&path).is_ok() {
+                    removed.0 += 1;
+                    removed.1 += bytes;
+                }
+                continue;
+            }
             // A running transfer holds the lock: its file stays.
             let Ok(Some(_held)) = upkeep_fs::try_lock(&path) else {
                 continue;

@@ -257,6 +257,138 @@ impl ContentCache {
     }
 }
 
+/// What [`ContentCache::import_candidate`] made of a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Imported {
+    /// Copied in as this content file, at this path of the cache.
+    New(ContentFile, PathBuf),
+    /// It is this content file, which the cache holds already.
+    Already(ContentFile),
+    /// Its length or SHA-256 is no candidate's.
+    Unmatched,
+    /// Not a regular file (what it is): a FIFO, a device, a symbolic link, a directory.
+    NotRegular(&'static str),
+}
+
+impl ContentCache {
+    /// Imports the local file `src` as whichever of `candidates` its length and SHA-256
+    /// name (WUA's `CopyToCache`). It is opened once — `O_NOFOLLOW | O_NONBLOCK`, so that
+    /// neither a symbolic link nor a FIFO renamed over it after a directory walk is
+    /// followed or waited on — checked with `fstat` to be a regular file, then read from
+    /// that one descriptor, once: hashed while it is copied to a temporary file in
+    /// `partial/`, at most its length plus one byte. Only a file whose every signed hash
+    /// matches is committed to `objects/` and stamped, like a download; anything else
+    /// leaves nothing behind.
+    pub fn import_candidate(
+        &self,
+        src: &Path,
+        candidates: &[ContentFile],
+    ) -> Result<Imported, TransferError> {
+        use std::io::{Read, Write};
+        use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+        let mut input = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(src)
+        {
+            Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Ok(Imported::NotRegular("a symbolic link"))
+            }
+            Err(e) => return Err(io_err(src)(e)),
+        };
+        let meta = input.metadata().map_err(io_err(src))?;
+        let t = meta.file_type();
+        if !t.is_file() {
+            return Ok(Imported::NotRegular(if t.is_fifo() {
+                "a FIFO"
+            } else if t.is_dir() {
+                "a directory"
+            } else if t.is_socket() {
+                "a socket"
+            } else {
+                "a device"
+            }));
+        }
+        let len = meta.len();
+        let same_len: Vec<&ContentFile> = candidates.iter().filter(|c| c.length == len).collect();
+        if same_len.is_empty() {
+            return Ok(Imported::Unmatched);
+        }
+        let tmp = self.temp_path("import");
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
+        let result = (|| {
+            use sha2::Digest;
+            let mut sha = sha2::Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut total = 0u64;
+            let mut limited = (&mut input).take(len + 1);
+            loop {
+                let n = match limited.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(io_err(src)(e)),
+                };
+                total += n as u64;
+                sha.update(&buf[..n]);
+                out.write_all(&buf[..n]).map_err(io_err(&tmp))?;
+            }
+            if total != len {
+                return Err(TransferError::Network {
+                    path: src.display().to_string(),
+                    message: format!("changed while it was read ({len} bytes, then {total})"),
+                });
+            }
+            let hex = hex::encode(sha.finalize());
+            let Some(file) = same_len
+                .iter()
+                .find(|c| c.hashes.get("sha256") == Some(&hex))
+            else {
+                return Ok(Imported::Unmatched);
+            };
+            if file.hashes.iter().count() > 1 {
+                // Other signed algorithms too: all of them, over the copy just written.
+                let mut all =
+                    Digests::for_file(file).ok_or_else(|| TransferError::NoUsableHash {
+                        path: file.path.clone(),
+                    })?;
+                let mut copy = std::fs::File::open(&tmp).map_err(io_err(&tmp))?;
+                loop {
+                    let n = copy.read(&mut buf).map_err(io_err(&tmp))?;
+                    if n == 0 {
+                        break;
+                    }
+                    all.update(&buf[..n]);
+                }
+                all.check(file).map_err(|alg| TransferError::HashMismatch {
+                    path: file.path.clone(),
+                    alg,
+                })?;
+            }
+            let key = key(file).ok_or_else(|| TransferError::NoUsableHash {
+                path: file.path.clone(),
+            })?;
+            if self.get(file).is_some() {
+                return Ok(Imported::Already((*file).clone()));
+            }
+            drop(out);
+            let obj = self.object_path(&key);
+            std::fs::rename(&tmp, &obj).map_err(io_err(&obj))?;
+            self.stamp(&key).map_err(io_err(&obj))?;
+            Ok(Imported::New((*file).clone(), obj))
+        })();
+        if !matches!(result, Ok(Imported::New(..))) {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TransferError + '_ {
     move |source| TransferError::Io {
         path: path.to_path_buf(),

@@ -649,8 +649,7 @@ fn applicability_now(
 }
 
 /// Who supersedes whom in the session's catalog: id → its service and the ids it supersedes.
-pub(crate) type Supersedence =
-    std::collections::HashMap<uuid::Uuid, (String, Vec<uuid::Uuid>)>;
+pub(crate) type Supersedence = std::collections::HashMap<uuid::Uuid, (String, Vec<uuid::Uuid>)>;
 
 /// The ids `u` supersedes, followed through the updates of its own service that the
 /// session's catalog knows (another service's claims are not followed; the install engine

@@ -376,8 +376,7 @@ impl UpdateServiceManager {
         let dir = service_dir(&self.cfg.state_dir, name);
         let current = dir.join("bundle");
         let bundle_url = normalize_url(&current.display().to_string())?;
-        if s.origin != ServiceOrigin::Registered || s.url.as_deref() != Some(bundle_url.as_str())
-        {
+        if s.origin != ServiceOrigin::Registered || s.url.as_deref() != Some(bundle_url.as_str()) {
             return Err(Error::new(
                 HResult::E_INVALIDARG,
                 format!(
@@ -394,10 +393,7 @@ impl UpdateServiceManager {
         }
         let (next, check) = (dir.join("bundle.next"), dir.join("metadata.check"));
         let io = |p: &Path, e: std::io::Error| {
-            Error::new(
-                HResult::WU_E_DS_UNEXPECTED,
-                format!("{}: {e}", p.display()),
-            )
+            Error::new(HResult::WU_E_DS_UNEXPECTED, format!("{}: {e}", p.display()))
         };
         for stale in [&next, &check] {
             if stale.exists() {
@@ -412,9 +408,7 @@ impl UpdateServiceManager {
                 let e = e.map_err(|e| io(&s.metadata_dir, e))?;
                 let name = e.file_name();
                 let n = name.to_string_lossy();
-                if e.file_type().map_err(|x| io(&e.path(), x))?.is_file()
-                    && n.ends_with(".json")
-                {
+                if e.file_type().map_err(|x| io(&e.path(), x))?.is_file() && n.ends_with(".json") {
                     std::fs::copy(e.path(), check.join(&name)).map_err(|x| io(&e.path(), x))?;
                 }
             }

@@ -1093,18 +1093,39 @@ impl UpdateSession {
         }
         let cache = self.content_cache()?;
         let mut report = CacheImport::default();
+        // The paths named must be there; what vanishes or cannot be read below them while
+        // the walk runs is a report of that file, not the end of the import.
+        for p in paths {
+            std::fs::symlink_metadata(p).map_err(|e| {
+                Error::new(HResult::WU_E_INVALID_FILE, format!("{}: {e}", p.display()))
+            })?;
+        }
         let mut todo: Vec<PathBuf> = paths.to_vec();
         let mut seen_files = 0usize;
         while let Some(p) = todo.pop() {
-            let m = std::fs::symlink_metadata(&p).map_err(|e| {
-                Error::new(HResult::WU_E_INVALID_FILE, format!("{}: {e}", p.display()))
-            })?;
+            let shown = p.display().to_string();
+            let m = match std::fs::symlink_metadata(&p) {
+                Ok(m) => m,
+                Err(e) => {
+                    report.failed.push((shown, format!("cannot be read: {e}")));
+                    continue;
+                }
+            };
             if m.is_dir() {
-                let rd = std::fs::read_dir(&p).map_err(|e| {
-                    Error::new(HResult::WU_E_INVALID_FILE, format!("{}: {e}", p.display()))
-                })?;
-                for e in rd.flatten() {
-                    todo.push(e.path());
+                match std::fs::read_dir(&p) {
+                    Ok(rd) => {
+                        for e in rd {
+                            match e {
+                                Ok(e) => todo.push(e.path()),
+                                Err(e) => report
+                                    .failed
+                                    .push((shown.clone(), format!("cannot be listed: {e}"))),
+                            }
+                        }
+                    }
+                    Err(e) => report
+                        .failed
+                        .push((shown, format!("cannot be listed: {e}"))),
                 }
                 continue;
             }
@@ -1119,37 +1140,22 @@ impl UpdateSession {
                 ));
             }
             let Some(cands) = by_len.get(&m.len()) else {
-                report.unmatched.push(p.display().to_string());
+                report.unmatched.push(shown);
                 continue;
             };
-            let sha = match sha256_of(&p) {
-                Ok(h) => h,
-                Err(e) => {
-                    report
-                        .failed
-                        .push((p.display().to_string(), format!("cannot be read: {e}")));
-                    continue;
-                }
-            };
-            let Some((_, file)) = cands
-                .iter()
-                .find(|(_, f)| f.hashes.get("sha256") == Some(&sha))
-            else {
-                report.unmatched.push(p.display().to_string());
-                continue;
-            };
-            if cache.get(file).is_some() {
-                report.already.push(file.path.clone());
-                continue;
-            }
-            match cache.import(&p, file) {
-                Ok(_) => {
-                    report
-                        .imported
-                        .push((p.display().to_string(), file.path.clone()));
+            let files: Vec<upkeep_types::ContentFile> =
+                cands.iter().map(|(_, f)| f.clone()).collect();
+            match cache.import_candidate(&p, &files) {
+                Ok(upkeep_transfer::Imported::New(file, _)) => {
                     report.bytes += file.length;
+                    report.imported.push((shown, file.path));
                 }
-                Err(e) => report.failed.push((p.display().to_string(), e.to_string())),
+                Ok(upkeep_transfer::Imported::Already(file)) => report.already.push(file.path),
+                Ok(upkeep_transfer::Imported::Unmatched) => report.unmatched.push(shown),
+                Ok(upkeep_transfer::Imported::NotRegular(what)) => report
+                    .failed
+                    .push((shown, format!("is {what} now, not a regular file"))),
+                Err(e) => report.failed.push((shown, e.to_string())),
             }
         }
         report.imported.sort();
@@ -1298,23 +1304,6 @@ pub(crate) fn content_keys<'a>(updates: impl Iterator<Item = &'a Update>) -> Has
         .flat_map(|u| u.download_contents().iter())
         .filter_map(upkeep_transfer::cache_key)
         .collect()
-}
-
-/// SHA-256 of a file, lowercase hex.
-fn sha256_of(p: &std::path::Path) -> std::io::Result<String> {
-    use sha2::Digest;
-    use std::io::Read;
-    let mut f = std::fs::File::open(p)?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
 }
 
 /// What `copy_to_cache` did.

@@ -449,7 +449,10 @@ fn one_service_cannot_supersede_or_take_over_another_services_update() {
     }
     let mut i = s.create_update_installer();
     i.set_updates(x);
-    assert_eq!(i.install().unwrap().result_code(), OperationResultCode::Succeeded);
+    assert_eq!(
+        i.install().unwrap().result_code(),
+        OperationResultCode::Succeeded
+    );
     let state_before = std::fs::read(two.dir.path().join("root/opt/vendor/u1")).unwrap();
 
     // Installing the other service's update is refused before any change, naming both.
