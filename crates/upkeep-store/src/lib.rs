@@ -48,6 +48,17 @@ pub enum StoreError {
         /// What was wrong.
         what: String,
     },
+    /// The filesystem holding the state directory is full: the database was opened to
+    /// read only, and this change (or this read) needs room.
+    #[error(
+        "the state directory {dir} is full: {what}; free space on its filesystem and try again"
+    )]
+    DiskFull {
+        /// The state directory.
+        dir: String,
+        /// What could not be done.
+        what: String,
+    },
 }
 
 impl StoreError {
@@ -58,6 +69,11 @@ impl StoreError {
                 source: rusqlite::Error::SqliteFailure(e, _),
                 ..
             } if e.code == rusqlite::ErrorCode::DatabaseBusy => HResult::WU_E_DS_INUSE,
+            StoreError::Sqlite {
+                source: rusqlite::Error::SqliteFailure(e, _),
+                ..
+            } if e.code == rusqlite::ErrorCode::DiskFull => HResult::E_DISK_FULL,
+            StoreError::DiskFull { .. } => HResult::E_DISK_FULL,
             _ => HResult::WU_E_DS_UNEXPECTED,
         }
     }
@@ -250,6 +266,25 @@ pub struct Store {
     conn: Connection,
     path: String,
     id: String,
+    /// Opened to read only because the state directory's filesystem is full: every
+    /// change fails with [`StoreError::DiskFull`].
+    full_dir: Option<String>,
+}
+
+/// Whether `e`, from opening the database in `dir`, is the filesystem being full: SQLite
+/// says so, or says "disk I/O error" (it cannot grow its shared-memory file) while the
+/// filesystem has no room left.
+fn disk_full(dir: &Path, e: &StoreError) -> bool {
+    let StoreError::Sqlite {
+        source: rusqlite::Error::SqliteFailure(f, _),
+        ..
+    } = e
+    else {
+        return false;
+    };
+    f.code == rusqlite::ErrorCode::DiskFull
+        || (f.code == rusqlite::ErrorCode::SystemIoFailure
+            && upkeep_fs::free_space(dir).is_ok_and(|n| n < 64 << 10))
 }
 
 /// 128 random bits as hex, from the kernel.
@@ -438,7 +473,86 @@ pub struct OpenTx {
 
 impl Store {
     /// Opens (creating) `<dir>/state.db`, creating or migrating the schema.
+    ///
+    /// When the filesystem holding `dir` is full (SQLite cannot even map its shared-memory
+    /// index), the database is opened to read only instead, so that reading commands
+    /// (`list`, `history`, `status`, offline searches) still work; every change then
+    /// fails with [`StoreError::DiskFull`] naming the directory. Only a database whose
+    /// write-ahead log is empty is read that way (else what it holds would be missed).
     pub fn open(dir: &Path) -> Result<Store> {
+        match Store::open_rw(dir) {
+            Ok(s) => Ok(s),
+            Err(e) if disk_full(dir, &e) => Store::open_full(dir, e),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether this store was opened to read only on a full disk.
+    pub fn is_read_only(&self) -> bool {
+        self.full_dir.is_some()
+    }
+
+    fn open_full(dir: &Path, cause: StoreError) -> Result<Store> {
+        let path = dir.join("state.db");
+        let shown = dir.display().to_string();
+        let full = |what: String| StoreError::DiskFull {
+            dir: shown.clone(),
+            what,
+        };
+        let wal = std::fs::metadata(dir.join("state.db-wal")).map_or(0, |m| m.len());
+        if wal > 0 || !path.is_file() {
+            return Err(full(format!(
+                "the state database cannot be opened ({cause})"
+            )));
+        }
+        // Nothing is in the log: the database file is the whole state, and read as a file
+        // that does not change it needs no shared memory.
+        // A URI: `%`, `?` and `#` of the path escaped.
+        let escaped: String = path
+            .display()
+            .to_string()
+            .chars()
+            .map(|c| match c {
+                '%' => "%25".to_string(),
+                '?' => "%3f".to_string(),
+                '#' => "%23".to_string(),
+                c => c.to_string(),
+            })
+            .collect();
+        let uri = format!("file:{escaped}?mode=ro&immutable=1");
+        let conn = Connection::open_with_flags(
+            &uri,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                | rusqlite::OpenFlags::SQLITE_OPEN_URI
+                | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| full(format!("the state database cannot be read ({e})")))?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| full(format!("the state database cannot be read ({e})")))?;
+        if version != SCHEMA_VERSION {
+            return Err(full(format!(
+                "the state database has schema version {version} and needs room to be migrated to {SCHEMA_VERSION}"
+            )));
+        }
+        let id: String = conn
+            .query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |r| {
+                r.get(0)
+            })
+            .map_err(|e| full(format!("the state database cannot be read ({e})")))?;
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            tracing::warn!(dir = %shown, "the state directory is full: its database is open to read only");
+        });
+        Ok(Store {
+            conn,
+            path: path.display().to_string(),
+            id,
+            full_dir: Some(shown),
+        })
+    }
+
+    fn open_rw(dir: &Path) -> Result<Store> {
         let path = dir.join("state.db");
         let e = |source| StoreError::Sqlite {
             path: path.display().to_string(),
@@ -508,6 +622,7 @@ impl Store {
             conn,
             path: store_path,
             id,
+            full_dir: None,
         })
     }
 
@@ -538,6 +653,14 @@ impl Store {
 
     fn e(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
         move |source| match source {
+            rusqlite::Error::SqliteFailure(f, _)
+                if self.full_dir.is_some() && f.code == rusqlite::ErrorCode::ReadOnly =>
+            {
+                StoreError::DiskFull {
+                    dir: self.full_dir.clone().unwrap_or_default(),
+                    what: "the state cannot be changed".into(),
+                }
+            }
             rusqlite::Error::FromSqlConversionFailure(_, _, what) => StoreError::Corrupt {
                 path: self.path.clone(),
                 what: what.to_string(),

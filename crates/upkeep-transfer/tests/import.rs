@@ -64,7 +64,9 @@ fn an_import_opens_once_and_takes_only_a_regular_file_with_the_signed_hash() {
     let link = dir.path().join("link");
     std::os::unix::fs::symlink(&real, &link).unwrap();
     assert_eq!(
-        cache.import_candidate(&link, std::slice::from_ref(&file)).unwrap(),
+        cache
+            .import_candidate(&link, std::slice::from_ref(&file))
+            .unwrap(),
         Imported::NotRegular("a symbolic link")
     );
 
@@ -72,13 +74,18 @@ fn an_import_opens_once_and_takes_only_a_regular_file_with_the_signed_hash() {
     let other = dir.path().join("other");
     std::fs::write(&other, b"THE SIGNED CONTENT").unwrap();
     assert_eq!(
-        cache.import_candidate(&other, std::slice::from_ref(&file)).unwrap(),
+        cache
+            .import_candidate(&other, std::slice::from_ref(&file))
+            .unwrap(),
         Imported::Unmatched
     );
     assert!(tmp_files(&cache_dir).is_empty());
 
     // The right file: committed and verified; a second time it is already there.
-    match cache.import_candidate(&real, std::slice::from_ref(&file)).unwrap() {
+    match cache
+        .import_candidate(&real, std::slice::from_ref(&file))
+        .unwrap()
+    {
         Imported::New(f, obj) => {
             assert_eq!(f, file);
             assert_eq!(std::fs::read(obj).unwrap(), data);
@@ -87,7 +94,9 @@ fn an_import_opens_once_and_takes_only_a_regular_file_with_the_signed_hash() {
     }
     assert!(cache.get(&file).is_some());
     assert_eq!(
-        cache.import_candidate(&real, std::slice::from_ref(&file)).unwrap(),
+        cache
+            .import_candidate(&real, std::slice::from_ref(&file))
+            .unwrap(),
         Imported::Already(file)
     );
     assert!(tmp_files(&cache_dir).is_empty());
