@@ -9,6 +9,7 @@ pub fn update_json(u: &Update) -> Value {
     json!({
         "id": m.id,
         "revision": m.revision,
+        "version": m.version,
         "title": m.title,
         "description": m.description,
         "release_notes": m.release_notes,
@@ -277,6 +278,9 @@ pub fn print_update(u: &Update, json: bool) {
     println!("{}", t(&m.title));
     println!("  id:               {}", m.id);
     println!("  revision:         {}", m.revision);
+    if let Some(v) = &m.version {
+        println!("  version:          {}", t(v));
+    }
     if let Some(svc) = u.service() {
         println!("  service:          {}", t(svc));
     }

@@ -233,20 +233,26 @@ pub struct AddArgs {
     #[arg(long, value_name = "DIR")]
     root_keys: Option<PathBuf>,
     /// Read every field from an update.toml manifest instead of flags.
-    #[arg(long, conflicts_with_all = ["id", "title", "payload", "handler", "arch", "os", "min_agent_version", "requires", "installed_if", "applicable_if"])]
+    #[arg(long, conflicts_with_all = ["id", "title", "payload", "handler", "arch", "os", "min_agent_version", "requires", "installed_if", "applicable_if", "from_deb"])]
     manifest: Option<PathBuf>,
+    /// A Debian binary package (`.deb`) as a `files` update: its data tree is the payload;
+    /// its name (the title unless --title), version, description and architecture (unless
+    /// --arch) come from its control file; its set-id files are declared. Its maintainer
+    /// scripts are not run, and the record says so.
+    #[arg(long, value_name = "FILE.deb", conflicts_with_all = ["payload", "handler"])]
+    from_deb: Option<PathBuf>,
     /// Update id (a UUID); without it a new one is generated and printed (keep it: the
     /// next revision needs it).
     #[arg(long)]
     id: Option<uuid::Uuid>,
     /// Title.
-    #[arg(long, required_unless_present = "manifest")]
+    #[arg(long, required_unless_present_any = ["manifest", "from_deb"])]
     title: Option<String>,
     /// Payload file (tar / tar.zst / tar.gz for `files`; an executable for `command`).
-    #[arg(long, required_unless_present = "manifest")]
+    #[arg(long, required_unless_present_any = ["manifest", "from_deb"])]
     payload: Option<PathBuf>,
     /// Handler.
-    #[arg(long, value_enum, required_unless_present = "manifest")]
+    #[arg(long, value_enum, required_unless_present_any = ["manifest", "from_deb"])]
     handler: Option<HandlerKind>,
     /// Revision number.
     #[arg(long, default_value_t = 1)]
@@ -418,13 +424,84 @@ fn parse_category(s: &str) -> Result<Category, String> {
 }
 
 impl AddArgs {
-    fn to_update(&self) -> Result<NewUpdate, PublishError> {
+    /// The update these flags describe; with `--from-deb`, the directory holding its
+    /// converted payload (keep it until the update is added) and what the package holds
+    /// that devices will not do.
+    fn to_update(
+        &self,
+    ) -> Result<(NewUpdate, Option<tempfile::TempDir>, Vec<String>), PublishError> {
         if let Some(m) = &self.manifest {
-            return Manifest::load(m);
+            return Ok((Manifest::load(m)?, None, Vec::new()));
         }
-        let (Some(title), Some(payload), Some(handler)) =
-            (self.title.clone(), self.payload.clone(), self.handler)
-        else {
+        if let Some(deb) = &self.from_deb {
+            return self.deb_update(deb);
+        }
+        self.update_of(self.title.clone(), self.payload.clone(), self.handler)
+            .map(|u| (u, None, Vec::new()))
+    }
+
+    fn deb_update(
+        &self,
+        deb: &std::path::Path,
+    ) -> Result<(NewUpdate, Option<tempfile::TempDir>, Vec<String>), PublishError> {
+        let work = tempfile::tempdir()
+            .map_err(|e| PublishError::Invalid(format!("a temporary directory: {e}")))?;
+        let pkg = upkeep_publish::deb::read(deb, work.path())?;
+        let title = self.title.clone().unwrap_or_else(|| pkg.package.clone());
+        let mut u = self.update_of(
+            Some(title),
+            Some(pkg.payload.clone()),
+            Some(HandlerKind::Files),
+        )?;
+        let m = &mut u.metadata;
+        m.version = Some(pkg.version.clone());
+        let mut notes = Vec::new();
+        if !pkg.maintainer_scripts.is_empty() {
+            notes.push(format!(
+                "{} {}: its maintainer scripts ({}) are not run by upkeep; what they do (users, services, alternatives, triggers) does not happen on devices",
+                pkg.package,
+                pkg.version,
+                pkg.maintainer_scripts.join(", ")
+            ));
+        }
+        if m.description.is_empty() {
+            m.description = pkg.description.clone();
+            if !pkg.maintainer_scripts.is_empty() {
+                m.description.push_str(&format!(
+                    "\n\nFrom the Debian package {} {} ({}); its maintainer scripts ({}) are not run.",
+                    pkg.package,
+                    pkg.version,
+                    pkg.architecture,
+                    pkg.maintainer_scripts.join(", ")
+                ));
+            }
+        }
+        if m.applicability.architectures.is_empty() {
+            m.applicability.architectures = pkg.machines.clone();
+        }
+        for p in &pkg.setid_paths {
+            if !m.setid_paths.contains(p) {
+                m.setid_paths.push(p.clone());
+            }
+        }
+        if !pkg.setid_paths.is_empty() {
+            notes.push(format!(
+                "{}: set-id files declared as the package has them: {}",
+                pkg.package,
+                pkg.setid_paths.join(", ")
+            ));
+        }
+        m.installed_size = m.installed_size.or(Some(pkg.installed_size));
+        Ok((u, Some(work), notes))
+    }
+
+    fn update_of(
+        &self,
+        title: Option<String>,
+        payload: Option<PathBuf>,
+        handler: Option<HandlerKind>,
+    ) -> Result<NewUpdate, PublishError> {
+        let (Some(title), Some(payload), Some(handler)) = (title, payload, handler) else {
             return Err(PublishError::Invalid(
                 "--title, --payload and --handler are required".into(),
             ));
@@ -726,7 +803,7 @@ pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
         }
         RepoCommand::Add(args) => {
             let fail = fail_as(args.json);
-            let mut update = args.to_update().map_err(&fail)?;
+            let (mut update, _work, notes) = args.to_update().map_err(&fail)?;
             check_files_payloads(&mut update, args.json)?;
             let (id, title) = (update.metadata.id, update.metadata.title.clone());
             let mut repo =
@@ -742,12 +819,12 @@ pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
                         "title": title,
                         "updates": report.updates,
                         "roles": roles_json(&report.roles),
-                        "warnings": report.warnings,
+                        "warnings": notes.iter().chain(&report.warnings).collect::<Vec<_>>(),
                     })
                 );
                 return Ok(Exit::Success);
             }
-            for w in &report.warnings {
+            for w in notes.iter().chain(&report.warnings) {
                 eprintln!("upkeep: warning: {w}");
             }
             println!(

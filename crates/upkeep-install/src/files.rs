@@ -118,12 +118,16 @@ fn clean(raw: &Path) -> Result<Option<String>> {
     Ok((!parts.is_empty()).then(|| parts.join("/")))
 }
 
-/// Whether a symlink at `rel` with `target` stays inside the root.
+/// Whether a symlink at `rel` with `target` stays inside the root, lexically. An absolute
+/// target is resolved as in the root, as `RESOLVE_IN_ROOT` and a chroot resolve it
+/// (Debian's masked units are `x.service -> /dev/null`); `..` above the root is refused.
 fn link_stays_inside(rel: &str, target: &Path) -> bool {
-    if target.is_absolute() {
-        return false;
-    }
-    let mut depth: i64 = rel.matches('/').count() as i64; // the link's directory
+    // From the link's directory, or from the root for an absolute target.
+    let mut depth: i64 = if target.is_absolute() {
+        0
+    } else {
+        rel.matches('/').count() as i64
+    };
     for c in target.components() {
         match c {
             Component::Normal(_) => depth += 1,
@@ -133,8 +137,8 @@ fn link_stays_inside(rel: &str, target: &Path) -> bool {
                     return false;
                 }
             }
-            Component::CurDir => {}
-            _ => return false,
+            Component::CurDir | Component::RootDir => {}
+            Component::Prefix(_) => return false,
         }
     }
     true
@@ -745,8 +749,7 @@ impl<'a> Stager<'a> {
                         .map_err(what)?
                         .ok_or_else(|| bad(format!("{rel}: a symlink without a target")))?
                         .into_owned();
-                    let absolute_in_slash = target.is_absolute() && self.ctx.layout.dir.is_slash();
-                    if !absolute_in_slash && !link_stays_inside(&rel, &target) {
+                    if !link_stays_inside(&rel, &target) {
                         return Err(bad(format!(
                             "{rel}: symlink to {} leaves the install root",
                             target.display()

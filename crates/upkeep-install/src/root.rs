@@ -567,10 +567,10 @@ impl RootDir {
     }
 
     /// The resolution behind [`canonical`](Self::canonical) and the archive's link check:
-    /// `node(p)` says what is at the canonical path `p`. With
-    /// `strict`, the walk follows the *machine's* rules instead of the root's and returns
-    /// the first step that would leave the root (an absolute target, unless the root is
-    /// `/`, or a `..` above it) as `Ok((_, Some(why)))`.
+    /// `node(p)` says what is at the canonical path `p`. An absolute target starts again at
+    /// the root, as `RESOLVE_IN_ROOT` and a chroot resolve it. With `strict`, a `..` above
+    /// the root is not stopped there but returned as the step that would leave the root,
+    /// `Ok((_, Some(why)))`.
     pub(crate) fn walk(
         &self,
         rel: &str,
@@ -614,12 +614,6 @@ impl RootDir {
                     }
                     out.pop();
                     if target.starts_with('/') {
-                        if strict && !self.is_slash {
-                            return Ok((
-                                String::new(),
-                                Some(format!("{here} -> {target} is absolute")),
-                            ));
-                        }
                         out.clear();
                     }
                     for c in target.rsplit('/') {

@@ -15,6 +15,7 @@
 //! sees either the previous repository or the new one, never half of it. One publisher at a
 //! time holds `DIR/.lock`.
 
+pub mod deb;
 mod repo;
 pub mod serve;
 

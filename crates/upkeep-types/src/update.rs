@@ -138,6 +138,10 @@ pub struct UpdateMetadata {
     pub revision: u32,
     /// Short title.
     pub title: String,
+    /// The version this revision is known by (a package's version, `1.9.13p3-1+deb12u4`),
+    /// shown beside the revision number, which alone orders revisions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// Longer description; several lines are a JSON array of lines in the record (see
     /// [`crate::text`]).
     #[serde(default, with = "crate::text::multiline")]
@@ -254,6 +258,7 @@ impl UpdateMetadata {
             id,
             revision: 1,
             title: title.into(),
+            version: None,
             description: String::new(),
             release_notes: String::new(),
             kb_article_ids: Vec::new(),
