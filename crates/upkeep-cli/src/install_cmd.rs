@@ -292,6 +292,78 @@ pub fn list(global: &Global, json: bool) -> Result<Exit, Exit> {
     Ok(Exit::Success)
 }
 
+/// `upkeep verify`: exit 0 when every owned path is as installed, 1 when one is not.
+pub fn verify(global: &Global, ids: &[String], json: bool) -> Result<Exit, Exit> {
+    use upkeep::PathState;
+    let session = session(global, json)?;
+    let found = session
+        .verify(ids)
+        .map_err(|e| Exit::from_error(&e, json))?;
+    let describe = |s: &PathState| match s {
+        PathState::Intact => "intact".to_string(),
+        PathState::Missing => "missing".to_string(),
+        PathState::Changed { what } => format!("changed: {what}"),
+        PathState::ModeChanged { installed, now } => {
+            format!("mode {now:o}, installed {installed:o}")
+        }
+    };
+    let state_name = |s: &PathState| match s {
+        PathState::Intact => "intact",
+        PathState::Missing => "missing",
+        PathState::Changed { .. } => "changed",
+        PathState::ModeChanged { .. } => "mode_changed",
+    };
+    let any = found.iter().any(|u| !u.changed.is_empty());
+    if json {
+        let list: Vec<_> = found
+            .iter()
+            .map(|u| {
+                json!({
+                    "id": u.update_id,
+                    "title": u.title,
+                    "paths_checked": u.paths_checked,
+                    "changed": u.changed.iter().map(|(p, s)| json!({
+                        "path": p,
+                        "state": state_name(s),
+                        "detail": describe(s),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "updates": list, "intact": !any }))
+                .expect("JSON")
+        );
+    } else if found.is_empty() {
+        println!("Nothing is installed.");
+    } else {
+        for u in &found {
+            let t = crate::output::t;
+            if u.changed.is_empty() {
+                println!(
+                    "{}  {}: {} path(s) intact",
+                    u.update_id,
+                    t(&u.title),
+                    u.paths_checked
+                );
+                continue;
+            }
+            println!(
+                "{}  {}: {} of {} path(s) differ",
+                u.update_id,
+                t(&u.title),
+                u.changed.len(),
+                u.paths_checked
+            );
+            for (p, s) in &u.changed {
+                println!("  {}  {}", t(p), t(&describe(s)));
+            }
+        }
+    }
+    Ok(if any { Exit::Failure } else { Exit::Success })
+}
+
 /// `upkeep history`.
 pub fn history(global: &Global, limit: usize, json: bool) -> Result<Exit, Exit> {
     let session = session(global, json)?;
@@ -361,8 +433,12 @@ fn history_json(h: &upkeep::UpdateHistoryEntry) -> serde_json::Value {
         "previous_revision": h.previous_revision,
         "replaced_by": h.replaced_by,
     });
-    if let Some(m) = &h.message {
-        v["error"] = crate::output::error_json(m, h.hresult);
+    match &h.message {
+        Some(m) if h.result_code == upkeep::OperationResultCode::Succeeded => {
+            v["message"] = m.as_str().into();
+        }
+        Some(m) => v["error"] = crate::output::error_json(m, h.hresult),
+        None => {}
     }
     v
 }

@@ -154,6 +154,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check every path installed updates own against what was installed there (kind,
+    /// size, content, mode, link target), as `dpkg --verify` does; exit 1 if any differs.
+    Verify {
+        #[command(flatten)]
+        here: Global,
+        /// Update ids (default: every installed update).
+        ids: Vec<String>,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show install and uninstall history, newest first.
     History {
         #[command(flatten)]
@@ -379,6 +390,9 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
         Command::Install(a) => install_cmd::install(&cli.global.with(&a.here), a),
         Command::Uninstall(a) => install_cmd::uninstall(&cli.global.with(&a.here), a),
         Command::List { here, json } => install_cmd::list(&cli.global.with(&here), json),
+        Command::Verify { here, ids, json } => {
+            install_cmd::verify(&cli.global.with(&here), &ids, json)
+        }
         Command::History { here, limit, json } => {
             install_cmd::history(&cli.global.with(&here), limit, json)
         }

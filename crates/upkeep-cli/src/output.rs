@@ -418,7 +418,12 @@ pub fn print_results(
                     "hresult": format!("0x{:08X}", h.as_u32()),
                 });
                 if !message.is_empty() {
-                    v["error"] = error_json(message, *h);
+                    // A success can carry a note (local changes kept), not an error.
+                    if *c == upkeep::OperationResultCode::Succeeded {
+                        v["message"] = message.as_str().into();
+                    } else {
+                        v["error"] = error_json(message, *h);
+                    }
                 }
                 if let Some((per, _)) = reboot {
                     v["reboot_required"] = per[i].into();

@@ -320,6 +320,10 @@ pub struct AddArgs {
     /// (repeatable); devices refuse any other entry with them.
     #[arg(long = "setid", value_name = "PATH")]
     setid: Vec<String>,
+    /// A Debian package whose files this update may replace where dpkg owns them on a
+    /// device (repeatable); any other path dpkg owns is refused at install.
+    #[arg(long = "takes-over-dpkg", value_name = "PACKAGE")]
+    takes_over_dpkg: Vec<String>,
     /// Bytes the `files` payloads expand to once installed; devices stop extracting beyond
     /// it (without it: 100× the payloads' size, at least 64 MiB).
     #[arg(long, value_name = "BYTES")]
@@ -551,6 +555,7 @@ impl AddArgs {
                     ));
                 }
                 m.setid_paths = self.setid.clone();
+                m.takes_over_dpkg = self.takes_over_dpkg.clone();
                 m.installed_size = self.installed_size;
                 Handler::Files
             }

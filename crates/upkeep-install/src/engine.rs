@@ -88,6 +88,9 @@ pub struct Done {
     pub replaced: Vec<String>,
     /// Nothing was done: this revision (or a later one) is installed.
     pub already_installed: bool,
+    /// Local changes kept (a path changed since it was installed is never replaced or
+    /// removed silently), each said in a sentence; the result and history carry them.
+    pub kept: Vec<String>,
 }
 
 impl Done {
@@ -159,6 +162,118 @@ fn run_files(record: &UpdateRecord, paths: &[PathBuf]) -> Vec<RunFile> {
 }
 
 /// Gives a path back to what was there before its owner: its original, or nothing.
+/// Takes back what an update put at `o.path` — unless it was changed since (a local
+/// change: an administrator's edit, another package manager's file), which is kept, with
+/// the file from before the install (if any) put beside it as `PATH.upkeep-orig`, and said
+/// in `kept`.
+fn take_back_checked(
+    root: &crate::root::RootDir,
+    o: &OwnedPath,
+    kept: &mut Vec<String>,
+) -> Result<Option<Planned>> {
+    let state = crate::verify::check(root, o)?;
+    let crate::verify::PathState::Changed { what } = state else {
+        return Ok(Some(take_back(o)));
+    };
+    let shown = crate::escape_controls(&o.path);
+    Ok(match &o.original {
+        Some(b) => {
+            let beside = format!("{}.upkeep-orig", o.path);
+            kept.push(format!(
+                "kept {shown}, changed since it was installed ({what}); the file from before the install is {shown}.upkeep-orig"
+            ));
+            Some(Planned {
+                rel: beside,
+                op: Op::Restore(b.clone()),
+            })
+        }
+        None => {
+            kept.push(format!(
+                "kept {shown}, changed since it was installed ({what})"
+            ));
+            None
+        }
+    })
+}
+
+/// An upgrade's new content for a path the leaving revision owns: when the path was
+/// changed since it was installed (a local change), the change stays and the new content
+/// goes beside it as `PATH.upkeep-new` (said in `kept`); the update still owns the path,
+/// so `verify` reports the change and uninstall keeps it. Returns what to put at the path
+/// itself.
+fn divert(
+    root: &crate::root::RootDir,
+    prior: Option<&OwnedPath>,
+    rel: &str,
+    staged: Option<PathBuf>,
+    plan: &mut Vec<Planned>,
+    kept: &mut Vec<String>,
+) -> Result<Option<PathBuf>> {
+    let (Some(s), Some(o)) = (&staged, prior.filter(|o| o.kind != OwnedKind::Dir)) else {
+        return Ok(staged);
+    };
+    let crate::verify::PathState::Changed { what } = crate::verify::check(root, o)? else {
+        return Ok(staged);
+    };
+    let shown = crate::escape_controls(rel);
+    kept.push(format!(
+        "kept {shown}, changed since it was installed ({what}); the new revision's file is {shown}.upkeep-new"
+    ));
+    plan.push(Planned {
+        rel: format!("{rel}.upkeep-new"),
+        op: Op::Put {
+            staged: s.clone(),
+            keep_backup: false,
+        },
+    });
+    Ok(None)
+}
+
+/// The files dpkg owns in the install root, from `var/lib/dpkg/info/*.list` (one absolute
+/// path a line; directories are listed too, and are shared freely): path (relative,
+/// canonical) → package. Empty when the root has no dpkg database.
+fn dpkg_owned(root: &crate::root::RootDir) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let Ok(info) = root.canonical("var/lib/dpkg/info", true) else {
+        return out;
+    };
+    let Ok(rd) = std::fs::read_dir(root.display(&info)) else {
+        return out;
+    };
+    // Directories resolve once each (merged /usr: `/lib/x` is `usr/lib/x`).
+    let mut dirs: HashMap<String, String> = HashMap::new();
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pkg) = name.strip_suffix(".list") else {
+            continue;
+        };
+        // `pkg:arch` for multi-arch packages.
+        let pkg = pkg.split(':').next().unwrap_or(pkg).to_string();
+        let Ok(text) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        for line in text.lines() {
+            let rel = line.trim_start_matches('/');
+            if rel.is_empty() || rel == "." {
+                continue;
+            }
+            let (dir, base) = rel.rsplit_once('/').unwrap_or(("", rel));
+            let dir = dirs.entry(dir.to_string()).or_insert_with(|| {
+                root.canonical(dir, true)
+                    .unwrap_or_else(|_| dir.to_string())
+            });
+            let rel = if dir.is_empty() {
+                base.to_string()
+            } else {
+                format!("{dir}/{base}")
+            };
+            // Directories are listed too; only files and links are looked up here.
+            out.insert(rel, pkg.clone());
+        }
+    }
+    out
+}
+
 fn take_back(o: &OwnedPath) -> Planned {
     Planned {
         rel: o.path.clone(),
@@ -245,7 +360,11 @@ impl<'a> Engine<'a> {
             unmapped_result_code: unmapped,
             previous_revision: result.ok().and_then(|d| d.previous_revision),
             replaced_by: None,
-            message: result.err().map(|e| e.message.clone()),
+            message: match result {
+                Err(e) => Some(e.message.clone()),
+                Ok(d) if !d.kept.is_empty() => Some(d.kept.join("; ")),
+                Ok(_) => None,
+            },
         }
     }
 
@@ -478,10 +597,32 @@ impl<'a> Engine<'a> {
         checkpoint(&format!("{}:staged", op.as_str()));
         tracing::debug!(elapsed = ?started.elapsed(), entries = staged.len(), "staged");
 
-        // Ownership.
+        // Ownership: other installed updates', and dpkg's.
+        let dpkg = if staged.is_empty() {
+            HashMap::new()
+        } else {
+            dpkg_owned(&self.layout.dir)
+        };
         for e in &staged {
             if matches!(e.what, Staged::Dir(_)) {
                 continue;
+            }
+            if let Some(pkg) = dpkg.get(&e.rel) {
+                if !m.takes_over_dpkg.iter().any(|p| p == pkg)
+                    && !prev.is_some_and(|p| {
+                        p.record
+                            .as_ref()
+                            .is_some_and(|r| r.metadata.takes_over_dpkg.contains(pkg))
+                    })
+                {
+                    return Err(InstallError::new(
+                        HResult::E_FILE_EXISTS,
+                        format!(
+                            "{what} writes {}, which the dpkg package {pkg} owns on this machine; an update takes a package's files over only when it declares it (takes_over_dpkg = [\"{pkg}\"], repo add --takes-over-dpkg {pkg})",
+                            crate::escape_controls(&e.rel),
+                        ),
+                    ));
+                }
             }
             if let Some(owner) = others.get(&e.rel) {
                 let title = installed
@@ -509,7 +650,10 @@ impl<'a> Engine<'a> {
             .filter(|o| o.kind != OwnedKind::Dir && !new_paths.contains(o.path.as_str()))
             .collect();
         leaving_files.sort_by(|a, b| b.path.cmp(&a.path));
-        plan.extend(leaving_files.into_iter().map(take_back));
+        let mut kept = Vec::new(); // local changes kept, said in the result
+        for o in leaving_files {
+            plan.extend(take_back_checked(&self.layout.dir, o, &mut kept)?);
+        }
         for e in staged {
             let prior = old.get(&e.rel);
             let original = prior
@@ -539,36 +683,56 @@ impl<'a> Engine<'a> {
                     mode,
                     size,
                     sha256,
-                } => put(
-                    &mut plan,
-                    &mut owned_new,
-                    staged,
-                    prior.is_none(),
-                    OwnedPath {
-                        path: e.rel,
-                        kind: OwnedKind::File,
-                        mode,
-                        size,
-                        digest: Some(sha256),
-                        original,
-                        created: false,
-                    },
-                ),
-                Staged::Symlink { staged, target } => put(
-                    &mut plan,
-                    &mut owned_new,
-                    staged,
-                    prior.is_none(),
-                    OwnedPath {
-                        path: e.rel,
-                        kind: OwnedKind::Symlink,
-                        mode: 0o777,
-                        size: 0,
-                        digest: Some(target),
-                        original,
-                        created: false,
-                    },
-                ),
+                } => {
+                    let staged = divert(
+                        &self.layout.dir,
+                        prior,
+                        &e.rel,
+                        staged,
+                        &mut plan,
+                        &mut kept,
+                    )?;
+                    put(
+                        &mut plan,
+                        &mut owned_new,
+                        staged,
+                        prior.is_none(),
+                        OwnedPath {
+                            path: e.rel,
+                            kind: OwnedKind::File,
+                            mode,
+                            size,
+                            digest: Some(sha256),
+                            original,
+                            created: false,
+                        },
+                    )
+                }
+                Staged::Symlink { staged, target } => {
+                    let staged = divert(
+                        &self.layout.dir,
+                        prior,
+                        &e.rel,
+                        staged,
+                        &mut plan,
+                        &mut kept,
+                    )?;
+                    put(
+                        &mut plan,
+                        &mut owned_new,
+                        staged,
+                        prior.is_none(),
+                        OwnedPath {
+                            path: e.rel,
+                            kind: OwnedKind::Symlink,
+                            mode: 0o777,
+                            size: 0,
+                            digest: Some(target),
+                            original,
+                            created: false,
+                        },
+                    )
+                }
             }
         }
         let owned_paths: HashSet<&str> = owned_new.iter().map(|o| o.path.as_str()).collect();
@@ -599,12 +763,12 @@ impl<'a> Engine<'a> {
             }
         };
         tracing::debug!(elapsed = ?started.elapsed(), changes = plan.len(), "planned");
-        let kept = tx.apply(&plan, &apply_step)?;
+        let backups = tx.apply(&plan, &apply_step)?;
         tracing::debug!(elapsed = ?started.elapsed(), "applied");
-        if !kept.is_empty() {
-            let kept: HashMap<String, String> = kept.into_iter().collect();
+        if !backups.is_empty() {
+            let backups: HashMap<String, String> = backups.into_iter().collect();
             for o in &mut owned_new {
-                if let Some(b) = kept.get(&o.path) {
+                if let Some(b) = backups.get(&o.path) {
                     o.original = Some(b.clone());
                 }
             }
@@ -613,6 +777,7 @@ impl<'a> Engine<'a> {
             reboot_required: always_reboot(&m.installation_behavior),
             previous_revision: prev.map(|p| p.revision),
             replaced: replaced.iter().map(|r| r.update_id.clone()).collect(),
+            kept,
             ..Done::default()
         };
         if let Handler::Command {
@@ -808,12 +973,15 @@ impl<'a> Engine<'a> {
                 others.insert(path);
             }
         }
-        let mut plan: Vec<Planned> = owned
+        let mut kept = Vec::new();
+        let mut plan: Vec<Planned> = Vec::new();
+        for o in owned
             .iter()
             .rev()
             .filter(|o| o.kind != OwnedKind::Dir && !others.contains(&o.path))
-            .map(take_back)
-            .collect();
+        {
+            plan.extend(take_back_checked(&self.layout.dir, o, &mut kept)?);
+        }
         let rmdirs: Vec<&OwnedPath> = owned
             .iter()
             .filter(|o| o.kind == OwnedKind::Dir && o.created && !dirs_in_use.contains(&o.path))
@@ -828,6 +996,7 @@ impl<'a> Engine<'a> {
         });
         let mut done = Done {
             reboot_required: behavior.as_ref().is_some_and(always_reboot),
+            kept,
             ..Done::default()
         };
         let mut tx = Tx::begin(self.store, self.layout, id, TxOperation::Uninstall)?;

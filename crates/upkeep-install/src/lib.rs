@@ -29,6 +29,7 @@ pub mod engine;
 pub mod files;
 pub mod root;
 pub mod tx;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 

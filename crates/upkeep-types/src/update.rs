@@ -220,6 +220,10 @@ pub struct UpdateMetadata {
     /// set-user-id or set-group-id bits; an entry with them that is not listed is refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub setid_paths: Vec<String>,
+    /// Debian packages whose files this update may replace where dpkg owns them in the
+    /// install root (`var/lib/dpkg/info/*.list`); any other path dpkg owns is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub takes_over_dpkg: Vec<String>,
     /// Which machines it applies to, its prerequisites, and how to detect it installed
     /// without the agent.
     #[serde(default, skip_serializing_if = "Applicability::is_empty")]
@@ -283,6 +287,7 @@ impl UpdateMetadata {
             more_info_urls: Vec::new(),
             installed_size: None,
             setid_paths: Vec::new(),
+            takes_over_dpkg: Vec::new(),
             applicability: Applicability::default(),
         }
     }

@@ -550,7 +550,8 @@ fn run(
                 result_code: OperationResultCode::Succeeded,
                 hresult: HResult::S_OK,
                 reboot_required: done.reboot_required,
-                message: None,
+                // Local changes kept are said, as history says them.
+                message: (!done.kept.is_empty()).then(|| done.kept.join("; ").into()),
             },
             Err(e) => {
                 let code = if e.hresult == HResult::WU_E_CALL_CANCELLED {

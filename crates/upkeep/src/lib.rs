@@ -131,8 +131,9 @@ pub use search_job::{AsyncState, SearchCompletedCallback, SearchCompletedCallbac
 pub use services::{ServiceOrigin, UpdateService, UpdateServiceManager, DEFAULT_SERVICE};
 pub use session::{
     CacheImport, CacheObject, CachePartial, CacheReport, InstalledUpdate, SearchResult,
-    ServerSelection, UpdateSearcher, UpdateSession, UpdateSessionBuilder,
+    ServerSelection, UpdateSearcher, UpdateSession, UpdateSessionBuilder, VerifiedUpdate,
 };
+pub use upkeep_install::verify::PathState;
 pub use upkeep_store::HistoryEntry as UpdateHistoryEntry;
 pub use upkeep_tuf::Limits;
 pub use upkeep_types::*;

@@ -981,6 +981,46 @@ impl UpdateSession {
             .unwrap_or_default()
     }
 
+    /// Checks every path the installed updates `ids` own (all installed updates when
+    /// `ids` is empty) against what was installed there: kind, size, content, mode,
+    /// symlink target (as `dpkg --verify` does). Reads only. An id that is not installed
+    /// is `WU_E_NOT_APPLICABLE`.
+    pub fn verify(&self, ids: &[String]) -> Result<Vec<VerifiedUpdate>> {
+        let store = self.store()?;
+        let layout = self.layout()?;
+        let installed = store.installed()?;
+        if let Some(missing) = ids
+            .iter()
+            .find(|id| !installed.iter().any(|i| &i.update_id == *id))
+        {
+            return Err(Error::new(
+                HResult::WU_E_NOT_APPLICABLE,
+                format!("update {missing} is not installed"),
+            ));
+        }
+        let mut out = Vec::new();
+        for i in installed
+            .iter()
+            .filter(|i| ids.is_empty() || ids.contains(&i.update_id))
+        {
+            let owned = store.owned(&i.update_id)?;
+            let mut changed = Vec::new();
+            for o in &owned {
+                let state = upkeep_install::verify::check(&layout.dir, o)?;
+                if state != upkeep_install::verify::PathState::Intact {
+                    changed.push((o.path.clone(), state));
+                }
+            }
+            out.push(VerifiedUpdate {
+                update_id: i.update_id.clone(),
+                title: i.title.clone(),
+                paths_checked: owned.len(),
+                changed,
+            });
+        }
+        Ok(out)
+    }
+
     /// Every installed update, from the records the agent keeps (no repository needed),
     /// oldest install first.
     pub fn installed_updates(&self) -> Result<Vec<InstalledUpdate>> {
@@ -1304,6 +1344,19 @@ pub(crate) fn content_keys<'a>(updates: impl Iterator<Item = &'a Update>) -> Has
         .flat_map(|u| u.download_contents().iter())
         .filter_map(upkeep_transfer::cache_key)
         .collect()
+}
+
+/// One installed update as [`UpdateSession::verify`] found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedUpdate {
+    /// Its id.
+    pub update_id: String,
+    /// Its title at install time.
+    pub title: String,
+    /// How many paths it owns.
+    pub paths_checked: usize,
+    /// The paths that are not as installed, and how.
+    pub changed: Vec<(String, upkeep_install::verify::PathState)>,
 }
 
 /// What `copy_to_cache` did.
