@@ -265,7 +265,7 @@ pub fn run() -> Result<Exit, Exit> {
         fonts.eula_text().map_err(demo_err)?.trim()
     );
     fonts.accept_eula().map_err(demo_err)?;
-    let installed = crate::install_cmd::run_job(&session, &todo, false, false)?;
+    let installed = crate::install_cmd::run_job(&session, &todo, false, false, false)?;
     for (i, u) in todo.iter().enumerate() {
         let x = installed.update_result(i).expect("one result per update");
         let restart = if x.reboot_required() {
@@ -354,8 +354,14 @@ pub fn run() -> Result<Exit, Exit> {
     output::print_search(&upgrades, false);
     step(
         12,
-        "Install the upgrade: one transaction; the unchanged README is not rewritten",
+        "A restart is pending, so installs wait for it; forced, the upgrade installs as one transaction and the unchanged README is not rewritten",
     );
+    let mut waiting = session.create_update_installer();
+    waiting.set_updates(upgrades.updates().clone());
+    match waiting.install() {
+        Err(e) => println!("   {} [{}]", e.message(), e.hresult()),
+        Ok(r) => println!("   installed without waiting: {}", r.result_code()),
+    }
     crate::download_cmd::transfer(
         &session,
         upgrades.updates(),
@@ -363,7 +369,7 @@ pub fn run() -> Result<Exit, Exit> {
         upkeep::DownloadPriority::Normal,
         false,
     )?;
-    let up = crate::install_cmd::run_job(&session, upgrades.updates(), false, false)?;
+    let up = crate::install_cmd::run_job(&session, upgrades.updates(), false, true, false)?;
     println!(
         "   {}; acme-tool says: {}; README same inode: {}",
         up.result_code(),
@@ -387,7 +393,7 @@ pub fn run() -> Result<Exit, Exit> {
         .filter(|u| u.identity().update_id == TOOLS_NEW)
         .cloned()
         .collect();
-    let un = crate::install_cmd::run_job(&session, &tools, true, false)?;
+    let un = crate::install_cmd::run_job(&session, &tools, true, true, false)?;
     println!(
         "   {}; acme-tool present: {}",
         un.result_code(),

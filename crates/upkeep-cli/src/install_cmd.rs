@@ -28,6 +28,10 @@ pub struct InstallArgs {
     /// Install only what is already downloaded (the rest fails with WU_E_DM_NOTDOWNLOADED).
     #[arg(long)]
     no_download: bool,
+    /// WUA's IsForced: install even while a restart is pending, and install the installed
+    /// revision again.
+    #[arg(long)]
+    force: bool,
 }
 
 /// What `upkeep uninstall` was asked for.
@@ -41,6 +45,9 @@ pub struct UninstallArgs {
     /// Print JSON for scripts.
     #[arg(long)]
     json: bool,
+    /// WUA's IsForced: uninstall even while a restart is pending.
+    #[arg(long)]
+    force: bool,
 }
 
 fn session(global: &Global, json: bool) -> Result<UpdateSession, Exit> {
@@ -59,10 +66,12 @@ pub(crate) fn run_job(
     session: &UpdateSession,
     updates: &UpdateCollection,
     uninstall: bool,
+    forced: bool,
     json: bool,
 ) -> Result<InstallationResult, Exit> {
     let mut installer = session.create_update_installer();
     installer.set_updates(updates.clone());
+    installer.set_is_forced(forced);
     let bar = ProgressBar::with_draw_target(
         Some(100),
         if std::io::stdout().is_terminal() && !json {
@@ -184,7 +193,7 @@ pub fn install(global: &Global, a: InstallArgs) -> Result<Exit, Exit> {
             }
         }
     }
-    let r = run_job(&session, &updates, false, json)?;
+    let r = run_job(&session, &updates, false, a.force, json)?;
     report("Install", &updates, &r, json);
     Ok(exit_for(&r))
 }
@@ -236,7 +245,7 @@ pub fn uninstall(global: &Global, a: UninstallArgs) -> Result<Exit, Exit> {
             }
         }
     }
-    let r = run_job(&session, &updates, true, a.json)?;
+    let r = run_job(&session, &updates, true, a.force, a.json)?;
     report("Uninstall", &updates, &r, a.json);
     Ok(exit_for(&r))
 }

@@ -4,8 +4,10 @@
 //! - The work runs on its own thread. Callbacks run on a dispatcher thread that is neither
 //!   the caller's nor the worker's; for one job they never run concurrently.
 //! - Progress callbacks coalesce to the latest snapshot when the callback is slower than the
-//!   work, and come at most every [`MIN_PROGRESS_INTERVAL`]. The completion callback runs exactly once, after the last progress callback, and
-//!   [`Job::is_completed`] is already true when it runs.
+//!   work, and come at most every [`MIN_PROGRESS_INTERVAL`]. Every progress callback runs
+//!   before the job completes: [`Job::is_completed`] (and `wait`, `take_result`) turn true
+//!   only once the last snapshot has been delivered, and then the completion callback runs,
+//!   exactly once, with `is_completed` already true.
 //! - Inside a callback a caller may read the job, take [`Job::progress`], call
 //!   [`Job::request_abort`], and take the result ([`Job::take_result`], the engine of
 //!   `end_*`) from the completion callback. [`Job::clean_up`] from inside the job's own
@@ -101,6 +103,11 @@ struct State<P, R> {
     /// Bumped by every report; the dispatcher delivers when it differs from `delivered`.
     generation: u64,
     delivered: u64,
+    /// The work has returned (its result is in `result`); the job completes once the
+    /// dispatcher has delivered every progress snapshot.
+    work_done: bool,
+    /// `IsCompleted`: set by the dispatcher after the last progress callback, just before
+    /// the completion callback.
     completed: bool,
     result: Option<R>,
     result_taken: bool,
@@ -285,6 +292,7 @@ impl<P: Clone + Send + 'static, R: Send + 'static> Job<P, R> {
                 panicked: None,
                 generation: 0,
                 delivered: 0,
+                work_done: false,
                 completed: false,
                 result: None,
                 result_taken: false,
@@ -333,6 +341,7 @@ impl<P: Clone + Send + 'static, R: Send + 'static> Job<P, R> {
         if let Err(e) = spawned {
             // Nothing ran: finish the dispatcher without a result so no thread is left.
             let mut st = lock(&shared.state);
+            st.work_done = true;
             st.completed = true;
             drop(st);
             shared.changed.notify_all();
@@ -341,14 +350,13 @@ impl<P: Clone + Send + 'static, R: Send + 'static> Job<P, R> {
         Ok(job)
     }
 
+    /// The work returned: the dispatcher delivers what progress is left, then completes.
     fn complete(&self, result: Option<R>) {
         let mut st = self.lock();
         st.result = result;
-        st.completed = true;
-        let wakers = std::mem::take(&mut st.wakers);
+        st.work_done = true;
         drop(st);
         self.shared.changed.notify_all();
-        wakers.into_iter().for_each(Waker::wake);
     }
 
     fn dispatch(&self, callbacks: Callbacks<P, R>) {
@@ -363,7 +371,7 @@ impl<P: Clone + Send + 'static, R: Send + 'static> Job<P, R> {
             let mut st = self.lock();
             loop {
                 let pending = on_progress.is_some() && st.generation != st.delivered;
-                if st.completed {
+                if st.work_done {
                     break;
                 }
                 if pending {
@@ -402,8 +410,12 @@ impl<P: Clone + Send + 'static, R: Send + 'static> Job<P, R> {
                 }
                 continue;
             }
-            // Completed, and every snapshot delivered.
+            // The work is done and every snapshot delivered: now the job is complete.
+            st.completed = true;
+            let wakers = std::mem::take(&mut st.wakers);
             drop(st);
+            self.shared.changed.notify_all();
+            wakers.into_iter().for_each(Waker::wake);
             if let Some(cb) = on_completed.take() {
                 if catch_unwind(AssertUnwindSafe(|| cb(self))).is_err() {
                     tracing::error!("a completion callback panicked");
@@ -506,8 +518,15 @@ impl<P: Clone + Send + 'static, R: Send + 'static> Job<P, R> {
     }
 
     /// The engine of `end_*`: blocks until the job is complete, then returns its result and
-    /// releases the caller's state. A second call returns `WU_E_INVALID_OPERATION`.
+    /// releases the caller's state. A second call returns `WU_E_INVALID_OPERATION`, and so
+    /// does a call from a progress callback of the job before it is complete (the job
+    /// completes only after its progress callbacks, so waiting there would never end).
     pub fn take_result(&self) -> Result<R, JobError> {
+        if self.in_own_callback() && !self.is_completed() {
+            return Err(invalid(
+                "take_result cannot wait inside the job's own progress callback (the job completes after its progress callbacks); call it from the completion callback",
+            ));
+        }
         let mut st = self.lock();
         if st.result_taken {
             return Err(invalid(

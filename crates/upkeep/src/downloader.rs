@@ -335,12 +335,7 @@ impl UpdateDownloader {
                     "no updates to download: set_updates was not called or the collection is empty",
                 )),
             };
-        if self.session.read_only() {
-            return Err(Error::new(
-                HResult::WU_E_INVALID_OPERATION,
-                "the session is read-only",
-            ));
-        }
+        self.session.check_writable("download")?;
         let plan: Vec<Vec<ContentFile>> = updates
             .iter()
             .map(|u| match download_type {
@@ -420,8 +415,9 @@ impl UpdateDownloader {
         let job = Job::spawn("upkeep-download", initial, state, callbacks, move |ctx| {
             let ctx = ctx.clone();
             let r = engine.clone().block_on(run(ctx, engine, plan, priority));
-            // `IsDownloaded` of these very objects (and their clones) follows the download.
-            if let Ok(r) = &r {
+            // `IsDownloaded` of these very objects (and their clones) follows the download
+            // of their content; a bootstrapper alone is not the content.
+            if let (Ok(r), DownloadType::Full) = (&r, download_type) {
                 for (u, res) in done_updates.iter().zip(&r.results) {
                     if res.result_code == OperationResultCode::Succeeded {
                         u.mark_downloaded();

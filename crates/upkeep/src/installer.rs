@@ -328,6 +328,18 @@ impl UpdateInstaller {
                 ))
             }
         };
+        self.session.check_writable(match op {
+            Operation::Install => "install",
+            Operation::Uninstall => "uninstall",
+        })?;
+        // `RebootRequiredBeforeInstallation`: a restart an earlier install or uninstall
+        // asked for comes first (`is_forced` overrides it, as it overrides the rest).
+        if !self.is_forced && self.reboot_required_before_installation()? {
+            return Err(Error::new(
+                HResult::WU_E_INSTALL_NOT_ALLOWED,
+                "a restart is pending (an earlier install or uninstall asked for one): restart the machine first, or force the operation (is_forced; upkeep install --force)",
+            ));
+        }
         if updates.len() > 1 {
             if let Some(u) = updates.iter().find(|u| {
                 u.metadata().installation_behavior.impact

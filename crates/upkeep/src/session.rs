@@ -39,6 +39,7 @@ pub struct UpdateSessionBuilder {
     transport: Option<Arc<dyn Transport>>,
     limits: Option<Limits>,
     default_client_id: Option<String>,
+    read_only: bool,
 }
 
 impl UpdateSessionBuilder {
@@ -137,6 +138,15 @@ impl UpdateSessionBuilder {
     /// TUF limits.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = Some(limits);
+        self
+    }
+    /// A read-only session (WUA's `ReadOnly`, "locked down"): it searches, reads history
+    /// and the cache, but every change — download, install, uninstall, accepting a
+    /// license, hiding, cache import and clean — is `WU_E_INVALID_OPERATION`, and it does
+    /// not recover an interrupted transaction (a writing session does). The daemon hands
+    /// such sessions to callers it does not trust to change the machine.
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
         self
     }
 
@@ -270,9 +280,12 @@ impl UpdateSessionBuilder {
                 merged: Mutex::new(None),
                 engine: std::sync::OnceLock::new(),
                 foreign_root,
+                read_only: self.read_only,
             }),
         };
-        session.recover()?;
+        if !session.read_only() {
+            session.recover()?;
+        }
         Ok(session)
     }
 }
@@ -355,6 +368,8 @@ struct SessionInner {
     /// A `--trusted-root` was given that shares no root key with the root the state
     /// directory already trusts (it was not used): said when a refresh is refused.
     foreign_root: Option<String>,
+    /// `ReadOnly`.
+    read_only: bool,
 }
 
 /// The root role's key ids and the version of root metadata `bytes`.
@@ -414,9 +429,21 @@ impl UpdateSession {
             .expect("not poisoned") = id.into();
     }
 
-    /// `ReadOnly`: sessions of this build are never read-only.
+    /// `ReadOnly`: made read-only by [`UpdateSessionBuilder::read_only`]; every change
+    /// through it is `WU_E_INVALID_OPERATION`.
     pub fn read_only(&self) -> bool {
-        false
+        self.inner.read_only
+    }
+
+    /// `WU_E_INVALID_OPERATION` naming `what`, when the session is read-only.
+    pub(crate) fn check_writable(&self, what: &str) -> Result<()> {
+        if self.read_only() {
+            return Err(Error::new(
+                HResult::WU_E_INVALID_OPERATION,
+                format!("the session is read-only: it cannot {what}"),
+            ));
+        }
+        Ok(())
     }
 
     /// `CreateUpdateSearcher`.
@@ -865,7 +892,8 @@ impl upkeep_types::StateSink for SessionSink {
         revision: u32,
     ) -> std::result::Result<(), upkeep_types::StateError> {
         self.0
-            .store()
+            .check_writable("accept license terms")
+            .and_then(|()| self.0.store())
             .and_then(|s| Ok(s.accept_eula(&id.to_string(), revision)?))
             .map_err(state_err)
     }
@@ -875,7 +903,8 @@ impl upkeep_types::StateSink for SessionSink {
         hidden: bool,
     ) -> std::result::Result<(), upkeep_types::StateError> {
         self.0
-            .store()
+            .check_writable("hide or show updates")
+            .and_then(|()| self.0.store())
             .and_then(|s| Ok(s.set_hidden(&id.to_string(), hidden)?))
             .map_err(state_err)
     }
@@ -1092,6 +1121,7 @@ impl UpdateSession {
     /// Removes every object and unfinished download from the content cache (`upkeep cache
     /// clean`); pinned copies of installed `command` updates are not in it.
     pub fn clean_cache(&self) -> Result<CacheReport> {
+        self.check_writable("clean the cache")?;
         let cache = self.content_cache()?;
         let mut report = CacheReport::default();
         for e in cache.entries() {
@@ -1113,6 +1143,7 @@ impl UpdateSession {
     /// read up to its signed length, every signed hash checked — and counts as downloaded.
     /// A file that matches nothing is reported, not copied.
     pub fn copy_to_cache(&self, paths: &[PathBuf]) -> Result<CacheImport> {
+        self.check_writable("import into the cache")?;
         let catalog = self.catalog(false)?;
         let mut by_len: std::collections::HashMap<u64, Vec<(String, upkeep_types::ContentFile)>> =
             Default::default();

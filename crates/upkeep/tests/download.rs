@@ -344,3 +344,40 @@ fn a_metadata_server_trickling_bytes_is_dropped_at_the_minimum_rate() {
         .unwrap();
     assert_eq!(r.updates().len(), 1);
 }
+
+/// A bootstrapper-only download (`download2(UpdateBootstrapper)`) fetches the
+/// bootstrapper and leaves the update not downloaded, in this object, its clones and a
+/// new search; the full download then marks it downloaded.
+#[test]
+fn a_bootstrapper_download_does_not_mark_the_update_downloaded() {
+    let mut sim = RepoSim::new();
+    let mut m = RepoSim::update(7, "With a bootstrapper");
+    let boot = format!("updates/{}/1/bootstrapper/setup.sh", m.id);
+    sim.add_target("targets", &boot, b"#!/bin/sh\nexit 0\n", None);
+    m.bootstrapper = Some(boot);
+    sim.add_update("targets", m, &payload(50_000));
+    sim.publish();
+    let server = sim.serve();
+    let state = tempfile::tempdir().unwrap();
+    let session = UpdateSession::builder()
+        .env(false)
+        .repository(server.base_url())
+        .trusted_root(sim.trusted_root_file())
+        .state_dir(state.path())
+        .build()
+        .unwrap();
+    let updates = all_updates(&session);
+    let mut d = session.create_update_downloader();
+    d.set_updates(updates.clone());
+    let r = d.download2(DownloadType::UpdateBootstrapper).unwrap();
+    assert_eq!(r.result_code(), OperationResultCode::Succeeded);
+    let u = updates.get(0).unwrap();
+    assert!(!u.is_downloaded(), "only its bootstrapper was downloaded");
+    assert!(!all_updates(&session).get(0).unwrap().is_downloaded());
+    assert_eq!(
+        d.download().unwrap().result_code(),
+        OperationResultCode::Succeeded
+    );
+    assert!(u.is_downloaded());
+    assert!(all_updates(&session).get(0).unwrap().is_downloaded());
+}

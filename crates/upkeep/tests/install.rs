@@ -168,16 +168,24 @@ fn a_files_update_installs_with_progress_and_uninstalls_back_to_before() {
     assert!(fx.search("IsInstalled=0").is_empty());
     assert_eq!(fx.search("RebootRequired=1").len(), 1);
     assert!(inst.reboot_required_before_installation().unwrap());
-    // Installing again is a no-op success.
-    assert_eq!(
-        inst.install().unwrap().result_code(),
-        OperationResultCode::Succeeded
+    // `RebootRequiredBeforeInstallation`: nothing more installs or uninstalls until the
+    // restart, unless forced; no job is made and no history written.
+    let e = inst.install().unwrap_err();
+    assert_eq!(e.hresult(), HResult::WU_E_INSTALL_NOT_ALLOWED);
+    assert!(
+        e.message().contains("restart is pending"),
+        "{}",
+        e.message()
     );
-    // Uninstall restores the file that was there and removes the rest.
-    let r = fx
-        .installer(&fx.search("IsInstalled=1"))
-        .uninstall()
-        .unwrap();
+    let mut un = fx.installer(&fx.search("IsInstalled=1"));
+    assert_eq!(
+        un.uninstall().unwrap_err().hresult(),
+        HResult::WU_E_INSTALL_NOT_ALLOWED
+    );
+    // Uninstall (forced past the pending restart) restores the file that was there and
+    // removes the rest.
+    un.set_is_forced(true);
+    let r = un.uninstall().unwrap();
     assert_eq!(r.result_code(), OperationResultCode::Succeeded);
     assert_eq!(
         std::fs::read(fx.root().join("etc/tools.conf")).unwrap(),
@@ -393,9 +401,16 @@ exit 9"#,
         128 + 9,
         "a signal is reported as 128 + its number"
     );
-    // Uninstall: declared for "ok", not for "reboot".
+    // Uninstall: declared for "ok", not for "reboot" (forced: "reboot" left a restart
+    // pending, which refuses anything more until it happens).
     let two: UpdateCollection = all.iter().take(2).cloned().collect();
-    let r = fx.installer(&two).uninstall().unwrap();
+    assert_eq!(
+        fx.installer(&two).uninstall().unwrap_err().hresult(),
+        HResult::WU_E_INSTALL_NOT_ALLOWED
+    );
+    let mut un = fx.installer(&two);
+    un.set_is_forced(true);
+    let r = un.uninstall().unwrap();
     assert_eq!(
         r.update_result(0).unwrap().result_code(),
         OperationResultCode::Succeeded
@@ -853,4 +868,56 @@ fn a_superseded_update_stays_in_view_uninstalls_and_is_replaced_by_its_successor
     );
     fx.installer(&installed).uninstall().unwrap();
     assert_eq!(tree(&fx.root()), before, "as before A");
+}
+
+/// A read-only session (WUA's "locked down" `ReadOnly`): it searches and reads history,
+/// and every change through it is `WU_E_INVALID_OPERATION`, leaving the state as it was.
+#[test]
+fn a_read_only_session_searches_and_changes_nothing() {
+    let fx = Fx::new(
+        vec![(
+            RepoSim::update(1, "Tools"),
+            tar_zst(&[("opt/tools/bin", b"x")]),
+        )],
+        Some(1), // with license terms, to accept
+    );
+    let ro = UpdateSession::builder()
+        .env(false)
+        .repository(fx._server.base_url())
+        .trusted_root(fx.sim.trusted_root_file())
+        .state_dir(fx.dir.path().join("state"))
+        .install_root(fx.dir.path().join("root"))
+        .read_only(true)
+        .build()
+        .unwrap();
+    assert!(ro.read_only() && !fx.session.read_only());
+    let found = ro.create_update_searcher().search("IsInstalled=0").unwrap();
+    assert_eq!(found.updates().len(), 1);
+    let invalid = HResult::WU_E_INVALID_OPERATION;
+    let mut d = ro.create_update_downloader();
+    d.set_updates(found.updates().clone());
+    assert_eq!(d.download().unwrap_err().hresult(), invalid);
+    let mut i = ro.create_update_installer();
+    i.set_updates(found.updates().clone());
+    assert_eq!(i.install().unwrap_err().hresult(), invalid);
+    assert_eq!(i.uninstall().unwrap_err().hresult(), invalid);
+    let u = found.updates().get(0).unwrap();
+    assert_eq!(u.set_is_hidden(true).unwrap_err().hresult, invalid);
+    assert_eq!(u.accept_eula().unwrap_err().hresult, invalid);
+    assert_eq!(ro.clean_cache().unwrap_err().hresult(), invalid);
+    assert_eq!(
+        ro.copy_to_cache(&[fx.dir.path().to_path_buf()])
+            .unwrap_err()
+            .hresult(),
+        invalid
+    );
+    // Nothing changed: not hidden, nothing installed or downloaded, no history.
+    let again = fx.search("IsInstalled=0");
+    assert_eq!(again.len(), 1);
+    let g = again.get(0).unwrap();
+    assert!(!g.is_hidden() && !g.is_downloaded() && !g.eula_accepted());
+    assert_eq!(
+        ro.create_update_searcher().total_history_count().unwrap(),
+        0
+    );
 }
