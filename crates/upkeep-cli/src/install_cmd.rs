@@ -162,16 +162,27 @@ pub fn install(global: &Global, a: InstallArgs) -> Result<Exit, Exit> {
                 .map_err(|e| Exit::from_error(&e.into(), json))?;
         } else if !u.eula_accepted() && !json {
             eprintln!(
-                "upkeep: {} has license terms; read them with `upkeep show {}` and install with --accept-eula",
+                "upkeep: {} has license terms; read them with `upkeep show {} --eula` and install with --accept-eula",
                 crate::output::t(u.title()),
                 u.identity().update_id
             );
         }
     }
     if !a.no_download {
+        // Only what the install will not refuse: an update whose license is not
+        // accepted, that does not apply here, or whose revision is installed already is
+        // reported by the install without a byte downloaded for it.
         let missing: UpdateCollection = updates
             .iter()
             .filter(|u| !u.is_downloaded())
+            .filter(|u| u.metadata().eula.is_none() || u.eula_accepted())
+            .filter(|u| u.is_applicable())
+            .filter(|u| {
+                a.force
+                    || !u.is_installed()
+                    || u.installed_revision()
+                        .is_some_and(|r| r < u.identity().revision_number)
+            })
             .cloned()
             .collect();
         if !missing.is_empty() {

@@ -913,8 +913,12 @@ pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
                 println!("  {r} v{v}");
             }
             println!(
-                "Rotated the {role} key; the old one is in {}",
-                dir.join("keys/retired").display()
+                "Rotated the {role} key; the old one is kept in {}",
+                report
+                    .retired_key
+                    .as_deref()
+                    .unwrap_or(&dir.join("keys/retired"))
+                    .display()
             );
             Ok(Exit::Success)
         }

@@ -155,7 +155,7 @@ fn applicability_from_repo_add_flags_on_this_machine() {
     let show = ok(&run(&["show", OTHER]));
     assert!(
         show.contains(&format!(
-            "applies:          no: architecture {arch} is one of riscv64"
+            "applies:          no: architecture {arch} is not one of riscv64"
         )),
         "{show}"
     );

@@ -239,13 +239,18 @@ fn an_offline_root_key_is_needed_only_to_renew_or_rotate_and_its_absence_writes_
     ));
     assert_eq!(repo.root_versions(), 2);
     repo.client_refreshes(&serve, "device", late);
-    ok(&at(
+    let said = ok(&at(
         late,
         &["repo", "rotate-key", repo.d(), "root", "--root-keys", off_s],
     ));
     assert!(
         off.join("retired").read_dir().unwrap().count() == 1,
         "retired offline"
+    );
+    // The message names where the old key went: the offline directory, not keys/.
+    assert!(
+        said.contains(off.join("retired").to_str().unwrap()),
+        "{said}"
     );
     assert!(
         !repo.dir.join("keys/root.json").exists(),

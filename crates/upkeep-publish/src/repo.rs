@@ -239,6 +239,9 @@ pub struct PublishReport {
     pub updates: usize,
     /// What the publisher did but wants the operator to know (a forced republish).
     pub warnings: Vec<String>,
+    /// After a key rotation: the file the replaced key was kept in (beside the key it
+    /// replaced, so an offline key stays offline).
+    pub retired_key: Option<PathBuf>,
 }
 
 const TOP_ROLES: [&str; 4] = ["root", "timestamp", "snapshot", "targets"];
@@ -737,7 +740,9 @@ impl Repository {
             "root" => RootPlan::Rotate(Some(Box::new(old))),
             _ => RootPlan::Rotate(None),
         };
-        self.commit_with(Some(&cur), targets, true, plan, &Out::Repository)
+        let mut report = self.commit_with(Some(&cur), targets, true, plan, &Out::Repository)?;
+        report.retired_key = Some(kept);
+        Ok(report)
     }
 
     /// Where `role`'s key lives: `keys/<role>.json`, or the offline directory when it is

@@ -421,7 +421,11 @@ pub fn evaluate(
         v.needs_newer_agent = !holds;
         check(
             &mut v,
-            format!("agent version {} is at least {min}", machine.agent_version),
+            format!(
+                "agent version {} is {} {min}",
+                machine.agent_version,
+                if holds { "at least" } else { "older than" }
+            ),
             holds,
         );
     }
@@ -430,8 +434,9 @@ pub fn evaluate(
         check(
             &mut v,
             format!(
-                "architecture {} is one of {}",
+                "architecture {} is {}one of {}",
                 machine.architecture,
+                if holds { "" } else { "not " },
                 rules.architectures.join(", ")
             ),
             holds,
@@ -456,7 +461,11 @@ pub fn evaluate(
         };
         check(
             &mut v,
-            format!("operating system {have} is one of: {}", wanted.join("; ")),
+            format!(
+                "operating system {have} is {}one of: {}",
+                if holds { "" } else { "not " },
+                wanted.join("; ")
+            ),
             holds,
         );
     }

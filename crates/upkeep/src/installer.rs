@@ -558,6 +558,19 @@ fn run(
             succeeded_here.insert(u.identity().update_id);
         }
         results[i] = match outcome {
+            // Nothing to do: said so, and no restart asked for by this job.
+            Ok(done) if done.already_installed => UpdateInstallationResult {
+                result_code: OperationResultCode::Succeeded,
+                hresult: HResult::S_OK,
+                reboot_required: false,
+                message: Some(
+                    format!(
+                        "already installed (revision {}); nothing was done (force to install it again)",
+                        u.identity().revision_number
+                    )
+                    .into(),
+                ),
+            },
             Ok(done) => UpdateInstallationResult {
                 result_code: OperationResultCode::Succeeded,
                 hresult: HResult::S_OK,

@@ -1,0 +1,122 @@
+//! What a new user trips on: a refused install downloads nothing (license, applicability,
+//! the revision already installed), reinstalling says "already installed" and does
+//! nothing, and the license hint names `show --eula`.
+
+mod common;
+
+use std::path::Path;
+
+use common::{ok, upkeep};
+
+const LICENSED: &str = "b1000000-0000-4000-8000-000000000001";
+const ELSEWHERE: &str = "b1000000-0000-4000-8000-000000000002";
+const PLAIN: &str = "b1000000-0000-4000-8000-000000000003";
+
+#[test]
+fn refused_installs_download_nothing_and_a_reinstall_is_a_no_op() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    ok(&upkeep(&["repo", "init", repo.to_str().unwrap()]));
+    let eula = tmp.path().join("LICENSE");
+    std::fs::write(&eula, "Terms.").unwrap();
+    // A command payload must be runnable: a script.
+    let script = |name: &str| {
+        let p = tmp.path().join(format!("{name}.sh"));
+        std::fs::write(&p, format!("#!/bin/sh\n# {}\nexit 0\n", "x".repeat(40_000))).unwrap();
+        p
+    };
+    for (id, name, extra) in [
+        (LICENSED, "licensed", vec!["--eula", eula.to_str().unwrap()]),
+        (ELSEWHERE, "elsewhere", vec!["--arch", "s390x"]),
+        (PLAIN, "plain", vec![]),
+    ] {
+        let p = script(name);
+        let base = [
+            "repo",
+            "add",
+            repo.to_str().unwrap(),
+            "--id",
+            id,
+            "--title",
+            name,
+            "--payload",
+            p.to_str().unwrap(),
+            "--handler",
+            "command",
+        ];
+        ok(&upkeep(&[&base[..], &extra[..]].concat()));
+    }
+    let trusted = repo.join("metadata/1.root.json");
+    let base = tmp.path().to_path_buf();
+    let run = |args: &[&str]| machine(&repo, &trusted, &base, args);
+    let cached = || -> usize {
+        let v: serde_json::Value =
+            serde_json::from_str(&ok(&run(&["cache", "list", "--json"]))).unwrap();
+        v["objects"].as_array().map_or(0, Vec::len) + v["partial"].as_array().map_or(0, Vec::len)
+    };
+    // License not accepted: refused, nothing downloaded; the hint names show --eula.
+    let o = run(&["install", LICENSED]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("upkeep show {LICENSED} --eula")),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("WU_E_EULAS_DECLINED"));
+    assert_eq!(cached(), 0, "a refused install downloaded content");
+    // Not applicable here: refused, nothing downloaded.
+    let o = run(&["install", ELSEWHERE, "--json"]);
+    assert!(!o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v["updates"][0]["error"]["name"], "WU_E_NOT_APPLICABLE",
+        "{v}"
+    );
+    assert!(v["updates"][0]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("is not one of s390x"));
+    assert_eq!(cached(), 0);
+    // Installed once; again: "already installed", exit 0, no history row, no download.
+    ok(&run(&["install", PLAIN]));
+    let history = |r: &dyn Fn(&[&str]) -> std::process::Output| -> u64 {
+        let v: serde_json::Value = serde_json::from_str(&ok(&r(&["history", "--json"]))).unwrap();
+        v["total"].as_u64().unwrap()
+    };
+    let rows = history(&run);
+    let o = run(&["install", PLAIN, "--json"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["updates"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("already installed"));
+    assert_eq!(v["reboot_required"], false);
+    assert_eq!(history(&run), rows);
+    assert_eq!(
+        cached(),
+        0,
+        "content is removed after install; none fetched again"
+    );
+}
+
+fn machine(repo: &Path, trusted: &Path, base: &Path, args: &[&str]) -> std::process::Output {
+    let (state, root) = (base.join("state"), base.join("root"));
+    std::fs::create_dir_all(&root).unwrap();
+    let agent = [
+        "--repo",
+        repo.to_str().unwrap(),
+        "--trusted-root",
+        trusted.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--root",
+        root.to_str().unwrap(),
+    ];
+    upkeep(&[&agent[..], args].concat())
+}
