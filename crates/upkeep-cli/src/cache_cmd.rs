@@ -85,7 +85,7 @@ fn import(global: &Global, paths: &[std::path::PathBuf], json: bool) -> Result<E
             println!("already cached: {t}");
         }
         for (file, why) in &r.failed {
-            eprintln!("upkeep: warning: {file}: {why}");
+            crate::logs::warning!("{file}: {why}");
         }
         println!(
             "{} file(s) imported ({}), {} already cached, {} matching no signed content, {} refused",

@@ -141,7 +141,7 @@ fn step(n: u32, text: &str) {
 }
 
 fn demo_err(e: impl std::fmt::Display) -> Exit {
-    eprintln!("upkeep: error: demo failed: {e}");
+    crate::logs::error!("demo failed: {e}");
     Exit::Failure
 }
 

@@ -71,7 +71,7 @@ pub fn report(e: &Error, json: bool) {
         });
         eprintln!("{v}");
     } else {
-        eprintln!("upkeep: error: {} [{code}]", crate::output::t(e.message()));
+        crate::logs::error!("{} [{code}]", crate::output::t(e.message()));
     }
 }
 

@@ -161,10 +161,13 @@ pub fn install(global: &Global, a: InstallArgs) -> Result<Exit, Exit> {
             u.accept_eula()
                 .map_err(|e| Exit::from_error(&e.into(), json))?;
         } else if !u.eula_accepted() && !json {
-            eprintln!(
-                "upkeep: {} has license terms; read them with `upkeep show {} --eula` and install with --accept-eula",
-                crate::output::t(u.title()),
-                u.identity().update_id
+            crate::logs::say(
+                5,
+                &format!(
+                    "upkeep: {} has license terms; read them with `upkeep show {} --eula` and install with --accept-eula",
+                    crate::output::t(u.title()),
+                    u.identity().update_id
+                ),
             );
         }
     }

@@ -44,23 +44,74 @@ fn stderr_is_journal() -> bool {
     dev.parse::<u64>().ok() == Some(m.dev()) && ino.parse::<u64>().ok() == Some(m.ino())
 }
 
-/// The filter: `UPKEEP_LOG` when set, else `warn`, `error` with `-q`, `info` with `-v`,
-/// `debug` with `-vv` and `trace` beyond.
+/// The agent's own log targets (its crates); `-v` and `-vv` raise these, not the
+/// dependencies' (HTTP, TLS, SQLite), which stay at warnings until `-vvv`.
+const OURS: [&str; 11] = [
+    "upkeep",
+    "upkeep_cli",
+    "upkeep_tuf",
+    "upkeep_transfer",
+    "upkeep_install",
+    "upkeep_store",
+    "upkeep_publish",
+    "upkeep_job",
+    "upkeep_fs",
+    "upkeep_types",
+    "upkeep_testkit",
+];
+
+/// The filter directives: `UPKEEP_LOG` wins; else warnings, errors only with `-q`, the
+/// agent's own steps with `-v` (info) and `-vv` (debug), everything's trace with `-vvv`.
+fn directives(quiet: bool, verbose: u8) -> String {
+    let ours = |level: &str| {
+        std::iter::once("warn".to_string())
+            .chain(OURS.iter().map(|c| format!("{c}={level}")))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    match (quiet, verbose) {
+        (true, _) => "error".into(),
+        (false, 0) => "warn".into(),
+        (false, 1) => ours("info"),
+        (false, 2) => ours("debug"),
+        _ => "trace".into(),
+    }
+}
+
 fn filter(quiet: bool, verbose: u8) -> EnvFilter {
     if let Ok(f) = std::env::var("UPKEEP_LOG") {
         if let Ok(f) = EnvFilter::try_new(f) {
             return f;
         }
     }
-    let level = match (quiet, verbose) {
-        (true, _) => "error",
-        (false, 0) => "warn",
-        (false, 1) => "info",
-        (false, 2) => "debug",
-        _ => "trace",
-    };
-    EnvFilter::new(level)
+    EnvFilter::new(directives(quiet, verbose))
 }
+
+/// Whether stderr is the journal (set by [`init`]): the CLI's own lines then carry
+/// syslog priorities, as log records do.
+static JOURNAL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// One line of the CLI's own to stderr — `upkeep: warning: …` (priority 4) or
+/// `upkeep: error: …` (3) — with its priority prefix (`<4>`) when stderr is the journal.
+pub fn say(priority: u8, line: &str) {
+    if JOURNAL.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("<{priority}>{line}");
+    } else {
+        eprintln!("{line}");
+    }
+}
+
+/// `say(4, "upkeep: warning: …")`.
+macro_rules! warning {
+    ($($a:tt)*) => { $crate::logs::say(4, &format!("upkeep: warning: {}", format_args!($($a)*))) };
+}
+
+/// `say(3, "upkeep: error: …")`.
+macro_rules! error {
+    ($($a:tt)*) => { $crate::logs::say(3, &format!("upkeep: error: {}", format_args!($($a)*))) };
+}
+
+pub(crate) use {error, warning};
 
 /// Installs the logger (and, for JSON, a panic hook that writes JSON). Returns the form.
 pub fn init(json: bool, quiet: bool, verbose: u8) -> Form {
@@ -71,6 +122,7 @@ pub fn init(json: bool, quiet: bool, verbose: u8) -> Form {
     } else {
         Form::Text
     };
+    JOURNAL.store(form == Form::Journal, std::sync::atomic::Ordering::Relaxed);
     let f = filter(quiet, verbose);
     let _ = match form {
         Form::Text => {
@@ -188,5 +240,20 @@ impl<S: Subscriber> Layer<S> for Lines {
             }
         };
         let _ = writeln!(std::io::stderr().lock(), "{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn verbosity_raises_the_agents_own_targets_not_the_dependencies() {
+        assert_eq!(super::directives(false, 0), "warn");
+        assert_eq!(super::directives(true, 2), "error");
+        let v = super::directives(false, 1);
+        assert!(v.starts_with("warn,") && v.contains("upkeep=info") && v.contains("upkeep_tuf=info"));
+        assert!(!v.contains("hyper") && !v.contains("reqwest"));
+        let vv = super::directives(false, 2);
+        assert!(vv.contains("upkeep_transfer=debug") && vv.starts_with("warn,"));
+        assert_eq!(super::directives(false, 3), "trace");
     }
 }

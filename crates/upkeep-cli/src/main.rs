@@ -315,7 +315,7 @@ fn takes_agent_settings(c: &Command) -> bool {
 
 fn run(cli: Cli) -> Result<Exit, Exit> {
     if !takes_agent_settings(&cli.command) && !cli.global.is_empty() {
-        eprintln!("upkeep: error: --repo, --trusted-root, --state-dir, --root and --config belong to the agent commands (search, install, …); this command does not use them");
+        crate::logs::error!("--repo, --trusted-root, --state-dir, --root and --config belong to the agent commands (search, install, …); this command does not use them");
         return Err(Exit::Usage);
     }
     match cli.command {
@@ -415,7 +415,7 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
             clap_mangen::Man::new(Cli::command())
                 .render(&mut std::io::stdout())
                 .map_err(|e| {
-                    eprintln!("upkeep: error: writing the manual: {e}");
+                    crate::logs::error!("writing the manual: {e}");
                     Exit::Failure
                 })?;
             Ok(Exit::Success)

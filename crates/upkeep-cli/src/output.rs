@@ -160,7 +160,7 @@ pub fn print_search_filtered(r: &SearchResult, json: bool, filter: &Filter) {
         return;
     }
     for w in r.warnings() {
-        eprintln!("upkeep: warning: {} [{}]", t(&w.message), w.hresult);
+        crate::logs::warning!("{} [{}]", t(&w.message), w.hresult);
     }
     if updates.is_empty() {
         println!("No updates match.");

@@ -624,7 +624,7 @@ fn check_files_payloads(update: &mut NewUpdate, json: bool) -> Result<(), Exit> 
                 serde_json::json!({ "error": crate::output::error_json(message, upkeep::HResult::WU_E_UH_INSTALLERFAILURE) })
             );
         } else {
-            eprintln!("upkeep: error: refused: {message}");
+            crate::logs::error!("refused: {message}");
         }
         Exit::Usage
     };
@@ -642,7 +642,7 @@ fn check_files_payloads(update: &mut NewUpdate, json: bool) -> Result<(), Exit> 
         };
         let length = std::fs::metadata(path)
             .map_err(|e| {
-                eprintln!("upkeep: error: {}: {e}", path.display());
+                crate::logs::error!("{}: {e}", path.display());
                 Exit::Usage
             })?
             .len();
@@ -684,7 +684,7 @@ fn check_files_payloads(update: &mut NewUpdate, json: bool) -> Result<(), Exit> 
 fn move_key_offline(dir: &std::path::Path, off: &std::path::Path, role: &str) -> Result<(), Exit> {
     use std::os::unix::fs::PermissionsExt;
     let err = |p: &std::path::Path, e: std::io::Error| {
-        eprintln!("upkeep: error: {}: {e}", p.display());
+        crate::logs::error!("{}: {e}", p.display());
         Exit::Failure
     };
     std::fs::create_dir_all(off).map_err(|e| err(off, e))?;
@@ -725,7 +725,7 @@ fn fail_as(json: bool) -> impl Fn(PublishError) -> Exit {
                 serde_json::json!({ "error": crate::output::error_json(&e.to_string(), code) })
             );
         } else {
-            eprintln!("upkeep: error: {e}");
+            crate::logs::error!("{e}");
         }
         exit
     }
@@ -830,7 +830,7 @@ pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
                 return Ok(Exit::Success);
             }
             for w in notes.iter().chain(&report.warnings) {
-                eprintln!("upkeep: warning: {w}");
+                crate::logs::warning!("{w}");
             }
             println!(
                 "Added {id} \"{}\"; the repository has {} update(s)",
@@ -856,7 +856,7 @@ pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
                 return Ok(Exit::Success);
             }
             for w in &report.warnings {
-                eprintln!("upkeep: warning: {w}");
+                crate::logs::warning!("{w}");
             }
             println!(
                 "Removed {id}; the repository has {} update(s)",
@@ -885,7 +885,7 @@ pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
                 return Ok(Exit::Success);
             }
             for w in &report.warnings {
-                eprintln!("upkeep: warning: {w}");
+                crate::logs::warning!("{w}");
             }
             for (role, v) in &report.roles {
                 println!("  {role} v{v}");
@@ -993,9 +993,9 @@ pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
                     );
                 }
                 if expired {
-                    eprintln!("upkeep: error: a role has expired: clients refuse this repository until `upkeep repo publish` renews it");
+                    crate::logs::error!("a role has expired: clients refuse this repository until `upkeep repo publish` renews it");
                 } else if due {
-                    eprintln!("upkeep: warning: a role expires within its margin: run `upkeep repo publish`");
+                    crate::logs::warning!("a role expires within its margin: run `upkeep repo publish`");
                 }
             }
             Ok(if expired {
@@ -1046,7 +1046,7 @@ pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
                 println!("{}", serde_json::to_string(&r).expect("JSON"));
             } else {
                 for w in &r.warnings {
-                    eprintln!("upkeep: warning: {w}");
+                    crate::logs::warning!("{w}");
                 }
                 println!(
                     "Wrote {}: {} update(s), {} file(s), {}; version {}, valid until {}. On a device: upkeep service add NAME {} --trusted-root ROOT.json (a later bundle: upkeep service update NAME FILE)",
@@ -1085,8 +1085,7 @@ pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
         }
         RepoCommand::Serve { dir, listen } => {
             if !dir.join("metadata").join("timestamp.json").is_file() {
-                eprintln!(
-                    "upkeep: error: {} is not a published repository",
+                crate::logs::error!("{} is not a published repository",
                     dir.display()
                 );
                 return Err(Exit::Usage);
@@ -1096,7 +1095,7 @@ pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
                 upkeep_publish::serve::repository_mounts(&dir),
             )
             .map_err(|e| {
-                eprintln!("upkeep: error: cannot listen on {listen}: {e}");
+                crate::logs::error!("cannot listen on {listen}: {e}");
                 Exit::Failure
             })?;
             eprintln!(

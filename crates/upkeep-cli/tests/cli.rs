@@ -979,6 +979,10 @@ fn logs_have_no_colours_off_a_terminal_and_journal_priorities_under_systemd() {
     ];
     let (_, _, err) = run_env(&args, &[], None);
     assert!(err.contains("DEBUG"), "-vv logs debug records: {err}");
+    // The agent's own debug records, not its dependencies' (HTTP, TLS).
+    for dep in ["hyper", "reqwest", "rustls", "h2::"] {
+        assert!(!err.contains(dep), "-vv floods with {dep}: {err}");
+    }
     assert!(
         !err.contains('\x1b'),
         "no escape sequences off a terminal: {err:?}"
@@ -1002,11 +1006,22 @@ fn logs_have_no_colours_off_a_terminal_and_journal_priorities_under_systemd() {
         let ok = l.starts_with("<7>")
             || l.starts_with("<6>")
             || l.starts_with("<4>")
-            || l.starts_with("<3>")
-            || l.starts_with("upkeep: error:");
+            || l.starts_with("<3>");
         assert!(ok, "a journal line with its priority: {l:?}");
     }
     assert!(lines.iter().any(|l| l.starts_with("<7>")), "{journal}");
+    // The CLI's own errors carry their priority too.
+    let mut bad: Vec<&str> = without_v.clone();
+    bad.push("IsInstalled=banana");
+    let (_, _, journal) = run_env(&bad, &[("JOURNAL_STREAM", &stream)], Some(&f));
+    assert!(
+        journal.lines().any(|l| l.starts_with("<3>upkeep: error: ")),
+        "{journal}"
+    );
+    assert!(
+        journal.lines().all(|l| l.starts_with('<')),
+        "{journal}"
+    );
 }
 
 #[test]
