@@ -287,6 +287,11 @@ fn disk_full(dir: &Path, e: &StoreError) -> bool {
             && upkeep_fs::free_space(dir).is_ok_and(|n| n < 64 << 10))
 }
 
+fn sha256(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).into()
+}
+
 /// 128 random bits as hex, from the kernel.
 fn random_id() -> String {
     let mut b = [0u8; 16];
@@ -624,6 +629,24 @@ impl Store {
             id,
             full_dir: None,
         })
+    }
+
+    /// Records that `notice` (a warning's text) was said; true the first time only, so
+    /// that a standing condition (an id two services offer) is reported once, not on every
+    /// search. On a read-only store (full disk) nothing is recorded and it is said again.
+    pub fn first_notice(&self, notice: &str) -> Result<bool> {
+        if self.full_dir.is_some() {
+            return Ok(true);
+        }
+        let key = format!("notice:{}", hex::encode(&sha256(notice.as_bytes())[..16]));
+        let n = self
+            .conn
+            .execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES (?1, ?2)",
+                rusqlite::params![key, notice],
+            )
+            .map_err(self.e())?;
+        Ok(n == 1)
     }
 
     /// This database's identity: random, made when the database was created (or migrated

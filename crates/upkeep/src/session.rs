@@ -1730,6 +1730,19 @@ impl UpdateSearcher {
                     ))
             });
         }
+        // An id offered by two services is a standing condition of the configuration:
+        // said once (the first search that meets it), not on every search.
+        if warnings
+            .iter()
+            .any(|w| w.hresult == HResult::WU_E_DUPLICATE_ITEM)
+        {
+            if let Ok(store) = self.session.store() {
+                warnings.retain(|w| {
+                    w.hresult != HResult::WU_E_DUPLICATE_ITEM
+                        || store.first_notice(&w.message).unwrap_or(true)
+                });
+            }
+        }
         Ok((
             SearchResult {
                 result_code: if warnings.is_empty() {

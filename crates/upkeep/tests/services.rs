@@ -121,6 +121,17 @@ fn a_search_covers_every_service_and_each_update_comes_from_its_own() {
         .find(|w| w.hresult == HResult::WU_E_DUPLICATE_ITEM)
         .unwrap();
     assert!(w.message.contains("internal's is ignored"), "{}", w.message);
+    // Said once: the next search (in this session or a new one) has the same result
+    // without the warning, and succeeds.
+    for session in [s.clone(), two.session()] {
+        let again = session
+            .create_update_searcher()
+            .search("IsInstalled=0")
+            .unwrap();
+        assert_eq!(titles(&again), titles(&r));
+        assert!(again.warnings().is_empty(), "{:?}", again.warnings());
+        assert_eq!(again.result_code(), OperationResultCode::Succeeded);
+    }
     // One service only.
     let mut only = s.create_update_searcher();
     only.set_server_selection(ServerSelection::Others);
