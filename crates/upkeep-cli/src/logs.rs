@@ -250,7 +250,9 @@ mod tests {
         assert_eq!(super::directives(false, 0), "warn");
         assert_eq!(super::directives(true, 2), "error");
         let v = super::directives(false, 1);
-        assert!(v.starts_with("warn,") && v.contains("upkeep=info") && v.contains("upkeep_tuf=info"));
+        assert!(
+            v.starts_with("warn,") && v.contains("upkeep=info") && v.contains("upkeep_tuf=info")
+        );
         assert!(!v.contains("hyper") && !v.contains("reqwest"));
         let vv = super::directives(false, 2);
         assert!(vv.contains("upkeep_transfer=debug") && vv.starts_with("warn,"));

@@ -995,7 +995,9 @@ pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
                 if expired {
                     crate::logs::error!("a role has expired: clients refuse this repository until `upkeep repo publish` renews it");
                 } else if due {
-                    crate::logs::warning!("a role expires within its margin: run `upkeep repo publish`");
+                    crate::logs::warning!(
+                        "a role expires within its margin: run `upkeep repo publish`"
+                    );
                 }
             }
             Ok(if expired {
@@ -1085,9 +1087,7 @@ pub fn run(cmd: RepoCommand) -> Result<Exit, Exit> {
         }
         RepoCommand::Serve { dir, listen } => {
             if !dir.join("metadata").join("timestamp.json").is_file() {
-                crate::logs::error!("{} is not a published repository",
-                    dir.display()
-                );
+                crate::logs::error!("{} is not a published repository", dir.display());
                 return Err(Exit::Usage);
             }
             let server = upkeep_publish::serve::Server::start(

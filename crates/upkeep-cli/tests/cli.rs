@@ -1018,10 +1018,7 @@ fn logs_have_no_colours_off_a_terminal_and_journal_priorities_under_systemd() {
         journal.lines().any(|l| l.starts_with("<3>upkeep: error: ")),
         "{journal}"
     );
-    assert!(
-        journal.lines().all(|l| l.starts_with('<')),
-        "{journal}"
-    );
+    assert!(journal.lines().all(|l| l.starts_with('<')), "{journal}");
 }
 
 #[test]

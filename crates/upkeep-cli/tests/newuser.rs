@@ -120,3 +120,56 @@ fn machine(repo: &Path, trusted: &Path, base: &Path, args: &[&str]) -> std::proc
     ];
     upkeep(&[&agent[..], args].concat())
 }
+
+/// A server that accepts connections and never answers: the search fails after the
+/// configured response timeout, and says which setting it was.
+#[test]
+fn a_server_that_never_answers_fails_after_the_response_timeout_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    ok(&upkeep(&["repo", "init", repo.to_str().unwrap()]));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Accept and hold every connection, answering nothing, until the test ends.
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h2 = held.clone();
+    std::thread::spawn(move || {
+        for c in listener.incoming().take(16).flatten() {
+            h2.lock().unwrap().push(c);
+        }
+    });
+    let state = tmp.path().join("state");
+    let trusted = repo.join("metadata/1.root.json");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .args([
+            "--repo",
+            &format!("http://{addr}/"),
+            "--trusted-root",
+            trusted.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "search",
+        ])
+        .env("UPKEEP_RESPONSE_TIMEOUT_SECONDS", "1")
+        .env_remove("UPKEEP_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("no answer within 1s (response_timeout_seconds)"),
+        "{e}"
+    );
+    assert!(
+        !held.lock().unwrap().is_empty(),
+        "the request reached the server"
+    );
+    // An out-of-range setting is refused, naming it.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .args(["--state-dir", state.to_str().unwrap(), "status"])
+        .env("UPKEEP_RESPONSE_TIMEOUT_SECONDS", "0")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("response_timeout_seconds = 0"));
+}

@@ -12,6 +12,8 @@ pub struct HttpTransport {
     client: reqwest::blocking::Client,
     min_rate: u64,
     window: Duration,
+    connect: Duration,
+    response: Duration,
 }
 
 impl std::fmt::Debug for HttpTransport {
@@ -21,11 +23,24 @@ impl std::fmt::Debug for HttpTransport {
 }
 
 impl HttpTransport {
-    /// A transport with a 10 s connect timeout and a 60 s timeout per request.
+    /// A transport with a 10 s connect timeout and a 30 s response timeout.
     pub fn new() -> Result<HttpTransport, TransportError> {
-        let client = reqwest::blocking::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
+        HttpTransport::with_timeouts(Duration::from_secs(10), Duration::from_secs(30))
+    }
+
+    /// A transport that fails a request when the server does not accept the connection
+    /// within `connect`, or, connected, sends nothing for `response` — before its answer
+    /// or within a body (a read timeout, so a long body that keeps coming is not cut;
+    /// the minimum rate bounds a trickle).
+    pub fn with_timeouts(
+        connect: Duration,
+        response: Duration,
+    ) -> Result<HttpTransport, TransportError> {
+        let inner = reqwest::ClientBuilder::new()
+            .connect_timeout(connect)
+            .read_timeout(response);
+        let client = reqwest::blocking::ClientBuilder::from(inner)
+            .timeout(None::<Duration>)
             .user_agent(concat!("upkeep/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| TransportError::Connection {
@@ -36,6 +51,8 @@ impl HttpTransport {
             client,
             min_rate: 1024,
             window: Duration::from_secs(30),
+            connect,
+            response,
         })
     }
 
@@ -93,7 +110,21 @@ impl Transport for HttpTransport {
             .send()
             .map_err(|e| TransportError::Connection {
                 url: url.to_string(),
-                message: describe(&e),
+                message: if e.is_timeout() && e.is_connect() {
+                    format!(
+                        "no connection within {:?} (connect_timeout_seconds): {}",
+                        self.connect,
+                        describe(&e)
+                    )
+                } else if e.is_timeout() {
+                    format!(
+                        "no answer within {:?} (response_timeout_seconds): {}",
+                        self.response,
+                        describe(&e)
+                    )
+                } else {
+                    describe(&e)
+                },
             })?;
         let status = resp.status().as_u16();
         match status {

@@ -12,6 +12,8 @@
 //! low_priority_bytes_per_second = 1000000  # cap shared by Low priority downloads
 //! min_transfer_rate = 1024                 # slower for min_transfer_rate_seconds: retried
 //! min_transfer_rate_seconds = 30
+//! connect_timeout_seconds = 10             # a server that does not accept by then fails
+//! response_timeout_seconds = 30            # nor answer (or go silent) for this long
 //! keep_downloads = false                   # keep content in the cache after installing
 //! cache_max_bytes = 2000000000             # least recently used content goes beyond it
 //! partial_max_age_days = 7                 # unfinished downloads older than this go
@@ -26,7 +28,8 @@
 //! Environment: `UPKEEP_REPOSITORY`, `UPKEEP_TRUSTED_ROOT`, `UPKEEP_STATE_DIR`,
 //! `UPKEEP_INSTALL_ROOT`, `UPKEEP_CLIENT_APPLICATION_ID`, `UPKEEP_MIRRORS` (comma-separated),
 //! `UPKEEP_PARALLEL_DOWNLOADS`, `UPKEEP_LOW_PRIORITY_BYTES_PER_SECOND`,
-//! `UPKEEP_MIN_TRANSFER_RATE`, `UPKEEP_MIN_TRANSFER_RATE_SECONDS`, `UPKEEP_KEEP_DOWNLOADS`
+//! `UPKEEP_MIN_TRANSFER_RATE`, `UPKEEP_MIN_TRANSFER_RATE_SECONDS`,
+//! `UPKEEP_CONNECT_TIMEOUT_SECONDS`, `UPKEEP_RESPONSE_TIMEOUT_SECONDS`, `UPKEEP_KEEP_DOWNLOADS`
 //! (`1`/`true`), `UPKEEP_CACHE_MAX_BYTES`, `UPKEEP_PARTIAL_MAX_AGE_DAYS`,
 //! `UPKEEP_ARCHITECTURE`, `UPKEEP_OS_RELEASE`; `UPKEEP_CONFIG` names the file.
 
@@ -64,6 +67,11 @@ pub struct Config {
     pub min_transfer_rate: Option<u64>,
     /// The window of `min_transfer_rate`, seconds (default 30, at least 1).
     pub min_transfer_rate_seconds: Option<u64>,
+    /// Seconds to establish a connection to a repository or mirror (default 10, 1 to 600).
+    pub connect_timeout_seconds: Option<u64>,
+    /// Seconds a connected server may take to answer a request, or stay silent within a
+    /// body (default 30, 1 to 3600): a server that accepts and never answers fails then.
+    pub response_timeout_seconds: Option<u64>,
     /// Keep downloaded content in the cache after a successful install (default false:
     /// it is removed, except what an installed `command` update needs to uninstall).
     pub keep_downloads: Option<bool>,
@@ -154,6 +162,14 @@ impl Config {
                 "UPKEEP_MIN_TRANSFER_RATE_SECONDS",
                 get("UPKEEP_MIN_TRANSFER_RATE_SECONDS"),
             )?,
+            connect_timeout_seconds: number(
+                "UPKEEP_CONNECT_TIMEOUT_SECONDS",
+                get("UPKEEP_CONNECT_TIMEOUT_SECONDS"),
+            )?,
+            response_timeout_seconds: number(
+                "UPKEEP_RESPONSE_TIMEOUT_SECONDS",
+                get("UPKEEP_RESPONSE_TIMEOUT_SECONDS"),
+            )?,
             keep_downloads: get("UPKEEP_KEEP_DOWNLOADS")
                 .map(|v| match v.trim() {
                     "1" | "true" | "yes" => Ok(true),
@@ -197,6 +213,12 @@ impl Config {
             min_transfer_rate_seconds: over
                 .min_transfer_rate_seconds
                 .or(self.min_transfer_rate_seconds),
+            connect_timeout_seconds: over
+                .connect_timeout_seconds
+                .or(self.connect_timeout_seconds),
+            response_timeout_seconds: over
+                .response_timeout_seconds
+                .or(self.response_timeout_seconds),
             keep_downloads: over.keep_downloads.or(self.keep_downloads),
             cache_max_bytes: over.cache_max_bytes.or(self.cache_max_bytes),
             partial_max_age_days: over.partial_max_age_days.or(self.partial_max_age_days),
@@ -235,6 +257,23 @@ impl Config {
                 ));
             }
         }
+        for (name, v, max) in [
+            ("connect_timeout_seconds", self.connect_timeout_seconds, 600),
+            (
+                "response_timeout_seconds",
+                self.response_timeout_seconds,
+                3600,
+            ),
+        ] {
+            if let Some(n) = v {
+                if !(1..=max).contains(&n) {
+                    return Err(Error::new(
+                        HResult::E_INVALIDARG,
+                        format!("{name} = {n}: it must be from 1 to {max}"),
+                    ));
+                }
+            }
+        }
         if self.cache_max_bytes == Some(0) {
             return Err(Error::new(
                 HResult::E_INVALIDARG,
@@ -256,6 +295,8 @@ impl Config {
             low_priority_bytes_per_second: self.low_priority_bytes_per_second,
             min_transfer_rate: self.min_transfer_rate.unwrap_or(1024),
             min_transfer_rate_seconds: self.min_transfer_rate_seconds.unwrap_or(30),
+            connect_timeout_seconds: self.connect_timeout_seconds.unwrap_or(10),
+            response_timeout_seconds: self.response_timeout_seconds.unwrap_or(30),
             keep_downloads: self.keep_downloads.unwrap_or(false),
             cache_max_bytes: self.cache_max_bytes,
             partial_max_age_days: self.partial_max_age_days.unwrap_or(7),
@@ -305,6 +346,10 @@ pub struct ResolvedConfig {
     pub min_transfer_rate: u64,
     /// Its window, seconds.
     pub min_transfer_rate_seconds: u64,
+    /// Seconds to connect.
+    pub connect_timeout_seconds: u64,
+    /// Seconds for an answer, or of silence within a body.
+    pub response_timeout_seconds: u64,
     /// Keep content after installing.
     pub keep_downloads: bool,
     /// Cache cap, bytes.

@@ -543,12 +543,15 @@ impl UpdateSession {
         }
         let cfg = &self.inner.cfg;
         let t: Arc<dyn Transport> = Arc::new(
-            HttpTransport::new()
-                .map_err(upkeep_tuf::Error::from)?
-                .with_min_rate(
-                    cfg.min_transfer_rate,
-                    std::time::Duration::from_secs(cfg.min_transfer_rate_seconds),
-                ),
+            HttpTransport::with_timeouts(
+                std::time::Duration::from_secs(cfg.connect_timeout_seconds),
+                std::time::Duration::from_secs(cfg.response_timeout_seconds),
+            )
+            .map_err(upkeep_tuf::Error::from)?
+            .with_min_rate(
+                cfg.min_transfer_rate,
+                std::time::Duration::from_secs(cfg.min_transfer_rate_seconds),
+            ),
         );
         Ok(self.inner.http.get_or_init(|| t).clone())
     }
@@ -640,6 +643,8 @@ impl UpdateSession {
             low_priority_bytes_per_second: cfg.low_priority_bytes_per_second,
             min_rate: cfg.min_transfer_rate,
             min_rate_window: std::time::Duration::from_secs(cfg.min_transfer_rate_seconds),
+            connect_timeout: std::time::Duration::from_secs(cfg.connect_timeout_seconds),
+            stall_timeout: std::time::Duration::from_secs(cfg.response_timeout_seconds),
             ..Default::default()
         };
         let engine = upkeep_transfer::Engine::new(self.content_cache()?, opts)
