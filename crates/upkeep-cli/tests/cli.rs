@@ -1255,6 +1255,19 @@ fn a_trusted_root_of_another_repository_is_a_clear_error_with_a_hint() {
     assert!(msg.contains("shares no key with --trusted-root"), "{msg}");
     assert!(msg.contains("use another --state-dir"), "{msg}");
     assert_eq!(err["error"]["kind"], "Threshold");
+    // Never ignored silently: an offline search, which refuses nothing, warns too.
+    let o = upkeep(
+        &[
+            &agent_args(&sb.1, &root_b, &state)[..],
+            &["search", "--offline"],
+        ]
+        .concat(),
+    );
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("WARN") && e.contains("which was not used"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -36,11 +36,11 @@ impl HttpTransport {
         connect: Duration,
         response: Duration,
     ) -> Result<HttpTransport, TransportError> {
-        let inner = reqwest::ClientBuilder::new()
+        // The blocking client's `timeout` bounds each operation — waiting for the answer,
+        // each read of the body — not the whole request.
+        let client = reqwest::blocking::Client::builder()
             .connect_timeout(connect)
-            .read_timeout(response);
-        let client = reqwest::blocking::ClientBuilder::from(inner)
-            .timeout(None::<Duration>)
+            .timeout(response)
             .user_agent(concat!("upkeep/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| TransportError::Connection {

@@ -210,18 +210,29 @@ impl UpdateSessionBuilder {
             // root key with that one, it is probably another repository's.
             let given = std::fs::read(tr).ok();
             let held = std::fs::read(md.join("root.json")).ok();
-            if let (Some((gv, gk)), Some((hv, hk))) = (
+            match (
                 given.as_deref().and_then(root_keys_of),
                 held.as_deref().and_then(root_keys_of),
             ) {
-                if !gk.iter().any(|k| hk.contains(k)) {
-                    foreign_root = Some(format!(
-                        "the state directory {} already trusts a root (version {hv}) that shares no key with --trusted-root {} (version {gv}), which was not used: if this is another repository, use another --state-dir (or remove {} to trust the new root)",
-                        cfg.state_dir.display(),
-                        tr.display(),
-                        md.display()
-                    ));
+                (Some((gv, gk)), Some((hv, hk))) => {
+                    if !gk.iter().any(|k| hk.contains(k)) {
+                        foreign_root = Some(format!(
+                            "the state directory {} already trusts a root (version {hv}) that shares no key with --trusted-root {} (version {gv}), which was not used: if this is another repository, use another --state-dir (or remove {} to trust the new root)",
+                            cfg.state_dir.display(),
+                            tr.display(),
+                            md.display()
+                        ));
+                    }
                 }
+                (None, _) => tracing::warn!(
+                    "--trusted-root {} is not readable root metadata; it was not used (the state directory already trusts a root)",
+                    tr.display()
+                ),
+                _ => {}
+            }
+            // Never ignored silently: said now, and again with a refusal it explains.
+            if let Some(hint) = &foreign_root {
+                tracing::warn!("{hint}");
             }
         }
         // A default service needs the repository or a trusted root; given a root alone,
