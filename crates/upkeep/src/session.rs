@@ -214,15 +214,13 @@ impl UpdateSessionBuilder {
                 given.as_deref().and_then(root_keys_of),
                 held.as_deref().and_then(root_keys_of),
             ) {
-                (Some((gv, gk)), Some((hv, hk))) => {
-                    if !gk.iter().any(|k| hk.contains(k)) {
-                        foreign_root = Some(format!(
-                            "the state directory {} already trusts a root (version {hv}) that shares no key with --trusted-root {} (version {gv}), which was not used: if this is another repository, use another --state-dir (or remove {} to trust the new root)",
-                            cfg.state_dir.display(),
-                            tr.display(),
-                            md.display()
-                        ));
-                    }
+                (Some((gv, gk)), Some((hv, hk))) if !gk.iter().any(|k| hk.contains(k)) => {
+                    foreign_root = Some(format!(
+                        "the state directory {} already trusts a root (version {hv}) that shares no key with --trusted-root {} (version {gv}), which was not used: if this is another repository, use another --state-dir (or remove {} to trust the new root)",
+                        cfg.state_dir.display(),
+                        tr.display(),
+                        md.display()
+                    ));
                 }
                 (None, _) => tracing::warn!(
                     "--trusted-root {} is not readable root metadata; it was not used (the state directory already trusts a root)",
