@@ -9,6 +9,7 @@ mod download_cmd;
 mod exit;
 mod install_cmd;
 mod logs;
+mod manual;
 mod output;
 #[cfg(feature = "publisher")]
 mod repo_cmd;
@@ -217,8 +218,13 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// Print the manual page (roff): `upkeep man | man -l -`.
-    Man,
+    /// Print the manual page (roff): `upkeep man | man -l -`; `--out DIR` writes it and one
+    /// page per command (`upkeep-search.1`, …) there.
+    Man {
+        /// Write every page into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        out: Option<std::path::PathBuf>,
+    },
     /// Create, change, publish and serve repositories.
     #[cfg(feature = "publisher")]
     #[command(subcommand)]
@@ -308,7 +314,7 @@ fn takes_agent_settings(c: &Command) -> bool {
     match c {
         #[cfg(feature = "publisher")]
         Command::Repo(_) | Command::Demo => false,
-        Command::Completions { .. } | Command::Man => false,
+        Command::Completions { .. } | Command::Man { .. } => false,
         _ => true,
     }
 }
@@ -410,14 +416,11 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
             clap_complete::generate(shell, &mut Cli::command(), "upkeep", &mut std::io::stdout());
             Ok(Exit::Success)
         }
-        Command::Man => {
-            use clap::CommandFactory;
-            clap_mangen::Man::new(Cli::command())
-                .render(&mut std::io::stdout())
-                .map_err(|e| {
-                    crate::logs::error!("writing the manual: {e}");
-                    Exit::Failure
-                })?;
+        Command::Man { out } => {
+            manual::run(out.as_deref()).map_err(|e| {
+                crate::logs::error!("writing the manual: {e}");
+                Exit::Failure
+            })?;
             Ok(Exit::Success)
         }
         #[cfg(feature = "publisher")]

@@ -173,3 +173,41 @@ fn a_server_that_never_answers_fails_after_the_response_timeout_naming_it() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("response_timeout_seconds = 0"));
 }
+
+/// The manual: `upkeep(1)` has EXIT STATUS, FILES, ENVIRONMENT, CONFIGURATION and
+/// EXAMPLES, and every page it (or any page) names is written by `man --out`.
+#[test]
+fn the_manual_has_its_sections_and_every_page_it_names() {
+    let page = ok(&upkeep(&["man"]));
+    for s in [
+        "EXIT STATUS",
+        "FILES",
+        "ENVIRONMENT",
+        "CONFIGURATION",
+        "EXAMPLES",
+    ] {
+        assert!(
+            page.contains(&format!(".SH \"{s}\"")) || page.contains(&format!(".SH {s}")),
+            "{s}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    ok(&upkeep(&["man", "--out", dir.path().to_str().unwrap()]));
+    let written: std::collections::BTreeSet<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(written.contains("upkeep.1") && written.contains("upkeep-verify.1"));
+    for name in &written {
+        let text = std::fs::read_to_string(dir.path().join(name)).unwrap();
+        // References look like `upkeep\-search(1)` in roff.
+        for r in text.split("upkeep\\-").skip(1) {
+            let Some(end) = r.find("(1)") else { continue };
+            let page = format!("upkeep-{}.1", r[..end].replace("\\-", "-"));
+            assert!(
+                written.contains(&page),
+                "{name} names {page}, which is not written"
+            );
+        }
+    }
+}
