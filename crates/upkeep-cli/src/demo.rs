@@ -135,9 +135,19 @@ fn demo_updates() -> std::io::Result<Vec<NewUpdate>> {
     ])
 }
 
-fn step(n: u32, text: &str) {
+/// Set by a signal: the demo stops at its next step.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Announces step `n`, or stops the demo (its directory is removed as it unwinds) if it was
+/// interrupted.
+fn step(n: u32, text: &str) -> Result<(), Exit> {
+    if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+        crate::logs::error!("demo interrupted before step {n}; removing what it made");
+        return Err(Exit::Aborted);
+    }
     println!();
     println!("== {n}. {text}");
+    Ok(())
 }
 
 fn demo_err(e: impl std::fmt::Display) -> Exit {
@@ -152,11 +162,21 @@ pub fn run() -> Result<Exit, Exit> {
         .tempdir()
         .map_err(demo_err)?;
     let repo_dir = tmp.path().join("repository");
+    // Interrupted (Ctrl-C, SIGTERM, SIGHUP), it stops at the next step, removes what it
+    // made (the temporary directory is dropped) and exits 4 (aborted); the install steps
+    // take the signal to abort their job, and give it back after.
+    let cleanup_on_signal = || {
+        crate::on_ctrl_c(Box::new(|| {
+            INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+        }))
+    };
+    cleanup_on_signal();
+    println!("Working in {}", tmp.path().display());
 
     step(
         1,
         "Publish a signed repository (ed25519 keys, consistent snapshots)",
-    );
+    )?;
     let mut repo = Repository::init(&repo_dir, InitOptions::default()).map_err(demo_err)?;
     let report = repo
         .add_updates(demo_updates().map_err(demo_err)?)
@@ -168,7 +188,7 @@ pub fn run() -> Result<Exit, Exit> {
         repo_dir.display()
     );
 
-    step(2, "Serve it on loopback");
+    step(2, "Serve it on loopback")?;
     let server = Server::start(
         "127.0.0.1:0".parse().expect("address"),
         repository_mounts(&repo_dir),
@@ -179,7 +199,7 @@ pub fn run() -> Result<Exit, Exit> {
     step(
         3,
         "Open a session: trusted root, state directory and a sandbox install root",
-    );
+    )?;
     let session = UpdateSession::builder()
         .env(false)
         .repository(server.base_url())
@@ -194,7 +214,7 @@ pub fn run() -> Result<Exit, Exit> {
     step(
         4,
         "Search: IsInstalled=0 and IsHidden=0 (TUF refresh, then the catalog)",
-    );
+    )?;
     let r = searcher
         .search("IsInstalled=0 and IsHidden=0")
         .map_err(demo_err)?;
@@ -204,7 +224,7 @@ pub fn run() -> Result<Exit, Exit> {
     step(
         5,
         "Search again with superseded updates included, and only Critical security ones",
-    );
+    )?;
     searcher.set_include_potentially_superseded_updates(true);
     let all = searcher.search("IsInstalled=0").map_err(demo_err)?;
     println!(
@@ -218,7 +238,7 @@ pub fn run() -> Result<Exit, Exit> {
         println!("   security: {} ({})", u.title(), u.msrc_severity());
     }
 
-    step(6, "Show one update in full");
+    step(6, "Show one update in full")?;
     let agent = all
         .updates()
         .iter()
@@ -229,7 +249,7 @@ pub fn run() -> Result<Exit, Exit> {
     step(
         7,
         "Invalid criteria are refused with WU_E_INVALID_CRITERIA and the position",
-    );
+    )?;
     match searcher.search("IsInstalled=0 and (IsHidden=0 or Type='Driver')") {
         Err(e) => println!("   {} [{}]", e, e.hresult()),
         Ok(_) => return Err(demo_err("invalid criteria were accepted")),
@@ -238,7 +258,7 @@ pub fn run() -> Result<Exit, Exit> {
     step(
         8,
         "Download what the search found (verified against the signed hashes)",
-    );
+    )?;
     let todo = r.updates().clone();
     let d = crate::download_cmd::transfer(
         &session,
@@ -247,6 +267,7 @@ pub fn run() -> Result<Exit, Exit> {
         upkeep::DownloadPriority::Normal,
         false,
     )?;
+    cleanup_on_signal();
     for (i, u) in todo.iter().enumerate() {
         let x = d.update_result(i).expect("one result per update");
         println!("   {:<10} {}", x.result_code().to_string(), u.title());
@@ -255,7 +276,7 @@ pub fn run() -> Result<Exit, Exit> {
     step(
         9,
         "Read and accept the fonts' license, then install everything into the sandbox root",
-    );
+    )?;
     let fonts = todo
         .iter()
         .find(|u| u.identity().update_id == FONTS)
@@ -266,6 +287,7 @@ pub fn run() -> Result<Exit, Exit> {
     );
     fonts.accept_eula().map_err(demo_err)?;
     let installed = crate::install_cmd::run_job(&session, &todo, false, false, false)?;
+    cleanup_on_signal();
     for (i, u) in todo.iter().enumerate() {
         let x = installed.update_result(i).expect("one result per update");
         let restart = if x.reboot_required() {
@@ -299,7 +321,7 @@ pub fn run() -> Result<Exit, Exit> {
     step(
         10,
         "Search what is installed, and what a restart is pending for",
-    );
+    )?;
     let inst = searcher.search("IsInstalled=1").map_err(demo_err)?;
     for u in inst.updates() {
         println!("   installed: {}", u.title());
@@ -312,7 +334,7 @@ pub fn run() -> Result<Exit, Exit> {
     step(
         11,
         "Publish revision 2 of Acme Tools 2.2; the search offers it as an upgrade",
-    );
+    )?;
     let mut rev2 = UpdateMetadata::new(TOOLS_NEW, "Acme Tools 2.2.1", "x");
     if let Some(u) = inst
         .updates()
@@ -355,7 +377,7 @@ pub fn run() -> Result<Exit, Exit> {
     step(
         12,
         "A restart is pending, so installs wait for it; forced, the upgrade installs as one transaction and the unchanged README is not rewritten",
-    );
+    )?;
     let mut waiting = session.create_update_installer();
     waiting.set_updates(upgrades.updates().clone());
     match waiting.install() {
@@ -370,6 +392,7 @@ pub fn run() -> Result<Exit, Exit> {
         false,
     )?;
     let up = crate::install_cmd::run_job(&session, upgrades.updates(), false, true, false)?;
+    cleanup_on_signal();
     println!(
         "   {}; acme-tool says: {}; README same inode: {}",
         up.result_code(),
@@ -384,7 +407,7 @@ pub fn run() -> Result<Exit, Exit> {
     step(
         13,
         "Uninstall Acme Tools: its files go, what was there before revision 1 comes back",
-    );
+    )?;
     let tools: upkeep::UpdateCollection = searcher
         .search("IsInstalled=1")
         .map_err(demo_err)?
@@ -394,13 +417,14 @@ pub fn run() -> Result<Exit, Exit> {
         .cloned()
         .collect();
     let un = crate::install_cmd::run_job(&session, &tools, true, true, false)?;
+    cleanup_on_signal();
     println!(
         "   {}; acme-tool present: {}",
         un.result_code(),
         tool.exists()
     );
 
-    step(14, "History, newest first");
+    step(14, "History, newest first")?;
     for h in searcher.query_history(0, 10).map_err(demo_err)? {
         let raw = if h.unmapped_result_code != 0 {
             format!(" (exit {})", h.unmapped_result_code)
@@ -422,7 +446,7 @@ pub fn run() -> Result<Exit, Exit> {
     step(
         15,
         "Stop the server and search offline, from the metadata trusted locally",
-    );
+    )?;
     let requests = server.request_count();
     server.stop();
     searcher.set_online(false);
@@ -433,7 +457,7 @@ pub fn run() -> Result<Exit, Exit> {
         offline.updates().len()
     );
 
-    step(16, "Clean up");
+    step(16, "Clean up")?;
     let path = tmp.path().to_path_buf();
     drop(repo);
     tmp.close().map_err(demo_err)?;

@@ -90,6 +90,16 @@ pub(crate) fn run_job(
         .iter()
         .map(|u| crate::output::t(u.title()).into_owned())
         .collect();
+    // From the start the bar says what it is doing, before the first progress report.
+    bar.set_message(format!(
+        "{} {}",
+        if uninstall {
+            "preparing to remove"
+        } else {
+            "checking and staging"
+        },
+        titles.first().map_or("", String::as_str)
+    ));
     let b2 = bar.clone();
     let on_progress = move |_: &InstallationJob, a: &InstallationProgressChangedCallbackArgs| {
         let p = a.progress();

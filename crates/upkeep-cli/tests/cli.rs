@@ -220,6 +220,42 @@ fn the_demo_runs_and_cleans_up() {
     assert!(!Path::new(path).exists(), "{path} still exists");
 }
 
+/// Interrupted by SIGTERM (as a service manager or `timeout` stops it), the demo stops at
+/// its next step, removes its directory and exits 4 (aborted).
+#[test]
+fn the_demo_cleans_up_on_a_signal() {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .arg("demo")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // Its first line names its directory; it is stopped there (SIGSTOP), so the signal
+    // lands while it works, whatever the machine's speed.
+    let first = lines.next().unwrap().unwrap();
+    let pid = child.id() as i32;
+    // SAFETY: kill sends signals to our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let dir = std::path::PathBuf::from(
+        first
+            .strip_prefix("Working in ")
+            .expect("the demo names its directory first")
+            .trim(),
+    );
+    assert!(dir.exists());
+    // SAFETY: as above.
+    unsafe {
+        assert_eq!(libc::kill(pid, libc::SIGTERM), 0);
+        assert_eq!(libc::kill(pid, libc::SIGCONT), 0);
+    }
+    for _ in lines {} // drain until it exits
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(4), "{status:?}");
+    assert!(!dir.exists(), "{} is left behind", dir.display());
+}
+
 #[test]
 fn a_config_file_supplies_the_settings() {
     let tmp = tempfile::tempdir().unwrap();
