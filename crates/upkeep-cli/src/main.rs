@@ -213,6 +213,13 @@ enum Command {
     /// The content cache: list what it holds, clean it.
     #[command(subcommand)]
     Cache(cache_cmd::CacheCommand),
+    /// The update ids and KB article ids the trusted metadata knows, one a line, offline
+    /// (what the bash completion offers where an id is taken).
+    #[command(name = "__ids", hide = true)]
+    Ids {
+        #[command(flatten)]
+        here: Global,
+    },
     /// Print a shell completion script: `upkeep completions bash > /etc/bash_completion.d/upkeep`.
     Completions {
         /// The shell.
@@ -308,6 +315,36 @@ impl Global {
         Ok((session, result))
     }
 }
+
+/// Added to the bash completion script: where a command takes update ids, the ids and KB
+/// ids of the trusted metadata (`upkeep __ids`, offline, with the line's own
+/// `--state-dir` and `--config`) are offered beside the options.
+const BASH_IDS: &str = r#"
+_upkeep_ids() {
+    _upkeep "$@"
+    local i w cur="${COMP_WORDS[COMP_CWORD]}" here=()
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        case "${COMP_WORDS[i]}" in
+            --state-dir|--config) here+=("${COMP_WORDS[i]}" "${COMP_WORDS[i+1]}") ;;
+        esac
+    done
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        w="${COMP_WORDS[i]}"
+        case "$w" in
+            show|download|install|uninstall|hide|unhide|verify)
+                if [[ "$cur" != -* ]]; then
+                    COMPREPLY+=($(compgen -W "$(upkeep __ids "${here[@]}" 2>/dev/null)" -- "$cur"))
+                fi
+                return 0 ;;
+        esac
+    done
+}
+if [[ "${BASH_VERSINFO[0]}" -eq 4 && "${BASH_VERSINFO[1]}" -ge 4 || "${BASH_VERSINFO[0]}" -gt 4 ]]; then
+    complete -F _upkeep_ids -o nosort -o bashdefault -o default upkeep
+else
+    complete -F _upkeep_ids -o bashdefault -o default upkeep
+fi
+"#;
 
 /// Whether `c` uses the agent settings (`--repo`, `--state-dir`, …).
 fn takes_agent_settings(c: &Command) -> bool {
@@ -414,6 +451,30 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "upkeep", &mut std::io::stdout());
+            if shell == clap_complete::Shell::Bash {
+                print!("{BASH_IDS}");
+            }
+            Ok(Exit::Success)
+        }
+        Command::Ids { here } => {
+            let (_, r) = cli.global.with(&here).search_with(
+                "IsInstalled=0 or IsInstalled=1",
+                true,
+                true,
+                false,
+                None,
+                false,
+            )?;
+            let mut seen = std::collections::BTreeSet::new();
+            for u in r.updates() {
+                seen.insert(u.identity().update_id.to_string());
+                for kb in u.kb_article_ids() {
+                    seen.insert(format!("KB{}", kb.trim_start_matches("KB")));
+                }
+            }
+            for w in seen {
+                println!("{w}");
+            }
             Ok(Exit::Success)
         }
         Command::Man { out } => {

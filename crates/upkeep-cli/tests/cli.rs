@@ -1479,3 +1479,55 @@ fn every_repo_verb_answers_in_json() {
         .unwrap()
         .contains("not in the repository"));
 }
+
+/// The bash completion offers the update ids and KB ids of the trusted metadata where a
+/// command takes ids (read offline, from the line's own `--state-dir`), and the options
+/// as before.
+#[test]
+fn bash_completion_offers_update_ids_and_kb_ids_from_the_trusted_catalog() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = published_repo(tmp.path());
+    let serve = Serve::start(&dir);
+    let root = dir.join("metadata/root.json");
+    let state = tmp.path().join("state");
+    ok(&upkeep(
+        &[&agent_args(&serve.1, &root, &state)[..], &["search"]].concat(),
+    ));
+    drop(serve); // offline from here on
+    let ids = ok(&upkeep(&["__ids", "--state-dir", state.to_str().unwrap()]));
+    assert!(
+        ids.lines()
+            .any(|l| l == "11111111-1111-4111-8111-111111111111"),
+        "{ids}"
+    );
+    assert!(ids.lines().any(|l| l == "KB123"), "{ids}");
+    let script = tmp.path().join("upkeep.bash");
+    std::fs::write(&script, ok(&upkeep(&["completions", "bash"]))).unwrap();
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_upkeep")).parent().unwrap();
+    let complete = |words: &str| -> Vec<String> {
+        let o = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "source {script}; COMP_WORDS=({words}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); _upkeep_ids upkeep \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+                script = script.display()
+            ))
+            .env("PATH", format!("{}:/usr/bin:/bin", bin_dir.display()))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let st = state.to_str().unwrap();
+    let got = complete(&format!("upkeep --state-dir {st} install 1111"));
+    assert!(
+        got.contains(&"11111111-1111-4111-8111-111111111111".to_string()),
+        "{got:?}"
+    );
+    let got = complete(&format!("upkeep --state-dir {st} show KB"));
+    assert!(got.contains(&"KB123".to_string()), "{got:?}");
+    // Options still complete; no ids where an option is being typed.
+    let got = complete(&format!("upkeep --state-dir {st} install --acc"));
+    assert_eq!(got, ["--accept-eula"], "{got:?}");
+}
