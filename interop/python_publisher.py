@@ -81,6 +81,9 @@ targets.targets[pa] = write_target(
         categories=[{"id": "c0000000-0000-4000-8000-00000000000c", "name": "Interop"}],
         eula=eula,
         installation_behavior={"reboot_behavior": "CanRequestReboot"},
+        # Multi-line text as docs/repository-format.md#text has it: a list of lines.
+        description=["Published by python-tuf.", "", "  - with a list of lines"],
+        release_notes=["Fixed:", "- the interop"],
     ),
 )
 targets.targets[eula] = write_target(eula, b"licence text\n")

@@ -64,6 +64,8 @@ assert titles == want["titles"], titles
 a = next(u for u in got["updates"] if u["title"] == "Published by python-tuf")
 assert a["severity"] == "Critical" and a["has_eula"] and a["kb_article_ids"] == ["4242"], a
 assert a["installation_behavior"]["reboot_behavior"] == "CanRequestReboot", a
+assert a["description"] == "Published by python-tuf.\n\n  - with a list of lines", a["description"]
+assert a["release_notes"] == "Fixed:\n- the interop", a["release_notes"]
 b = next(u for u in got["updates"] if u["title"] == "Delegated driver")
 assert b["type"] == "Driver" and b["handler"]["kind"] == "command", b
 print("upkeep found both python-tuf-published updates with every field")
