@@ -73,8 +73,8 @@ fn local_changes_survive_upgrade_and_uninstall_and_verify_reports_them() {
         "{v}"
     );
 
-    // The administrator edits two files.
-    std::fs::write(root.join("etc/app.conf"), b"setting = 42\n").unwrap();
+    // The administrator edits two files (one keeping its size: only its content differs).
+    std::fs::write(root.join("etc/app.conf"), b"setting = 7\n").unwrap();
     std::fs::write(root.join("etc/pre.conf"), b"edited by the admin\n").unwrap();
     let o = run(&["verify", "--json"]);
     assert_eq!(o.status.code(), Some(1));
@@ -113,7 +113,7 @@ fn local_changes_survive_upgrade_and_uninstall_and_verify_reports_them() {
     );
     assert_eq!(
         std::fs::read(root.join("etc/app.conf")).unwrap(),
-        b"setting = 42\n"
+        b"setting = 7\n"
     );
     assert_eq!(
         std::fs::read(root.join("etc/app.conf.upkeep-new")).unwrap(),
@@ -144,7 +144,7 @@ fn local_changes_survive_upgrade_and_uninstall_and_verify_reports_them() {
     assert!(!root.join("usr/bin/app").exists());
     assert_eq!(
         std::fs::read(root.join("etc/app.conf")).unwrap(),
-        b"setting = 42\n"
+        b"setting = 7\n"
     );
     assert_eq!(
         std::fs::read(root.join("etc/pre.conf")).unwrap(),

@@ -171,7 +171,7 @@ fn take_back_checked(
     o: &OwnedPath,
     kept: &mut Vec<String>,
 ) -> Result<Option<Planned>> {
-    let state = crate::verify::check(root, o)?;
+    let state = crate::verify::check_quick(root, o)?;
     let crate::verify::PathState::Changed { what } = state else {
         return Ok(Some(take_back(o)));
     };
@@ -208,17 +208,19 @@ fn divert(
     staged: Option<PathBuf>,
     plan: &mut Vec<Planned>,
     kept: &mut Vec<String>,
+    diverted: &mut HashSet<String>,
 ) -> Result<Option<PathBuf>> {
     let (Some(s), Some(o)) = (&staged, prior.filter(|o| o.kind != OwnedKind::Dir)) else {
         return Ok(staged);
     };
-    let crate::verify::PathState::Changed { what } = crate::verify::check(root, o)? else {
+    let crate::verify::PathState::Changed { what } = crate::verify::check_quick(root, o)? else {
         return Ok(staged);
     };
     let shown = crate::escape_controls(rel);
     kept.push(format!(
         "kept {shown}, changed since it was installed ({what}); the new revision's file is {shown}.upkeep-new"
     ));
+    diverted.insert(rel.to_string());
     plan.push(Planned {
         rel: format!("{rel}.upkeep-new"),
         op: Op::Put {
@@ -651,6 +653,7 @@ impl<'a> Engine<'a> {
             .collect();
         leaving_files.sort_by(|a, b| b.path.cmp(&a.path));
         let mut kept = Vec::new(); // local changes kept, said in the result
+        let mut diverted: HashSet<String> = HashSet::new(); // paths holding a local change
         for o in leaving_files {
             plan.extend(take_back_checked(&self.layout.dir, o, &mut kept)?);
         }
@@ -676,6 +679,8 @@ impl<'a> Engine<'a> {
                         digest: None,
                         original: None,
                         created: !on_disk || prior.is_some_and(|o| o.created),
+
+                        stamp: None,
                     });
                 }
                 Staged::File {
@@ -691,6 +696,7 @@ impl<'a> Engine<'a> {
                         staged,
                         &mut plan,
                         &mut kept,
+                        &mut diverted,
                     )?;
                     put(
                         &mut plan,
@@ -705,6 +711,8 @@ impl<'a> Engine<'a> {
                             digest: Some(sha256),
                             original,
                             created: false,
+
+                            stamp: None,
                         },
                     )
                 }
@@ -716,6 +724,7 @@ impl<'a> Engine<'a> {
                         staged,
                         &mut plan,
                         &mut kept,
+                        &mut diverted,
                     )?;
                     put(
                         &mut plan,
@@ -730,6 +739,8 @@ impl<'a> Engine<'a> {
                             digest: Some(target),
                             original,
                             created: false,
+
+                            stamp: None,
                         },
                     )
                 }
@@ -765,6 +776,15 @@ impl<'a> Engine<'a> {
         tracing::debug!(elapsed = ?started.elapsed(), changes = plan.len(), "planned");
         let backups = tx.apply(&plan, &apply_step)?;
         tracing::debug!(elapsed = ?started.elapsed(), "applied");
+        // Each file's and symlink's stamp as installed: unchanged, a later uninstall knows
+        // it untouched without hashing it.
+        // A path that keeps a local change gets none: it holds other bytes than its digest.
+        for o in owned_new.iter_mut().filter(|o| o.kind != OwnedKind::Dir) {
+            o.stamp = match diverted.contains(&o.path) {
+                true => None,
+                false => self.layout.dir.stat_hint(&o.path).map(|st| st.stamp()),
+            };
+        }
         if !backups.is_empty() {
             let backups: HashMap<String, String> = backups.into_iter().collect();
             for o in &mut owned_new {

@@ -45,9 +45,17 @@ pub struct Stat {
     pub uid: u32,
     /// Group.
     pub gid: u32,
+    /// Inode number.
+    pub ino: u64,
+    /// Change time, nanoseconds since the epoch (any write, chmod, rename or link changes it).
+    pub ctime_ns: i128,
 }
 
 impl Stat {
+    /// `INO:CTIME_NS`: the same stamp later means nothing changed the entry since.
+    pub fn stamp(&self) -> String {
+        format!("{}:{}", self.ino, self.ctime_ns)
+    }
     /// A directory.
     pub fn is_dir(&self) -> bool {
         self.kind == libc::S_IFDIR
@@ -140,6 +148,9 @@ fn statx_at(dirfd: RawFd, name: &std::ffi::CStr) -> std::io::Result<Option<Stat>
         },
         uid: st.stx_uid,
         gid: st.stx_gid,
+        ino: st.stx_ino,
+        ctime_ns: i128::from(st.stx_ctime.tv_sec) * 1_000_000_000
+            + i128::from(st.stx_ctime.tv_nsec),
     }))
 }
 

@@ -52,9 +52,21 @@ fn kind_name(kind: u32) -> &'static str {
     }
 }
 
-/// Compares the path `o` names with its record. A record without a digest (an agent older
-/// than schema 2) is compared by kind and size only.
+/// Compares the path `o` names with its record, hashing a file's content. A record
+/// without a digest (an agent older than schema 2) is compared by kind and size only.
 pub fn check(root: &RootDir, o: &OwnedPath) -> Result<PathState> {
+    check_with(root, o, false)
+}
+
+/// [`check`], but a file whose inode and change time are still those recorded at install
+/// ([`OwnedPath::stamp`]) is taken as unchanged without hashing it: nothing wrote,
+/// renamed, linked or chmod-ed it since (each changes the change time, which no user can
+/// set). What uninstall and upgrade use: they check every path they take back.
+pub fn check_quick(root: &RootDir, o: &OwnedPath) -> Result<PathState> {
+    check_with(root, o, true)
+}
+
+fn check_with(root: &RootDir, o: &OwnedPath, trust_stamp: bool) -> Result<PathState> {
     let Some(st) = root.stat(&o.path)? else {
         return Ok(PathState::Missing);
     };
@@ -86,7 +98,8 @@ pub fn check(root: &RootDir, o: &OwnedPath) -> Result<PathState> {
                     what: format!("{} bytes now, {} installed", st.size, o.size),
                 });
             }
-            if let Some(d) = &o.digest {
+            let untouched = trust_stamp && o.stamp.as_deref() == Some(st.stamp().as_str());
+            if let (Some(d), false) = (&o.digest, untouched) {
                 let mut f = root.open_file(&o.path)?;
                 let mut h = Sha256::new();
                 let mut buf = vec![0u8; 1 << 20];

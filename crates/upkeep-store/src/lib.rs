@@ -84,7 +84,7 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// The schema version this build writes (`PRAGMA user_version`). Version 1 is the schema of
 /// the first release, which did not set `user_version` (it reads as 0).
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// One history entry (WUA's `IUpdateHistoryEntry`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -171,6 +171,10 @@ pub struct OwnedPath {
     pub original: Option<String>,
     /// For a directory: an install created it, so the last update using it removes it.
     pub created: bool,
+    /// What the file or symlink's inode and change time were once installed
+    /// (`INO:CTIME_NS`); `None` when unknown (older agents). The same stamp now means
+    /// nothing wrote, renamed or changed it since.
+    pub stamp: Option<String>,
 }
 
 /// What a journal entry records of one path.
@@ -336,7 +340,7 @@ CREATE TABLE journal(tx_id INTEGER NOT NULL, seq INTEGER NOT NULL,
   source TEXT, PRIMARY KEY(tx_id, seq));
 CREATE TABLE owned(update_id TEXT NOT NULL, path TEXT NOT NULL, kind TEXT NOT NULL,
   mode INTEGER NOT NULL, size INTEGER NOT NULL, digest TEXT, original TEXT,
-  created INTEGER NOT NULL, PRIMARY KEY(update_id, path));
+  created INTEGER NOT NULL, stamp TEXT, PRIMARY KEY(update_id, path));
 CREATE INDEX owned_path ON owned(path);
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 ";
@@ -344,6 +348,12 @@ CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 /// Version 3 → 4: why a history entry failed.
 const MIGRATE_3_TO_4: &str = "
 ALTER TABLE history ADD COLUMN message TEXT;
+";
+
+/// Schema 5: each owned file's stamp as installed (inode and change time), so that a file
+/// untouched since is known unchanged without hashing it.
+const MIGRATE_4_TO_5: &str = "
+ALTER TABLE owned ADD COLUMN stamp TEXT;
 ";
 
 /// Version 2 → 3: the database's own identity (`meta.store_id`), which the install work
@@ -460,6 +470,7 @@ fn owned_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OwnedPath> {
         digest: r.get(4)?,
         original: r.get(5)?,
         created: r.get(6)?,
+        stamp: r.get(7)?,
     })
 }
 
@@ -593,7 +604,7 @@ impl Store {
             (0, false) => {
                 tx.execute_batch(SCHEMA).map_err(e)?;
             }
-            (0..=3, true) => {
+            (0..=4, true) => {
                 tracing::info!(db = %store_path, "migrating the state database from schema {} to {SCHEMA_VERSION}", version.max(1));
                 if version < 2 {
                     tx.execute_batch(MIGRATE_1_TO_2).map_err(e)?;
@@ -601,7 +612,10 @@ impl Store {
                 if version < 3 {
                     tx.execute_batch(MIGRATE_2_TO_3).map_err(e)?;
                 }
-                tx.execute_batch(MIGRATE_3_TO_4).map_err(e)?
+                if version < 4 {
+                    tx.execute_batch(MIGRATE_3_TO_4).map_err(e)?;
+                }
+                tx.execute_batch(MIGRATE_4_TO_5).map_err(e)?
             }
             (v, _) => {
                 return Err(StoreError::Corrupt {
@@ -910,7 +924,7 @@ impl Store {
             tx.execute("DELETE FROM owned WHERE update_id = ?1", [&rec.update_id])
                 .map_err(&e)?;
             let mut st = tx
-                .prepare_cached("INSERT INTO owned VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")
+                .prepare_cached("INSERT INTO owned VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)")
                 .map_err(&e)?;
             for o in owned {
                 st.execute(params![
@@ -921,7 +935,8 @@ impl Store {
                     o.size as i64,
                     o.digest,
                     o.original,
-                    o.created
+                    o.created,
+                    o.stamp
                 ])
                 .map_err(&e)?;
             }
@@ -984,7 +999,7 @@ impl Store {
     /// What an installed update owns and uses, in path order (parents before children).
     pub fn owned(&self, update_id: &str) -> Result<Vec<OwnedPath>> {
         self.rows(
-            "SELECT path, kind, mode, size, digest, original, created FROM owned WHERE update_id = ?1 ORDER BY path",
+            "SELECT path, kind, mode, size, digest, original, created, stamp FROM owned WHERE update_id = ?1 ORDER BY path",
             [update_id],
             owned_row,
         )
@@ -1063,6 +1078,7 @@ mod tests {
             digest: Some("ab".into()),
             original: None,
             created,
+            stamp: None,
         }
     }
 
