@@ -121,19 +121,7 @@ fn real_debian_packages_install_byte_for_byte_and_uninstall_to_nothing() {
     std::fs::create_dir_all(&root).unwrap();
     let trusted = repo.join("metadata/1.root.json");
     let state = tmp.path().join("state");
-    let run = |args: &[&str]| {
-        let agent = [
-            "--repo",
-            repo.to_str().unwrap(),
-            "--trusted-root",
-            trusted.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--root",
-            root.to_str().unwrap(),
-        ];
-        upkeep(&[&agent[..], args].concat())
-    };
+    let run = |args: &[&str]| common::on(&repo, &trusted, &state, &root, args);
     let v: serde_json::Value =
         serde_json::from_str(&ok(&run(&["show", ids[0], "--json"]))).unwrap();
     assert_eq!(v["title"], "sudo");

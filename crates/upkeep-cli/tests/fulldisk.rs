@@ -33,19 +33,7 @@ fn reading_commands_work_on_a_full_disk_and_writing_ones_say_it_is_full() {
     let root = tmp.path().join("root");
     std::fs::create_dir_all(&root).unwrap();
     let trusted = repo.join("metadata/1.root.json");
-    let run = |args: &[&str]| {
-        let agent = [
-            "--repo",
-            repo.to_str().unwrap(),
-            "--trusted-root",
-            trusted.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--root",
-            root.to_str().unwrap(),
-        ];
-        upkeep(&[&agent[..], args].concat())
-    };
+    let run = |args: &[&str]| common::on(&repo, &trusted, &state, &root, args);
     ok(&run(&["install", ID]));
     fs.fill("filler");
     let list = ok(&run(&["list"]));

@@ -35,19 +35,7 @@ fn add(dir: &Path, payload: &Path, id: &str, extra: &[&str]) -> std::process::Ou
 
 /// `upkeep --repo REPO --trusted-root … --state-dir … --root …` and `args`.
 fn client(repo: &Path, trusted: &Path, base: &Path, args: &[&str]) -> std::process::Output {
-    let (state, root) = (base.join("state"), base.join("root"));
-    std::fs::create_dir_all(&root).unwrap();
-    let agent = [
-        "--repo",
-        repo.to_str().unwrap(),
-        "--trusted-root",
-        trusted.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--root",
-        root.to_str().unwrap(),
-    ];
-    upkeep(&[&agent[..], args].concat())
+    common::on(repo, trusted, &base.join("state"), &base.join("root"), args)
 }
 
 fn files_under(dir: &Path) -> Vec<String> {

@@ -53,19 +53,7 @@ fn local_changes_survive_upgrade_and_uninstall_and_verify_reports_them() {
     std::fs::write(root.join("etc/pre.conf"), b"the machine's own\n").unwrap();
     let trusted = repo.join("metadata/1.root.json");
     let state = tmp.path().join("state");
-    let run = |args: &[&str]| {
-        let agent = [
-            "--repo",
-            repo.to_str().unwrap(),
-            "--trusted-root",
-            trusted.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--root",
-            root.to_str().unwrap(),
-        ];
-        upkeep(&[&agent[..], args].concat())
-    };
+    let run = |args: &[&str]| common::on(&repo, &trusted, &state, &root, args);
     ok(&run(&["install", APP]));
     let v = ok(&run(&["verify"]));
     assert!(
@@ -183,19 +171,7 @@ fn a_path_dpkg_owns_is_refused_unless_the_update_takes_it_over() {
     ok(&add(&repo, &p, DPKG, "1", &[]));
     let trusted = repo.join("metadata/1.root.json");
     let state = tmp.path().join("state");
-    let run = |args: &[&str]| {
-        let agent = [
-            "--repo",
-            repo.to_str().unwrap(),
-            "--trusted-root",
-            trusted.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--root",
-            root.to_str().unwrap(),
-        ];
-        upkeep(&[&agent[..], args].concat())
-    };
+    let run = |args: &[&str]| common::on(&repo, &trusted, &state, &root, args);
     let o = run(&["install", DPKG, "--json"]);
     assert!(!o.status.success());
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

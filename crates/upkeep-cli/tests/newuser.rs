@@ -106,19 +106,7 @@ fn refused_installs_download_nothing_and_a_reinstall_is_a_no_op() {
 }
 
 fn machine(repo: &Path, trusted: &Path, base: &Path, args: &[&str]) -> std::process::Output {
-    let (state, root) = (base.join("state"), base.join("root"));
-    std::fs::create_dir_all(&root).unwrap();
-    let agent = [
-        "--repo",
-        repo.to_str().unwrap(),
-        "--trusted-root",
-        trusted.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--root",
-        root.to_str().unwrap(),
-    ];
-    upkeep(&[&agent[..], args].concat())
+    common::on(repo, trusted, &base.join("state"), &base.join("root"), args)
 }
 
 /// A server that accepts connections and never answers: the search fails after the

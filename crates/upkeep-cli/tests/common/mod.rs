@@ -38,6 +38,23 @@ pub fn agent_args<'a>(url: &'a str, root: &'a Path, state: &'a Path) -> [&'a str
     ]
 }
 
+/// `upkeep --repo REPO --trusted-root TRUSTED --state-dir STATE --root ROOT ARGS…`: one
+/// machine of a test (`ROOT` is created).
+pub fn on(repo: &Path, trusted: &Path, state: &Path, root: &Path, args: &[&str]) -> Output {
+    std::fs::create_dir_all(root).unwrap();
+    let agent = [
+        "--repo",
+        repo.to_str().unwrap(),
+        "--trusted-root",
+        trusted.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--root",
+        root.to_str().unwrap(),
+    ];
+    upkeep(&[&agent[..], args].concat())
+}
+
 pub fn ok(o: &Output) -> String {
     assert!(
         o.status.success(),
