@@ -283,9 +283,9 @@ pub fn run() -> Result<Exit, Exit> {
         .ok_or_else(|| demo_err("the fonts update is missing"))?;
     println!(
         "   license: {}",
-        fonts.eula_text().map_err(demo_err)?.trim()
+        session.eula_text(fonts).map_err(demo_err)?.trim()
     );
-    fonts.accept_eula().map_err(demo_err)?;
+    session.accept_eula(fonts).map_err(demo_err)?;
     let installed = crate::install_cmd::run_job(&session, &todo, false, false, false)?;
     cleanup_on_signal();
     for (i, u) in todo.iter().enumerate() {

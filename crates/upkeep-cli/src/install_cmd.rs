@@ -168,8 +168,9 @@ pub fn install(global: &Global, a: InstallArgs) -> Result<Exit, Exit> {
     let session = session(global, json)?;
     for u in updates.iter() {
         if a.accept_eula {
-            u.accept_eula()
-                .map_err(|e| Exit::from_error(&e.into(), json))?;
+            session
+                .accept_eula(u)
+                .map_err(|e| Exit::from_error(&e, json))?;
         } else if !u.eula_accepted() && !json {
             crate::logs::say(
                 5,
@@ -484,10 +485,12 @@ pub fn hide(
     json: bool,
 ) -> Result<Exit, Exit> {
     let updates = select(global, ids, false, None, "", false, json)?;
+    let session = session(global, json)?;
     let mut done = Vec::new();
     for u in updates.iter() {
-        u.set_is_hidden(hidden)
-            .map_err(|e| Exit::from_error(&e.into(), json))?;
+        session
+            .set_hidden(u, hidden)
+            .map_err(|e| Exit::from_error(&e, json))?;
         if json {
             done.push(json!({
                 "id": u.identity().update_id,

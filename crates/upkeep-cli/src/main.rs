@@ -395,7 +395,7 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
             eula,
         } => {
             let criteria = format!("UpdateID='{id}' and DeploymentAction=*");
-            let (_session, result) = cli
+            let (session, result) = cli
                 .global
                 .with(&here)
                 .search(&criteria, offline, true, json)?;
@@ -413,9 +413,9 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
                 return Err(Exit::from_error(&e, json));
             };
             if eula {
-                let text = u
-                    .eula_text()
-                    .map_err(|e| Exit::from_error(&e.into(), json))?;
+                let text = session
+                    .eula_text(u)
+                    .map_err(|e| Exit::from_error(&e, json))?;
                 if json {
                     println!("{}", serde_json::json!({ "id": id, "eula_text": text }));
                 } else {

@@ -378,7 +378,7 @@ pub enum FileFact {
 }
 
 /// One rule as it was checked, for `show`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleCheck {
     /// The rule and what the machine has, in words.
     pub rule: String,

@@ -251,9 +251,49 @@ impl serde::Serialize for HResult {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for HResult {
+    /// From its serialised form (`"0x80240024"`), or a number.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<HResult, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Wire {
+            Text(String),
+            Number(i64),
+        }
+        let bad = |what: &str| serde::de::Error::custom(format!("not an HRESULT: {what}"));
+        match Wire::deserialize(d)? {
+            Wire::Text(t) => {
+                let hex = t
+                    .strip_prefix("0x")
+                    .or_else(|| t.strip_prefix("0X"))
+                    .ok_or_else(|| bad(&t))?;
+                u32::from_str_radix(hex, 16)
+                    .map(|v| HResult(v as i32))
+                    .map_err(|_| bad(&t))
+            }
+            Wire::Number(n) => i32::try_from(n)
+                .or_else(|_| u32::try_from(n).map(|v| v as i32))
+                .map(HResult)
+                .map_err(|_| bad(&n.to_string())),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serialises_as_hex_and_back() {
+        let j = serde_json::to_string(&HResult::WU_E_NO_UPDATE).unwrap();
+        assert_eq!(j, "\"0x80240024\"");
+        assert_eq!(
+            serde_json::from_str::<HResult>(&j).unwrap(),
+            HResult::WU_E_NO_UPDATE
+        );
+        assert_eq!(serde_json::from_str::<HResult>("0").unwrap(), HResult::S_OK);
+        assert!(serde_json::from_str::<HResult>("\"80240024\"").is_err());
+    }
 
     #[test]
     fn codes_have_documented_values() {

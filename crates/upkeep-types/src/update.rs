@@ -475,7 +475,8 @@ pub struct ContentFile {
 }
 
 /// Per-machine facts about an update, as they were when the search ran.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct UpdateState {
     /// Installed at search time.
     pub is_installed: bool,
@@ -498,7 +499,7 @@ pub struct UpdateState {
 }
 
 /// An update's applicability rules as a search evaluated them on this machine.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applied {
     /// Why the update does not apply to this machine (the first rule that failed); `None`
     /// when it applies.
@@ -540,29 +541,6 @@ impl UpdateRecord {
     }
 }
 
-/// A failure of a state change requested through an update (`accept_eula`,
-/// `set_is_hidden`), with its WUA code.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct StateError {
-    /// The WUA code.
-    pub hresult: crate::HResult,
-    /// What went wrong.
-    pub message: String,
-}
-
-/// Where an update's state changes are recorded and its license text is read: the session
-/// the update was found by. Set by searches; an update without one keeps changes in memory.
-pub trait StateSink: Send + Sync + std::fmt::Debug {
-    /// Records that the license of `id` at `revision` was accepted.
-    fn accept_eula(&self, id: &Uuid, revision: u32) -> Result<(), StateError>;
-    /// Hides or shows `id`.
-    fn set_hidden(&self, id: &Uuid, hidden: bool) -> Result<(), StateError>;
-    /// The license text of `file` of the update service `service` (read from the content
-    /// cache, fetched if need be).
-    fn eula_text(&self, file: &ContentFile, service: Option<&str>) -> Result<String, StateError>;
-}
-
 /// What every copy of an update shares, whatever its per-machine state: the signed parts.
 #[derive(Debug)]
 struct Signed {
@@ -584,12 +562,49 @@ struct UpdateInner {
     eula_accepted: std::sync::atomic::AtomicBool,
     hidden: std::sync::atomic::AtomicBool,
     downloaded: std::sync::atomic::AtomicBool,
-    sink: Option<Arc<dyn StateSink>>,
 }
 
-/// An update found by a search (WUA's `IUpdate`), cheap to clone.
+/// An update found by a search (WUA's `IUpdate`), cheap to clone. Plain data: nothing
+/// is read or written through it. The session records what changes an update's state —
+/// `UpdateSession::accept_eula`, `set_hidden`, `eula_text` — and marks the value (every
+/// clone) with [`mark_eula_accepted`](Self::mark_eula_accepted) and
+/// [`mark_hidden`](Self::mark_hidden). It serialises as its signed record and its
+/// per-machine state (`{"record": …, "state": …}`), ready to cross a bus.
 #[derive(Clone, Debug)]
 pub struct Update(Arc<UpdateInner>);
+
+/// The serialised form of an [`Update`].
+#[derive(Serialize, Deserialize)]
+struct UpdateWire {
+    record: UpdateRecord,
+    state: UpdateState,
+}
+
+impl Serialize for Update {
+    /// Its signed record and its state as it is now (acceptance, hiding and downloads
+    /// since the search included).
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut state = self.0.state.clone();
+        state.eula_accepted = self
+            .0
+            .eula_accepted
+            .load(std::sync::atomic::Ordering::SeqCst);
+        state.is_hidden = self.is_hidden();
+        state.is_downloaded = self.is_downloaded();
+        UpdateWire {
+            record: self.record(),
+            state,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Update {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Update, D::Error> {
+        let w = UpdateWire::deserialize(d)?;
+        Ok(Update::from_record(w.record, w.state))
+    }
+}
 
 impl PartialEq for Update {
     fn eq(&self, other: &Self) -> bool {
@@ -628,22 +643,16 @@ impl Update {
                 service,
             }),
             state,
-            None,
         )
     }
 
-    fn from_signed(
-        signed: Arc<Signed>,
-        state: UpdateState,
-        sink: Option<Arc<dyn StateSink>>,
-    ) -> Update {
+    fn from_signed(signed: Arc<Signed>, state: UpdateState) -> Update {
         Update(Arc::new(UpdateInner {
             eula_accepted: state.eula_accepted.into(),
             hidden: state.is_hidden.into(),
             downloaded: state.is_downloaded.into(),
             signed,
             state,
-            sink,
         }))
     }
 
@@ -658,7 +667,6 @@ impl Update {
                 service: record.service.map(Arc::from),
             }),
             state,
-            None,
         )
     }
 
@@ -681,74 +689,23 @@ impl Update {
 
     /// A copy of this update with other per-machine state.
     pub fn with_state(&self, state: UpdateState) -> Update {
-        self.with_state_and_sink(state, self.0.sink.clone())
+        Update::from_signed(self.0.signed.clone(), state)
     }
 
-    /// A copy of this update with other per-machine state, recording changes in `sink`.
-    pub fn with_state_and_sink(
-        &self,
-        state: UpdateState,
-        sink: Option<Arc<dyn StateSink>>,
-    ) -> Update {
-        Update::from_signed(self.0.signed.clone(), state, sink)
-    }
-
-    /// `AcceptEula`: records acceptance (in the session's state when the update came from
-    /// a search) and makes `eula_accepted` true for every clone of this update.
-    pub fn accept_eula(&self) -> Result<(), StateError> {
-        if self.0.signed.metadata.eula.is_none() {
-            return Ok(());
-        }
-        if let Some(s) = &self.0.sink {
-            s.accept_eula(&self.0.signed.metadata.id, self.0.signed.metadata.revision)?;
-        }
+    /// Makes `eula_accepted` true for every clone of this update (the session's
+    /// `accept_eula` calls it once acceptance is recorded).
+    pub fn mark_eula_accepted(&self) {
         self.0
             .eula_accepted
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        Ok(())
     }
 
-    /// `EulaText`: the license text; `WU_E_EULA_UNAVAILABLE` when the update has none or it
-    /// cannot be read.
-    pub fn eula_text(&self) -> Result<String, StateError> {
-        let unavailable = |m: String| StateError {
-            hresult: crate::HResult::WU_E_EULA_UNAVAILABLE,
-            message: m,
-        };
-        let f = self.0.signed.eula_file.as_ref().ok_or_else(|| {
-            unavailable(format!(
-                "update {} has no license terms",
-                self.0.signed.metadata.id
-            ))
-        })?;
-        match &self.0.sink {
-            Some(s) => s.eula_text(f, self.service()),
-            None => Err(unavailable(format!(
-                "update {}: no session to read its license from",
-                self.0.signed.metadata.id
-            ))),
-        }
-    }
-
-    /// Sets `IsHidden` (recorded in the session's state). Hiding a mandatory update is
-    /// `WU_E_DS_DECLINENOTALLOWED`.
-    pub fn set_is_hidden(&self, hidden: bool) -> Result<(), StateError> {
-        if hidden && self.0.signed.metadata.mandatory {
-            return Err(StateError {
-                hresult: crate::HResult::WU_E_DS_DECLINENOTALLOWED,
-                message: format!(
-                    "update {} is mandatory and cannot be hidden",
-                    self.0.signed.metadata.id
-                ),
-            });
-        }
-        if let Some(s) = &self.0.sink {
-            s.set_hidden(&self.0.signed.metadata.id, hidden)?;
-        }
+    /// Sets `IsHidden` for every clone of this update (the session's `set_hidden` calls
+    /// it once the change is recorded).
+    pub fn mark_hidden(&self, hidden: bool) {
         self.0
             .hidden
             .store(hidden, std::sync::atomic::Ordering::SeqCst);
-        Ok(())
     }
 
     /// The whole signed record.
@@ -957,7 +914,8 @@ impl Update {
 }
 
 /// WUA's `IUpdateCollection`: an ordered list of updates, cheap to clone (copy on write).
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct UpdateCollection(Arc<Vec<Update>>);
 
 impl UpdateCollection {

@@ -6,8 +6,10 @@
 //! operation runs synchronously or as a job with progress and completion callbacks; results
 //! carry WUA's result codes ([`HResult`], [`OperationResultCode`]).
 //!
-//! This crate owns the public API, the catalog built from verified metadata and WUA's
-//! search-criteria language ([`criteria`]). TUF lives in `upkeep-tuf`, value types in
+//! This crate is the WUA façade: sessions, searchers, downloaders, installers and their
+//! jobs, over the machine's [`Agent`] (`upkeep-agent`: configuration, services, catalogs,
+//! WUA's criteria language, the transfer queue, state, installs). Many sessions may share
+//! one agent ([`UpdateSession::new`]). TUF lives in `upkeep-tuf`, value types in
 //! `upkeep-types`, jobs in `upkeep-job`, transfers in `upkeep-transfer`, transactions and
 //! handlers in `upkeep-install`, state in `upkeep-store`.
 
@@ -75,52 +77,21 @@ macro_rules! job_handle {
     };
 }
 
-/// The overall result of a job from its updates' results (design, "Job semantics"): any
-/// aborted → `Aborted`; all succeeded → `Succeeded`; some → `SucceededWithErrors`; none →
-/// `Failed` with the last failure's code.
-pub(crate) fn overall_result(
-    results: &[(OperationResultCode, HResult)],
-) -> (OperationResultCode, HResult) {
-    let succeeded = results
-        .iter()
-        .filter(|r| r.0 == OperationResultCode::Succeeded)
-        .count();
-    if results.iter().any(|r| r.0 == OperationResultCode::Aborted) {
-        (OperationResultCode::Aborted, HResult::WU_E_CALL_CANCELLED)
-    } else if succeeded == results.len() {
-        (OperationResultCode::Succeeded, HResult::S_OK)
-    } else if succeeded > 0 {
-        (OperationResultCode::SucceededWithErrors, HResult::S_OK)
-    } else {
-        let last = results
-            .iter()
-            .rev()
-            .find(|r| r.0 == OperationResultCode::Failed)
-            .map_or(HResult::E_FAIL, |r| r.1);
-        (OperationResultCode::Failed, last)
-    }
-}
-
-pub mod applicable;
-pub mod catalog;
-mod catalog_index;
-pub mod config;
-pub mod criteria;
 mod downloader;
-mod error;
 mod installer;
 mod search_job;
-mod services;
 mod session;
 
-pub use catalog::UpdateException;
-pub use config::{Config, ResolvedConfig};
+/// The library's errors are the agent's.
+pub(crate) mod error {
+    pub use upkeep_agent::{Error, Result};
+}
+
 pub use downloader::{
     DownloadCompletedCallback, DownloadCompletedCallbackArgs, DownloadJob, DownloadProgress,
     DownloadProgressChangedCallback, DownloadProgressChangedCallbackArgs, DownloadResult,
     UpdateDownloadResult, UpdateDownloader,
 };
-pub use error::{tuf_hresult, tuf_kind, Error, ErrorKind, Result};
 pub use installer::{
     InstallationCompletedCallback, InstallationCompletedCallbackArgs, InstallationJob,
     InstallationProgress, InstallationProgressChangedCallback,
@@ -128,11 +99,15 @@ pub use installer::{
     UpdateInstaller,
 };
 pub use search_job::{AsyncState, SearchCompletedCallback, SearchCompletedCallbackArgs, SearchJob};
-pub use services::{ServiceOrigin, UpdateService, UpdateServiceManager, DEFAULT_SERVICE};
-pub use session::{
-    CacheImport, CacheObject, CachePartial, CacheReport, InstalledUpdate, SearchResult,
-    ServerSelection, UpdateSearcher, UpdateSession, UpdateSessionBuilder, VerifiedUpdate,
+pub use session::{ServerSelection, UpdateSearcher, UpdateSession, UpdateSessionBuilder};
+pub use upkeep_agent::{applicable, catalog, config, criteria};
+pub use upkeep_agent::{tuf_hresult, tuf_kind, Error, ErrorKind, Result};
+pub use upkeep_agent::{
+    Agent, AgentBuilder, CacheImport, CacheObject, CachePartial, CacheReport, Config,
+    InstalledUpdate, Request, ResolvedConfig, SearchOptions, SearchResult, UpdateException,
+    VerifiedUpdate,
 };
+pub use upkeep_agent::{ServiceOrigin, UpdateService, UpdateServiceManager, DEFAULT_SERVICE};
 pub use upkeep_install::verify::PathState;
 pub use upkeep_store::HistoryEntry as UpdateHistoryEntry;
 pub use upkeep_tuf::Limits;

@@ -1,18 +1,13 @@
 //! `begin_search` / `end_search`: WUA's asynchronous search (`ISearchJob`) on the job engine.
 
-use upkeep_job::{Callbacks, Job, JobError};
+use upkeep_job::{Callbacks, Job};
 use upkeep_types::{HResult, OperationResultCode};
 
 pub use upkeep_job::AsyncState;
 
 use crate::error::{Error, Result};
-use crate::session::{SearchResult, UpdateSearcher};
-
-impl From<JobError> for Error {
-    fn from(e: JobError) -> Self {
-        Error::new(e.code, e.message)
-    }
-}
+use crate::session::UpdateSearcher;
+use crate::SearchResult;
 
 /// `ISearchCompletedCallbackArgs`: reserved, no members.
 #[derive(Debug, Default)]

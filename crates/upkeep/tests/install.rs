@@ -283,8 +283,9 @@ fn per_update_failures_have_their_codes_and_the_rest_go_on() {
     let licensed = fx.search(ALL);
     let u = licensed.get(0).unwrap();
     assert!(!u.eula_accepted());
-    assert_eq!(u.eula_text().unwrap(), "You agree to everything.");
-    u.accept_eula().unwrap();
+    assert_eq!(fx.session.eula_text(u).unwrap(), "You agree to everything.");
+    fx.session.accept_eula(u).unwrap();
+    assert!(u.eula_accepted(), "the value is marked, and its clones");
     assert!(
         fx.search(ALL).get(0).unwrap().eula_accepted(),
         "acceptance is persisted"
@@ -304,9 +305,10 @@ fn per_update_failures_have_their_codes_and_the_rest_go_on() {
     assert!(fx.root().join("p").exists());
     // Hidden updates.
     let u = fx.search(ALL).get(1).unwrap().clone();
-    u.set_is_hidden(true).unwrap();
+    fx.session.set_hidden(&u, true).unwrap();
+    assert!(u.is_hidden());
     assert_eq!(fx.search("IsHidden=1").len(), 1);
-    u.set_is_hidden(false).unwrap();
+    fx.session.set_hidden(&u, false).unwrap();
     assert!(fx.search("IsHidden=1").is_empty());
 }
 
@@ -902,8 +904,12 @@ fn a_read_only_session_searches_and_changes_nothing() {
     assert_eq!(i.install().unwrap_err().hresult(), invalid);
     assert_eq!(i.uninstall().unwrap_err().hresult(), invalid);
     let u = found.updates().get(0).unwrap();
-    assert_eq!(u.set_is_hidden(true).unwrap_err().hresult, invalid);
-    assert_eq!(u.accept_eula().unwrap_err().hresult, invalid);
+    assert_eq!(ro.set_hidden(u, true).unwrap_err().hresult(), invalid);
+    assert_eq!(ro.accept_eula(u).unwrap_err().hresult(), invalid);
+    assert!(
+        !u.is_hidden() && !u.eula_accepted(),
+        "a refused change leaves the value as it was"
+    );
     assert_eq!(ro.clean_cache().unwrap_err().hresult(), invalid);
     assert_eq!(
         ro.copy_to_cache(&[fx.dir.path().to_path_buf()])

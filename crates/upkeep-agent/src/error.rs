@@ -128,9 +128,9 @@ pub fn tuf_hresult(e: &upkeep_tuf::Error) -> HResult {
     }
 }
 
-impl From<upkeep_types::StateError> for Error {
-    fn from(e: upkeep_types::StateError) -> Self {
-        Error::new(e.hresult, e.message)
+impl From<upkeep_job::JobError> for Error {
+    fn from(e: upkeep_job::JobError) -> Self {
+        Error::new(e.code, e.message)
     }
 }
 

@@ -75,7 +75,7 @@ struct Registration {
 
 /// A plain path is a local repository: `file://` + its absolute path, ending in `/`; other
 /// schemes than http(s) and file are `WU_E_PT_INVALID_URL`.
-pub(crate) fn normalize_url(url: &str) -> Result<String> {
+pub fn normalize_url(url: &str) -> Result<String> {
     let mut u = if url.contains("://") {
         url.to_string()
     } else {

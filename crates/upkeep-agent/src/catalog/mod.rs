@@ -1,6 +1,8 @@
 //! The update catalog: every update record found in verified targets metadata, with its
 //! content files resolved. Records that do not make sense become warnings, not failures.
 
+pub(crate) mod index;
+
 use std::collections::{BTreeMap, HashMap};
 
 use upkeep_tuf::metadata::Custom;
@@ -10,7 +12,7 @@ use uuid::Uuid;
 
 /// A non-fatal problem found while reading the catalog or searching (WUA's
 /// `IUpdateException`).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UpdateException {
     /// What happened.
     pub message: String,
@@ -25,7 +27,7 @@ pub struct Catalog {
     /// catalog index all at once the first time something needs every entry.
     full: std::sync::OnceLock<Full>,
     /// The catalog index this catalog reads entries from one by one until then.
-    lazy: Option<crate::catalog_index::Lazy>,
+    lazy: Option<crate::catalog::index::Lazy>,
     /// Merged from a catalog whose index was found tampered.
     tainted: bool,
     warnings: Vec<UpdateException>,
@@ -54,7 +56,7 @@ impl Catalog {
     pub(crate) fn build_indexed(
         mut all: CatalogTargets,
         service: &str,
-        index: Option<(&std::path::Path, &crate::catalog_index::Key)>,
+        index: Option<(&std::path::Path, &crate::catalog::index::Key)>,
     ) -> Catalog {
         let service: std::sync::Arc<str> = service.into();
         let mut cat = Catalog::default();
@@ -96,7 +98,7 @@ impl Catalog {
                 std::thread::Builder::new()
                     .name("upkeep-index".into())
                     .spawn_scoped(sc, move || {
-                        crate::catalog_index::write_texts(
+                        crate::catalog::index::write_texts(
                             path,
                             texts.iter().flatten().map(Custom::as_str),
                         )
@@ -200,7 +202,7 @@ impl Catalog {
             (cat, written, text_of)
         });
         if let (Some(written), Some((path, key))) = (written, index) {
-            match written.and_then(|t| crate::catalog_index::finish(t, key, &cat, &text_of)) {
+            match written.and_then(|t| crate::catalog::index::finish(t, key, &cat, &text_of)) {
                 Ok(()) => tracing::debug!(index = %path.display(), "catalog index written"),
                 Err(e) => {
                     tracing::warn!(index = %path.display(), "writing the catalog index: {e}")
@@ -223,7 +225,7 @@ impl Catalog {
 
     /// A catalog whose entries are read from a catalog index as they are needed.
     pub(crate) fn from_index(
-        lazy: crate::catalog_index::Lazy,
+        lazy: crate::catalog::index::Lazy,
         warnings: Vec<UpdateException>,
     ) -> Catalog {
         Catalog {

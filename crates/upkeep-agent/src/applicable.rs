@@ -215,7 +215,7 @@ impl<'a> Prerequisites<'a> {
 
 /// The order an install job runs its updates in: the collection's order, except that an
 /// update's prerequisites in the same collection come before it. Indices into `ids`.
-pub(crate) fn install_order(ids: &[(Uuid, Vec<Uuid>)]) -> Vec<usize> {
+pub fn install_order(ids: &[(Uuid, Vec<Uuid>)]) -> Vec<usize> {
     let index: HashMap<Uuid, usize> = ids
         .iter()
         .enumerate()
