@@ -131,7 +131,9 @@ pub trait Reporter<P>: Send + Sync {
     fn is_cancelled(&self) -> bool;
 }
 
-impl<P: Clone + Send + 'static, R: Send + 'static> Reporter<P> for upkeep_job::JobContext<P, R> {
+impl<P: Clone + Send + Sync + 'static, R: Send + 'static> Reporter<P>
+    for upkeep_job::JobContext<P, R>
+{
     fn update(&self, f: &mut dyn FnMut(&mut P)) {
         upkeep_job::JobContext::update(self, |p| f(p))
     }

@@ -130,6 +130,9 @@ struct Shared<P, R> {
     abort_waiters: Mutex<Vec<Waker>>,
     callback_thread: Mutex<Option<ThreadId>>,
     started: Instant,
+    /// The progress stream of [`Job::subscribe`]: fed by the dispatcher with the snapshots
+    /// it delivers, dropped at completion (which ends every subscriber's stream).
+    watch: Mutex<Option<tokio::sync::watch::Sender<P>>>,
 }
 
 /// A running or finished job. Cheap to clone; every clone is the same job. Dropping every
@@ -168,7 +171,7 @@ impl<P, R> Clone for JobContext<P, R> {
     }
 }
 
-impl<P: Clone + Send + 'static, R: Send + 'static> JobContext<P, R> {
+impl<P: Clone + Send + Sync + 'static, R: Send + 'static> JobContext<P, R> {
     /// Publishes a new progress snapshot; the dispatcher delivers the latest one.
     pub fn report(&self, progress: P) {
         self.update(|p| *p = progress);
@@ -275,7 +278,7 @@ impl<P, R> Callbacks<P, R> {
     }
 }
 
-impl<P: Clone + Send + 'static, R: Send + 'static> Job<P, R> {
+impl<P: Clone + Send + Sync + 'static, R: Send + 'static> Job<P, R> {
     /// Starts `work` on its own thread with `initial` progress, `state` attached and
     /// `callbacks` delivered on a dispatcher thread. Fails only if the OS refuses a thread.
     pub fn spawn(
@@ -306,6 +309,7 @@ impl<P: Clone + Send + 'static, R: Send + 'static> Job<P, R> {
             abort_waiters: Mutex::new(Vec::new()),
             callback_thread: Mutex::new(None),
             started: Instant::now(),
+            watch: Mutex::new(None),
         });
         let job = Job {
             shared: shared.clone(),
@@ -370,7 +374,8 @@ impl<P: Clone + Send + 'static, R: Send + 'static> Job<P, R> {
         loop {
             let mut st = self.lock();
             loop {
-                let pending = on_progress.is_some() && st.generation != st.delivered;
+                let wanted = on_progress.is_some() || self.is_watched();
+                let pending = wanted && st.generation != st.delivered;
                 if st.work_done {
                     break;
                 }
@@ -397,12 +402,15 @@ impl<P: Clone + Send + 'static, R: Send + 'static> Job<P, R> {
                     .unwrap_or_else(|p| p.into_inner());
                 st.dispatcher_waiting = false;
             }
-            if on_progress.is_some() && st.generation != st.delivered {
+            if (on_progress.is_some() || self.is_watched()) && st.generation != st.delivered {
                 // Deliver the latest snapshot only: slower callbacks see fewer, newer ones.
                 let snapshot = st.progress.clone();
                 st.delivered = st.generation;
                 drop(st);
                 last_delivery = Some(Instant::now());
+                if let Some(tx) = lock(&self.shared.watch).as_ref() {
+                    tx.send_replace(snapshot.clone());
+                }
                 if let Some(cb) = &on_progress {
                     if catch_unwind(AssertUnwindSafe(|| cb(self, &snapshot))).is_err() {
                         tracing::error!("a progress callback panicked; the job goes on");
@@ -410,9 +418,11 @@ impl<P: Clone + Send + 'static, R: Send + 'static> Job<P, R> {
                 }
                 continue;
             }
-            // The work is done and every snapshot delivered: now the job is complete.
+            // The work is done and every snapshot delivered: now the job is complete, and
+            // every progress stream ends.
             st.completed = true;
             let wakers = std::mem::take(&mut st.wakers);
+            drop(lock(&self.shared.watch).take());
             drop(st);
             self.shared.changed.notify_all();
             wakers.into_iter().for_each(Waker::wake);
@@ -497,6 +507,43 @@ impl<P: Clone + Send + 'static, R: Send + 'static> Job<P, R> {
         WaitCompleted { job: self.clone() }
     }
 
+    /// The job's result, once it is complete (for Rust `async` callers): what
+    /// [`take_result`](Self::take_result) returns, without blocking a thread. Taking it
+    /// twice, by either, is `WU_E_INVALID_OPERATION`.
+    pub async fn result(&self) -> Result<R, JobError> {
+        self.wait().await;
+        self.take_result()
+    }
+
+    /// A progress stream with `tokio::sync::watch` semantics: `borrow()` is the latest
+    /// snapshot (the current one at subscription), `changed().await` waits for a newer one
+    /// (snapshots coalesce as for progress callbacks, the last one always arrives), and
+    /// the stream ends (`changed()` is an error) once the job is complete and its last
+    /// snapshot was seen. Subscribing to a complete job gives its last snapshot, ended.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<P> {
+        let st = self.lock();
+        let mut w = lock(&self.shared.watch);
+        if st.completed {
+            let (tx, rx) = tokio::sync::watch::channel(st.progress.clone());
+            drop(tx);
+            return rx;
+        }
+        let tx = w.get_or_insert_with(|| tokio::sync::watch::channel(st.progress.clone()).0);
+        tx.send_replace(st.progress.clone());
+        let rx = tx.subscribe();
+        drop(w);
+        drop(st);
+        // A dispatcher asleep with nothing to deliver learns that someone now listens.
+        self.shared.changed.notify_all();
+        rx
+    }
+
+    fn is_watched(&self) -> bool {
+        lock(&self.shared.watch)
+            .as_ref()
+            .is_some_and(|tx| tx.receiver_count() > 0)
+    }
+
     /// `CleanUp`: waits for the job and for its callbacks to finish, after which the
     /// callbacks are released. From inside the job's own callback it returns
     /// `WU_E_INVALID_OPERATION` instead of deadlocking.
@@ -564,7 +611,7 @@ pub struct WaitCompleted<P, R> {
     job: Job<P, R>,
 }
 
-impl<P: Clone + Send + 'static, R: Send + 'static> Future for WaitCompleted<P, R> {
+impl<P: Clone + Send + Sync + 'static, R: Send + 'static> Future for WaitCompleted<P, R> {
     type Output = ();
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut st = self.job.lock();

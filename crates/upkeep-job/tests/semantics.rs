@@ -481,3 +481,71 @@ fn every_progress_callback_runs_before_the_job_is_complete() {
         assert_eq!(*seen.lock().unwrap(), seen_at_result);
     }
 }
+
+#[test]
+fn a_progress_stream_sees_the_latest_snapshot_rises_to_the_last_and_ends_at_completion() {
+    // The work reports 1..=50 and then waits to be let go, so the stream is subscribed
+    // while the job runs; a second subscriber comes after completion.
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (at_tx, at_rx) = mpsc::channel::<()>();
+    let job: J = Job::spawn("t", 0, AsyncState::none(), Callbacks::none(), move |ctx| {
+        ctx.report(7);
+        at_tx.send(()).unwrap();
+        go_rx.recv().unwrap();
+        for i in 8..=50 {
+            ctx.report(i);
+        }
+        "done"
+    })
+    .unwrap();
+    at_rx.recv().unwrap();
+    let mut rx = job.subscribe();
+    assert_eq!(*rx.borrow(), 7, "the snapshot at subscription");
+    go_tx.send(()).unwrap();
+    let mut seen = Vec::new();
+    block_on(async {
+        while rx.changed().await.is_ok() {
+            seen.push(*rx.borrow_and_update());
+        }
+    });
+    assert!(!seen.is_empty());
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+    assert_eq!(seen.last(), Some(&50), "the last snapshot always arrives");
+    assert!(job.is_completed(), "the stream ends at completion");
+    let late = job.subscribe();
+    assert_eq!(*late.borrow(), 50);
+    assert!(
+        late.has_changed().is_err(),
+        "a complete job's stream is ended"
+    );
+    assert_eq!(job.take_result().unwrap(), "done");
+}
+
+#[test]
+fn result_awaits_completion_and_is_taken_once_as_end_does() {
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let job: J = Job::spawn("t", 0, AsyncState::new(3u8), Callbacks::none(), move |_| {
+        go_rx.recv().unwrap();
+        "r"
+    })
+    .unwrap();
+    let mut fut = std::pin::pin!(job.result());
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    assert!(
+        fut.as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending(),
+        "not complete yet"
+    );
+    go_tx.send(()).unwrap();
+    assert_eq!(block_on(fut).unwrap(), "r");
+    assert!(job.async_state().is_none(), "released with the result");
+    assert_eq!(
+        block_on(job.result()).unwrap_err().code,
+        HResult::WU_E_INVALID_OPERATION
+    );
+    assert_eq!(
+        job.take_result().unwrap_err().code,
+        HResult::WU_E_INVALID_OPERATION
+    );
+}

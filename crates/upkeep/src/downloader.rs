@@ -48,7 +48,20 @@ callback_trait!(
 
 type Inner = Job<DownloadProgress, Result<DownloadResult>>;
 
-/// `IDownloadJob`. Cheap to clone; dropping it does not cancel the download.
+/// `IDownloadJob`. Cheap to clone; dropping it does not cancel the download. Beside WUA's
+/// callbacks, snapshots and `end_download`, `async` code awaits it and watches its progress:
+///
+/// ```no_run
+/// # async fn f(downloader: upkeep::UpdateDownloader) -> upkeep::Result<()> {
+/// let job = downloader.begin_download((), (), upkeep::AsyncState::none())?;
+/// let mut progress = job.subscribe();
+/// while progress.changed().await.is_ok() {
+///     println!("{}%", progress.borrow_and_update().percent_complete());
+/// }
+/// let result = job.result().await?; // what end_download returns
+/// println!("{:?}", result.result_code());
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct DownloadJob {
     job: Inner,
@@ -58,6 +71,7 @@ pub struct DownloadJob {
 job_handle!(
     DownloadJob,
     DownloadProgress,
+    DownloadResult,
     "end_download",
     /// `RequestAbort`: returns at once; finished updates keep their results, the rest end
     /// `Aborted`; partial files are kept for resuming.

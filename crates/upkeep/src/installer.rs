@@ -64,6 +64,7 @@ pub struct InstallationJob {
 job_handle!(
     InstallationJob,
     InstallationProgress,
+    InstallationResult,
     "end_install` / `end_uninstall",
     /// `RequestAbort`: returns at once; the current update is rolled back at its next safe
     /// point, the rest end `Aborted`, finished ones keep their results.

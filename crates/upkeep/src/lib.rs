@@ -39,7 +39,7 @@ macro_rules! callback_trait {
 /// `job: upkeep_job::Job<$progress, _>` and an `updates: UpdateCollection` field. The
 /// caller documents `request_abort`, whose effect differs.
 macro_rules! job_handle {
-    ($handle:ident, $progress:ty, $end:literal, $(#[$abort:meta])*) => {
+    ($handle:ident, $progress:ty, $result:ty, $end:literal, $(#[$abort:meta])*) => {
         impl $handle {
             #[doc = concat!("`AsyncState`; released by `", $end, "`.")]
             pub fn async_state(&self) -> AsyncState {
@@ -72,6 +72,17 @@ macro_rules! job_handle {
             /// Completes when the job does.
             pub async fn wait(&self) {
                 self.job.wait().await
+            }
+            #[doc = concat!("The job's result once it is complete, for `async` callers: what `", $end, "` returns (and, as it, releases `AsyncState`); taken once, by either.")]
+            pub async fn result(&self) -> Result<$result> {
+                self.job.result().await?
+            }
+            /// The progress as a stream (`tokio::sync::watch`): `borrow()` is the latest
+            /// snapshot, `changed().await` waits for a newer one; snapshots coalesce as for
+            /// progress callbacks, the last always arrives, and the stream ends once the job
+            /// is complete.
+            pub fn subscribe(&self) -> tokio::sync::watch::Receiver<$progress> {
+                self.job.subscribe()
             }
         }
     };

@@ -55,6 +55,11 @@ impl SearchJob {
     pub async fn wait(&self) {
         self.0.wait().await
     }
+    /// The search's result once it is complete, for `async` callers: what `end_search`
+    /// returns (and, as it, releases `AsyncState`); taken once, by either.
+    pub async fn result(&self) -> Result<SearchResult> {
+        self.0.result().await?
+    }
 }
 
 fn aborted() -> SearchResult {
