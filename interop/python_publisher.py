@@ -30,7 +30,13 @@ os.makedirs(os.path.join(out, "metadata"), exist_ok=True)
 expires = (datetime.now(timezone.utc) + timedelta(days=7)).replace(microsecond=0)
 pretty = JSONSerializer(compact=False)
 
-signers = {role: CryptoSigner.generate_ed25519() for role in ["root", "timestamp", "snapshot", "targets", "team"]}
+# Every key type upkeep verifies: ed25519 (hex public keys), and ECDSA P-256 and RSA-PSS,
+# whose public keys python-tuf writes as PEM: line breaks inside the strings that
+# canonical JSON signs raw.
+signers = {role: CryptoSigner.generate_ed25519() for role in ["root", "targets"]}
+signers["timestamp"] = CryptoSigner.generate_rsa()
+signers["snapshot"] = CryptoSigner.generate_ecdsa()
+signers["team"] = CryptoSigner.generate_ecdsa()
 
 root = Root(expires=expires, consistent_snapshot=True)
 for role in ["root", "timestamp", "snapshot", "targets"]:

@@ -19,12 +19,12 @@ use uuid::Uuid;
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (said in the message; not a `source()`, so that it is said once).
+        cause: std::io::Error,
     },
     /// The repository directory is not in the expected shape.
     #[error("{path}: {reason}")]
@@ -45,10 +45,10 @@ pub enum PublishError {
     Locked(PathBuf),
 }
 
-fn io(path: &Path, source: std::io::Error) -> PublishError {
+fn io(path: &Path, cause: std::io::Error) -> PublishError {
     PublishError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 
@@ -1572,7 +1572,7 @@ fn repair_records(t: &mut Targets, repairs: &mut Vec<String>) {
         let Some(custom) = info.custom.as_ref() else {
             continue;
         };
-        if upkeep_tuf::canonical::to_canonical(custom).is_ok() {
+        if upkeep_tuf::canonical::to_canonical_file(custom).is_ok() {
             continue;
         }
         let Some(mut m) = record_of(info) else {

@@ -217,7 +217,7 @@ impl MetaFile {
     pub fn verify(&self, what: &str, data: &[u8]) -> Result<()> {
         if let Some(len) = self.length {
             if data.len() as u64 != len {
-                return Err(Error::LengthOrHash {
+                return Err(Error::Length {
                     what: what.into(),
                     reason: format!("length {} does not match signed length {len}", data.len()),
                 });
@@ -248,13 +248,13 @@ pub fn verify_hashes(
     for (alg, expected) in hashes.iter() {
         match digest(alg) {
             None => {
-                return Err(Error::LengthOrHash {
+                return Err(Error::Hash {
                     what: what.into(),
                     reason: format!("unsupported hash algorithm {alg:?}"),
                 })
             }
             Some(actual) if !actual.eq_ignore_ascii_case(expected) => {
-                return Err(Error::LengthOrHash {
+                return Err(Error::Hash {
                     what: what.into(),
                     reason: format!("{alg} {actual} does not match signed {expected}"),
                 })
@@ -850,7 +850,7 @@ fn count_valid(
 /// Serialises a payload and signs it with `keys`, producing canonical metadata bytes
 /// (so clients can verify them without re-serialising).
 pub fn sign<T: Serialize>(signed: &T, keys: &[&SigningKey]) -> Result<Vec<u8>, String> {
-    sign_bytes(to_canonical(signed)?, keys)
+    sign_bytes(crate::canonical::to_canonical_file(signed)?, keys)
 }
 
 /// Signs `payload` as it is — the `signed` member of the envelope, byte for byte — with
@@ -863,7 +863,7 @@ pub fn sign_bytes(payload: Vec<u8>, keys: &[&SigningKey]) -> Result<Vec<u8>, Str
             sig: k.sign(&payload),
         })
         .collect();
-    let sigs = to_canonical(&signatures)?;
+    let sigs = crate::canonical::to_canonical_file(&signatures)?;
     let mut out = Vec::with_capacity(payload.len() + sigs.len() + 32);
     out.extend_from_slice(b"{\"signatures\":");
     out.extend_from_slice(&sigs);
