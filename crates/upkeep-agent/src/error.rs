@@ -33,19 +33,99 @@ pub enum ErrorKind {
     NotInitialized,
     /// Local files could not be read or written.
     Io,
+    /// The caller's input is wrong: arguments, criteria, a file, a URL, an id that is not
+    /// the right one here.
+    InvalidInput,
+    /// What the caller named does not exist: an update id, a service.
+    NotFound,
+    /// The caller may not do this: a read-only session, a state directory of another user.
+    Denied,
+    /// Not now: another install runs, or a restart must come first.
+    Busy,
+    /// The caller asked the operation to stop.
+    Cancelled,
+    /// No room on the disk.
+    DiskFull,
+    /// The state database is damaged, of a newer agent, or failed.
+    State,
+    /// The install engine or a handler failed or refused (the update's own result says why).
+    Install,
+    /// A content transfer failed (after retries and mirrors).
+    Transfer,
     /// Anything else: the HRESULT and the message say what.
     Other,
 }
 
-/// An error with its WUA result code. `Display` gives the message; [`Error::hresult`] the
-/// code that scripts and WUA-literate people read; [`Error::kind`] the kind of failure;
-/// [`std::error::Error::source`] the error it came from, when there is one.
+impl ErrorKind {
+    /// The kind an HRESULT stands for, when nothing more precise is known (the table that
+    /// [`Error::new`] uses).
+    pub fn of(code: HResult) -> ErrorKind {
+        match code {
+            HResult::WU_E_INVALID_CRITERIA
+            | HResult::WU_E_INVALID_FILE
+            | HResult::WU_E_PT_INVALID_URL
+            | HResult::WU_E_NOT_APPLICABLE
+            | HResult::WU_E_DUPLICATE_ITEM
+            | HResult::E_INVALIDARG => ErrorKind::InvalidInput,
+            HResult::WU_E_UNKNOWN_ID | HResult::WU_E_UNKNOWN_SERVICE => ErrorKind::NotFound,
+            HResult::E_ACCESSDENIED
+            | HResult::WU_E_INVALID_OPERATION
+            | HResult::WU_E_DS_DECLINENOTALLOWED => ErrorKind::Denied,
+            HResult::WU_E_INSTALL_NOT_ALLOWED | HResult::WU_E_EXCLUSIVE_INSTALL_CONFLICT => {
+                ErrorKind::Busy
+            }
+            HResult::WU_E_CALL_CANCELLED => ErrorKind::Cancelled,
+            HResult::E_DISK_FULL => ErrorKind::DiskFull,
+            HResult::WU_E_NOT_INITIALIZED => ErrorKind::NotInitialized,
+            HResult::WU_E_DS_UNEXPECTED => ErrorKind::State,
+            _ => ErrorKind::Other,
+        }
+    }
+
+    /// The D-Bus error name the daemon answers a failed call of this kind with (the
+    /// message carries the HRESULT).
+    pub fn dbus_name(self) -> &'static str {
+        match self {
+            ErrorKind::Network => "org.upkeep.Agent1.Error.Network",
+            ErrorKind::InvalidMetadata
+            | ErrorKind::Threshold
+            | ErrorKind::Expired
+            | ErrorKind::Rollback
+            | ErrorKind::VersionMismatch
+            | ErrorKind::Length
+            | ErrorKind::Hash
+            | ErrorKind::TooLarge
+            | ErrorKind::MissingMeta => "org.upkeep.Agent1.Error.RepositoryRefused",
+            ErrorKind::Limit => "org.upkeep.Agent1.Error.Limit",
+            ErrorKind::NotInitialized => "org.upkeep.Agent1.Error.NotInitialized",
+            ErrorKind::Io => "org.upkeep.Agent1.Error.Io",
+            ErrorKind::InvalidInput => "org.upkeep.Agent1.Error.InvalidArgs",
+            ErrorKind::NotFound => "org.upkeep.Agent1.Error.NotFound",
+            ErrorKind::Denied => "org.upkeep.Agent1.Error.AccessDenied",
+            ErrorKind::Busy => "org.upkeep.Agent1.Error.Busy",
+            ErrorKind::Cancelled => "org.upkeep.Agent1.Error.Cancelled",
+            ErrorKind::DiskFull => "org.upkeep.Agent1.Error.DiskFull",
+            ErrorKind::State => "org.upkeep.Agent1.Error.State",
+            ErrorKind::Install => "org.upkeep.Agent1.Error.Install",
+            ErrorKind::Transfer => "org.upkeep.Agent1.Error.Transfer",
+            ErrorKind::Other => "org.upkeep.Agent1.Error.Failed",
+        }
+    }
+}
+
+/// An error with its WUA result code. `Display` gives the whole message (naming what was
+/// wrong and why); [`Error::hresult`] the code that scripts and WUA-literate people read;
+/// [`Error::kind`] the kind of failure; [`Error::cause`] the typed error of the layer it
+/// came from (TUF, the store, the install engine, the transfer engine), for code that
+/// tells causes apart by downcasting. As `std::io::Error` does with a custom error, its
+/// `source()` is the cause's own source, not the cause, whose message `Display` already
+/// says: a report that walks the chain says each cause once.
 #[derive(Debug, Clone)]
 pub struct Error {
     code: HResult,
     message: String,
     kind: ErrorKind,
-    source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
+    cause: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 impl std::fmt::Display for Error {
@@ -56,21 +136,31 @@ impl std::fmt::Display for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
+        self.cause.as_deref().and_then(|e| e.source())
     }
 }
 
 impl Error {
-    /// An error with a code and a message.
+    /// An error with a code and a message, of the kind the code stands for
+    /// ([`ErrorKind::of`]).
     pub fn new(code: HResult, message: impl Into<String>) -> Error {
         Error {
             code,
             message: message.into(),
-            kind: ErrorKind::Other,
-            source: None,
+            kind: ErrorKind::of(code),
+            cause: None,
         }
+    }
+    /// The same error, converted from `cause` (whose message this one's includes).
+    pub fn with_cause(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> Error {
+        self.cause = Some(std::sync::Arc::new(cause));
+        self
+    }
+    /// The typed error this one was converted from, if any: `upkeep_tuf::Error`,
+    /// `upkeep_store::StoreError`, `upkeep_install::InstallError`,
+    /// `upkeep_transfer::TransferError` (downcast with `downcast_ref`).
+    pub fn cause(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.cause.as_deref()
     }
     /// The same error, of `kind`.
     pub fn with_kind(mut self, kind: ErrorKind) -> Error {
@@ -88,6 +178,22 @@ impl Error {
     /// The kind of failure.
     pub fn kind(&self) -> ErrorKind {
         self.kind
+    }
+    /// The exit code of a command that fails with this error (README, "Exit codes"): 2
+    /// for bad input, 4 when cancelled, 1 otherwise. One table with
+    /// [`ErrorKind::dbus_name`].
+    pub fn exit_code(&self) -> u8 {
+        match (self.kind, self.code) {
+            (ErrorKind::Cancelled, _) | (_, HResult::WU_E_CALL_CANCELLED) => 4,
+            (ErrorKind::InvalidInput | ErrorKind::NotFound, _) => 2,
+            // A TUF client refusing a URL says NotInitialized; the input was the URL.
+            (_, HResult::WU_E_PT_INVALID_URL) => 2,
+            _ => 1,
+        }
+    }
+    /// The D-Bus error name for this error ([`ErrorKind::dbus_name`]).
+    pub fn dbus_name(&self) -> &'static str {
+        self.kind.dbus_name()
     }
 }
 
@@ -118,10 +224,12 @@ pub fn tuf_hresult(e: &upkeep_tuf::Error) -> HResult {
         T::Parse { .. } | T::TooLarge { .. } => HResult::WU_E_PT_INVALID_FORMAT,
         T::Threshold { .. }
         | T::Expired { .. }
+        | T::Rollback { .. }
         | T::Version { .. }
         | T::EqualVersion { .. }
         | T::MissingMeta { .. }
-        | T::LengthOrHash { .. } => HResult::WU_E_INVALID_UPDATE,
+        | T::Length { .. }
+        | T::Hash { .. } => HResult::WU_E_INVALID_UPDATE,
         T::Io { .. } => HResult::WU_E_DS_UNEXPECTED,
         T::Limit(_) => HResult::WU_E_OUTOFRANGE,
         T::State(_) => HResult::WU_E_NOT_INITIALIZED,
@@ -136,13 +244,42 @@ impl From<upkeep_job::JobError> for Error {
 
 impl From<upkeep_store::StoreError> for Error {
     fn from(e: upkeep_store::StoreError) -> Self {
+        let kind = match &e {
+            upkeep_store::StoreError::DiskFull { .. } => ErrorKind::DiskFull,
+            _ => ErrorKind::State,
+        };
         Error::new(e.hresult(), e.to_string())
+            .with_kind(kind)
+            .with_cause(e)
     }
 }
 
 impl From<upkeep_install::InstallError> for Error {
     fn from(e: upkeep_install::InstallError) -> Self {
-        Error::new(e.hresult, e.message)
+        let kind = match ErrorKind::of(e.hresult) {
+            ErrorKind::Other => ErrorKind::Install,
+            k => k,
+        };
+        Error::new(e.hresult, e.message.clone())
+            .with_kind(kind)
+            .with_cause(e)
+    }
+}
+
+impl From<upkeep_transfer::TransferError> for Error {
+    fn from(e: upkeep_transfer::TransferError) -> Self {
+        use upkeep_transfer::TransferError as T;
+        let kind = match &e {
+            T::Aborted { .. } => ErrorKind::Cancelled,
+            T::NotFound { .. } | T::Network { .. } => ErrorKind::Network,
+            T::HashMismatch { .. } => ErrorKind::Hash,
+            T::DiskFull { .. } => ErrorKind::DiskFull,
+            T::Io { .. } => ErrorKind::Io,
+            _ => ErrorKind::Transfer,
+        };
+        Error::new(e.hresult(), e.to_string())
+            .with_kind(kind)
+            .with_cause(e)
     }
 }
 
@@ -155,10 +292,10 @@ pub fn tuf_kind(e: &upkeep_tuf::Error) -> ErrorKind {
         T::Parse { .. } => ErrorKind::InvalidMetadata,
         T::Threshold { .. } => ErrorKind::Threshold,
         T::Expired { .. } => ErrorKind::Expired,
-        T::Version { expected, .. } if expected.starts_with(">=") => ErrorKind::Rollback,
+        T::Rollback { .. } => ErrorKind::Rollback,
         T::Version { .. } | T::EqualVersion { .. } => ErrorKind::VersionMismatch,
-        T::LengthOrHash { reason, .. } if reason.contains("length") => ErrorKind::Length,
-        T::LengthOrHash { .. } => ErrorKind::Hash,
+        T::Length { .. } => ErrorKind::Length,
+        T::Hash { .. } => ErrorKind::Hash,
         T::TooLarge { .. } => ErrorKind::TooLarge,
         T::MissingMeta { .. } => ErrorKind::MissingMeta,
         T::Io { .. } => ErrorKind::Io,
@@ -179,7 +316,99 @@ impl From<upkeep_tuf::Error> for Error {
             code,
             message,
             kind: tuf_kind(&e),
-            source: Some(std::sync::Arc::new(e)),
+            cause: Some(std::sync::Arc::new(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_come_from_the_variant_not_the_message() {
+        let rollback = upkeep_tuf::Error::Rollback {
+            role: "timestamp".into(),
+            trusted: 5,
+            got: 4,
+        };
+        let mismatch = upkeep_tuf::Error::Version {
+            role: "snapshot".into(),
+            expected: 5,
+            got: 4,
+        };
+        // The same words in both messages; the kinds still differ.
+        let length = upkeep_tuf::Error::Length {
+            what: "t".into(),
+            reason: "hash".into(),
+        };
+        let hash = upkeep_tuf::Error::Hash {
+            what: "t".into(),
+            reason: "length".into(),
+        };
+        assert_eq!(Error::from(rollback).kind(), ErrorKind::Rollback);
+        assert_eq!(Error::from(mismatch).kind(), ErrorKind::VersionMismatch);
+        assert_eq!(Error::from(length).kind(), ErrorKind::Length);
+        assert_eq!(Error::from(hash).kind(), ErrorKind::Hash);
+    }
+
+    #[test]
+    fn one_table_gives_kind_exit_code_and_dbus_name() {
+        let e = Error::new(HResult::WU_E_INVALID_CRITERIA, "bad");
+        assert_eq!((e.kind(), e.exit_code()), (ErrorKind::InvalidInput, 2));
+        assert_eq!(e.dbus_name(), "org.upkeep.Agent1.Error.InvalidArgs");
+        let e = Error::new(HResult::WU_E_UNKNOWN_SERVICE, "no such service");
+        assert_eq!((e.kind(), e.exit_code()), (ErrorKind::NotFound, 2));
+        let e = Error::new(HResult::WU_E_CALL_CANCELLED, "stopped");
+        assert_eq!((e.kind(), e.exit_code()), (ErrorKind::Cancelled, 4));
+        let e = Error::new(HResult::WU_E_INSTALL_NOT_ALLOWED, "another install runs");
+        assert_eq!((e.kind(), e.exit_code()), (ErrorKind::Busy, 1));
+        assert_eq!(e.dbus_name(), "org.upkeep.Agent1.Error.Busy");
+        // A TUF client refusing the URL: not initialised, and still the caller's input.
+        let e = Error::from(upkeep_tuf::Error::Transport(
+            upkeep_tuf::TransportError::InvalidUrl { url: "x".into() },
+        ));
+        assert_eq!((e.kind(), e.exit_code()), (ErrorKind::NotInitialized, 2));
+        // Every refusal of the repository is one D-Bus error, whatever check refused it.
+        for k in [ErrorKind::Threshold, ErrorKind::Rollback, ErrorKind::Hash] {
+            assert_eq!(k.dbus_name(), "org.upkeep.Agent1.Error.RepositoryRefused");
+        }
+    }
+
+    #[test]
+    fn lower_layers_keep_their_kind_and_their_typed_cause_and_say_it_once() {
+        let io = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let install = upkeep_install::InstallError::io(std::path::Path::new("/r/f"), io);
+        let e = Error::from(install);
+        assert_eq!(e.kind(), ErrorKind::DiskFull);
+        assert!(e
+            .cause()
+            .and_then(|c| c.downcast_ref::<upkeep_install::InstallError>())
+            .is_some());
+        let fs = upkeep_fs::PathError {
+            path: "/s/state.db".into(),
+            source: std::io::Error::from_raw_os_error(libc::EACCES),
+        };
+        let text = fs.to_string();
+        assert!(
+            text.contains("/s/state.db") && text.contains("denied"),
+            "{text}"
+        );
+        assert!(
+            std::error::Error::source(&fs).is_none(),
+            "the cause is in the message, said once"
+        );
+        // The chain of an upkeep error never repeats its message.
+        let e = Error::from(upkeep_tuf::Error::Expired {
+            role: "timestamp".into(),
+            expires: jiff::Timestamp::UNIX_EPOCH,
+        });
+        let mut chain = vec![e.to_string()];
+        let mut s = std::error::Error::source(&e);
+        while let Some(c) = s {
+            chain.push(c.to_string());
+            s = c.source();
+        }
+        assert_eq!(chain.len(), 1, "{chain:?}");
     }
 }

@@ -38,6 +38,7 @@ pub struct AgentBuilder {
     pub(crate) limits: Option<Limits>,
     default_client_id: Option<String>,
     no_recovery: bool,
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl AgentBuilder {
@@ -139,6 +140,15 @@ impl AgentBuilder {
         self.limits = Some(limits);
         self
     }
+    /// The host's tokio runtime, for every transfer and every request of the TUF client
+    /// (a daemon's; driven by threads of its own: multi-thread, or a current-thread one run
+    /// by another thread). Without it the agent starts one current-thread runtime on a
+    /// thread of its own when it first needs the network.
+    pub fn runtime(mut self, handle: tokio::runtime::Handle) -> Self {
+        self.runtime = Some(handle);
+        self
+    }
+
     /// Whether opening the agent recovers install transactions a crash interrupted
     /// (default true). An agent opened only to read (a read-only session's) does not.
     pub fn recover(mut self, recover: bool) -> Self {
@@ -283,6 +293,10 @@ impl AgentBuilder {
                 catalogs: Mutex::new(std::collections::HashMap::new()),
                 merged: Mutex::new(None),
                 engine: std::sync::OnceLock::new(),
+                runtime: match self.runtime.take() {
+                    Some(h) => std::sync::OnceLock::from(upkeep_transfer::Runtime::from_handle(h)),
+                    None => std::sync::OnceLock::new(),
+                },
                 foreign_root,
             }),
         };
@@ -367,6 +381,9 @@ pub(crate) struct AgentInner {
     /// The transfer engine (one pooled HTTP client and transfer queue for every session
     /// and job of the agent), started by the first download.
     pub(crate) engine: std::sync::OnceLock<upkeep_transfer::Engine>,
+    /// The one runtime of the agent: transfers and TUF's HTTP requests (the host's, or a
+    /// thread of its own started on first use).
+    pub(crate) runtime: std::sync::OnceLock<upkeep_transfer::Runtime>,
     /// A `--trusted-root` was given that shares no root key with the root the state
     /// directory already trusts (it was not used): said when a refresh is refused.
     pub(crate) foreign_root: Option<String>,

@@ -98,7 +98,8 @@ impl Agent {
         }
         let cfg = &self.inner.cfg;
         let t: Arc<dyn Transport> = Arc::new(
-            HttpTransport::with_timeouts(
+            HttpTransport::on(
+                self.runtime()?.handle().clone(),
                 std::time::Duration::from_secs(cfg.connect_timeout_seconds),
                 std::time::Duration::from_secs(cfg.response_timeout_seconds),
             )
@@ -202,10 +203,25 @@ impl Agent {
             stall_timeout: std::time::Duration::from_secs(cfg.response_timeout_seconds),
             ..Default::default()
         };
-        let engine = upkeep_transfer::Engine::new(self.content_cache()?, opts)
-            .map_err(|e| Error::new(e.hresult(), e.to_string()))?;
+        let engine =
+            upkeep_transfer::Engine::with_runtime(self.content_cache()?, opts, self.runtime()?)
+                .map_err(|e| Error::new(e.hresult(), e.to_string()))?;
         // A racing first download may have set one already; use whichever won.
         Ok(self.inner.engine.get_or_init(|| engine).clone())
+    }
+
+    /// The agent's one runtime, started on first use unless the host gave its own.
+    pub fn runtime(&self) -> Result<upkeep_transfer::Runtime> {
+        if let Some(rt) = self.inner.runtime.get() {
+            return Ok(rt.clone());
+        }
+        let rt = upkeep_transfer::Runtime::start().map_err(|e| {
+            Error::new(
+                HResult::E_FAIL,
+                format!("cannot start the agent's runtime thread: {e}"),
+            )
+        })?;
+        Ok(self.inner.runtime.get_or_init(|| rt).clone())
     }
 
     /// The base URLs of content of the service `name` (`None`: the default service) — its

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use upkeep::{Error, HResult, OperationResultCode};
+use upkeep::{Error, OperationResultCode};
 
 /// What the process exits with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,27 +32,15 @@ impl Exit {
         }
     }
 
-    /// Prints `e` to stderr (as JSON with `json`) and picks the exit code: bad input
-    /// (criteria, files, URLs, ids, service names) is 2, everything else 1.
+    /// Prints `e` to stderr (as JSON with `json`) and picks the exit code from the agent's
+    /// one table of kinds and codes ([`Error::exit_code`]): bad input (criteria, files,
+    /// URLs, ids, service names) is 2, cancelled 4, everything else 1.
     pub fn from_error(e: &Error, json: bool) -> Exit {
         report(e, json);
-        let code = e.hresult();
-        let input = [
-            HResult::WU_E_INVALID_CRITERIA,
-            HResult::WU_E_INVALID_FILE,
-            HResult::WU_E_PT_INVALID_URL,
-            HResult::WU_E_UNKNOWN_ID,
-            HResult::WU_E_NOT_APPLICABLE,
-            HResult::WU_E_DUPLICATE_ITEM,
-            HResult::WU_E_UNKNOWN_SERVICE,
-            HResult::E_INVALIDARG,
-        ];
-        if input.contains(&code) {
-            Exit::Usage
-        } else if code == HResult::WU_E_CALL_CANCELLED {
-            Exit::Aborted
-        } else {
-            Exit::Failure
+        match e.exit_code() {
+            2 => Exit::Usage,
+            4 => Exit::Aborted,
+            _ => Exit::Failure,
         }
     }
 }

@@ -17,7 +17,8 @@ use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
-/// An I/O error and the path it happened on.
+/// An I/O error and the path it happened on. Its message says both; the I/O error is not
+/// also its `source()`, so that a report says the cause once.
 #[derive(Debug)]
 pub struct PathError {
     /// The file or directory.
@@ -32,11 +33,7 @@ impl std::fmt::Display for PathError {
     }
 }
 
-impl std::error::Error for PathError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
-    }
-}
+impl std::error::Error for PathError {}
 
 /// `map_err(at(path))`: names the path an I/O error happened on.
 pub fn at(path: &Path) -> impl FnOnce(io::Error) -> PathError + '_ {

@@ -24,13 +24,12 @@ use upkeep_types::{HResult, OperationResultCode, UpdateOperation, UpdateRecord};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// SQLite failed.
-    #[error("state database {path}: {source}")]
+    #[error("state database {path}: {cause}")]
     Sqlite {
         /// The database file.
         path: String,
         /// What SQLite said.
-        #[source]
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
     /// The database was written by a newer agent.
     #[error("state database {path} has schema version {found}; this upkeep reads versions up to {SCHEMA_VERSION}: use a newer upkeep")]
@@ -66,11 +65,11 @@ impl StoreError {
     pub fn hresult(&self) -> HResult {
         match self {
             StoreError::Sqlite {
-                source: rusqlite::Error::SqliteFailure(e, _),
+                cause: rusqlite::Error::SqliteFailure(e, _),
                 ..
             } if e.code == rusqlite::ErrorCode::DatabaseBusy => HResult::WU_E_DS_INUSE,
             StoreError::Sqlite {
-                source: rusqlite::Error::SqliteFailure(e, _),
+                cause: rusqlite::Error::SqliteFailure(e, _),
                 ..
             } if e.code == rusqlite::ErrorCode::DiskFull => HResult::E_DISK_FULL,
             StoreError::DiskFull { .. } => HResult::E_DISK_FULL,
@@ -280,7 +279,7 @@ pub struct Store {
 /// filesystem has no room left.
 fn disk_full(dir: &Path, e: &StoreError) -> bool {
     let StoreError::Sqlite {
-        source: rusqlite::Error::SqliteFailure(f, _),
+        cause: rusqlite::Error::SqliteFailure(f, _),
         ..
     } = e
     else {
@@ -570,9 +569,9 @@ impl Store {
 
     fn open_rw(dir: &Path) -> Result<Store> {
         let path = dir.join("state.db");
-        let e = |source| StoreError::Sqlite {
+        let e = |cause| StoreError::Sqlite {
             path: path.display().to_string(),
-            source,
+            cause,
         };
         let mut conn = Connection::open(&path).map_err(e)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(e)?;
@@ -702,9 +701,9 @@ impl Store {
                 path: self.path.clone(),
                 what: what.to_string(),
             },
-            source => StoreError::Sqlite {
+            cause => StoreError::Sqlite {
                 path: self.path.clone(),
-                source,
+                cause,
             },
         }
     }

@@ -136,12 +136,12 @@ pub enum TransferError {
         message: String,
     },
     /// The cache could not be written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The local file.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (said in the message; not a `source()`, so that it is said once).
+        cause: std::io::Error,
     },
 }
 
@@ -155,8 +155,8 @@ impl TransferError {
             TransferError::HashMismatch { .. } => HResult::WU_E_DM_INCORRECTFILEHASH,
             TransferError::NoUsableHash { .. } => HResult::WU_E_DM_UNKNOWNALGORITHM,
             TransferError::DiskFull { .. } => HResult::E_DISK_FULL,
-            TransferError::Io { source, .. }
-                if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) =>
+            TransferError::Io { cause, .. }
+                if matches!(cause.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) =>
             {
                 HResult::E_DISK_FULL
             }
@@ -390,18 +390,48 @@ impl ContentCache {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TransferError + '_ {
-    move |source| TransferError::Io {
+    move |cause| TransferError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 
 /// How often waits look at the abort flag.
 const SLICE: Duration = Duration::from_millis(25);
 
-/// The runtime every transfer of an engine runs on: one current-thread tokio runtime on a
-/// thread of its own (measured faster than a multi-thread runtime for this work), so the
-/// pooled HTTP client's connections always live on the runtime that made them.
+/// The runtime every transfer of an engine runs on — and, in the agent, every HTTP request
+/// of its TUF client: by default one current-thread tokio runtime on a thread of its own
+/// (measured faster than a multi-thread runtime for this work), so the pooled HTTP
+/// clients' connections always live on the runtime that made them; or a host's runtime
+/// ([`Runtime::from_handle`]). Cheap to clone; the thread stops when the last clone goes.
+#[derive(Clone)]
+pub struct Runtime(Arc<RuntimeThread>);
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Runtime")
+    }
+}
+
+impl Runtime {
+    /// A current-thread runtime on a new thread named `upkeep-transfer`.
+    pub fn start() -> std::io::Result<Runtime> {
+        Ok(Runtime(Arc::new(RuntimeThread::start()?)))
+    }
+
+    /// The host's runtime (a daemon's): it must be driven by threads of its own (a
+    /// multi-thread runtime, or a current-thread one run by another thread), since the
+    /// blocking forms wait for work spawned there.
+    pub fn from_handle(handle: tokio::runtime::Handle) -> Runtime {
+        Runtime(Arc::new(RuntimeThread { handle, stop: None }))
+    }
+
+    /// Its handle.
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        &self.0.handle
+    }
+}
+
 struct RuntimeThread {
     handle: tokio::runtime::Handle,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -444,7 +474,7 @@ struct Inner {
     opts: TransferOptions,
     sched: Arc<Scheduler>,
     low_cap: Option<RateLimiter>,
-    rt: RuntimeThread,
+    rt: Runtime,
 }
 
 /// The transfer engine: one pooled HTTP client, a priority queue of transfer slots, and a
@@ -472,6 +502,19 @@ impl Engine {
     /// An engine over `cache`, with its own transfer thread. Honours the
     /// `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY`/`NO_PROXY` variables (and lowercase forms).
     pub fn new(cache: ContentCache, opts: TransferOptions) -> Result<Engine, TransferError> {
+        let rt = Runtime::start().map_err(|e| TransferError::Io {
+            path: PathBuf::from("<transfer thread>"),
+            cause: e,
+        })?;
+        Engine::with_runtime(cache, opts, rt)
+    }
+
+    /// [`Engine::new`] on `rt` (the agent's one runtime).
+    pub fn with_runtime(
+        cache: ContentCache,
+        opts: TransferOptions,
+        rt: Runtime,
+    ) -> Result<Engine, TransferError> {
         let client = reqwest::Client::builder()
             .connect_timeout(opts.connect_timeout)
             .user_agent(concat!("upkeep/", env!("CARGO_PKG_VERSION")))
@@ -480,10 +523,6 @@ impl Engine {
                 path: String::new(),
                 message: format!("cannot build an HTTP client: {e}"),
             })?;
-        let rt = RuntimeThread::start().map_err(|e| TransferError::Io {
-            path: PathBuf::from("<transfer thread>"),
-            source: e,
-        })?;
         Ok(Engine {
             inner: Arc::new(Inner {
                 client,
@@ -520,9 +559,9 @@ impl Engine {
     ) -> T {
         // The engine (and so the runtime) lives as long as this call, so the task always
         // runs to completion and the result is always sent.
-        let task = self.inner.rt.handle.spawn(work);
+        let task = self.inner.rt.handle().spawn(work);
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.inner.rt.handle.spawn(async move {
+        self.inner.rt.handle().spawn(async move {
             let _ = tx.send(task.await);
         });
         match rx.recv() {
@@ -580,8 +619,8 @@ impl Engine {
         let r = self
             .fetch_inner(file, urls, priority, progress, abort)
             .await;
-        if let Err(TransferError::Io { source, .. }) = &r {
-            if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
+        if let Err(TransferError::Io { cause, .. }) = &r {
+            if matches!(cause.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
                 let c = &self.inner.cache;
                 if let Some(k) = key(file) {
                     let _ = std::fs::remove_file(c.partial_path(&k));

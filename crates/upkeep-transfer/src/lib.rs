@@ -34,4 +34,6 @@ mod pipeline;
 mod sched;
 
 pub use cache::{key as cache_key, ContentCache};
-pub use fetch::{Engine, Imported, Phase, TransferError, TransferOptions, TransferProgress};
+pub use fetch::{
+    Engine, Imported, Phase, Runtime, TransferError, TransferOptions, TransferProgress,
+};

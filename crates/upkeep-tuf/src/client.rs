@@ -670,7 +670,7 @@ type Verified = (Envelope<Targets>, [u8; 32]);
 /// Data longer than a signed length is a length mismatch, not endless data.
 fn signed_length(r: Result<Vec<u8>>, signed: Option<u64>) -> Result<Vec<u8>> {
     match (r, signed) {
-        (Err(Error::TooLarge { what, limit }), Some(_)) => Err(Error::LengthOrHash {
+        (Err(Error::TooLarge { what, limit }), Some(_)) => Err(Error::Length {
             what,
             reason: format!("longer than the signed length {limit}"),
         }),

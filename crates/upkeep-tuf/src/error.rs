@@ -69,13 +69,24 @@ pub enum Error {
         /// Its expiry time.
         expires: jiff::Timestamp,
     },
-    /// A version went backwards (rollback attack) or does not match what was expected.
+    /// A version older than the trusted one (a rollback attack).
+    #[error("{role}: version {got}, expected >= {trusted}")]
+    Rollback {
+        /// The role.
+        role: String,
+        /// The version trusted (or listed by trusted metadata).
+        trusted: u64,
+        /// What arrived.
+        got: u64,
+    },
+    /// A version other than the one that signed metadata names (mix-and-match), or not
+    /// the next root.
     #[error("{role}: version {got}, expected {expected}")]
     Version {
         /// The role.
         role: String,
-        /// What the trusted metadata demands.
-        expected: String,
+        /// The version the trusted metadata demands.
+        expected: u64,
         /// What arrived.
         got: u64,
     },
@@ -85,9 +96,17 @@ pub enum Error {
         /// The role.
         role: String,
     },
-    /// Length or hashes do not match the signed values.
+    /// A length other than the signed one.
     #[error("{what}: {reason}")]
-    LengthOrHash {
+    Length {
+        /// The file.
+        what: String,
+        /// What the lengths were.
+        reason: String,
+    },
+    /// A hash other than the signed one, or no hash that this build can check.
+    #[error("{what}: {reason}")]
+    Hash {
         /// The file.
         what: String,
         /// Which check failed.
@@ -108,12 +127,12 @@ pub enum Error {
         role: String,
     },
     /// Local metadata could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (said in the message; not a `source()`, so that it is said once).
+        cause: std::io::Error,
     },
     /// A limit of [`crate::Limits`] was reached.
     #[error("{0}")]
@@ -131,10 +150,10 @@ impl Error {
         }
     }
 
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, cause: std::io::Error) -> Error {
         Error::Io {
             path: path.into(),
-            source,
+            cause,
         }
     }
 

@@ -32,7 +32,7 @@ impl<R: Read> TargetReader<R> {
                 "sha256" => sha256 = Some((Sha256::new(), hex.to_ascii_lowercase())),
                 "sha512" => sha512 = Some((Sha512::new(), hex.to_ascii_lowercase())),
                 other => {
-                    return Err(Error::LengthOrHash {
+                    return Err(Error::Hash {
                         what: what.into(),
                         reason: format!("unsupported hash algorithm {other:?}"),
                     })
@@ -40,7 +40,7 @@ impl<R: Read> TargetReader<R> {
             }
         }
         if sha256.is_none() && sha512.is_none() {
-            return Err(Error::LengthOrHash {
+            return Err(Error::Hash {
                 what: what.into(),
                 reason: "no hashes".into(),
             });
@@ -56,33 +56,38 @@ impl<R: Read> TargetReader<R> {
         })
     }
 
-    fn fail(&self, reason: String) -> io::Error {
+    fn fail(&self, length: bool, reason: String) -> io::Error {
+        let what = self.what.clone();
         io::Error::new(
             io::ErrorKind::InvalidData,
-            Error::LengthOrHash {
-                what: self.what.clone(),
-                reason,
+            if length {
+                Error::Length { what, reason }
+            } else {
+                Error::Hash { what, reason }
             },
         )
     }
 
     fn finish(&mut self) -> io::Result<()> {
         if self.read != self.expected_len {
-            return Err(self.fail(format!(
-                "got {} bytes, signed length is {}",
-                self.read, self.expected_len
-            )));
+            return Err(self.fail(
+                true,
+                format!(
+                    "got {} bytes, signed length is {}",
+                    self.read, self.expected_len
+                ),
+            ));
         }
         if let Some((h, want)) = self.sha256.take() {
             let got = hex::encode(h.finalize());
             if got != want {
-                return Err(self.fail(format!("sha256 {got} does not match signed {want}")));
+                return Err(self.fail(false, format!("sha256 {got} does not match signed {want}")));
             }
         }
         if let Some((h, want)) = self.sha512.take() {
             let got = hex::encode(h.finalize());
             if got != want {
-                return Err(self.fail(format!("sha512 {got} does not match signed {want}")));
+                return Err(self.fail(false, format!("sha512 {got} does not match signed {want}")));
             }
         }
         self.done = true;
@@ -138,7 +143,10 @@ impl<R: Read> Read for TargetReader<R> {
         }
         self.read += n as u64;
         if self.read > self.expected_len {
-            return Err(self.fail(format!("more than the signed length {}", self.expected_len)));
+            return Err(self.fail(
+                true,
+                format!("more than the signed length {}", self.expected_len),
+            ));
         }
         if let Some((h, _)) = &mut self.sha256 {
             h.update(&buf[..n]);
@@ -167,15 +175,15 @@ mod tests {
         assert_eq!(read_all(&info, b"hello world").unwrap(), b"hello world");
         assert!(matches!(
             read_all(&info, b"hello worle"),
-            Err(Error::LengthOrHash { .. })
+            Err(Error::Hash { .. })
         ));
         assert!(matches!(
             read_all(&info, b"hello"),
-            Err(Error::LengthOrHash { .. })
+            Err(Error::Length { .. })
         ));
         assert!(matches!(
             read_all(&info, b"hello world!!"),
-            Err(Error::LengthOrHash { .. })
+            Err(Error::Length { .. })
         ));
     }
 

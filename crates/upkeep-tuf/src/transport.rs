@@ -1,15 +1,34 @@
-//! HTTP transport for metadata and targets over a pooled `reqwest` blocking client.
+//! HTTP transport for metadata and targets: one pooled async `reqwest` client on a tokio
+//! runtime (the agent's, or one of its own), behind the synchronous [`Transport`] seam
+//! that the TUF client reads through. The body streams from the runtime to the reader
+//! through a small bounded channel: the blocking adapter is the reader, at the outer edge,
+//! and no blocking HTTP client (which would panic inside an async runtime) is used.
 
 use std::io::Read;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::client::Transport;
 use crate::error::TransportError;
 
+/// A runtime the transport started for itself (when it was given none), shut down in the
+/// background when the last clone goes: never a panic, whatever thread drops it.
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// Fetches over HTTP(S) with one pooled, keep-alive client. 403 and 404 are "not found".
 #[derive(Clone)]
 pub struct HttpTransport {
-    client: reqwest::blocking::Client,
+    client: reqwest::Client,
+    handle: tokio::runtime::Handle,
+    _own: Option<Arc<OwnRuntime>>,
     min_rate: u64,
     window: Duration,
     connect: Duration,
@@ -23,7 +42,8 @@ impl std::fmt::Debug for HttpTransport {
 }
 
 impl HttpTransport {
-    /// A transport with a 10 s connect timeout and a 30 s response timeout.
+    /// A transport with a 10 s connect timeout and a 30 s response timeout, on a runtime
+    /// of its own (one worker thread).
     pub fn new() -> Result<HttpTransport, TransportError> {
         HttpTransport::with_timeouts(Duration::from_secs(10), Duration::from_secs(30))
     }
@@ -31,16 +51,37 @@ impl HttpTransport {
     /// A transport that fails a request when the server does not accept the connection
     /// within `connect`, or, connected, sends nothing for `response` — before its answer
     /// or within a body (a read timeout, so a long body that keeps coming is not cut;
-    /// the minimum rate bounds a trickle).
+    /// the minimum rate bounds a trickle). On a runtime of its own.
     pub fn with_timeouts(
         connect: Duration,
         response: Duration,
     ) -> Result<HttpTransport, TransportError> {
-        // The blocking client's `timeout` bounds each operation — waiting for the answer,
-        // each read of the body — not the whole request.
-        let client = reqwest::blocking::Client::builder()
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("upkeep-tuf-http")
+            .enable_all()
+            .build()
+            .map_err(|e| TransportError::Connection {
+                url: String::new(),
+                message: format!("cannot start the HTTP runtime: {e}"),
+            })?;
+        let handle = rt.handle().clone();
+        let mut t = HttpTransport::on(handle, connect, response)?;
+        t._own = Some(Arc::new(OwnRuntime(Some(rt))));
+        Ok(t)
+    }
+
+    /// [`with_timeouts`](Self::with_timeouts) on the runtime of `handle` (the agent's
+    /// one runtime), which another thread must drive (a multi-thread runtime, or a
+    /// current-thread one that a thread of its own runs): [`Transport::fetch`] blocks its
+    /// caller until the answer comes.
+    pub fn on(
+        handle: tokio::runtime::Handle,
+        connect: Duration,
+        response: Duration,
+    ) -> Result<HttpTransport, TransportError> {
+        let client = reqwest::Client::builder()
             .connect_timeout(connect)
-            .timeout(response)
             .user_agent(concat!("upkeep/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| TransportError::Connection {
@@ -49,6 +90,8 @@ impl HttpTransport {
             })?;
         Ok(HttpTransport {
             client,
+            handle,
+            _own: None,
             min_rate: 1024,
             window: Duration::from_secs(30),
             connect,
@@ -64,6 +107,29 @@ impl HttpTransport {
         self.min_rate = bytes_per_second;
         self.window = window;
         self
+    }
+}
+
+/// The reading end of a body streamed by the runtime: blocks for the next chunk. Dropping
+/// it stops the transfer (the task's next send fails).
+struct ChannelBody {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>,
+    chunk: bytes::Bytes,
+}
+
+impl Read for ChannelBody {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(c)) => self.chunk = c,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk[..n]);
+        bytes::Buf::advance(&mut self.chunk, n);
+        Ok(n)
     }
 }
 
@@ -104,32 +170,75 @@ impl Transport for HttpTransport {
         let parsed = reqwest::Url::parse(url).map_err(|_| TransportError::InvalidUrl {
             url: url.to_string(),
         })?;
-        let resp = self
-            .client
-            .get(parsed)
-            .send()
-            .map_err(|e| TransportError::Connection {
-                url: url.to_string(),
-                message: if e.is_timeout() && e.is_connect() {
-                    format!(
-                        "no connection within {:?} (connect_timeout_seconds): {}",
-                        self.connect,
-                        describe(&e)
-                    )
-                } else if e.is_timeout() {
-                    format!(
-                        "no answer within {:?} (response_timeout_seconds): {}",
-                        self.response,
-                        describe(&e)
-                    )
-                } else {
+        let (head_tx, head_rx) = tokio::sync::oneshot::channel();
+        let (body_tx, body_rx) = tokio::sync::mpsc::channel(8);
+        let (client, response, connect) = (self.client.clone(), self.response, self.connect);
+        let shown = url.to_string();
+        self.handle.spawn(async move {
+            // The answer within `response`; then each chunk within `response` of the last.
+            let resp = match tokio::time::timeout(response, client.get(parsed).send()).await {
+                Err(_) => Err(format!(
+                    "no answer within {response:?} (response_timeout_seconds)"
+                )),
+                Ok(Err(e)) if e.is_timeout() && e.is_connect() => Err(format!(
+                    "no connection within {connect:?} (connect_timeout_seconds): {}",
                     describe(&e)
-                },
-            })?;
-        let status = resp.status().as_u16();
+                )),
+                Ok(Err(e)) => Err(describe(&e)),
+                Ok(Ok(r)) => Ok(r),
+            };
+            let mut resp = match resp {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    if head_tx.send(Ok(status)).is_err() || status != 200 {
+                        return;
+                    }
+                    r
+                }
+                Err(m) => {
+                    let _ = head_tx.send(Err(m));
+                    return;
+                }
+            };
+            loop {
+                let next = match tokio::time::timeout(response, resp.chunk()).await {
+                    Ok(Ok(Some(c))) => Ok(c),
+                    Ok(Ok(None)) => return,
+                    Ok(Err(e)) => Err(std::io::Error::other(format!("{shown}: {}", describe(&e)))),
+                    Err(_) => Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "{shown}: nothing received for {response:?} (response_timeout_seconds)"
+                        ),
+                    )),
+                };
+                let failed = next.is_err();
+                if body_tx.send(next).await.is_err() || failed {
+                    return; // the reader went away, or was told why it ends
+                }
+            }
+        });
+        let status = match head_rx.blocking_recv() {
+            Ok(Ok(status)) => status,
+            Ok(Err(message)) => {
+                return Err(TransportError::Connection {
+                    url: url.to_string(),
+                    message,
+                })
+            }
+            Err(_) => {
+                return Err(TransportError::Connection {
+                    url: url.to_string(),
+                    message: "the HTTP runtime stopped".into(),
+                })
+            }
+        };
         match status {
             200 => Ok(Box::new(Paced {
-                inner: resp,
+                inner: ChannelBody {
+                    rx: body_rx,
+                    chunk: bytes::Bytes::new(),
+                },
                 url: url.to_string(),
                 min_rate: self.min_rate,
                 window: self.window,

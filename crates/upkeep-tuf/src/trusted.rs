@@ -107,7 +107,7 @@ impl TrustedSet {
         if new.signed.common.version != expected {
             return Err(Error::Version {
                 role: "root".into(),
-                expected: expected.to_string(),
+                expected,
                 got: new.signed.common.version,
             });
         }
@@ -133,9 +133,9 @@ impl TrustedSet {
         if let Some(old) = &self.timestamp {
             let (ov, nv) = (old.signed.common.version, new.signed.common.version);
             if nv < ov {
-                return Err(Error::Version {
+                return Err(Error::Rollback {
                     role: "timestamp".into(),
-                    expected: format!(">= {ov}"),
+                    trusted: ov,
                     got: nv,
                 });
             }
@@ -149,9 +149,9 @@ impl TrustedSet {
                 new.signed.snapshot_meta().version,
             );
             if nsv < osv {
-                return Err(Error::Version {
+                return Err(Error::Rollback {
                     role: "snapshot (in timestamp)".into(),
-                    expected: format!(">= {osv}"),
+                    trusted: osv,
                     got: nsv,
                 });
             }
@@ -194,9 +194,9 @@ impl TrustedSet {
                         ))
                     }
                     Some(n) if n.version < info.version => {
-                        return Err(Error::Version {
+                        return Err(Error::Rollback {
                             role: name.trim_end_matches(".json").to_string(),
-                            expected: format!(">= {}", info.version),
+                            trusted: info.version,
                             got: n.version,
                         })
                     }
@@ -219,7 +219,7 @@ impl TrustedSet {
         if snap.signed.common.version != want {
             return Err(Error::Version {
                 role: "snapshot".into(),
-                expected: want.to_string(),
+                expected: want,
                 got: snap.signed.common.version,
             });
         }
@@ -293,7 +293,7 @@ impl TrustedSet {
         if new.signed.common.version != meta.version {
             return Err(Error::Version {
                 role: role.into(),
-                expected: meta.version.to_string(),
+                expected: meta.version,
                 got: new.signed.common.version,
             });
         }
