@@ -38,9 +38,9 @@ one_id=$(head -1 "$work/repo/one-path-per-bin.txt" | cut -d/ -f2)
 log_mark() { wc -l < "$work/access.log" 2>/dev/null || echo 0; }
 log_since() { tail -n +"$(( $1 + 1 ))" "$work/access.log" | awk '{n++; b+=$1} END {printf "%d %d\n", n, b}'; }
 
-run_upkeep_cold() {
-  local state="$work/state-u-$1" m; m=$(log_mark)
-  /usr/bin/time -f "%e %M" -o "$work/time" "$BIN/upkeep" --repo "$base" --trusted-root "$root" \
+run_upkeep_cold() { # ROUND [BINARY]
+  local state="$work/state-u-$1${2:+-b}" m; m=$(log_mark)
+  /usr/bin/time -f "%e %M" -o "$work/time" "${2:-$BIN/upkeep}" --repo "$base" --trusted-root "$root" \
     --state-dir "$state" search "UpdateID='$one_id'" --json > /dev/null
   echo "$(cat "$work/time") $(log_since "$m")"
 }
@@ -51,12 +51,20 @@ run_python_cold() {
   echo "$(cat "$work/time") $(log_since "$m")"
 }
 
+# BASELINE_DIR also times that build's cold refresh in the same rounds.
+OLD=${BASELINE_DIR:+$BASELINE_DIR/upkeep}
 echo "warm-up"; run_upkeep_cold w >/dev/null; run_python_cold w >/dev/null
-: > "$work/u.txt"; : > "$work/p.txt"
+[ -n "$OLD" ] && run_upkeep_cold w "$OLD" >/dev/null
+: > "$work/u.txt"; : > "$work/p.txt"; : > "$work/b.txt"
 for r in $(seq 1 "$ROUNDS"); do
-  if [ $((r % 2)) = 1 ]; then run_upkeep_cold "$r" >> "$work/u.txt"; run_python_cold "$r" >> "$work/p.txt"
-  else run_python_cold "$r" >> "$work/p.txt"; run_upkeep_cold "$r" >> "$work/u.txt"; fi
-  echo "round $r: upkeep $(tail -1 "$work/u.txt") | python-tuf $(tail -1 "$work/p.txt")  (s KiB requests bytes)"
+  if [ $((r % 2)) = 1 ]; then
+    run_upkeep_cold "$r" >> "$work/u.txt"; run_python_cold "$r" >> "$work/p.txt"
+    [ -n "$OLD" ] && run_upkeep_cold "$r" "$OLD" >> "$work/b.txt"
+  else
+    [ -n "$OLD" ] && run_upkeep_cold "$r" "$OLD" >> "$work/b.txt"
+    run_python_cold "$r" >> "$work/p.txt"; run_upkeep_cold "$r" >> "$work/u.txt"
+  fi
+  echo "round $r: upkeep $(tail -1 "$work/u.txt") | python-tuf $(tail -1 "$work/p.txt") | baseline $(tail -1 "$work/b.txt" 2>/dev/null)  (s KiB requests bytes)"
 done
 
 # Warm: in process (catalog cached in the session) and from a new process.
@@ -85,7 +93,7 @@ if [ -n "${BASELINE_DIR:-}" ]; then
   done
 fi
 
-"$PY" - "$work/u.txt" "$work/p.txt" "$work/w.txt" "$warm" "$unchanged" "$N" "$BINS" <<'PY'
+"$PY" - "$work/u.txt" "$work/p.txt" "$work/w.txt" "$warm" "$unchanged" "$N" "$BINS" "$work/b.txt" <<'PY'
 import json, statistics, sys
 u = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
 p = [list(map(float, l.split())) for l in open(sys.argv[2]) if l.strip()]
@@ -103,4 +111,7 @@ print(f"| peak RSS (cold) | {med(u,1)/1024:.0f} MiB | {med(p,1)/1024:.0f} MiB | 
 print(f"| warm search IsInstalled=0, catalog loaded (ms) | {warm['warm_median_ms']:.1f} ({warm['warm_found']} found) | - | - |")
 print(f"| warm search from a new process (s) | {med(w,0):.2f} | - | - |")
 print(f"| refresh of an unchanged repository | {req} request(s), {byt} bytes | - | - |")
+b = [list(map(float, l.split())) for l in open(sys.argv[8]) if l.strip()]
+if b:
+    print(f"| cold refresh, baseline build (s) | {med(b, 0):.2f} ({med(b, 1)/1024:.0f} MiB) | this build {ut:.2f} | {med(b, 0)/ut:.2f}x |")
 PY

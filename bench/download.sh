@@ -9,6 +9,8 @@
 #   (f) abort latency: request_abort during (a) until the completion callback (in process)
 # upkeep's times are whole `upkeep download --all` processes: start, TUF refresh, search,
 # transfer, verification, cache commit. Data and downloads live on /dev/shm.
+# BASELINE=/path/to/an/older/upkeep also times that binary in the same rounds (a regression
+# check: its median and this build's ratio to it are reported).
 # Usage: bench/download.sh     (ROUNDS=3 BIG_MB=1024 SMALL_N=2000 MID_N=200 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,9 +38,10 @@ n=0
 fresh() { n=$((n + 1)); echo "$work/run-$n"; }
 timed() { /usr/bin/time -f "%e %M" -o "$work/time" "$@"; cat "$work/time"; }
 
-run_upkeep() { # REPO -> "seconds KiB"
+BASE=${BASELINE:-}
+run_upkeep() { # REPO [BINARY] -> "seconds KiB"
   local state; state=$(fresh)
-  /usr/bin/time -f "%e %M" -o "$work/time" "$BIN/upkeep" --repo "$NGINX_BASE/$1/" \
+  /usr/bin/time -f "%e %M" -o "$work/time" "${2:-$BIN/upkeep}" --repo "$NGINX_BASE/$1/" \
     --trusted-root "$work/srv/$1/metadata/1.root.json" --state-dir "$state" download --all --json \
     > "$work/out.json"
   grep -q '"result_code": *"Succeeded"' "$work/out.json" || { echo "upkeep download failed" >&2; cat "$work/out.json" >&2; exit 1; }
@@ -60,11 +63,16 @@ run_curl() { # REPO -> "seconds KiB"; one file: curl -o; many: curl --parallel
 : > "$work/results.txt"
 for repo in big small mid; do
   echo "$repo: warm-up"; run_upkeep "$repo" > /dev/null; run_curl "$repo" > /dev/null
+  [ -n "$BASE" ] && run_upkeep "$repo" "$BASE" > /dev/null
   for r in $(seq 1 "$ROUNDS"); do
-    if [ $((r % 2)) = 1 ]; then u=$(run_upkeep "$repo"); c=$(run_curl "$repo")
-    else c=$(run_curl "$repo"); u=$(run_upkeep "$repo"); fi
-    echo "$repo $u $c" >> "$work/results.txt"
-    echo "$repo round $r: upkeep $u | curl $c  (s KiB)"
+    b="- -"
+    if [ $((r % 2)) = 1 ]; then
+      u=$(run_upkeep "$repo"); c=$(run_curl "$repo"); [ -n "$BASE" ] && b=$(run_upkeep "$repo" "$BASE")
+    else
+      [ -n "$BASE" ] && b=$(run_upkeep "$repo" "$BASE"); c=$(run_curl "$repo"); u=$(run_upkeep "$repo")
+    fi
+    echo "$repo $u $c $b" >> "$work/results.txt"
+    echo "$repo round $r: upkeep $u | curl $c | baseline $b  (s KiB)"
   done
 done
 
@@ -116,6 +124,14 @@ for repo, label, peer, n, each in [("big", f"(a) 1 update of {big} MiB", "curl -
     extra = f"{mb/u:.0f} MB/s" if n == 1 else f"{n/u:.0f} files/s, {mb/u:.0f} MB/s"
     extra_c = f"{mb/c:.0f} MB/s" if n == 1 else f"{n/c:.0f} files/s, {mb/c:.0f} MB/s"
     print(f"| {label} | {u:.2f} s ({extra}) | {c:.2f} s ({extra_c}, {peer}) | **{c/u:.2f}×** |")
+if rows[0][5] != "-":
+    print()
+    print("| work | this build | baseline | ratio (> 1: this build faster) |")
+    print("|---|---|---|---|")
+    for repo in ["big", "small", "mid"]:
+        u, b = med(repo, 1), med(repo, 5)
+        print(f"| {repo} | {u:.2f} s, {med(repo, 2)/1024:.1f} MiB | {b:.2f} s, {med(repo, 6)/1024:.1f} MiB | {b/u:.2f}× |")
+    print()
 print(f"| (d) peak RSS during (a) | {med('big', 2)/1024:.1f} MiB | {med('big', 4)/1024:.1f} MiB | target ≤ 64 MiB |")
 print(f"| (e) bytes moved, killed at {killed_at/size:.0%} and run again | {moved/size:.3f} × the file | – | target ≤ 1.05 |")
 print(f"| (f) abort latency (request_abort → completion callback) | median {abort['median_ms']:.1f} ms, max {abort['max_ms']:.1f} ms of {abort['rounds']} | – | target ≤ 200 ms |")

@@ -498,6 +498,24 @@ enum Attempt {
     Retry(TransferError),
 }
 
+/// One transfer as each of its attempts sees it: the file, whether it is held to the
+/// `Low` bandwidth cap, and its reporter (the progress it has reached, where progress goes,
+/// and whether to stop).
+struct Transfer<'a> {
+    file: &'a ContentFile,
+    capped: bool,
+    report: TransferProgress,
+    progress: &'a mut (dyn FnMut(TransferProgress) + Send),
+    abort: &'a (dyn Fn() -> bool + Sync),
+}
+
+impl Transfer<'_> {
+    /// Reports the progress reached.
+    fn publish(&mut self) {
+        (self.progress)(self.report)
+    }
+}
+
 impl Engine {
     /// An engine over `cache`, with its own transfer thread. Honours the
     /// `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY`/`NO_PROXY` variables (and lowercase forms).
@@ -746,7 +764,13 @@ impl Engine {
                 ),
             });
         }
-        let capped = priority == DownloadPriority::Low;
+        let mut transfer = Transfer {
+            file,
+            capped: priority == DownloadPriority::Low,
+            report,
+            progress,
+            abort,
+        };
         let mut not_found: HashSet<usize> = HashSet::new();
         let mut last = TransferError::Network {
             path: what.clone(),
@@ -766,16 +790,7 @@ impl Engine {
                     mirrors: urls.len(),
                 })?;
             let (outcome, digests) = self
-                .attempt(
-                    file,
-                    &mut part,
-                    digests.clone(),
-                    &urls[mirror],
-                    capped,
-                    &mut report,
-                    progress,
-                    abort,
-                )
+                .attempt(&mut transfer, &mut part, digests.clone(), &urls[mirror])
                 .await?;
             match outcome {
                 Attempt::Complete => {}
@@ -857,18 +872,14 @@ impl Engine {
     /// One request: resumes the partial file, streams what arrives into the sink, stops at
     /// the signed length. Returns `Complete` with the digests when the partial file has
     /// every byte.
-    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
-        file: &ContentFile,
+        t: &mut Transfer<'_>,
         part: &mut Partial,
         digests: Digests,
         url: &str,
-        capped: bool,
-        report: &mut TransferProgress,
-        progress: &mut (dyn FnMut(TransferProgress) + Send),
-        abort: &(dyn Fn() -> bool + Sync),
     ) -> Result<(Attempt, Option<Digests>), TransferError> {
+        let (file, capped, abort) = (t.file, t.capped, t.abort);
         let what = &file.path;
         let retry = |message: String| {
             Ok((
@@ -885,11 +896,11 @@ impl Engine {
             part.restart()?;
             have = 0;
         }
-        report.bytes_done = have;
+        t.report.bytes_done = have;
         if have == file.length {
             // Every byte arrived before (the process stopped before the commit): verify.
-            report.phase = Phase::Verifying;
-            progress(*report);
+            t.report.phase = Phase::Verifying;
+            t.publish();
             let d = match part {
                 Partial::Disk(d) => Some(
                     Sink::start(&d.file, have, digests, false)
@@ -950,7 +961,7 @@ impl Engine {
                 if have > 0 {
                     // The server ignored the range or the file changed: start over.
                     have = 0;
-                    report.bytes_done = 0;
+                    t.report.bytes_done = 0;
                 }
             }
             404 | 410 => {
@@ -988,8 +999,8 @@ impl Engine {
                 None
             }
         };
-        report.phase = Phase::Downloading;
-        progress(*report);
+        t.report.phase = Phase::Downloading;
+        t.publish();
         let mut resp = resp;
         let mut idle = Duration::ZERO;
         // The minimum rate; a capped transfer is held to what its share of the cap allows.
@@ -1049,8 +1060,8 @@ impl Engine {
                 (None, Partial::Disk(_)) => unreachable!("a disk partial has a sink"),
             }
             have += take as u64;
-            report.bytes_done = have;
-            report.bytes_received += take as u64;
+            t.report.bytes_done = have;
+            t.report.bytes_received += take as u64;
             window.1 += take as u64;
             let span = window.0.elapsed();
             if min_rate > 0 && span >= opts.min_rate_window {
@@ -1063,7 +1074,7 @@ impl Engine {
                 }
                 window = (std::time::Instant::now(), 0);
             }
-            progress(*report);
+            t.publish();
             if capped {
                 if let Some(cap) = &self.inner.low_cap {
                     let at = cap.reserve(take as u64);
@@ -1078,8 +1089,8 @@ impl Engine {
             }
         }
         if failed.is_none() && have == file.length {
-            report.phase = Phase::Verifying;
-            progress(*report);
+            t.report.phase = Phase::Verifying;
+            t.publish();
         }
         // Whatever happened, every received byte is on disk before the next attempt.
         let digests = match sink {
