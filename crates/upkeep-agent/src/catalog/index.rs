@@ -17,8 +17,9 @@
 //! enforces.)
 //!
 //! Layout: `UPKIDX03`, a little-endian `u64` header length, the header (JSON), the table
-//! (`count` slots of 61 bytes: id, record offset, record length, has-rules flag, record
-//! SHA-256), then the records in catalog order. A record is the verified `custom` text
+//! (`count` slots of [`Slot::LEN`] bytes: id, text offset and length, tail offset and
+//! length, has-rules flag, record SHA-256 — one encoding, [`Slot::put`] and
+//! [`Slot::get`]), then the records in catalog order. A record is the verified `custom` text
 //! the update came from, as the targets role carried it (a `u32` length, then the text —
 //! read back by the same parser that read it from the role), followed by a binary tail
 //! with its resolved content files; the header names the service of every entry.
@@ -36,7 +37,6 @@ use uuid::Uuid;
 use crate::catalog::{Catalog, UpdateException};
 
 const MAGIC: &[u8; 8] = b"UPKIDX04";
-const SLOT: usize = 16 + 8 + 4 + 8 + 4 + 1 + 32;
 
 /// The file name of a service's catalog index.
 pub(crate) const FILE: &str = "catalog.idx";
@@ -81,6 +81,36 @@ struct Slot {
     tail_len: u32,
     rules: bool,
     sha: [u8; 32],
+}
+
+impl Slot {
+    /// The bytes of one slot in the table.
+    const LEN: usize = 16 + 8 + 4 + 8 + 4 + 1 + 32;
+
+    /// Appends the slot's bytes (little-endian numbers) to `out`.
+    fn put(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.id.as_bytes());
+        out.extend_from_slice(&self.text_at.to_le_bytes());
+        out.extend_from_slice(&self.text_len.to_le_bytes());
+        out.extend_from_slice(&self.tail_at.to_le_bytes());
+        out.extend_from_slice(&self.tail_len.to_le_bytes());
+        out.push(u8::from(self.rules));
+        out.extend_from_slice(&self.sha);
+    }
+
+    /// Reads a slot from `c` ([`Slot::LEN`] bytes).
+    fn get(c: &[u8]) -> Slot {
+        let n = |r: std::ops::Range<usize>| -> &[u8] { &c[r] };
+        Slot {
+            id: Uuid::from_bytes(n(0..16).try_into().expect("16 bytes")),
+            text_at: u64::from_le_bytes(n(16..24).try_into().expect("8 bytes")),
+            text_len: u32::from_le_bytes(n(24..28).try_into().expect("4 bytes")),
+            tail_at: u64::from_le_bytes(n(28..36).try_into().expect("8 bytes")),
+            tail_len: u32::from_le_bytes(n(36..40).try_into().expect("4 bytes")),
+            rules: c[40] != 0,
+            sha: n(41..73).try_into().expect("32 bytes"),
+        }
+    }
 }
 
 /// The first half of an index, written beside the catalog build: the verified record
@@ -138,16 +168,15 @@ pub(crate) fn finish(
     let parts = in_parts(entries.len(), |r| {
         encode(&entries[r.clone()], &text_of[r], written)
     });
-    let mut table = Vec::with_capacity(entries.len() * SLOT);
+    let mut table = Vec::with_capacity(entries.len() * Slot::LEN);
     for part in parts {
-        let (tails, mut t) = part?;
+        let (tails, slots) = part?;
         let base = out.position();
-        for slot in t.chunks_exact_mut(SLOT) {
-            let off = u64::from_le_bytes(slot[28..36].try_into().expect("8 bytes")) + base;
-            slot[28..36].copy_from_slice(&off.to_le_bytes());
+        for mut slot in slots {
+            slot.tail_at += base;
+            slot.put(&mut table);
         }
         out.writer().write_all(&tails)?;
-        table.extend_from_slice(&t);
     }
     let header = Header {
         key: key.clone(),
@@ -290,27 +319,25 @@ fn encode(
     part: &[Update],
     text_of: &[usize],
     written: &[(u64, u32, [u8; 32])],
-) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+) -> std::io::Result<(Vec<u8>, Vec<Slot>)> {
     let mut tails = Vec::with_capacity(part.len() * 160);
-    let mut table = Vec::with_capacity(part.len() * SLOT);
+    let mut slots = Vec::with_capacity(part.len());
     for (u, &t) in part.iter().zip(text_of) {
         let (text_at, text_len, text_sha) = &written[t];
         let start = tails.len();
         put_tail(&mut tails, u)?;
         let tail = &tails[start..];
-        table.extend_from_slice(u.identity().update_id.as_bytes());
-        table.extend_from_slice(&text_at.to_le_bytes());
-        table.extend_from_slice(&text_len.to_le_bytes());
-        table.extend_from_slice(&(start as u64).to_le_bytes());
-        table.extend_from_slice(
-            &u32::try_from(tail.len())
-                .map_err(std::io::Error::other)?
-                .to_le_bytes(),
-        );
-        table.push(u8::from(!u.metadata().applicability.is_empty()));
-        table.extend_from_slice(&record_sha(text_sha, tail));
+        slots.push(Slot {
+            id: u.identity().update_id,
+            text_at: *text_at,
+            text_len: *text_len,
+            tail_at: start as u64,
+            tail_len: u32::try_from(tail.len()).map_err(std::io::Error::other)?,
+            rules: !u.metadata().applicability.is_empty(),
+            sha: record_sha(text_sha, tail),
+        });
     }
-    Ok((tails, table))
+    Ok((tails, slots))
 }
 
 /// Opens the index at `path` if it was built under `key` and its table is intact: the
@@ -354,7 +381,7 @@ pub(crate) fn open(path: &Path, key: &Key) -> Option<Catalog> {
     if header.key != *key {
         return None; // built under other metadata: simply stale
     }
-    if (header.count as u128) * (SLOT as u128) != u128::from(header_at - table_at) {
+    if (header.count as u128) * (Slot::LEN as u128) != u128::from(header_at - table_at) {
         return refuse("its table does not match its header");
     }
     let mut table = vec![0u8; (header_at - table_at) as usize];
@@ -363,18 +390,7 @@ pub(crate) fn open(path: &Path, key: &Key) -> Option<Catalog> {
     {
         return refuse("its table does not match its header");
     }
-    let slots: Vec<Slot> = table
-        .chunks_exact(SLOT)
-        .map(|c| Slot {
-            id: Uuid::from_bytes(c[..16].try_into().expect("16 bytes")),
-            text_at: u64::from_le_bytes(c[16..24].try_into().expect("8 bytes")),
-            text_len: u32::from_le_bytes(c[24..28].try_into().expect("4 bytes")),
-            tail_at: u64::from_le_bytes(c[28..36].try_into().expect("8 bytes")),
-            tail_len: u32::from_le_bytes(c[36..40].try_into().expect("4 bytes")),
-            rules: c[40] != 0,
-            sha: c[41..73].try_into().expect("32 bytes"),
-        })
-        .collect();
+    let slots: Vec<Slot> = table.chunks_exact(Slot::LEN).map(Slot::get).collect();
     let by_id = slots.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
     let parsed = (0..slots.len()).map(|_| OnceLock::new()).collect();
     let warnings = header
@@ -522,6 +538,43 @@ fn in_parts<R: Send>(n: usize, f: impl Fn(std::ops::Range<usize>) -> R + Sync) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slot_reads_back_as_written_in_its_length() {
+        let slot = Slot {
+            id: Uuid::from_u128(0x1234),
+            text_at: u64::MAX - 1,
+            text_len: 77,
+            tail_at: 1 << 40,
+            tail_len: u32::MAX,
+            rules: true,
+            sha: [9; 32],
+        };
+        let mut b = Vec::new();
+        slot.put(&mut b);
+        assert_eq!(b.len(), Slot::LEN);
+        let back = Slot::get(&b);
+        assert_eq!(
+            (
+                back.id,
+                back.text_at,
+                back.text_len,
+                back.tail_at,
+                back.tail_len,
+                back.rules,
+                back.sha
+            ),
+            (
+                slot.id,
+                slot.text_at,
+                slot.text_len,
+                slot.tail_at,
+                slot.tail_len,
+                slot.rules,
+                slot.sha
+            )
+        );
+    }
     use upkeep_types::{Hashes, UpdateMetadata};
 
     fn file(path: &str, n: u64) -> ContentFile {
