@@ -70,8 +70,11 @@ impl Agent {
         // gathered while each update is at hand; the result keeps each one's id and
         // whether it is installed beside it, so the filter below touches no update again.
         // An update supersedes only updates of its own service.
-        let mut superseded: HashSet<(String, uuid::Uuid)> = HashSet::new();
-        let mut updates: Vec<(uuid::Uuid, bool, Update)> = Vec::new();
+        // Service → the ids its updates supersede (looked up by `&str`: no allocation per
+        // update).
+        let mut superseded: std::collections::HashMap<String, HashSet<uuid::Uuid>> =
+            std::collections::HashMap::new();
+        let mut updates: Vec<(uuid::Uuid, bool, Update)> = Vec::with_capacity(catalog.len());
         let mut seen: HashSet<uuid::Uuid> = HashSet::new();
         let include_superseded = opts.include_superseded;
         let include_not_applicable = opts.include_not_applicable;
@@ -81,13 +84,17 @@ impl Agent {
             }
             let installed = u.is_installed();
             let matches = criteria.matches(&u);
-            if !include_superseded && (installed || matches) {
+            let supersedes = u.superseded_update_ids();
+            if !include_superseded && (installed || matches) && !supersedes.is_empty() {
                 let service = u.service().unwrap_or(crate::DEFAULT_SERVICE);
-                superseded.extend(
-                    u.superseded_update_ids()
-                        .iter()
-                        .map(|id| (service.to_string(), *id)),
-                );
+                if let Some(ids) = superseded.get_mut(service) {
+                    ids.extend(supersedes.iter().copied());
+                } else {
+                    superseded
+                        .entry(service.to_string())
+                        .or_default()
+                        .extend(supersedes.iter().copied());
+                }
             }
             if matches {
                 updates.push((u.identity().update_id, installed, u));
@@ -161,10 +168,9 @@ impl Agent {
             // one, supersedes. Installed updates stay in view.
             updates.retain(|(id, installed, u)| {
                 *installed
-                    || !superseded.contains(&(
-                        u.service().unwrap_or(crate::DEFAULT_SERVICE).to_string(),
-                        *id,
-                    ))
+                    || !superseded
+                        .get(u.service().unwrap_or(crate::DEFAULT_SERVICE))
+                        .is_some_and(|ids| ids.contains(id))
             });
         }
         // An id offered by two services is a standing condition of the configuration:
