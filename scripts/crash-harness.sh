@@ -57,6 +57,10 @@ url=$(grep -o 'http://[^ ]*' "$work/serve.log" | head -1)
 
 agent() { local m=$1; shift; "$BIN" --repo "$url" --trusted-root "$work/repo/metadata/1.root.json" \
   --state-dir "$work/$m/state" --root "$work/$m/root" "$@"; }
+# The same, as the process itself (`exec`): started with `&`, its PID is upkeep's, so the
+# SIGKILL reaches the agent and not a subshell that would leave it running on.
+agent_exec() { local m=$1; shift; exec "$BIN" --repo "$url" --trusted-root "$work/repo/metadata/1.root.json" \
+  --state-dir "$work/$m/state" --root "$work/$m/root" "$@"; }
 digest() { python3 - "$1" <<'PY'
 import hashlib, os, stat, sys
 root = sys.argv[1]; h = hashlib.sha256()
@@ -115,11 +119,15 @@ for t in $(seq 1 "$TRIALS"); do
   else
     delay_us=$(( (RANDOM * 32768 + RANDOM) % ((install_ms * 1300) + 1000) ))
     how="kill at ${delay_us} us"
-    agent "$m" "$verb" "$ID" >/dev/null 2>&1 &
+    agent_exec "$m" "$verb" "$ID" >/dev/null 2>&1 &
     pid=$!
     sleep "$(printf '%d.%06d' $((delay_us / 1000000)) $((delay_us % 1000000)))"
     kill -9 "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
+    # Nothing of this trial may still run: the check below must see the root at rest.
+    if pgrep -f -- "--state-dir $work/$m/state" >/dev/null; then
+      echo "trial $t: an agent process outlived its SIGKILL" >&2; exit 1
+    fi
   fi
   agent "$m" status >/dev/null 2>&1 || true   # recovery
   d=$(digest "$work/$m/root")
