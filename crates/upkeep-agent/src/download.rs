@@ -183,6 +183,15 @@ pub struct UpdateDownloadResult {
     message: Option<Arc<str>>,
 }
 
+impl crate::PerUpdate for UpdateDownloadResult {
+    fn outcome(&self) -> (OperationResultCode, HResult) {
+        (self.result_code, self.hresult)
+    }
+    fn stopped(message: &str) -> Self {
+        UpdateDownloadResult::failed(OperationResultCode::Failed, HResult::E_UNEXPECTED, message)
+    }
+}
+
 impl UpdateDownloadResult {
     /// A result with no message.
     pub fn new(result_code: OperationResultCode, hresult: HResult) -> Self {
@@ -288,26 +297,11 @@ impl DownloadResult {
     /// The result of a job whose work stopped on an internal error: what had finished
     /// keeps its result, every other update is `Failed` with `E_UNEXPECTED`.
     pub fn after_panic(last: &DownloadProgress, msg: &str) -> DownloadResult {
-        let results: Vec<UpdateDownloadResult> = last
-            .results
-            .iter()
-            .map(|r| match r.result_code {
-                OperationResultCode::NotStarted | OperationResultCode::InProgress => {
-                    UpdateDownloadResult::failed(
-                        OperationResultCode::Failed,
-                        HResult::E_UNEXPECTED,
-                        &format!("the download stopped on an internal error: {msg}"),
-                    )
-                }
-                _ => r.clone(),
-            })
-            .collect();
-        let (result_code, hresult) = crate::overall_result(
-            &results
-                .iter()
-                .map(|r| (r.result_code, r.hresult))
-                .collect::<Vec<_>>(),
+        let results = crate::after_panic(
+            &last.results,
+            &format!("the download stopped on an internal error: {msg}"),
         );
+        let (result_code, hresult) = crate::overall_of(&results);
         DownloadResult {
             result_code,
             hresult,
@@ -642,12 +636,7 @@ async fn run(
     ctx.update(&mut |p| b.fill(&plan, p));
     let results = b.results.to_vec();
     drop(b);
-    let (code, hresult) = crate::overall_result(
-        &results
-            .iter()
-            .map(|r| (r.result_code, r.hresult))
-            .collect::<Vec<_>>(),
-    );
+    let (code, hresult) = crate::overall_of(&results);
     Ok(DownloadResult {
         result_code: code,
         hresult,

@@ -52,6 +52,19 @@ pub struct UpdateInstallationResult {
     message: Option<Arc<str>>,
 }
 
+impl crate::PerUpdate for UpdateInstallationResult {
+    fn outcome(&self) -> (OperationResultCode, HResult) {
+        (self.result_code, self.hresult)
+    }
+    fn stopped(message: &str) -> Self {
+        UpdateInstallationResult::failed(
+            OperationResultCode::Failed,
+            HResult::E_UNEXPECTED,
+            message,
+        )
+    }
+}
+
 impl UpdateInstallationResult {
     /// A result with no message.
     pub fn new(result_code: OperationResultCode, hresult: HResult) -> Self {
@@ -146,26 +159,11 @@ impl InstallationResult {
     /// progress was rolled back as the stack unwound): what had finished keeps its
     /// result, every other update is `Failed` with `E_UNEXPECTED`.
     pub fn after_panic(last: &InstallationProgress, msg: &str) -> InstallationResult {
-        let results: Vec<UpdateInstallationResult> = last
-            .results
-            .iter()
-            .map(|r| match r.result_code {
-                OperationResultCode::NotStarted | OperationResultCode::InProgress => {
-                    UpdateInstallationResult::failed(
-                        OperationResultCode::Failed,
-                        HResult::E_UNEXPECTED,
-                        &format!("stopped on an internal error: {msg}"),
-                    )
-                }
-                _ => r.clone(),
-            })
-            .collect();
-        let (result_code, hresult) = crate::overall_result(
-            &results
-                .iter()
-                .map(|r| (r.result_code, r.hresult))
-                .collect::<Vec<_>>(),
+        let results = crate::after_panic(
+            &last.results,
+            &format!("stopped on an internal error: {msg}"),
         );
+        let (result_code, hresult) = crate::overall_of(&results);
         InstallationResult {
             result_code,
             hresult,
@@ -467,12 +465,7 @@ impl Agent {
             let still_needed = crate::content_keys(rest.into_iter().map(|(u, _)| u));
             session.after_install(&done, &still_needed);
         }
-        let (code, hresult) = crate::overall_result(
-            &results
-                .iter()
-                .map(|r| (r.result_code, r.hresult))
-                .collect::<Vec<_>>(),
-        );
+        let (code, hresult) = crate::overall_of(&results);
         Ok(InstallationResult {
             result_code: code,
             hresult,

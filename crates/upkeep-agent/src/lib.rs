@@ -145,6 +145,34 @@ impl<P: Clone + Send + Sync + 'static, R: Send + 'static> Reporter<P>
 /// Who supersedes whom in the agent's catalog: id → its service and the ids it supersedes.
 pub type Supersedence = std::collections::HashMap<uuid::Uuid, (String, Vec<uuid::Uuid>)>;
 
+/// One update's result within a job: what the overall result and the results after a
+/// panic are made from (downloads and installs alike).
+pub(crate) trait PerUpdate: Clone {
+    /// Its result code and HRESULT.
+    fn outcome(&self) -> (upkeep_types::OperationResultCode, upkeep_types::HResult);
+    /// `Failed` with `E_UNEXPECTED`, saying `message`.
+    fn stopped(message: &str) -> Self;
+}
+
+/// [`overall_result`] of per-update results.
+pub(crate) fn overall_of<T: PerUpdate>(
+    results: &[T],
+) -> (upkeep_types::OperationResultCode, upkeep_types::HResult) {
+    overall_result(&results.iter().map(T::outcome).collect::<Vec<_>>())
+}
+
+/// The results of a job whose work stopped on an internal error: what had finished keeps
+/// its result, every other update is `Failed` with `E_UNEXPECTED` and `message`.
+pub(crate) fn after_panic<T: PerUpdate>(last: &[T], message: &str) -> Vec<T> {
+    use upkeep_types::OperationResultCode as C;
+    last.iter()
+        .map(|r| match r.outcome().0 {
+            C::NotStarted | C::InProgress => T::stopped(message),
+            _ => r.clone(),
+        })
+        .collect()
+}
+
 /// The overall result of a job from its updates' results (design, "Job semantics"): any
 /// aborted → `Aborted`; all succeeded → `Succeeded`; some → `SucceededWithErrors`; none →
 /// `Failed` with the last failure's code.
@@ -175,6 +203,23 @@ pub fn overall_result(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn after_a_panic_finished_updates_keep_their_results_and_the_rest_fail() {
+        use upkeep_types::{HResult, OperationResultCode as C};
+        let r = |c| UpdateInstallationResult::new(c, HResult::S_OK);
+        let last = [r(C::Succeeded), r(C::InProgress), r(C::NotStarted)];
+        let after = after_panic(&last, "boom");
+        assert_eq!(after[0], last[0]);
+        for x in &after[1..] {
+            assert_eq!(
+                (x.result_code(), x.hresult()),
+                (C::Failed, HResult::E_UNEXPECTED)
+            );
+            assert_eq!(x.message(), Some("boom"));
+        }
+        assert_eq!(overall_of(&after), (C::SucceededWithErrors, HResult::S_OK));
+    }
 
     #[test]
     fn the_agent_and_what_crosses_a_bus_are_send_and_sync() {
