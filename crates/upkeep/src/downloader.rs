@@ -173,14 +173,13 @@ impl UpdateDownloader {
         on_completed: impl DownloadCompletedCallback,
         state: AsyncState,
     ) -> Result<DownloadJob> {
-        let agent = self.session.agent().clone();
-        let ticket = agent.prepare_download(
+        let prepared = self.session.backend().begin_download(
             &self.session.request(),
             self.updates.as_ref(),
             download_type,
+            self.priority,
         )?;
-        let updates = ticket.updates().clone();
-        let initial = ticket.initial_progress().clone();
+        let (updates, initial, run) = (prepared.updates, prepared.initial, prepared.run);
         let job_updates = updates.clone();
         let cb_updates = updates.clone();
         let cb_updates2 = updates.clone();
@@ -205,9 +204,8 @@ impl UpdateDownloader {
                 on_completed.invoke(&dj, &DownloadCompletedCallbackArgs::default())
             })
             .on_panic(|last: &DownloadProgress, msg| Ok(DownloadResult::after_panic(last, &msg)));
-        let priority = self.priority;
         let job = Job::spawn("upkeep-download", initial, state, callbacks, move |ctx| {
-            agent.download_blocking(ticket, priority, Arc::new(ctx.clone()))
+            run(Arc::new(ctx.clone()))
         })
         .map_err(|e| {
             Error::new(

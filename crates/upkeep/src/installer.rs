@@ -109,12 +109,12 @@ impl UpdateInstaller {
     /// `IsBusy`: an install or uninstall is running now, in this process or another. It
     /// does not reserve the right to start one.
     pub fn is_busy(&self) -> bool {
-        matches!(self.session.agent().try_install_lock(), Ok(None))
+        self.session.backend().is_busy()
     }
     /// `RebootRequiredBeforeInstallation`: a restart asked for by an earlier install or
     /// uninstall has not happened yet.
     pub fn reboot_required_before_installation(&self) -> Result<bool> {
-        Ok(self.session.agent().store()?.reboot_pending()?)
+        self.session.backend().reboot_pending()
     }
 
     /// `Install`: synchronous.
@@ -181,15 +181,13 @@ impl UpdateInstaller {
         on_completed: impl InstallationCompletedCallback,
         state: AsyncState,
     ) -> Result<InstallationJob> {
-        let agent = self.session.agent().clone();
-        let ticket = agent.prepare_install(
+        let prepared = self.session.backend().begin_install(
             &self.session.request(),
             self.updates.as_ref(),
             op,
             self.is_forced,
         )?;
-        let updates = ticket.updates().clone();
-        let initial = InstallationProgress::not_started(updates.len());
+        let (updates, initial, run) = (prepared.updates, prepared.initial, prepared.run);
         let uninstall = op == Operation::Uninstall;
         let (u1, u2) = (updates.clone(), updates.clone());
         let callbacks = Callbacks::none()
@@ -218,7 +216,7 @@ impl UpdateInstaller {
                 Ok(InstallationResult::after_panic(last, &msg))
             });
         let job = Job::spawn("upkeep-install", initial, state, callbacks, move |ctx| {
-            agent.install(ticket, ctx)
+            run(std::sync::Arc::new(ctx.clone()))
         })
         .map_err(|e| {
             Error::new(

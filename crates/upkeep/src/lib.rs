@@ -88,6 +88,7 @@ macro_rules! job_handle {
     };
 }
 
+pub mod backend;
 mod downloader;
 mod installer;
 mod search_job;
@@ -98,6 +99,7 @@ pub(crate) mod error {
     pub use upkeep_agent::{Error, Result};
 }
 
+pub use backend::{Backend, JobBody, Prepared};
 pub use downloader::{
     DownloadCompletedCallback, DownloadCompletedCallbackArgs, DownloadJob, DownloadProgress,
     DownloadProgressChangedCallback, DownloadProgressChangedCallbackArgs, DownloadResult,
@@ -115,8 +117,8 @@ pub use upkeep_agent::{applicable, catalog, config, criteria};
 pub use upkeep_agent::{tuf_hresult, tuf_kind, Error, ErrorKind, Result};
 pub use upkeep_agent::{
     Agent, AgentBuilder, CacheImport, CacheObject, CachePartial, CacheReport, Config,
-    InstalledUpdate, Request, ResolvedConfig, SearchOptions, SearchResult, UpdateException,
-    VerifiedUpdate,
+    InstalledUpdate, Operation, Reporter, Request, ResolvedConfig, SearchOptions, SearchResult,
+    UpdateException, VerifiedUpdate,
 };
 pub use upkeep_agent::{ServiceOrigin, UpdateService, UpdateServiceManager, DEFAULT_SERVICE};
 pub use upkeep_install::verify::PathState;

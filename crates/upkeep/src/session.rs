@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use upkeep_agent::{Agent, AgentBuilder, Request, SearchOptions};
+
+use crate::backend::{not_in_process, Backend};
 use upkeep_tuf::{Limits, Transport};
 use upkeep_types::{HResult, Update, UpdateCollection};
 
@@ -138,7 +140,7 @@ struct Client {
 /// one agent share its catalogs in memory and its transfer queue.
 #[derive(Clone)]
 pub struct UpdateSession {
-    agent: Agent,
+    backend: Arc<dyn Backend>,
     client: Arc<Client>,
     read_only: bool,
 }
@@ -146,7 +148,7 @@ pub struct UpdateSession {
 impl std::fmt::Debug for UpdateSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpdateSession")
-            .field("config", self.agent.config())
+            .field("config", self.backend.config())
             .field("client", &self.client)
             .field("read_only", &self.read_only)
             .finish_non_exhaustive()
@@ -162,12 +164,18 @@ impl UpdateSession {
     /// A new session over `agent` (what a host serving many clients does: each its own
     /// session, one agent), its `ClientApplicationID` the configured one.
     pub fn new(agent: &Agent) -> UpdateSession {
+        UpdateSession::over(Arc::new(agent.clone()))
+    }
+
+    /// A new session over any [`Backend`]: the in-process agent ([`UpdateSession::new`]),
+    /// or one that serves the agent from elsewhere.
+    pub fn over(backend: Arc<dyn Backend>) -> UpdateSession {
         UpdateSession {
             client: Arc::new(Client {
-                client_application_id: Mutex::new(agent.config().client_application_id.clone()),
+                client_application_id: Mutex::new(backend.config().client_application_id.clone()),
                 locale: Mutex::new(None),
             }),
-            agent: agent.clone(),
+            backend,
             read_only: false,
         }
     }
@@ -178,14 +186,19 @@ impl UpdateSession {
         self
     }
 
-    /// The agent this session is a client of.
-    pub fn agent(&self) -> &Agent {
-        &self.agent
+    /// The backend this session is a client of.
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.backend
+    }
+
+    /// The agent this session is a client of, when it runs in this process.
+    pub fn agent(&self) -> Option<&Agent> {
+        self.backend.in_process()
     }
 
     /// The request that this session's calls make of the agent.
     pub fn request(&self) -> Request {
-        let mut r = self.agent.request(self.client_application_id());
+        let mut r = self.backend.request(self.client_application_id());
         r.read_only = self.read_only;
         r.locale = self.user_locale();
         r
@@ -193,7 +206,7 @@ impl UpdateSession {
 
     /// The resolved configuration.
     pub fn config(&self) -> &upkeep_agent::ResolvedConfig {
-        self.agent.config()
+        self.backend.config()
     }
 
     /// `ClientApplicationID` ("Unknown" unless set).
@@ -237,41 +250,41 @@ impl UpdateSession {
     /// `IUpdate::AcceptEula`: records that this caller accepted the license of `update`,
     /// and marks it (every clone). An update without license terms needs nothing.
     pub fn accept_eula(&self, update: &Update) -> Result<()> {
-        self.agent.accept_eula(&self.request(), update)
+        self.backend.accept_eula(&self.request(), update)
     }
 
     /// `IUpdate::IsHidden = hidden`, recorded for the machine; hiding a mandatory update is
     /// `WU_E_DS_DECLINENOTALLOWED`.
     pub fn set_hidden(&self, update: &Update, hidden: bool) -> Result<()> {
-        self.agent.set_hidden(&self.request(), update, hidden)
+        self.backend.set_hidden(&self.request(), update, hidden)
     }
 
     /// `IUpdate::EulaText`: the license text, from the cache or fetched and verified;
     /// `WU_E_EULA_UNAVAILABLE` when the update has none or it cannot be had.
     pub fn eula_text(&self, update: &Update) -> Result<String> {
-        self.agent.eula_text(update)
+        self.backend.eula_text(update)
     }
 
     /// Checks every path the installed updates `ids` own (all installed updates when
     /// `ids` is empty) against what was installed there (as `dpkg --verify` does).
     pub fn verify(&self, ids: &[String]) -> Result<Vec<VerifiedUpdate>> {
-        self.agent.verify(ids)
+        self.backend.verify(ids)
     }
 
     /// Every installed update, from the records the agent keeps (no repository needed),
     /// oldest install first.
     pub fn installed_updates(&self) -> Result<Vec<InstalledUpdate>> {
-        self.agent.installed_updates()
+        self.backend.installed_updates()
     }
 
     /// Removes every object and unfinished download from the content cache.
     pub fn clean_cache(&self) -> Result<CacheReport> {
-        self.agent.clean_cache(&self.request())
+        self.backend.clean_cache(&self.request())
     }
 
     /// WUA's `CopyToCache`, for whole directories (see [`Agent::copy_to_cache`]).
     pub fn copy_to_cache(&self, paths: &[PathBuf]) -> Result<CacheImport> {
-        self.agent.copy_to_cache(&self.request(), paths)
+        self.backend.copy_to_cache(&self.request(), paths)
     }
 
     /// WUA's `CopyFromCache` (see [`Agent::copy_from_cache`]).
@@ -280,17 +293,19 @@ impl UpdateSession {
         updates: &UpdateCollection,
         dir: &std::path::Path,
     ) -> Result<Vec<PathBuf>> {
-        self.agent.copy_from_cache(updates, dir)
+        self.backend.copy_from_cache(updates, dir)
     }
 
     /// What the content cache holds, least recently used first.
     pub fn cache_entries(&self) -> Result<(Vec<CacheObject>, Vec<CachePartial>)> {
-        self.agent.cache_entries()
+        self.backend.cache_entries()
     }
 
     /// The content cache (`<state_dir>/cache`).
     pub fn content_cache(&self) -> Result<upkeep_transfer::ContentCache> {
-        self.agent.content_cache()
+        self.agent()
+            .ok_or_else(|| not_in_process("opening the content cache"))?
+            .content_cache()
     }
 }
 
@@ -397,12 +412,12 @@ impl UpdateSearcher {
                 "query_history: count must be at least 1",
             ));
         }
-        self.session.agent().history(start, count)
+        self.session.backend().history(start, count)
     }
 
     /// `GetTotalHistoryCount`.
     pub fn total_history_count(&self) -> Result<usize> {
-        Ok(self.session.agent().store()?.history_count()?)
+        self.session.backend().history_count()
     }
 
     /// `EscapeString`.
@@ -423,7 +438,7 @@ impl UpdateSearcher {
             service: self.selected_service()?.map(str::to_string),
         };
         self.session
-            .agent()
+            .backend()
             .search(&self.session.request(), criteria, &opts)
     }
 }

@@ -60,7 +60,10 @@ fn sessions_over_one_agent_share_its_catalog_and_keep_their_own_caller() {
     a.set_client_application_id("app-a");
     let b = UpdateSession::new(&agent);
     b.set_client_application_id("app-b");
-    assert!(Agent::same(a.agent(), b.agent()));
+    assert!(Agent::same(
+        a.agent().expect("in process"),
+        b.agent().expect("in process")
+    ));
 
     // A's search builds the catalog; B's offline search is served from that very one.
     let found_a = find(&a, "IsInstalled=0");
@@ -219,4 +222,184 @@ fn a_high_priority_download_of_one_session_overtakes_a_low_one_of_another() {
         .filter(|p| p.ends_with(".payload.tar"))
         .collect();
     assert_eq!(order, [url_of(1), url_of(3), url_of(2)]);
+}
+
+/// A backend that is not the agent: it relays every call to one, counts the jobs it is
+/// asked for, and says it is not in process (as the daemon's client will).
+struct Relay {
+    agent: Agent,
+    searches: std::sync::atomic::AtomicUsize,
+    jobs: std::sync::Mutex<Vec<&'static str>>,
+}
+
+impl upkeep::Backend for Relay {
+    fn config(&self) -> &upkeep::config::ResolvedConfig {
+        self.agent.config()
+    }
+    fn request(&self, client_application_id: String) -> upkeep::Request {
+        self.agent.request(client_application_id)
+    }
+    fn search(
+        &self,
+        req: &upkeep::Request,
+        criteria: &str,
+        opts: &upkeep::SearchOptions,
+    ) -> upkeep::Result<upkeep::SearchResult> {
+        self.searches
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        upkeep::Backend::search(&self.agent, req, criteria, opts)
+    }
+    fn begin_download(
+        &self,
+        req: &upkeep::Request,
+        updates: Option<&UpdateCollection>,
+        download_type: upkeep::DownloadType,
+        priority: DownloadPriority,
+    ) -> upkeep::Result<upkeep::Prepared<upkeep::DownloadProgress, upkeep::DownloadResult>> {
+        self.jobs.lock().unwrap().push("download");
+        self.agent
+            .begin_download(req, updates, download_type, priority)
+    }
+    fn begin_install(
+        &self,
+        req: &upkeep::Request,
+        updates: Option<&UpdateCollection>,
+        op: upkeep::Operation,
+        forced: bool,
+    ) -> upkeep::Result<upkeep::Prepared<upkeep::InstallationProgress, upkeep::InstallationResult>>
+    {
+        self.jobs.lock().unwrap().push(match op {
+            upkeep::Operation::Install => "install",
+            upkeep::Operation::Uninstall => "uninstall",
+        });
+        upkeep::Backend::begin_install(&self.agent, req, updates, op, forced)
+    }
+    fn is_busy(&self) -> bool {
+        upkeep::Backend::is_busy(&self.agent)
+    }
+    fn reboot_pending(&self) -> upkeep::Result<bool> {
+        self.agent.reboot_pending()
+    }
+    fn accept_eula(&self, req: &upkeep::Request, update: &upkeep::Update) -> upkeep::Result<()> {
+        self.agent.accept_eula(req, update)
+    }
+    fn set_hidden(
+        &self,
+        req: &upkeep::Request,
+        update: &upkeep::Update,
+        hidden: bool,
+    ) -> upkeep::Result<()> {
+        self.agent.set_hidden(req, update, hidden)
+    }
+    fn eula_text(&self, update: &upkeep::Update) -> upkeep::Result<String> {
+        self.agent.eula_text(update)
+    }
+    fn verify(&self, ids: &[String]) -> upkeep::Result<Vec<upkeep::VerifiedUpdate>> {
+        self.agent.verify(ids)
+    }
+    fn installed_updates(&self) -> upkeep::Result<Vec<upkeep::InstalledUpdate>> {
+        self.agent.installed_updates()
+    }
+    fn history(
+        &self,
+        start: usize,
+        count: usize,
+    ) -> upkeep::Result<Vec<upkeep::UpdateHistoryEntry>> {
+        self.agent.history(start, count)
+    }
+    fn history_count(&self) -> upkeep::Result<usize> {
+        upkeep::Backend::history_count(&self.agent)
+    }
+    fn clean_cache(&self, req: &upkeep::Request) -> upkeep::Result<upkeep::CacheReport> {
+        self.agent.clean_cache(req)
+    }
+    fn copy_to_cache(
+        &self,
+        req: &upkeep::Request,
+        paths: &[std::path::PathBuf],
+    ) -> upkeep::Result<upkeep::CacheImport> {
+        self.agent.copy_to_cache(req, paths)
+    }
+    fn copy_from_cache(
+        &self,
+        updates: &UpdateCollection,
+        dir: &std::path::Path,
+    ) -> upkeep::Result<Vec<std::path::PathBuf>> {
+        self.agent.copy_from_cache(updates, dir)
+    }
+    fn cache_entries(
+        &self,
+    ) -> upkeep::Result<(Vec<upkeep::CacheObject>, Vec<upkeep::CachePartial>)> {
+        self.agent.cache_entries()
+    }
+}
+
+#[test]
+fn a_session_over_another_backend_runs_every_job_through_it() {
+    let mut sim = RepoSim::new();
+    sim.add_update(
+        "targets",
+        RepoSim::update(1, "Relayed"),
+        &tar_zst(&[("usr/share/relayed.txt", b"relayed\n")]),
+    );
+    sim.publish();
+    let server = sim.serve();
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Arc::new(Relay {
+        agent: agent_for(&sim, &server.base_url(), dir.path(), 2),
+        searches: Default::default(),
+        jobs: Default::default(),
+    });
+    let session = UpdateSession::over(relay.clone());
+    session.set_client_application_id("relayed-app");
+    assert!(session.agent().is_none(), "the relay is not in process");
+
+    // The WUA sequence: search, download with callbacks, install, then uninstall.
+    let found = find(&session, "IsInstalled=0");
+    assert_eq!(found.len(), 1);
+    let mut downloader = session.create_update_downloader();
+    downloader.set_updates(found.clone());
+    let (tx, rx) = mpsc::channel();
+    let job = downloader
+        .begin_download(
+            |_: &DownloadJob, _: &DownloadProgressChangedCallbackArgs| {},
+            move |j: &DownloadJob, _: &upkeep::DownloadCompletedCallbackArgs| {
+                tx.send(j.is_completed()).unwrap()
+            },
+            AsyncState::none(),
+        )
+        .unwrap();
+    assert!(rx.recv_timeout(Duration::from_secs(60)).unwrap());
+    let downloaded = downloader.end_download(&job).unwrap();
+    assert_eq!(downloaded.result_code(), OperationResultCode::Succeeded);
+
+    let mut installer = session.create_update_installer();
+    installer.set_updates(found.clone());
+    let installed = installer.install().unwrap();
+    assert_eq!(installed.result_code(), OperationResultCode::Succeeded);
+    let file = dir.path().join("root/usr/share/relayed.txt");
+    assert_eq!(std::fs::read(&file).unwrap(), b"relayed\n");
+    assert!(!installer.is_busy());
+    let removed = installer.uninstall().unwrap();
+    assert_eq!(removed.result_code(), OperationResultCode::Succeeded);
+    assert!(!file.exists());
+
+    assert_eq!(
+        *relay.jobs.lock().unwrap(),
+        ["download", "install", "uninstall"]
+    );
+    assert!(relay.searches.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    // History came through the relay and names the caller the session set.
+    let history = session
+        .create_update_searcher()
+        .query_history(0, 10)
+        .unwrap();
+    assert_eq!(history.len(), 2);
+    assert!(history
+        .iter()
+        .all(|h| h.client_application_id == "relayed-app"));
+    // What only the in-process agent can do is a clear WUA error, not a panic.
+    let err = session.content_cache().unwrap_err();
+    assert_eq!(err.hresult(), HResult::WU_E_NOT_SUPPORTED);
+    assert!(err.to_string().contains("content cache"), "{err}");
 }
