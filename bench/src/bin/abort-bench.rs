@@ -2,6 +2,7 @@
 //! round starts `begin_download` of every update with a fresh state directory
 //! (`STATE_PREFIX-N`), calls `request_abort` from the progress callback once a quarter of
 //! the bytes are in, and measures until the completion callback runs. Prints JSON.
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;

@@ -1,6 +1,7 @@
 //! `gen-catalog DIR N BINS`: publish N updates into a new repository at DIR with BINS hashed
 //! bins (0 for flat), with realistic records and tiny payloads. Writes DIR/one-path-per-bin.txt
 //! (one target path per bin, for clients that must be made to load every bin).
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 use std::collections::BTreeMap;
 use std::time::Instant;

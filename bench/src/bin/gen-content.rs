@@ -1,6 +1,7 @@
 //! `gen-content DIR N SIZE`: publish N updates into a new repository at DIR, each with a
 //! payload of SIZE pseudo-random bytes (distinct per update). Writes DIR/urls.txt: the path
 //! of every payload as served (consistent-snapshot names), one per line, for curl.
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 use std::io::Write;
 

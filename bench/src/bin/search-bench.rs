@@ -1,6 +1,7 @@
 //! `search-bench URL ROOT STATE ROUNDS`: one session; the first search is the refresh (cold if
 //! STATE is new), then ROUNDS warm searches of `IsInstalled=0` on the cached catalog.
 //! Prints JSON with the times in milliseconds.
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 use std::time::Instant;
 

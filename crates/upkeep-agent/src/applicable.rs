@@ -33,7 +33,7 @@ pub fn machine(cfg: &ResolvedConfig) -> Machine {
     let architecture = cfg.architecture.clone().unwrap_or_else(uname_machine);
     let root = &cfg.install_root;
     let text = match &cfg.os_release {
-        Some(p) => std::fs::read_to_string(p).unwrap_or_else(|e| {
+        Some(p) => upkeep_fs::read_to_string(p).unwrap_or_else(|e| {
             tracing::warn!(path = %p.display(), "os_release cannot be read: {e}");
             String::new()
         }),
@@ -44,7 +44,7 @@ pub fn machine(cfg: &ResolvedConfig) -> Machine {
             "/usr/lib/os-release".into(),
         ]
         .iter()
-        .find_map(|p| std::fs::read_to_string(p).ok())
+        .find_map(|p| upkeep_fs::read_to_string(p).ok())
         .unwrap_or_default(),
     };
     Machine {

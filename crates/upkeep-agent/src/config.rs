@@ -108,12 +108,8 @@ pub struct ServiceConfig {
 impl Config {
     /// Reads a TOML configuration file. Unknown keys are an error.
     pub fn from_file(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::new(
-                HResult::WU_E_INVALID_FILE,
-                format!("{}: {e}", path.display()),
-            )
-        })?;
+        let text = upkeep_fs::read_to_string(path)
+            .map_err(|e| Error::new(HResult::WU_E_INVALID_FILE, e.to_string()))?;
         toml::from_str(&text).map_err(|e| {
             Error::new(
                 HResult::WU_E_INVALID_FILE,
@@ -308,7 +304,7 @@ impl Config {
 }
 
 fn default_state_dir() -> PathBuf {
-    let is_root = std::fs::metadata("/proc/self")
+    let is_root = upkeep_fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false);
     if is_root {
@@ -431,7 +427,7 @@ mod tests {
     fn unknown_keys_are_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
-        std::fs::write(&p, "repositry = 'x'").unwrap();
+        upkeep_fs::write(&p, "repositry = 'x'").unwrap();
         let e = Config::from_file(&p).unwrap_err();
         assert_eq!(e.hresult(), HResult::WU_E_INVALID_FILE);
         assert!(e.message().contains("repositry"), "{}", e.message());

@@ -230,7 +230,7 @@ pub fn tuf_hresult(e: &upkeep_tuf::Error) -> HResult {
         | T::MissingMeta { .. }
         | T::Length { .. }
         | T::Hash { .. } => HResult::WU_E_INVALID_UPDATE,
-        T::Io { .. } => HResult::WU_E_DS_UNEXPECTED,
+        T::Io(_) => HResult::WU_E_DS_UNEXPECTED,
         T::Limit(_) => HResult::WU_E_OUTOFRANGE,
         T::State(_) => HResult::WU_E_NOT_INITIALIZED,
     }
@@ -274,7 +274,7 @@ impl From<upkeep_transfer::TransferError> for Error {
             T::NotFound { .. } | T::Network { .. } => ErrorKind::Network,
             T::HashMismatch { .. } => ErrorKind::Hash,
             T::DiskFull { .. } => ErrorKind::DiskFull,
-            T::Io { .. } => ErrorKind::Io,
+            T::Io(_) => ErrorKind::Io,
             _ => ErrorKind::Transfer,
         };
         Error::new(e.hresult(), e.to_string())
@@ -298,7 +298,7 @@ pub fn tuf_kind(e: &upkeep_tuf::Error) -> ErrorKind {
         T::Hash { .. } => ErrorKind::Hash,
         T::TooLarge { .. } => ErrorKind::TooLarge,
         T::MissingMeta { .. } => ErrorKind::MissingMeta,
-        T::Io { .. } => ErrorKind::Io,
+        T::Io(_) => ErrorKind::Io,
         T::Limit(_) => ErrorKind::Limit,
         T::State(_) => ErrorKind::NotInitialized,
     }
@@ -385,10 +385,9 @@ mod tests {
             .cause()
             .and_then(|c| c.downcast_ref::<upkeep_install::InstallError>())
             .is_some());
-        let fs = upkeep_fs::PathError {
-            path: "/s/state.db".into(),
-            source: std::io::Error::from_raw_os_error(libc::EACCES),
-        };
+        let fs = upkeep_fs::at(std::path::Path::new("/s/state.db"))(
+            std::io::Error::from_raw_os_error(libc::EACCES),
+        );
         let text = fs.to_string();
         assert!(
             text.contains("/s/state.db") && text.contains("denied"),

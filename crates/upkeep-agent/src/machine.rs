@@ -229,15 +229,14 @@ impl Agent {
         // The paths named must be there; what vanishes or cannot be read below them while
         // the walk runs is a report of that file, not the end of the import.
         for p in paths {
-            std::fs::symlink_metadata(p).map_err(|e| {
-                Error::new(HResult::WU_E_INVALID_FILE, format!("{}: {e}", p.display()))
-            })?;
+            upkeep_fs::symlink_metadata(p)
+                .map_err(|e| Error::new(HResult::WU_E_INVALID_FILE, e.to_string()))?;
         }
         let mut todo: Vec<PathBuf> = paths.to_vec();
         let mut seen_files = 0usize;
         while let Some(p) = todo.pop() {
             let shown = p.display().to_string();
-            let m = match std::fs::symlink_metadata(&p) {
+            let m = match upkeep_fs::symlink_metadata(&p) {
                 Ok(m) => m,
                 Err(e) => {
                     report.failed.push((shown, format!("cannot be read: {e}")));
@@ -245,7 +244,7 @@ impl Agent {
                 }
             };
             if m.is_dir() {
-                match std::fs::read_dir(&p) {
+                match upkeep_fs::read_dir(&p) {
                     Ok(rd) => {
                         for e in rd {
                             match e {
@@ -334,16 +333,12 @@ impl Agent {
                 continue; // validated with the record; never a path out of `dir`
             }
             let to = dir.join(&rel);
-            let fail = |e: std::io::Error| {
-                Error::new(
-                    HResult::WU_E_DM_UNEXPECTED,
-                    format!("{}: {e}", to.display()),
-                )
-            };
+            let fail =
+                |e: upkeep_fs::PathError| Error::new(HResult::WU_E_DM_UNEXPECTED, e.to_string());
             if let Some(parent) = to.parent() {
-                std::fs::create_dir_all(parent).map_err(fail)?;
+                upkeep_fs::create_dir_all(parent).map_err(fail)?;
             }
-            std::fs::copy(&src, &to).map_err(fail)?;
+            upkeep_fs::copy(&src, &to).map_err(fail)?;
             out.push(to);
         }
         Ok(out)
@@ -432,12 +427,8 @@ impl Agent {
     /// `partial_max_age_days` are removed when it is opened.
     pub fn content_cache(&self) -> Result<upkeep_transfer::ContentCache> {
         let dir = self.config().state_dir.join("cache");
-        let cache = upkeep_transfer::ContentCache::open(&dir).map_err(|e| {
-            Error::new(
-                HResult::WU_E_DM_UNEXPECTED,
-                format!("{}: {e}", dir.display()),
-            )
-        })?;
+        let cache = upkeep_transfer::ContentCache::open(&dir)
+            .map_err(|e| Error::new(HResult::WU_E_DM_UNEXPECTED, e.to_string()))?;
         let age = std::time::Duration::from_secs(self.config().partial_max_age_days * 86_400);
         let (n, bytes) = cache.remove_partials(Some(age));
         if n > 0 {
@@ -512,8 +503,7 @@ impl Agent {
                     .map_err(|e| unavailable(e.to_string()))?
             }
         };
-        let bytes =
-            std::fs::read(&path).map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
+        let bytes = upkeep_fs::read(&path).map_err(|e| unavailable(e.to_string()))?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 }

@@ -214,8 +214,8 @@ impl AgentBuilder {
         if let (true, Some(tr)) = (md.join("root.json").exists(), &cfg.trusted_root) {
             // The state already trusts a root: the given one is not used. If it shares no
             // root key with that one, it is probably another repository's.
-            let given = std::fs::read(tr).ok();
-            let held = std::fs::read(md.join("root.json")).ok();
+            let given = upkeep_fs::read(tr).ok();
+            let held = upkeep_fs::read(md.join("root.json")).ok();
             match (
                 given.as_deref().and_then(root_keys_of),
                 held.as_deref().and_then(root_keys_of),
@@ -242,12 +242,8 @@ impl AgentBuilder {
         // A default service needs the repository or a trusted root; given a root alone,
         // it is the default service's.
         if cfg.repository.is_some() || cfg.trusted_root.is_some() {
-            std::fs::create_dir_all(&md).map_err(|e| {
-                Error::new(
-                    HResult::WU_E_DS_UNEXPECTED,
-                    format!("{}: {e}", md.display()),
-                )
-            })?;
+            upkeep_fs::create_dir_all(&md)
+                .map_err(|e| Error::new(HResult::WU_E_DS_UNEXPECTED, e.to_string()))?;
         }
         for svc in crate::services::list(&cfg)? {
             if svc.trusted {
@@ -268,15 +264,10 @@ impl AgentBuilder {
                 )
                 .with_kind(crate::ErrorKind::NotInitialized));
             };
-            let bytes = std::fs::read(tr).map_err(|e| {
-                Error::new(HResult::WU_E_INVALID_FILE, format!("{}: {e}", tr.display()))
-            })?;
-            std::fs::create_dir_all(&svc.metadata_dir).map_err(|e| {
-                Error::new(
-                    HResult::WU_E_DS_UNEXPECTED,
-                    format!("{}: {e}", svc.metadata_dir.display()),
-                )
-            })?;
+            let bytes = upkeep_fs::read(tr)
+                .map_err(|e| Error::new(HResult::WU_E_INVALID_FILE, e.to_string()))?;
+            upkeep_fs::create_dir_all(&svc.metadata_dir)
+                .map_err(|e| Error::new(HResult::WU_E_DS_UNEXPECTED, e.to_string()))?;
             Client::init_trusted_root(&svc.metadata_dir, &bytes, true).map_err(|e| {
                 Error::new(
                     HResult::WU_E_INVALID_FILE,
@@ -315,17 +306,17 @@ impl AgentBuilder {
 /// other users could write, that belongs to another user, or that is a symlink, is refused
 /// with `E_ACCESSDENIED`: nothing in it could be trusted.
 fn secure_state_dir(dir: &std::path::Path) -> Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let fail = |what: String| Error::new(HResult::WU_E_DS_UNEXPECTED, what);
     if let Some(parent) = dir.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| fail(format!("{}: {e}", parent.display())))?;
+        upkeep_fs::create_dir_all(parent).map_err(|e| fail(e.to_string()))?;
     }
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+    match upkeep_fs::create_dir_mode(dir, 0o700) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(fail(format!("{}: {e}", dir.display()))),
+        Err(e) => return Err(fail(e.to_string())),
     }
-    let m = std::fs::symlink_metadata(dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+    let m = upkeep_fs::symlink_metadata(dir).map_err(|e| fail(e.to_string()))?;
     let denied = |why: &str| {
         Err(Error::new(
             HResult::E_ACCESSDENIED,
@@ -354,8 +345,8 @@ fn secure_state_dir(dir: &std::path::Path) -> Result<()> {
     }
     if m.mode() & 0o077 != 0 {
         tracing::info!(dir = %dir.display(), mode = format!("{:o}", m.mode() & 0o7777), "making the state directory private (0700)");
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+        upkeep_fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| fail(e.to_string()))?;
     }
     Ok(())
 }

@@ -251,12 +251,8 @@ impl Agent {
                 format!("no metadata of service {name} is trusted yet: search first"),
             ));
         }
-        let root = std::fs::read(md.join("root.json")).map_err(|e| {
-            Error::new(
-                HResult::WU_E_NOT_INITIALIZED,
-                format!("{}: {e}", md.display()),
-            )
-        })?;
+        let root = upkeep_fs::read(md.join("root.json"))
+            .map_err(|e| Error::new(HResult::WU_E_NOT_INITIALIZED, e.to_string()))?;
         let root = upkeep_tuf::metadata::parse::<upkeep_tuf::metadata::Root>("root", &root)?;
         let mut bases = Vec::new();
         for b in std::iter::once(repo).chain(&svc.mirrors) {

@@ -133,13 +133,13 @@ pub(crate) fn list(cfg: &ResolvedConfig) -> Result<Vec<UpdateService>> {
         });
     }
     let mut registered = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(cfg.state_dir.join("services")) {
+    if let Ok(rd) = upkeep_fs::read_dir(cfg.state_dir.join("services")) {
         for e in rd.flatten() {
             let Ok(name) = e.file_name().into_string() else {
                 continue;
             };
             let file = e.path().join("service.json");
-            let Ok(text) = std::fs::read(&file) else {
+            let Ok(text) = upkeep_fs::read(&file) else {
                 continue; // not registered (a configured service's metadata only)
             };
             if out.iter().any(|o| o.name == name) {
@@ -199,15 +199,11 @@ fn unpack_bundle(file: &Path, to: &Path) -> Result<()> {
             format!("bundle {}: {why}", file.display()),
         )
     };
-    let len = std::fs::metadata(file)
+    let len = upkeep_fs::metadata(file)
         .map_err(|e| bad(e.to_string()))?
         .len();
-    std::fs::create_dir_all(to).map_err(|e| {
-        Error::new(
-            HResult::WU_E_DS_UNEXPECTED,
-            format!("{}: {e}", to.display()),
-        )
-    })?;
+    upkeep_fs::create_dir_all(to)
+        .map_err(|e| Error::new(HResult::WU_E_DS_UNEXPECTED, e.to_string()))?;
     let free = upkeep_fs::free_space(to)
         .map_err(|e| Error::new(HResult::WU_E_DS_UNEXPECTED, e.to_string()))?;
     if free < len + (64 << 20) {
@@ -220,7 +216,7 @@ fn unpack_bundle(file: &Path, to: &Path) -> Result<()> {
             ),
         ));
     }
-    let f = std::fs::File::open(file).map_err(|e| bad(e.to_string()))?;
+    let f = upkeep_fs::open(file).map_err(|e| bad(e.to_string()))?;
     let mut archive = tar::Archive::new(std::io::BufReader::new(f));
     let mut written = 0u64;
     for entry in archive.entries().map_err(|e| bad(e.to_string()))? {
@@ -240,7 +236,7 @@ fn unpack_bundle(file: &Path, to: &Path) -> Result<()> {
         }
         let dest = to.join(&name);
         if kind.is_dir() {
-            std::fs::create_dir_all(&dest).map_err(|e| bad(format!("{}: {e}", dest.display())))?;
+            upkeep_fs::create_dir_all(&dest).map_err(|e| bad(e.to_string()))?;
             continue;
         }
         if !kind.is_file() {
@@ -251,14 +247,13 @@ fn unpack_bundle(file: &Path, to: &Path) -> Result<()> {
             return Err(bad("its entries are larger than the file".into()));
         }
         if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| bad(format!("{}: {e}", parent.display())))?;
+            upkeep_fs::create_dir_all(parent).map_err(|e| bad(e.to_string()))?;
         }
-        let mut out = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&dest)
-            .map_err(|e| bad(format!("{}: {e}", dest.display())))?;
+        let mut out = upkeep_fs::open_with(
+            std::fs::OpenOptions::new().write(true).create_new(true),
+            &dest,
+        )
+        .map_err(|e| bad(e.to_string()))?;
         std::io::copy(&mut entry, &mut out).map_err(|e| bad(format!("{}: {e}", dest.display())))?;
     }
     upkeep_fs::syncfs(to).map_err(|e| Error::new(HResult::WU_E_DS_UNEXPECTED, e.to_string()))?;
@@ -302,33 +297,21 @@ impl UpdateServiceManager {
                 format!("a service named {name:?} exists already (remove it first)"),
             ));
         }
-        let bytes = std::fs::read(trusted_root).map_err(|e| {
-            Error::new(
-                HResult::WU_E_INVALID_FILE,
-                format!("{}: {e}", trusted_root.display()),
-            )
-        })?;
+        let bytes = upkeep_fs::read(trusted_root)
+            .map_err(|e| Error::new(HResult::WU_E_INVALID_FILE, e.to_string()))?;
         if dir.exists() {
             // Metadata left by a removed configuration entry of the same name: its trust
             // is not this registration's.
-            std::fs::remove_dir_all(&dir).map_err(|e| {
-                Error::new(
-                    HResult::WU_E_DS_UNEXPECTED,
-                    format!("{}: {e}", dir.display()),
-                )
-            })?;
+            upkeep_fs::remove_dir_all(&dir)
+                .map_err(|e| Error::new(HResult::WU_E_DS_UNEXPECTED, e.to_string()))?;
         }
         let result = (|| {
             if let Some(b) = &bundle {
                 unpack_bundle(b, &dir.join("bundle"))?;
             }
             let md = dir.join("metadata");
-            std::fs::create_dir_all(&md).map_err(|e| {
-                Error::new(
-                    HResult::WU_E_DS_UNEXPECTED,
-                    format!("{}: {e}", md.display()),
-                )
-            })?;
+            upkeep_fs::create_dir_all(&md)
+                .map_err(|e| Error::new(HResult::WU_E_DS_UNEXPECTED, e.to_string()))?;
             Client::init_trusted_root(&md, &bytes, true).map_err(|e| {
                 Error::new(
                     HResult::WU_E_INVALID_FILE,
@@ -348,7 +331,7 @@ impl UpdateServiceManager {
             .map_err(|e| Error::new(HResult::WU_E_DS_UNEXPECTED, e.to_string()))
         })();
         if let Err(e) = result {
-            let _ = std::fs::remove_dir_all(&dir);
+            let _ = upkeep_fs::remove_dir_all(&dir);
             return Err(e);
         }
         tracing::info!(service = name, url = %url, "update service registered");
@@ -392,24 +375,26 @@ impl UpdateServiceManager {
             ));
         }
         let (next, check) = (dir.join("bundle.next"), dir.join("metadata.check"));
-        let io = |p: &Path, e: std::io::Error| {
-            Error::new(HResult::WU_E_DS_UNEXPECTED, format!("{}: {e}", p.display()))
-        };
+        let io = |e: upkeep_fs::PathError| Error::new(HResult::WU_E_DS_UNEXPECTED, e.to_string());
         for stale in [&next, &check] {
             if stale.exists() {
-                std::fs::remove_dir_all(stale).map_err(|e| io(stale, e))?;
+                upkeep_fs::remove_dir_all(stale).map_err(io)?;
             }
         }
         let result = (|| {
             unpack_bundle(bundle, &next)?;
             // A copy of what the service trusts, refreshed from the new bundle.
-            std::fs::create_dir_all(&check).map_err(|e| io(&check, e))?;
-            for e in std::fs::read_dir(&s.metadata_dir).map_err(|e| io(&s.metadata_dir, e))? {
-                let e = e.map_err(|e| io(&s.metadata_dir, e))?;
+            upkeep_fs::create_dir_all(&check).map_err(io)?;
+            for e in upkeep_fs::read_dir(&s.metadata_dir).map_err(io)? {
+                let e = e.map_err(|e| io(upkeep_fs::at(&s.metadata_dir)(e)))?;
                 let name = e.file_name();
                 let n = name.to_string_lossy();
-                if e.file_type().map_err(|x| io(&e.path(), x))?.is_file() && n.ends_with(".json") {
-                    std::fs::copy(e.path(), check.join(&name)).map_err(|x| io(&e.path(), x))?;
+                if e.file_type()
+                    .map_err(|x| io(upkeep_fs::at(&e.path())(x)))?
+                    .is_file()
+                    && n.ends_with(".json")
+                {
+                    upkeep_fs::copy(e.path(), check.join(&name)).map_err(io)?;
                 }
             }
             let cfg = upkeep_tuf::ClientConfig {
@@ -446,8 +431,8 @@ impl UpdateServiceManager {
                 .map_err(|e| Error::new(HResult::WU_E_DS_UNEXPECTED, e.to_string()))
         })();
         // `next` and `check` hold the old bundle and trust now, or the refused new ones.
-        let _ = std::fs::remove_dir_all(&next);
-        let _ = std::fs::remove_dir_all(&check);
+        let _ = upkeep_fs::remove_dir_all(&next);
+        let _ = upkeep_fs::remove_dir_all(&check);
         result?;
         tracing::info!(service = name, bundle = %bundle.display(), "offline bundle updated");
         list(&self.cfg)?
@@ -474,14 +459,9 @@ impl UpdateServiceManager {
         }
         let dir = service_dir(&self.cfg.state_dir, name);
         // The registration goes first: a crash after it leaves only unused metadata.
-        std::fs::remove_file(dir.join("service.json"))
-            .and_then(|()| std::fs::remove_dir_all(&dir))
-            .map_err(|e| {
-                Error::new(
-                    HResult::WU_E_DS_UNEXPECTED,
-                    format!("{}: {e}", dir.display()),
-                )
-            })?;
+        upkeep_fs::remove_file(dir.join("service.json"))
+            .and_then(|()| upkeep_fs::remove_dir_all(&dir))
+            .map_err(|e| Error::new(HResult::WU_E_DS_UNEXPECTED, e.to_string()))?;
         tracing::info!(service = name, "update service removed");
         Ok(())
     }

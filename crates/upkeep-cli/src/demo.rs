@@ -311,7 +311,7 @@ pub fn run() -> Result<Exit, Exit> {
     println!(
         "   {} -> {}",
         tool.strip_prefix(&root).unwrap_or(&tool).display(),
-        std::fs::read_to_string(&tool)
+        upkeep_fs::read_to_string(&tool)
             .map_err(demo_err)?
             .lines()
             .nth(1)
@@ -366,7 +366,7 @@ pub fn run() -> Result<Exit, Exit> {
     .map_err(demo_err)?;
     let readme = root.join("usr/local/share/acme/README");
     let inode = |p: &std::path::Path| {
-        std::fs::metadata(p)
+        upkeep_fs::metadata(p)
             .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
             .ok()
     };
@@ -396,7 +396,7 @@ pub fn run() -> Result<Exit, Exit> {
     println!(
         "   {}; acme-tool says: {}; README same inode: {}",
         up.result_code(),
-        std::fs::read_to_string(&tool)
+        upkeep_fs::read_to_string(&tool)
             .map_err(demo_err)?
             .lines()
             .nth(1)

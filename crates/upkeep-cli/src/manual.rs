@@ -107,9 +107,9 @@ pub fn run(out: Option<&Path>) -> std::io::Result<()> {
     match out {
         None => main_page(&mut std::io::stdout().lock()),
         Some(dir) => {
-            std::fs::create_dir_all(dir)?;
+            upkeep_fs::create_dir_all(dir)?;
             clap_mangen::generate_to(crate::Cli::command(), dir)?;
-            let mut f = std::fs::File::create(dir.join("upkeep.1"))?;
+            let mut f = upkeep_fs::create(dir.join("upkeep.1"))?;
             main_page(&mut f)?;
             f.flush()
         }

@@ -640,9 +640,9 @@ fn check_files_payloads(update: &mut NewUpdate, json: bool) -> Result<(), Exit> 
         let ContentSource::File(path) = src else {
             continue;
         };
-        let length = std::fs::metadata(path)
+        let length = upkeep_fs::metadata(path)
             .map_err(|e| {
-                crate::logs::error!("{}: {e}", path.display());
+                crate::logs::error!("{e}");
                 Exit::Usage
             })?
             .len();
@@ -683,31 +683,32 @@ fn check_files_payloads(update: &mut NewUpdate, json: bool) -> Result<(), Exit> 
 /// Moves `role`'s key from the repository into `off` (created 0700).
 fn move_key_offline(dir: &std::path::Path, off: &std::path::Path, role: &str) -> Result<(), Exit> {
     use std::os::unix::fs::PermissionsExt;
-    let err = |p: &std::path::Path, e: std::io::Error| {
-        crate::logs::error!("{}: {e}", p.display());
+    let err = |e: upkeep_fs::PathError| {
+        crate::logs::error!("{e}");
         Exit::Failure
     };
-    std::fs::create_dir_all(off).map_err(|e| err(off, e))?;
-    std::fs::set_permissions(off, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| err(off, e))?;
+    upkeep_fs::create_dir_all(off).map_err(err)?;
+    upkeep_fs::set_permissions(off, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
     let (from, to) = (
         dir.join(format!("keys/{role}.json")),
         off.join(format!("{role}.json")),
     );
-    let data = std::fs::read(&from).map_err(|e| err(&from, e))?;
+    let data = upkeep_fs::read(&from).map_err(err)?;
     {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&to)
-            .map_err(|e| err(&to, e))?;
-        f.write_all(&data).map_err(|e| err(&to, e))?;
-        f.sync_all().map_err(|e| err(&to, e))?;
+        let mut f = upkeep_fs::open_with(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600),
+            &to,
+        )
+        .map_err(err)?;
+        f.write_all(&data).map_err(|e| err(upkeep_fs::at(&to)(e)))?;
+        f.sync_all().map_err(|e| err(upkeep_fs::at(&to)(e)))?;
     }
-    std::fs::remove_file(&from).map_err(|e| err(&from, e))
+    upkeep_fs::remove_file(&from).map_err(err)
 }
 
 /// Reports a publisher error (as one JSON line with `json`) and picks the exit code.

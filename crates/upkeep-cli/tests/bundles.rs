@@ -3,6 +3,7 @@
 //! bundle service), an older one never replaces newer metadata nor locks the machine out
 //! of the repository afterwards; `service update` takes a newer bundle and keeps the
 //! service's trust, so a stale bundle stays refused.
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The `upkeep` binary end to end: repository authoring, a real `repo serve` child process,
 //! search and show in both output forms, and the documented exit codes.
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! them from outside at random instants); the next session's recovery must leave the install
 //! root byte-identical to before or to after, and the state must agree with it.
 //! `scripts/crash-harness.sh` runs hundreds of random-instant trials.
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 mod common;
 

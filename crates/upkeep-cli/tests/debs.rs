@@ -2,6 +2,7 @@
 //! --from-deb` publishes them, and they install into a sandbox root byte for byte as
 //! `dpkg-deb -x` extracts them — sudo's masked unit `sudo.service -> /dev/null` and its
 //! set-user-id binary included — then uninstall to nothing.
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Fleet features through the binary: applicability published with `repo add` flags and
 //! evaluated on this machine (its real `uname -m` and `os-release`), shown by `show`,
 //! enforced by `install`.
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 mod common;
 

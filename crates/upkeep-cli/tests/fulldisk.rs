@@ -1,6 +1,7 @@
 //! A full disk under the state directory: reading commands (`list`, `history`, `status`,
 //! offline `search` and `show`, `cache list`) still answer from the state database, and
 //! writing ones fail with `E_DISK_FULL` naming the directory, changing nothing.
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 mod common;
 

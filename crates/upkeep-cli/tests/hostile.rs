@@ -3,6 +3,7 @@
 //! earlier publisher wrote with raw control characters repaired by `repo publish` and
 //! `repo remove`, and hostile records (signed by a non-canonical encoder that escapes
 //! control characters) printed escaped by every human command while `--json` stays exact.
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! A repository over years, with real processes under `faketime`: root renewal by `repo
 //! publish`, key rotation of every role followed by clients, offline root keys, `repo
 //! status`, and the publisher's refusals of revisions devices would not take.
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 mod common;
 

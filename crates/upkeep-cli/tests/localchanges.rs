@@ -2,6 +2,7 @@
 //! edits, `verify`, an upgrade that keeps the edit (the new file beside it), an uninstall
 //! that keeps it (the pre-install file beside it), and paths dpkg owns refused unless the
 //! update declares it takes them over.
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 mod common;
 

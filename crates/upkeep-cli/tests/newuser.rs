@@ -1,6 +1,7 @@
 //! What a new user trips on: a refused install downloads nothing (license, applicability,
 //! the revision already installed), reinstalling says "already installed" and does
 //! nothing, and the license hint names `show --eula`.
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 mod common;
 

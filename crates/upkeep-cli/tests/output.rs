@@ -2,6 +2,7 @@
 //! lines and 200,000 lines of noise, with `UPKEEP_LOG=info`, leave the agent's memory and
 //! its log small, say how much was dropped, and the failure keeps the tail of the
 //! command's error output. (One test in this binary: the peak RSS read is its children's.)
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 mod common;
 

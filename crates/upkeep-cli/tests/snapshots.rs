@@ -2,6 +2,7 @@
 //! files in `tests/snapshots/` after the parts that differ from run to run are replaced
 //! (temporary paths, times, ports). `UPDATE_SNAPSHOTS=1 cargo test -p upkeep-cli --test
 //! snapshots` rewrites them; review the diff before committing.
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 mod common;
 

@@ -8,8 +8,13 @@
 //! - [`Verifier`]: one check of signed hashes — every listed algorithm is checked; none
 //!   listed, or only unknown ones, is an error, never a skip.
 //!
-//! Errors name their path ([`PathError`]). The workspace's `clippy.toml` points every
-//! other crate here: the raw calls are allowed only in this crate.
+//! - The standard library's path calls ([`read`], [`open`], [`open_with`],
+//!   [`create_dir_all`], [`rename`], [`remove_file`], [`metadata`], [`read_dir`],
+//!   [`copy`], …), each returning a [`PathError`] that names its path.
+//!
+//! Errors name their path ([`PathError`]; it converts into an `io::Error` of the same kind
+//! for callers that speak `io`). The workspace's `clippy.toml` points every other crate
+//! here: the raw calls are allowed only in this crate.
 #![allow(clippy::disallowed_methods)]
 
 use std::fs::File;
@@ -23,24 +28,224 @@ use std::path::{Path, PathBuf};
 pub struct PathError {
     /// The file or directory.
     pub path: PathBuf,
+    /// The second path of a two-path call (a rename's or copy's destination, a link's
+    /// name), when there is one.
+    pub to: Option<PathBuf>,
     /// The cause.
     pub source: io::Error,
 }
 
+impl PathError {
+    /// The cause's kind (`NotFound`, `AlreadyExists`, …).
+    pub fn kind(&self) -> io::ErrorKind {
+        self.source.kind()
+    }
+
+    /// The cause's `errno`, when it came from the system.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        self.source.raw_os_error()
+    }
+
+    /// Whether the path (or a directory on the way to it) does not exist.
+    pub fn is_not_found(&self) -> bool {
+        self.kind() == io::ErrorKind::NotFound
+    }
+}
+
 impl std::fmt::Display for PathError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.path.display(), self.source)
+        match &self.to {
+            Some(to) => write!(
+                f,
+                "{} -> {}: {}",
+                self.path.display(),
+                to.display(),
+                self.source
+            ),
+            None => write!(f, "{}: {}", self.path.display(), self.source),
+        }
     }
 }
 
 impl std::error::Error for PathError {}
 
+/// For callers whose errors are `io::Error`: the kind is kept and the message names the
+/// path (the `PathError` is the error's inner value, so `raw_os_error` is on it).
+impl From<PathError> for io::Error {
+    fn from(e: PathError) -> io::Error {
+        io::Error::new(e.kind(), e)
+    }
+}
+
 /// `map_err(at(path))`: names the path an I/O error happened on.
 pub fn at(path: &Path) -> impl FnOnce(io::Error) -> PathError + '_ {
     move |source| PathError {
         path: path.to_path_buf(),
+        to: None,
         source,
     }
+}
+
+/// `map_err(at2(from, to))`: names both paths of a rename, copy or link.
+fn at2<'a>(from: &'a Path, to: &'a Path) -> impl FnOnce(io::Error) -> PathError + 'a {
+    move |source| PathError {
+        path: from.to_path_buf(),
+        to: Some(to.to_path_buf()),
+        source,
+    }
+}
+
+// The standard library's calls, each returning an error that names its path (as uv's
+// `uv-fs` and `fs-err` do). Everything outside this crate uses these: the workspace's
+// `clippy.toml` refuses the raw ones.
+
+/// `std::fs::read`.
+pub fn read(path: impl AsRef<Path>) -> Result<Vec<u8>, PathError> {
+    let path = path.as_ref();
+    std::fs::read(path).map_err(at(path))
+}
+
+/// `std::fs::read_to_string`.
+pub fn read_to_string(path: impl AsRef<Path>) -> Result<String, PathError> {
+    let path = path.as_ref();
+    std::fs::read_to_string(path).map_err(at(path))
+}
+
+/// `std::fs::write`: creates or truncates `path`, not atomically and not flushed (see
+/// [`write_atomic`] for state that must survive a crash).
+pub fn write(path: impl AsRef<Path>, data: impl AsRef<[u8]>) -> Result<(), PathError> {
+    let path = path.as_ref();
+    std::fs::write(path, data).map_err(at(path))
+}
+
+/// `File::open`: for reading.
+pub fn open(path: impl AsRef<Path>) -> Result<File, PathError> {
+    let path = path.as_ref();
+    File::open(path).map_err(at(path))
+}
+
+/// `File::create`: for writing, created or truncated.
+pub fn create(path: impl AsRef<Path>) -> Result<File, PathError> {
+    let path = path.as_ref();
+    File::create(path).map_err(at(path))
+}
+
+/// `OpenOptions::open`: `path` opened as `options` say (flags, mode, `O_NOFOLLOW`…).
+pub fn open_with(
+    options: &std::fs::OpenOptions,
+    path: impl AsRef<Path>,
+) -> Result<File, PathError> {
+    let path = path.as_ref();
+    options.open(path).map_err(at(path))
+}
+
+/// `std::fs::create_dir_all`.
+pub fn create_dir_all(path: impl AsRef<Path>) -> Result<(), PathError> {
+    let path = path.as_ref();
+    std::fs::create_dir_all(path).map_err(at(path))
+}
+
+/// `DirBuilder::create` with `mode` (before the umask); its parent must exist.
+pub fn create_dir_mode(path: impl AsRef<Path>, mode: u32) -> Result<(), PathError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let path = path.as_ref();
+    std::fs::DirBuilder::new()
+        .mode(mode)
+        .create(path)
+        .map_err(at(path))
+}
+
+/// `DirBuilder::recursive(true).create` with `mode`: `path` and any missing parent,
+/// each created with `mode` (before the umask).
+pub fn create_dir_all_mode(path: impl AsRef<Path>, mode: u32) -> Result<(), PathError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let path = path.as_ref();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(at(path))
+}
+
+/// `std::fs::rename`: `from` replaces `to` atomically (same filesystem).
+pub fn rename(from: impl AsRef<Path>, to: impl AsRef<Path>) -> Result<(), PathError> {
+    let (from, to) = (from.as_ref(), to.as_ref());
+    std::fs::rename(from, to).map_err(at2(from, to))
+}
+
+/// `std::fs::copy`: the bytes and permissions of `from` into `to`.
+pub fn copy(from: impl AsRef<Path>, to: impl AsRef<Path>) -> Result<u64, PathError> {
+    let (from, to) = (from.as_ref(), to.as_ref());
+    std::fs::copy(from, to).map_err(at2(from, to))
+}
+
+/// `std::fs::hard_link`: `link` becomes a second name of `original`.
+pub fn hard_link(original: impl AsRef<Path>, link: impl AsRef<Path>) -> Result<(), PathError> {
+    let (original, link) = (original.as_ref(), link.as_ref());
+    std::fs::hard_link(original, link).map_err(at2(original, link))
+}
+
+/// `std::os::unix::fs::symlink`: `link` made a symbolic link to `target`.
+pub fn symlink(target: impl AsRef<Path>, link: impl AsRef<Path>) -> Result<(), PathError> {
+    let (target, link) = (target.as_ref(), link.as_ref());
+    std::os::unix::fs::symlink(target, link).map_err(at(link))
+}
+
+/// `std::fs::read_link`.
+pub fn read_link(path: impl AsRef<Path>) -> Result<PathBuf, PathError> {
+    let path = path.as_ref();
+    std::fs::read_link(path).map_err(at(path))
+}
+
+/// `std::fs::remove_file` (a symbolic link itself, not its target).
+pub fn remove_file(path: impl AsRef<Path>) -> Result<(), PathError> {
+    let path = path.as_ref();
+    std::fs::remove_file(path).map_err(at(path))
+}
+
+/// `std::fs::remove_dir`: an empty directory.
+pub fn remove_dir(path: impl AsRef<Path>) -> Result<(), PathError> {
+    let path = path.as_ref();
+    std::fs::remove_dir(path).map_err(at(path))
+}
+
+/// `std::fs::remove_dir_all` (symbolic links inside are removed, not followed).
+pub fn remove_dir_all(path: impl AsRef<Path>) -> Result<(), PathError> {
+    let path = path.as_ref();
+    std::fs::remove_dir_all(path).map_err(at(path))
+}
+
+/// `std::fs::metadata` (follows symbolic links).
+pub fn metadata(path: impl AsRef<Path>) -> Result<std::fs::Metadata, PathError> {
+    let path = path.as_ref();
+    std::fs::metadata(path).map_err(at(path))
+}
+
+/// `std::fs::symlink_metadata` (a symbolic link itself).
+pub fn symlink_metadata(path: impl AsRef<Path>) -> Result<std::fs::Metadata, PathError> {
+    let path = path.as_ref();
+    std::fs::symlink_metadata(path).map_err(at(path))
+}
+
+/// `std::fs::read_dir`. An error reading a later entry is the directory's `io::Error`.
+pub fn read_dir(path: impl AsRef<Path>) -> Result<std::fs::ReadDir, PathError> {
+    let path = path.as_ref();
+    std::fs::read_dir(path).map_err(at(path))
+}
+
+/// `std::fs::set_permissions`.
+pub fn set_permissions(
+    path: impl AsRef<Path>,
+    permissions: std::fs::Permissions,
+) -> Result<(), PathError> {
+    let path = path.as_ref();
+    std::fs::set_permissions(path, permissions).map_err(at(path))
+}
+
+/// `std::fs::canonicalize`.
+pub fn canonicalize(path: impl AsRef<Path>) -> Result<PathBuf, PathError> {
+    let path = path.as_ref();
+    std::fs::canonicalize(path).map_err(at(path))
 }
 
 /// The directory of `path` and a temporary name in it for this process.
@@ -329,6 +534,53 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn the_standard_calls_name_their_path_once_and_keep_the_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let e = read(&missing).unwrap_err();
+        assert!(e.is_not_found());
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+        let text = e.to_string();
+        assert_eq!(text.matches("missing").count(), 1, "{text}");
+        assert!(
+            std::error::Error::source(&e).is_none(),
+            "the cause is said once"
+        );
+
+        // Two-path calls name both.
+        let to = dir.path().join("to");
+        let e = rename(&missing, &to).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains(&*missing.to_string_lossy()) && text.contains(&*to.to_string_lossy()),
+            "{text}"
+        );
+
+        // As an io::Error: same kind, the path in the message, the errno on the inner value.
+        let io: io::Error = open(&missing).unwrap_err().into();
+        assert_eq!(io.kind(), io::ErrorKind::NotFound);
+        assert!(io.to_string().contains("missing"), "{io}");
+        let inner = io.get_ref().and_then(|e| e.downcast_ref::<PathError>());
+        assert_eq!(inner.and_then(PathError::raw_os_error), Some(libc::ENOENT));
+
+        // The happy paths do what std does.
+        let f = dir.path().join("a/b/f");
+        create_dir_all(f.parent().unwrap()).unwrap();
+        write(&f, b"x").unwrap();
+        assert_eq!(read_to_string(&f).unwrap(), "x");
+        symlink("f", dir.path().join("a/b/l")).unwrap();
+        assert_eq!(read_link(dir.path().join("a/b/l")).unwrap(), Path::new("f"));
+        assert!(symlink_metadata(dir.path().join("a/b/l"))
+            .unwrap()
+            .is_symlink());
+        create_dir_mode(dir.path().join("p"), 0o700).unwrap();
+        let e = create_dir_mode(dir.path().join("p"), 0o700).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        remove_dir_all(dir.path().join("a")).unwrap();
+        assert!(metadata(&f).unwrap_err().is_not_found());
+    }
 
     #[test]
     fn write_atomic_replaces_whole_files_and_names_its_path_on_error() {

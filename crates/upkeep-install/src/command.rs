@@ -191,8 +191,8 @@ pub struct Outcome {
 pub fn check_executable(path: &Path) -> Result<()> {
     use std::io::Read;
     let mut head = [0u8; 4];
-    let n = std::fs::File::open(path)
-        .and_then(|mut f| f.read(&mut head))
+    let n = upkeep_fs::open(path)?
+        .read(&mut head)
         .map_err(|e| InstallError::io(path, e))?;
     let head = &head[..n];
     if head.starts_with(b"#!") || head.starts_with(b"\x7fELF") {
@@ -212,8 +212,8 @@ pub fn check_executable(path: &Path) -> Result<()> {
 pub fn copy_in(f: &RunFile, to: &Path, mode: u32) -> Result<()> {
     use std::io::{Read, Write};
     let mut verifier = crate::verifier(f.hashes.as_deref(), &f.cached)?;
-    let mut src = std::fs::File::open(&f.cached).map_err(|e| InstallError::io(&f.cached, e))?;
-    let mut dst = std::fs::File::create(to).map_err(|e| InstallError::io(to, e))?;
+    let mut src = upkeep_fs::open(&f.cached).map_err(InstallError::from)?;
+    let mut dst = upkeep_fs::create(to).map_err(InstallError::from)?;
     let mut buf = vec![0u8; 1 << 16];
     loop {
         let n = src
@@ -240,16 +240,16 @@ pub fn copy_in(f: &RunFile, to: &Path, mode: u32) -> Result<()> {
         }
     }
     drop(dst);
-    std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| InstallError::io(to, e))
+    upkeep_fs::set_permissions(to, std::fs::Permissions::from_mode(mode))
+        .map_err(InstallError::from)
 }
 
 /// Runs the command. Cancellation through `reporter` kills its process group (the result
 /// is then `WU_E_CALL_CANCELLED`).
 pub fn run(inv: &Invocation, reporter: &dyn Reporter) -> Result<Outcome> {
     let dir = &inv.run_dir;
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).map_err(|e| InstallError::io(dir, e))?;
+    let _ = upkeep_fs::remove_dir_all(dir);
+    upkeep_fs::create_dir_all(dir).map_err(InstallError::from)?;
     let Some(first) = inv.files.first() else {
         return Err(InstallError::new(
             HResult::WU_E_UH_INVALIDMETADATA,
@@ -262,11 +262,11 @@ pub fn run(inv: &Invocation, reporter: &dyn Reporter) -> Result<Outcome> {
             copy_in(f, &dir.join(&f.name), if i == 0 { 0o755 } else { 0o644 })
         });
     if let Err(e) = copied {
-        let _ = std::fs::remove_dir_all(dir);
+        let _ = upkeep_fs::remove_dir_all(dir);
         return Err(e);
     }
     let result = run_in(inv, &exe, first.name.clone(), reporter);
-    let _ = std::fs::remove_dir_all(dir);
+    let _ = upkeep_fs::remove_dir_all(dir);
     result
 }
 

@@ -119,7 +119,7 @@ fn depth(p: &str) -> usize {
 /// Fails with `E_DISK_FULL` unless the filesystem holding `dir` has `need` bytes (plus a
 /// margin) available.
 fn check_space(dir: &Path, need: u64) -> Result<()> {
-    let avail = upkeep_fs::free_space(dir).map_err(|e| InstallError::io(&e.path, e.source))?;
+    let avail = upkeep_fs::free_space(dir).map_err(InstallError::from)?;
     if avail < need.saturating_add(SPACE_MARGIN) {
         return Err(InstallError::new(
             HResult::E_DISK_FULL,
@@ -239,7 +239,7 @@ fn dpkg_owned(root: &crate::root::RootDir) -> HashMap<String, String> {
     let Ok(info) = root.canonical("var/lib/dpkg/info", true) else {
         return out;
     };
-    let Ok(rd) = std::fs::read_dir(root.display(&info)) else {
+    let Ok(rd) = upkeep_fs::read_dir(root.display(&info)) else {
         return out;
     };
     // Directories resolve once each (merged /usr: `/lib/x` is `usr/lib/x`).
@@ -251,7 +251,7 @@ fn dpkg_owned(root: &crate::root::RootDir) -> HashMap<String, String> {
         };
         // `pkg:arch` for multi-arch packages.
         let pkg = pkg.split(':').next().unwrap_or(pkg).to_string();
-        let Ok(text) = std::fs::read_to_string(e.path()) else {
+        let Ok(text) = upkeep_fs::read_to_string(e.path()) else {
             continue;
         };
         for line in text.lines() {

@@ -358,7 +358,7 @@ impl<'a> Stager<'a> {
             } else {
                 let dst = self.staged_path(WRITERS)?;
                 match &staged {
-                    Some(p) => std::fs::hard_link(p, &dst).map_err(|e| InstallError::io(p, e))?,
+                    Some(p) => upkeep_fs::hard_link(p, &dst).map_err(InstallError::from)?,
                     // The target is unchanged in the root: link to it there.
                     None => self.ctx.layout.dir.link_out(&target, &dst)?,
                 }
@@ -534,8 +534,7 @@ impl<'a> Stager<'a> {
     /// Reads one payload to the end, staging its entries. `reporter` gets the fraction of
     /// this payload read; writer errors (a full disk) are reported after the writers stop.
     pub fn stage(&mut self, payload: &Payload, reporter: &dyn Reporter) -> Result<()> {
-        let f =
-            std::fs::File::open(&payload.path).map_err(|e| InstallError::io(&payload.path, e))?;
+        let f = upkeep_fs::open(&payload.path).map_err(InstallError::from)?;
         let read = std::rc::Rc::new(std::cell::Cell::new(0u64));
         let mut input = BufReader::with_capacity(
             1 << 20,
@@ -763,8 +762,7 @@ impl<'a> Stager<'a> {
                         None
                     } else {
                         let dst = self.staged_path(WRITERS)?;
-                        std::os::unix::fs::symlink(&target, &dst)
-                            .map_err(|e| InstallError::io(&dst, e))?;
+                        upkeep_fs::symlink(&target, &dst).map_err(InstallError::from)?;
                         Some(dst)
                     };
                     self.symlinks.insert(rel.clone());
@@ -870,7 +868,7 @@ impl<'a> Stager<'a> {
         drop(out);
         let sha256 = hex::encode(h.finalize());
         let staged = if self.ctx.unchanged_file(rel, &sha256, mode, written) {
-            std::fs::remove_file(&dst).map_err(|e| InstallError::io(&dst, e))?;
+            upkeep_fs::remove_file(&dst).map_err(InstallError::from)?;
             None
         } else {
             Some(dst)
@@ -907,7 +905,7 @@ pub fn inspect(payloads: &[Payload], policy: Policy) -> Result<Inspection> {
     struct Gone(PathBuf);
     impl Drop for Gone {
         fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
+            let _ = upkeep_fs::remove_dir_all(&self.0);
         }
     }
     let _gone = Gone(tmp.clone());
@@ -931,12 +929,14 @@ pub fn inspect(payloads: &[Payload], policy: Policy) -> Result<Inspection> {
 /// Creates `path` with `mode` from the start (never readable by others in between).
 fn new_file(path: &Path, mode: u32) -> Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode & 0o777)
-        .open(path)
-        .map_err(|e| InstallError::io(path, e))?;
+    let f = upkeep_fs::open_with(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode & 0o777),
+        path,
+    )
+    .map_err(InstallError::from)?;
     // The umask may have cleared bits; set-id and sticky bits need an explicit chmod.
     f.set_permissions(std::fs::Permissions::from_mode(mode))
         .map_err(|e| InstallError::io(path, e))?;
@@ -964,7 +964,7 @@ fn start_writeback(f: &std::fs::File) {
 
 /// SHA-256 (hex) of a file's content.
 pub fn file_sha256(path: &Path) -> std::io::Result<String> {
-    reader_sha256(std::fs::File::open(path)?)
+    reader_sha256(upkeep_fs::open(path)?)
 }
 
 /// SHA-256 (hex) of everything `r` reads.

@@ -59,16 +59,23 @@ impl InstallError {
 
     /// An I/O failure on `path`; a full disk is `E_DISK_FULL`.
     pub fn io(path: &Path, e: std::io::Error) -> InstallError {
-        let code = match e.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => HResult::E_DISK_FULL,
-            _ => HResult::WU_E_UH_UNEXPECTED,
-        };
-        InstallError::new(code, format!("{}: {e}", path.display()))
+        InstallError::from(upkeep_fs::at(path)(e))
     }
 
     /// The operation was cancelled (`WU_E_CALL_CANCELLED`).
     pub fn cancelled() -> InstallError {
         InstallError::new(HResult::WU_E_CALL_CANCELLED, "aborted")
+    }
+}
+
+/// An I/O failure that names its path; a full disk is `E_DISK_FULL`.
+impl From<upkeep_fs::PathError> for InstallError {
+    fn from(e: upkeep_fs::PathError) -> InstallError {
+        let code = match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => HResult::E_DISK_FULL,
+            _ => HResult::WU_E_UH_UNEXPECTED,
+        };
+        InstallError::new(code, e.to_string())
     }
 }
 
@@ -119,12 +126,7 @@ impl Reporter for Step<'_> {
 
 /// Creates a directory (and its parents) readable by its owner only.
 pub(crate) fn create_private_dir(d: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(d)
-        .map_err(|e| InstallError::io(d, e))
+    Ok(upkeep_fs::create_dir_all_mode(d, 0o700)?)
 }
 
 impl From<upkeep_store::StoreError> for InstallError {
@@ -158,7 +160,7 @@ impl Layout {
     /// their mount (see [`tx`]).
     /// Both paths should be absolute (the session resolves them).
     pub fn new(root: &Path, state_dir: &Path) -> Result<Layout> {
-        std::fs::create_dir_all(root).map_err(|e| InstallError::io(root, e))?;
+        upkeep_fs::create_dir_all(root).map_err(InstallError::from)?;
         // One mount, not just one filesystem: a rename between two mounts of the same
         // filesystem (a bind-mounted root) fails too.
         let mnt = root::mount_of;
@@ -171,17 +173,17 @@ impl Layout {
         // One made by an older agent may be readable by others: it holds backups.
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&work)
-                .map_err(|e| InstallError::io(&work, e))?
+            let mode = upkeep_fs::metadata(&work)
+                .map_err(InstallError::from)?
                 .permissions()
                 .mode();
             if mode & 0o077 != 0 {
-                std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o700))
-                    .map_err(|e| InstallError::io(&work, e))?;
+                upkeep_fs::set_permissions(&work, std::fs::Permissions::from_mode(0o700))
+                    .map_err(InstallError::from)?;
             }
         }
         // Compared with canonical paths inside the root: resolve symlinks on both sides.
-        let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let real = |p: &Path| upkeep_fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
         let real_root = real(root);
         let protected = [real(state_dir), real(&work)]
             .iter()
@@ -229,7 +231,7 @@ pub fn checkpoint(name: &str) {
 
 /// Flushes the filesystem holding `dir` (one `syncfs`).
 pub fn syncfs(dir: &Path) -> Result<()> {
-    upkeep_fs::syncfs(dir).map_err(|e| InstallError::io(&e.path, e.source))
+    upkeep_fs::syncfs(dir).map_err(InstallError::from)
 }
 
 /// A verifier of `hashes` (every one is checked) for the content file `what`; `None` when

@@ -156,7 +156,7 @@ fn statx_at(dirfd: RawFd, name: &std::ffi::CStr) -> std::io::Result<Option<Stat>
 
 /// The mount id of an absolute path (following symlinks), as [`Stat::mnt`] gives it.
 pub fn mount_of(p: &Path) -> Option<u64> {
-    let real = std::fs::canonicalize(p).ok()?;
+    let real = upkeep_fs::canonicalize(p).ok()?;
     let c = CString::new(real.as_os_str().as_bytes()).ok()?;
     statx_at(libc::AT_FDCWD, &c).ok().flatten().map(|s| s.mnt)
 }
@@ -186,7 +186,7 @@ impl RootDir {
         }
         // SAFETY: fd is a fresh descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let is_slash = std::fs::canonicalize(path).is_ok_and(|p| p == Path::new("/"));
+        let is_slash = upkeep_fs::canonicalize(path).is_ok_and(|p| p == Path::new("/"));
         let mnt = {
             // SAFETY: statx with AT_EMPTY_PATH on our descriptor writes into `st`.
             let mut st: libc::statx = unsafe { std::mem::zeroed() };
@@ -647,11 +647,11 @@ mod tests {
     fn lookups_stay_inside_the_root() {
         let t = tempfile::tempdir().unwrap();
         let root = t.path().join("root");
-        std::fs::create_dir_all(root.join("usr/lib")).unwrap();
-        std::os::unix::fs::symlink("usr/lib", root.join("lib")).unwrap();
-        std::os::unix::fs::symlink("/", root.join("abs")).unwrap();
-        std::os::unix::fs::symlink("../../..", root.join("usr/lib/up")).unwrap();
-        std::fs::write(t.path().join("outside"), b"host").unwrap();
+        upkeep_fs::create_dir_all(root.join("usr/lib")).unwrap();
+        upkeep_fs::symlink("usr/lib", root.join("lib")).unwrap();
+        upkeep_fs::symlink("/", root.join("abs")).unwrap();
+        upkeep_fs::symlink("../../..", root.join("usr/lib/up")).unwrap();
+        upkeep_fs::write(t.path().join("outside"), b"host").unwrap();
         let r = RootDir::open(&root).unwrap();
         assert_eq!(r.canonical("lib/x.so", false).unwrap(), "usr/lib/x.so");
         assert_eq!(
@@ -665,15 +665,15 @@ mod tests {
         r.rename_in(
             &{
                 let f = t.path().join("staged");
-                std::fs::write(&f, b"new").unwrap();
+                upkeep_fs::write(&f, b"new").unwrap();
                 f
             },
             "abs/usr/lib/up/outside",
         )
         .unwrap();
-        assert_eq!(std::fs::read(t.path().join("outside")).unwrap(), b"host");
-        assert_eq!(std::fs::read(root.join("outside")).unwrap(), b"new");
-        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
+        assert_eq!(upkeep_fs::read(t.path().join("outside")).unwrap(), b"host");
+        assert_eq!(upkeep_fs::read(root.join("outside")).unwrap(), b"new");
+        upkeep_fs::symlink("loop", root.join("loop")).unwrap();
         assert!(r.canonical("loop/x", false).is_err());
     }
 }

@@ -91,23 +91,19 @@ fn parent_of(rel: &str) -> &str {
 /// Copies the staged file or symlink `staged` (in the work directory) to `to` in the root.
 fn copy_into(root: &RootDir, staged: &Path, to: &str) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let m = std::fs::symlink_metadata(staged).map_err(io(staged))?;
+    let m = upkeep_fs::symlink_metadata(staged).map_err(InstallError::from)?;
     if m.file_type().is_symlink() {
-        let target = std::fs::read_link(staged).map_err(io(staged))?;
+        let target = upkeep_fs::read_link(staged).map_err(InstallError::from)?;
         return root.symlink(&target.to_string_lossy(), to);
     }
     let mut out = root.create_file(to, m.permissions().mode() & 0o7777)?;
-    let mut src = std::fs::File::open(staged).map_err(io(staged))?;
+    let mut src = upkeep_fs::open(staged).map_err(InstallError::from)?;
     std::io::copy(&mut src, &mut out).map_err(|e| InstallError::io(&root.display(to), e))?;
     Ok(())
 }
 
-fn io(p: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
-    move |e| InstallError::io(p, e)
-}
-
 fn exists(p: &Path) -> Option<std::fs::Metadata> {
-    std::fs::symlink_metadata(p).ok()
+    upkeep_fs::symlink_metadata(p).ok()
 }
 
 fn stage_dir(layout: &Layout, id: i64) -> PathBuf {
@@ -132,7 +128,7 @@ pub const OWNER_FILE: &str = "owner";
 fn work_in_use(layout: &Layout) -> bool {
     ["backups", "pinned", "stage"]
         .iter()
-        .any(|d| std::fs::read_dir(layout.work.join(d)).is_ok_and(|mut rd| rd.next().is_some()))
+        .any(|d| upkeep_fs::read_dir(layout.work.join(d)).is_ok_and(|mut rd| rd.next().is_some()))
 }
 
 /// Binds the work directory to `store`, or refuses to use either when they do not belong
@@ -153,7 +149,7 @@ pub fn claim_work_tree(store: &Store, layout: &Layout) -> Result<()> {
             ),
         )
     };
-    match std::fs::read_to_string(&f) {
+    match upkeep_fs::read_to_string(&f) {
         Ok(id) if id.trim() == store.id() => Ok(()),
         Ok(id) => Err(damage(format!(
             "belongs to another state database (id {})",
@@ -169,43 +165,31 @@ pub fn claim_work_tree(store: &Store, layout: &Layout) -> Result<()> {
                 ));
             }
             // A new work directory, or one from before databases had an identity.
-            let tmp = layout.work.join(format!("{OWNER_FILE}.tmp"));
-            std::fs::write(&tmp, format!("{}\n", store.id())).map_err(io(&tmp))?;
-            std::fs::File::open(&tmp)
-                .and_then(|t| t.sync_all())
-                .map_err(io(&tmp))?;
-            std::fs::rename(&tmp, &f).map_err(io(&f))?;
-            std::fs::File::open(&layout.work)
-                .and_then(|d| d.sync_all())
-                .map_err(io(&layout.work))?;
+            upkeep_fs::write_atomic(&f, format!("{}\n", store.id()).as_bytes())?;
             Ok(())
         }
-        Err(e) => Err(InstallError::io(&f, e)),
+        Err(e) => Err(e.into()),
     }
 }
 
 /// Creates a directory that must not exist yet: a transaction's directories are its own.
 fn create_own_dir(d: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
     if let Some(parent) = d.parent() {
         crate::create_private_dir(parent)?;
     }
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(d)
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                InstallError::new(
-                    HResult::WU_E_DS_UNEXPECTED,
-                    format!(
-                        "{} exists already: it is not this transaction's; nothing was changed",
-                        d.display()
-                    ),
-                )
-            } else {
-                InstallError::io(d, e)
-            }
-        })
+    upkeep_fs::create_dir_mode(d, 0o700).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            InstallError::new(
+                HResult::WU_E_DS_UNEXPECTED,
+                format!(
+                    "{} exists already: it is not this transaction's; nothing was changed",
+                    d.display()
+                ),
+            )
+        } else {
+            e.into()
+        }
+    })
 }
 
 impl<'a> Tx<'a> {
@@ -227,7 +211,7 @@ impl<'a> Tx<'a> {
                 // Nothing was done under this transaction: forget it, touching no one
                 // else's directory.
                 for m in made {
-                    let _ = std::fs::remove_dir(m);
+                    let _ = upkeep_fs::remove_dir(m);
                 }
                 store.end_tx(id)?;
                 return Err(e);
@@ -450,9 +434,7 @@ impl<'a> Tx<'a> {
             for d in &linked {
                 if d.is_empty() {
                     let d = backup_dir(self.layout, self.id);
-                    std::fs::File::open(&d)
-                        .and_then(|f| f.sync_all())
-                        .map_err(io(&d))?;
+                    upkeep_fs::fsync_dir(&d)?;
                 } else {
                     root.fsync_dir(d)?;
                 }
@@ -472,7 +454,7 @@ impl<'a> Tx<'a> {
                         (None, None) => {
                             let tmp = self.stage_dir().join(format!("r{}", self.seq + i));
                             let src = self.layout.work.join(src);
-                            std::fs::hard_link(&src, &tmp).map_err(io(&src))?;
+                            upkeep_fs::hard_link(&src, &tmp).map_err(InstallError::from)?;
                             root.rename_in(&tmp, path)?;
                         }
                         (Some(in_root), Some(t)) => {
@@ -548,7 +530,7 @@ impl Drop for Tx<'_> {
 
 fn remove_dir_all_if_there(p: &Path) -> Result<()> {
     if exists(p).is_some() {
-        std::fs::remove_dir_all(p).map_err(io(p))?;
+        upkeep_fs::remove_dir_all(p).map_err(InstallError::from)?;
     }
     Ok(())
 }
@@ -643,19 +625,17 @@ fn finish_committed(store: &Store, layout: &Layout, id: i64) -> Result<()> {
                 continue;
             }
             let p = layout.work.join(rel);
-            match std::fs::remove_file(&p) {
-                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(InstallError::io(&p, err))
-                }
+            match upkeep_fs::remove_file(&p) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err.into()),
                 _ => {}
             }
             if let Some(parent) = p.parent() {
-                let _ = std::fs::remove_dir(parent); // the last one empties it
+                let _ = upkeep_fs::remove_dir(parent); // the last one empties it
             }
         }
     }
     remove_dir_all_if_there(&stage_dir(layout, id))?;
-    let _ = std::fs::remove_dir(backup_dir(layout, id));
+    let _ = upkeep_fs::remove_dir(backup_dir(layout, id));
     for a in areas_of(store, id)? {
         let _ = layout.dir.rmdir(&format!("{a}/stage/{id}"));
         let _ = layout.dir.rmdir(&format!("{a}/backups/{id}"));
@@ -669,7 +649,7 @@ fn finish_committed(store: &Store, layout: &Layout, id: i64) -> Result<()> {
 /// refers to (an upgraded or uninstalled `command` update's).
 fn collect_pinned(store: &Store, layout: &Layout) -> Result<()> {
     let dir = layout.work.join("pinned");
-    let Ok(rd) = std::fs::read_dir(&dir) else {
+    let Ok(rd) = upkeep_fs::read_dir(&dir) else {
         return Ok(());
     };
     let mut live: std::collections::HashSet<String> = store

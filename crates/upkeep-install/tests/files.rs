@@ -1,5 +1,6 @@
 //! The files handler and its transactions on real files: install, uninstall restoring what
 //! was there byte for byte, hostile archives refused before anything changes, rollback.
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;

@@ -1,5 +1,6 @@
 //! One test per rule of the design's "Job semantics". Synchronisation is by channels and
 //! barriers; no sleep stands in for it.
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -175,7 +175,7 @@ fn safe(s: &str) -> String {
 
 /// Reads the `.deb` at `deb`, writing its payload into `work` (a directory).
 pub fn read(deb: &Path, work: &Path) -> Result<DebPackage, PublishError> {
-    let data = std::fs::read(deb).map_err(|e| bad(deb, e))?;
+    let data = upkeep_fs::read(deb).map_err(|e| bad(deb, e))?;
     let members = ar_members(deb, &data)?;
     let find = |prefix: &str| {
         members
@@ -285,7 +285,7 @@ pub fn read(deb: &Path, work: &Path) -> Result<DebPackage, PublishError> {
                     .into(),
             ),
         };
-    std::fs::write(&payload, &bytes).map_err(|e| bad(&payload, e))?;
+    upkeep_fs::write(&payload, &bytes).map_err(|e| bad(&payload, e))?;
     Ok(DebPackage {
         machines: machines_of(&architecture),
         package,

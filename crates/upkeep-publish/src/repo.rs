@@ -19,13 +19,10 @@ use uuid::Uuid;
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     /// A file could not be read or written.
-    #[error("{path}: {cause}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause (said in the message; not a `source()`, so that it is said once).
-        cause: std::io::Error,
-    },
+    /// (The path and its cause are said in the message; not a `source()`, so that they
+    /// are said once.)
+    #[error("{0}")]
+    Io(upkeep_fs::PathError),
     /// The repository directory is not in the expected shape.
     #[error("{path}: {reason}")]
     Repository {
@@ -46,9 +43,12 @@ pub enum PublishError {
 }
 
 fn io(path: &Path, cause: std::io::Error) -> PublishError {
-    PublishError::Io {
-        path: path.to_path_buf(),
-        cause,
+    PublishError::Io(upkeep_fs::at(path)(cause))
+}
+
+impl From<upkeep_fs::PathError> for PublishError {
+    fn from(e: upkeep_fs::PathError) -> PublishError {
+        PublishError::Io(e)
     }
 }
 
@@ -133,7 +133,7 @@ impl ContentSource {
 
     fn read(&self) -> Result<Vec<u8>, PublishError> {
         match self {
-            ContentSource::File(p) => std::fs::read(p).map_err(|e| io(p, e)),
+            ContentSource::File(p) => upkeep_fs::read(p).map_err(PublishError::from),
             ContentSource::Bytes { data, .. } => Ok(data.clone()),
         }
     }
@@ -180,7 +180,7 @@ pub struct Manifest {
 impl Manifest {
     /// Reads a manifest and turns it into a [`NewUpdate`].
     pub fn load(path: &Path) -> Result<NewUpdate, PublishError> {
-        let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
+        let text = upkeep_fs::read_to_string(path).map_err(PublishError::from)?;
         let m: Manifest = toml::from_str(&text)
             .map_err(|e| PublishError::Invalid(format!("{}: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
@@ -346,14 +346,14 @@ impl Repository {
                 c.bins
             )));
         }
-        if let Ok(mut entries) = std::fs::read_dir(dir) {
+        if let Ok(mut entries) = upkeep_fs::read_dir(dir) {
             if entries.next().is_some() {
                 return Err(repo_err(dir, "exists and is not empty"));
             }
         }
         for sub in ["keys", "metadata", "targets"] {
             let p = dir.join(sub);
-            std::fs::create_dir_all(&p).map_err(|e| io(&p, e))?;
+            upkeep_fs::create_dir_all(&p).map_err(PublishError::from)?;
         }
         set_mode(&dir.join("keys"), 0o700)?;
         let mut keys = HashMap::new();
@@ -370,7 +370,7 @@ impl Repository {
         let cfg_path = dir.join("repository.toml");
         let cfg_text =
             toml::to_string_pretty(c).map_err(|e| PublishError::Invalid(e.to_string()))?;
-        std::fs::write(&cfg_path, cfg_text).map_err(|e| io(&cfg_path, e))?;
+        upkeep_fs::write(&cfg_path, cfg_text).map_err(PublishError::from)?;
         let lock = lock(dir)?;
         let mut repo = Repository {
             dir: dir.to_path_buf(),
@@ -401,7 +401,7 @@ impl Repository {
         offline_keys: Option<&Path>,
     ) -> Result<Repository, PublishError> {
         let cfg_path = dir.join("repository.toml");
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| io(&cfg_path, e))?;
+        let text = upkeep_fs::read_to_string(&cfg_path).map_err(PublishError::from)?;
         let config: RepositoryConfig =
             toml::from_str(&text).map_err(|e| repo_err(&cfg_path, e.to_string()))?;
         let lock = lock(dir)?;
@@ -420,7 +420,7 @@ impl Repository {
                     _ => {}
                 }
             }
-            let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
+            let text = upkeep_fs::read_to_string(&path).map_err(PublishError::from)?;
             let k = SigningKey::from_json(&text).map_err(|e| repo_err(&path, e))?;
             keys.insert(role.to_string(), k);
         }
@@ -613,7 +613,7 @@ impl Repository {
         let md = self.metadata_dir();
         let listing = |d: &Path| -> Result<Vec<String>, PublishError> {
             let mut v = Vec::new();
-            for e in std::fs::read_dir(d).map_err(|e| io(d, e))? {
+            for e in upkeep_fs::read_dir(d).map_err(PublishError::from)? {
                 let e = e.map_err(|e| io(d, e))?;
                 if let Ok(n) = e.file_name().into_string() {
                     v.push(n);
@@ -664,14 +664,14 @@ impl Repository {
                 continue;
             }
             let p = md.join(&n);
-            std::fs::remove_file(&p).map_err(|e| io(&p, e))?;
+            upkeep_fs::remove_file(&p).map_err(PublishError::from)?;
             report.metadata_removed += 1;
         }
         // Content: every file under targets/ that no kept role lists.
         let mut stack = vec![self.targets_dir()];
         let mut dirs = Vec::new();
         while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).map_err(|e| io(&d, e))? {
+            for e in upkeep_fs::read_dir(&d).map_err(PublishError::from)? {
                 let e = e.map_err(|e| io(&d, e))?;
                 let p = e.path();
                 let ft = e.file_type().map_err(|e| io(&p, e))?;
@@ -680,7 +680,7 @@ impl Repository {
                     dirs.push(p);
                 } else if !keep_content.contains(&p) {
                     let len = e.metadata().map(|m| m.len()).unwrap_or(0);
-                    std::fs::remove_file(&p).map_err(|e| io(&p, e))?;
+                    upkeep_fs::remove_file(&p).map_err(PublishError::from)?;
                     report.targets_removed += 1;
                     report.bytes_removed += len;
                 }
@@ -688,7 +688,7 @@ impl Repository {
         }
         dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
         for d in dirs {
-            let _ = std::fs::remove_dir(d); // only the empty ones go
+            let _ = upkeep_fs::remove_dir(d); // only the empty ones go
         }
         syncfs(&md)?;
         Ok(report)
@@ -723,7 +723,7 @@ impl Repository {
             .parent()
             .map_or_else(|| self.dir.join("keys"), Path::to_path_buf)
             .join("retired");
-        std::fs::create_dir_all(&retired).map_err(|e| io(&retired, e))?;
+        upkeep_fs::create_dir_all(&retired).map_err(PublishError::from)?;
         set_mode(&retired, 0o700)?;
         let kept = retired.join(format!("{role}-{}.json", &old.key_id()[..16]));
         if !kept.exists() {
@@ -731,9 +731,9 @@ impl Repository {
         }
         let new = SigningKey::generate();
         let tmp = key_path.with_extension("json.new");
-        let _ = std::fs::remove_file(&tmp);
+        let _ = upkeep_fs::remove_file(&tmp);
         write_private(&tmp, new.to_json().as_bytes())?;
-        std::fs::rename(&tmp, &key_path).map_err(|e| io(&key_path, e))?;
+        upkeep_fs::rename(&tmp, &key_path).map_err(PublishError::from)?;
         self.keys.insert(role.to_string(), new);
         let plan = match role {
             BINS_ROLE => RootPlan::IfDue,
@@ -803,7 +803,7 @@ impl Repository {
 
     fn read_meta<T: metadata::Role>(&self, name: &str) -> Result<T, PublishError> {
         let path = self.metadata_dir().join(name);
-        let data = std::fs::read(&path).map_err(|e| io(&path, e))?;
+        let data = upkeep_fs::read(&path).map_err(PublishError::from)?;
         let env = metadata::parse::<T>(name, &data).map_err(|e| repo_err(&path, e.to_string()))?;
         Ok(env.signed)
     }
@@ -853,7 +853,7 @@ impl Repository {
     /// these are the publisher's own files, about to be signed again.
     fn read_targets(&self, name: &str) -> Result<(Targets, bool), PublishError> {
         let path = self.metadata_dir().join(name);
-        let data = std::fs::read(&path).map_err(|e| io(&path, e))?;
+        let data = upkeep_fs::read(&path).map_err(PublishError::from)?;
         match metadata::parse::<Targets>(name, &data) {
             Ok(env) => Ok((env.signed, false)),
             Err(e) => {
@@ -1039,7 +1039,7 @@ impl Repository {
     ) -> Result<(), PublishError> {
         let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
         let d = self.targets_dir().join(dir);
-        std::fs::create_dir_all(&d).map_err(|e| io(&d, e))?;
+        upkeep_fs::create_dir_all(&d).map_err(PublishError::from)?;
         let file = d.join(format!("{}.{name}", &info.hashes["sha256"]));
         if file.exists() {
             return Ok(()); // content-addressed: same name, same bytes
@@ -1350,11 +1350,11 @@ impl Repository {
         };
         // The bundle's metadata, one version on, assembled beside the output.
         let work = out.with_extension("tmp-bundle.d");
-        let _ = std::fs::remove_dir_all(&work);
+        let _ = upkeep_fs::remove_dir_all(&work);
         let md = work.join("metadata");
-        std::fs::create_dir_all(&md).map_err(|e| io(&md, e))?;
+        upkeep_fs::create_dir_all(&md).map_err(PublishError::from)?;
         let written = self.write_bundle(out, &work, &cur, chosen, expires_secs, &mut report);
-        let _ = std::fs::remove_dir_all(&work);
+        let _ = upkeep_fs::remove_dir_all(&work);
         written?;
         Ok(report)
     }
@@ -1381,7 +1381,7 @@ impl Repository {
         )?;
         report.roles = signed.roles;
         let ts: Timestamp = {
-            let data = std::fs::read(md.join("timestamp.json")).map_err(|e| io(&md, e))?;
+            let data = upkeep_fs::read(md.join("timestamp.json")).map_err(PublishError::from)?;
             metadata::parse::<Timestamp>("timestamp", &data)
                 .map_err(|e| repo_err(&md, e.to_string()))?
                 .signed
@@ -1398,7 +1398,7 @@ impl Repository {
         let mtime = jiff::Timestamp::now().as_second().max(0) as u64;
         let tmp = out.with_extension("tmp-bundle");
         let written = (|| {
-            let f = File::create(&tmp).map_err(|e| io(&tmp, e))?;
+            let f = upkeep_fs::create(&tmp)?;
             let mut tar = tar::Builder::new(std::io::BufWriter::new(f));
             let mut add = |name: &str, data: &[u8], report: &mut BundleReport| {
                 let mut h = tar::Header::new_gnu();
@@ -1414,28 +1414,28 @@ impl Repository {
             for v in 1..=root.common.version {
                 let name = format!("{v}.root.json");
                 let path = self.metadata_dir().join(&name);
-                let data = std::fs::read(&path).map_err(|e| io(&path, e))?;
+                let data = upkeep_fs::read(&path).map_err(PublishError::from)?;
                 add(&format!("metadata/{name}"), &data, report)?;
                 if v == root.common.version {
                     add("metadata/root.json", &data, report)?;
                 }
             }
-            let mut names: Vec<String> = std::fs::read_dir(&md)
-                .map_err(|e| io(&md, e))?
+            let mut names: Vec<String> = upkeep_fs::read_dir(&md)
+                .map_err(PublishError::from)?
                 .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
                 .collect::<Result<_, _>>()
                 .map_err(|e| io(&md, e))?;
             names.sort();
             for name in names {
                 let path = md.join(&name);
-                let data = std::fs::read(&path).map_err(|e| io(&path, e))?;
+                let data = upkeep_fs::read(&path).map_err(PublishError::from)?;
                 add(&format!("metadata/{name}"), &data, report)?;
             }
             for (path, t) in &chosen {
                 let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
                 let stored = format!("{}.{name}", &t.hashes["sha256"]);
                 let src = self.targets_dir().join(dir).join(&stored);
-                let data = std::fs::read(&src).map_err(|e| io(&src, e))?;
+                let data = upkeep_fs::read(&src).map_err(PublishError::from)?;
                 let inner = if dir.is_empty() {
                     stored
                 } else {
@@ -1446,10 +1446,10 @@ impl Repository {
             let w = tar.into_inner().map_err(|e| io(&tmp, e))?;
             let f = w.into_inner().map_err(|e| io(&tmp, e.into_error()))?;
             f.sync_all().map_err(|e| io(&tmp, e))?;
-            std::fs::rename(&tmp, out).map_err(|e| io(out, e))
+            upkeep_fs::rename(&tmp, out).map_err(PublishError::from)
         })();
         if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = upkeep_fs::remove_file(&tmp);
         }
         written
     }
@@ -1606,43 +1606,36 @@ pub(crate) fn record_of(t: &TargetFile) -> Option<UpdateMetadata> {
 }
 
 fn write_file(path: &Path, data: &[u8]) -> Result<(), PublishError> {
-    let tmp = path.with_extension("tmp-publish");
-    let r = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(data)?;
-        std::fs::rename(&tmp, path)
-    })();
-    r.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io(path, e)
-    })
+    Ok(upkeep_fs::write_replace(path, |w| w.write_all(data))?)
 }
 
 fn write_private(path: &Path, data: &[u8]) -> Result<(), PublishError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| io(path, e))?;
+    let mut f = upkeep_fs::open_with(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600),
+        path,
+    )?;
     f.write_all(data).map_err(|e| io(path, e))?;
     f.sync_all().map_err(|e| io(path, e))
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), PublishError> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| io(path, e))
+    upkeep_fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(PublishError::from)
 }
 
 fn lock(dir: &Path) -> Result<File, PublishError> {
     match upkeep_fs::try_lock(&dir.join(".lock")) {
         Ok(Some(f)) => Ok(f),
         Ok(None) => Err(PublishError::Locked(dir.to_path_buf())),
-        Err(e) => Err(io(&e.path, e.source)),
+        Err(e) => Err(e.into()),
     }
 }
 
 fn syncfs(dir: &Path) -> Result<(), PublishError> {
-    upkeep_fs::syncfs(dir).map_err(|e| io(&e.path, e.source))
+    upkeep_fs::syncfs(dir).map_err(PublishError::from)
 }

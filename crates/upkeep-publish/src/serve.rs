@@ -361,7 +361,7 @@ fn respond(w: &mut TcpStream, req: &Request, mounts: &[Mount]) -> io::Result<boo
     let Some(path) = resolve(mounts, &req.path) else {
         return simple(w, 404, "Not Found", req.keep_alive);
     };
-    let Ok(mut file) = std::fs::File::open(&path) else {
+    let Ok(mut file) = upkeep_fs::open(&path) else {
         return simple(w, 404, "Not Found", req.keep_alive);
     };
     let meta = file.metadata()?;

@@ -1,4 +1,5 @@
 //! The development server over a real socket: keep-alive, HEAD, Range, If-Range, 416, 404.
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

@@ -383,7 +383,7 @@ CREATE INDEX owned_path ON owned(path);
 
 /// The boot id of the running kernel (changes at every boot).
 pub fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+    upkeep_fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
 }
@@ -514,7 +514,7 @@ impl Store {
             dir: shown.clone(),
             what,
         };
-        let wal = std::fs::metadata(dir.join("state.db-wal")).map_or(0, |m| m.len());
+        let wal = upkeep_fs::metadata(dir.join("state.db-wal")).map_or(0, |m| m.len());
         if wal > 0 || !path.is_file() {
             return Err(full(format!(
                 "the state database cannot be opened ({cause})"

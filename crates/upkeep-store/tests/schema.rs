@@ -1,5 +1,6 @@
 //! The schema version: a database written by the first release (schema 1, kept as a SQL
 //! dump in `fixtures/schema-v1.sql`) is migrated in place; a newer one is refused.
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 use upkeep_store::{OwnedKind, Store, StoreError, SCHEMA_VERSION};
 

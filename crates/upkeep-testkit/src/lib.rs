@@ -5,6 +5,7 @@
 //! exactly the attack it is about (rollback, freeze, mix-and-match, …). Serve it over real
 //! HTTP on loopback with [`RepoSim::serve`]. [`faults::FaultServer`] serves content with
 //! scripted faults for download tests.
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 pub mod faults;
 pub mod mounts;

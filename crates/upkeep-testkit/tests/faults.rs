@@ -1,4 +1,5 @@
 //! Each fault of the testkit's server does exactly what it says.
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -54,13 +54,13 @@ fn tmp_owner_alive(name: &str) -> bool {
 
 impl ContentCache {
     /// Opens (creating) a cache directory.
-    pub fn open(dir: &Path) -> io::Result<ContentCache> {
-        std::fs::create_dir_all(dir.join("objects"))?;
-        std::fs::create_dir_all(dir.join("partial"))?;
-        std::fs::create_dir_all(dir.join("verified"))?;
+    pub fn open(dir: &Path) -> Result<ContentCache, upkeep_fs::PathError> {
+        upkeep_fs::create_dir_all(dir.join("objects"))?;
+        upkeep_fs::create_dir_all(dir.join("partial"))?;
+        upkeep_fs::create_dir_all(dir.join("verified"))?;
         // Temporary files of a process that died between write and rename; a live one
         // renames within moments, so anything an hour old is litter.
-        if let Ok(rd) = std::fs::read_dir(dir.join("partial")) {
+        if let Ok(rd) = upkeep_fs::read_dir(dir.join("partial")) {
             for e in rd.flatten() {
                 let old = e
                     .metadata()
@@ -69,7 +69,7 @@ impl ContentCache {
                     .and_then(|t| t.elapsed().ok())
                     .is_some_and(|age| age > std::time::Duration::from_secs(3600));
                 if old && e.file_name().to_string_lossy().ends_with(".tmp") {
-                    let _ = std::fs::remove_file(e.path());
+                    let _ = upkeep_fs::remove_file(e.path());
                 }
             }
         }
@@ -112,7 +112,7 @@ impl ContentCache {
     pub fn get(&self, file: &ContentFile) -> Option<PathBuf> {
         let k = key(file)?;
         let p = self.object_path(&k);
-        let m = std::fs::symlink_metadata(&p).ok()?;
+        let m = upkeep_fs::symlink_metadata(&p).ok()?;
         let whole = m.is_file() && m.len() == file.length;
         if whole && self.stamp_matches(&k, &m) {
             self.touch(&k);
@@ -154,8 +154,8 @@ impl ContentCache {
     /// Removes `file`'s object and its stamp (it was found damaged).
     pub fn evict(&self, file: &ContentFile) {
         let Some(k) = key(file) else { return };
-        let _ = std::fs::remove_file(self.object_path(&k));
-        let _ = std::fs::remove_file(self.stamp_path(&k));
+        let _ = upkeep_fs::remove_file(self.object_path(&k));
+        let _ = upkeep_fs::remove_file(self.stamp_path(&k));
     }
 
     fn stamp_path(&self, key: &str) -> PathBuf {
@@ -163,17 +163,17 @@ impl ContentCache {
     }
 
     fn stamp_matches(&self, key: &str, m: &std::fs::Metadata) -> bool {
-        std::fs::read_link(self.stamp_path(key)).is_ok_and(|t| t.as_os_str() == &*stamp_of(m))
+        upkeep_fs::read_link(self.stamp_path(key)).is_ok_and(|t| t.as_os_str() == &*stamp_of(m))
     }
 
     /// Records the object `key` as verified, as it is now. The stamp is a symlink whose
     /// target names the object's inode, modification time and size, replaced atomically.
-    pub(crate) fn stamp(&self, key: &str) -> io::Result<()> {
-        let m = std::fs::symlink_metadata(self.object_path(key))?;
+    pub(crate) fn stamp(&self, key: &str) -> Result<(), upkeep_fs::PathError> {
+        let m = upkeep_fs::symlink_metadata(self.object_path(key))?;
         let tmp = self.temp_path(key);
-        std::os::unix::fs::symlink(stamp_of(&m), &tmp)?;
-        std::fs::rename(&tmp, self.stamp_path(key)).inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
+        upkeep_fs::symlink(stamp_of(&m), &tmp)?;
+        upkeep_fs::rename(&tmp, self.stamp_path(key)).inspect_err(|_| {
+            let _ = upkeep_fs::remove_file(&tmp);
         })
     }
 
@@ -181,12 +181,12 @@ impl ContentCache {
     /// `readlink` and a `stat` per cached object — not per update: cheap for a search
     /// result of 100,000 updates).
     pub fn object_keys(&self) -> std::collections::HashSet<String> {
-        std::fs::read_dir(self.dir.join("verified"))
+        upkeep_fs::read_dir(self.dir.join("verified"))
             .map(|rd| {
                 rd.filter_map(|e| e.ok())
                     .filter_map(|e| e.file_name().into_string().ok())
                     .filter(|k| {
-                        std::fs::symlink_metadata(self.object_path(k))
+                        upkeep_fs::symlink_metadata(self.object_path(k))
                             .is_ok_and(|m| m.is_file() && self.stamp_matches(k, &m))
                     })
                     .collect()
@@ -217,13 +217,13 @@ impl ContentCache {
     /// Every object in the cache, verified or not, with its size and when it was last
     /// used, least recently used first.
     pub fn entries(&self) -> Vec<CacheEntry> {
-        let mut out: Vec<CacheEntry> = std::fs::read_dir(self.dir.join("objects"))
+        let mut out: Vec<CacheEntry> = upkeep_fs::read_dir(self.dir.join("objects"))
             .map(|rd| {
                 rd.filter_map(|e| e.ok())
                     .filter_map(|e| {
                         let key = e.file_name().into_string().ok()?;
                         let m = e.metadata().ok()?;
-                        let stamp = std::fs::symlink_metadata(self.stamp_path(&key)).ok();
+                        let stamp = upkeep_fs::symlink_metadata(self.stamp_path(&key)).ok();
                         Some(CacheEntry {
                             verified: stamp.is_some() && self.stamp_matches(&key, &m),
                             last_used: stamp
@@ -249,7 +249,7 @@ impl ContentCache {
     /// import that has not been renamed into `objects/` yet): (file name, bytes, last
     /// written).
     pub fn partials(&self) -> Vec<(String, u64, std::time::SystemTime)> {
-        std::fs::read_dir(self.dir.join("partial"))
+        upkeep_fs::read_dir(self.dir.join("partial"))
             .map(|rd| {
                 rd.filter_map(|e| e.ok())
                     .filter_map(|e| {
@@ -266,9 +266,9 @@ impl ContentCache {
     /// Removes the object `key` and its stamp; the bytes freed.
     pub fn remove_key(&self, key: &str) -> u64 {
         let p = self.object_path(key);
-        let n = std::fs::symlink_metadata(&p).map_or(0, |m| m.len());
-        let gone = std::fs::remove_file(&p).is_ok();
-        let _ = std::fs::remove_file(self.stamp_path(key));
+        let n = upkeep_fs::symlink_metadata(&p).map_or(0, |m| m.len());
+        let gone = upkeep_fs::remove_file(&p).is_ok();
+        let _ = upkeep_fs::remove_file(self.stamp_path(key));
         if gone {
             n
         } else {
@@ -292,7 +292,7 @@ impl ContentCache {
                 if tmp_owner_alive(&name) {
                     continue;
                 }
-                if std::fs::remove_file(&path).is_ok() {
+                if upkeep_fs::remove_file(&path).is_ok() {
                     removed.0 += 1;
                     removed.1 += bytes;
                 }
@@ -302,9 +302,9 @@ impl ContentCache {
             let Ok(Some(_held)) = upkeep_fs::try_lock(&path) else {
                 continue;
             };
-            if std::fs::remove_file(&path).is_ok() {
+            if upkeep_fs::remove_file(&path).is_ok() {
                 let key = name.trim_end_matches(".part");
-                let _ = std::fs::remove_file(self.meta_path(key));
+                let _ = upkeep_fs::remove_file(self.meta_path(key));
                 removed.0 += 1;
                 removed.1 += bytes;
             }
@@ -343,7 +343,7 @@ impl ContentCache {
     /// Bytes of an unfinished transfer of `file` kept for resuming.
     pub fn partial_len(&self, file: &ContentFile) -> u64 {
         key(file)
-            .and_then(|k| std::fs::metadata(self.partial_path(&k)).ok())
+            .and_then(|k| upkeep_fs::metadata(self.partial_path(&k)).ok())
             .map_or(0, |m| m.len())
     }
 }
@@ -381,7 +381,7 @@ fn hashes_match(p: &Path, file: &ContentFile) -> io::Result<bool> {
     let Some(mut d) = crate::pipeline::Digests::for_file(file) else {
         return Ok(false);
     };
-    let mut f = std::fs::File::open(p)?;
+    let mut f = upkeep_fs::open(p)?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = f.read(&mut buf)?;

@@ -136,13 +136,16 @@ pub enum TransferError {
         message: String,
     },
     /// The cache could not be written.
-    #[error("{path}: {cause}")]
-    Io {
-        /// The local file.
-        path: PathBuf,
-        /// The cause (said in the message; not a `source()`, so that it is said once).
-        cause: std::io::Error,
-    },
+    /// (The path and its cause are said in the message; not a `source()`, so that they
+    /// are said once.)
+    #[error("{0}")]
+    Io(upkeep_fs::PathError),
+}
+
+impl From<upkeep_fs::PathError> for TransferError {
+    fn from(e: upkeep_fs::PathError) -> TransferError {
+        TransferError::Io(e)
+    }
 }
 
 impl TransferError {
@@ -155,12 +158,12 @@ impl TransferError {
             TransferError::HashMismatch { .. } => HResult::WU_E_DM_INCORRECTFILEHASH,
             TransferError::NoUsableHash { .. } => HResult::WU_E_DM_UNKNOWNALGORITHM,
             TransferError::DiskFull { .. } => HResult::E_DISK_FULL,
-            TransferError::Io { cause, .. }
-                if matches!(cause.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) =>
+            TransferError::Io(e)
+                if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) =>
             {
                 HResult::E_DISK_FULL
             }
-            TransferError::Io { .. } => HResult::WU_E_DM_UNEXPECTED,
+            TransferError::Io(_) => HResult::WU_E_DM_UNEXPECTED,
         }
     }
 }
@@ -175,7 +178,7 @@ fn copy_verified(
     what: &str,
 ) -> Result<PathBuf, TransferError> {
     use std::io::{Read, Write};
-    let mut input = match std::fs::File::open(src) {
+    let mut input = match upkeep_fs::open(src) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(TransferError::NotFound {
@@ -183,16 +186,16 @@ fn copy_verified(
                 mirrors: 1,
             })
         }
-        Err(e) => return Err(io_err(src)(e)),
+        Err(e) => return Err(e.into()),
     };
     let mut digests = Digests::for_file(file).ok_or_else(|| TransferError::NoUsableHash {
         path: what.to_string(),
     })?;
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(tmp)
-        .map_err(io_err(tmp))?;
+    let mut out = upkeep_fs::open_with(
+        std::fs::OpenOptions::new().write(true).create_new(true),
+        tmp,
+    )
+    .map_err(TransferError::from)?;
     let result = (|| {
         let mut buf = vec![0u8; 1 << 20];
         let mut total = 0u64;
@@ -228,11 +231,11 @@ fn copy_verified(
                 alg,
             })?;
         drop(out);
-        std::fs::rename(tmp, obj).map_err(io_err(obj))?;
+        upkeep_fs::rename(tmp, obj).map_err(TransferError::from)?;
         Ok(obj.to_path_buf())
     })();
     if result.is_err() {
-        let _ = std::fs::remove_file(tmp);
+        let _ = upkeep_fs::remove_file(tmp);
     }
     result
 }
@@ -252,7 +255,7 @@ impl ContentCache {
             &self.object_path(&key),
             &file.path,
         )?;
-        self.stamp(&key).map_err(io_err(&obj))?;
+        self.stamp(&key).map_err(TransferError::from)?;
         Ok(obj)
     }
 }
@@ -286,16 +289,17 @@ impl ContentCache {
     ) -> Result<Imported, TransferError> {
         use std::io::{Read, Write};
         use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-        let mut input = match std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(src)
-        {
+        let mut input = match upkeep_fs::open_with(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK),
+            src,
+        ) {
             Ok(f) => f,
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
                 return Ok(Imported::NotRegular("a symbolic link"))
             }
-            Err(e) => return Err(io_err(src)(e)),
+            Err(e) => return Err(e.into()),
         };
         let meta = input.metadata().map_err(io_err(src))?;
         let t = meta.file_type();
@@ -316,11 +320,11 @@ impl ContentCache {
             return Ok(Imported::Unmatched);
         }
         let tmp = self.temp_path("import");
-        let mut out = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
+        let mut out = upkeep_fs::open_with(
+            std::fs::OpenOptions::new().write(true).create_new(true),
+            &tmp,
+        )
+        .map_err(TransferError::from)?;
         let result = (|| {
             use sha2::Digest;
             let mut sha = sha2::Sha256::new();
@@ -357,7 +361,7 @@ impl ContentCache {
                     Digests::for_file(file).ok_or_else(|| TransferError::NoUsableHash {
                         path: file.path.clone(),
                     })?;
-                let mut copy = std::fs::File::open(&tmp).map_err(io_err(&tmp))?;
+                let mut copy = upkeep_fs::open(&tmp).map_err(TransferError::from)?;
                 loop {
                     let n = copy.read(&mut buf).map_err(io_err(&tmp))?;
                     if n == 0 {
@@ -378,22 +382,19 @@ impl ContentCache {
             }
             drop(out);
             let obj = self.object_path(&key);
-            std::fs::rename(&tmp, &obj).map_err(io_err(&obj))?;
-            self.stamp(&key).map_err(io_err(&obj))?;
+            upkeep_fs::rename(&tmp, &obj).map_err(TransferError::from)?;
+            self.stamp(&key).map_err(TransferError::from)?;
             Ok(Imported::New((*file).clone(), obj))
         })();
         if !matches!(result, Ok(Imported::New(..))) {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = upkeep_fs::remove_file(&tmp);
         }
         result
     }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TransferError + '_ {
-    move |cause| TransferError::Io {
-        path: path.to_path_buf(),
-        cause,
-    }
+    move |cause| TransferError::Io(upkeep_fs::at(path)(cause))
 }
 
 /// How often waits look at the abort flag.
@@ -520,10 +521,8 @@ impl Engine {
     /// An engine over `cache`, with its own transfer thread. Honours the
     /// `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY`/`NO_PROXY` variables (and lowercase forms).
     pub fn new(cache: ContentCache, opts: TransferOptions) -> Result<Engine, TransferError> {
-        let rt = Runtime::start().map_err(|e| TransferError::Io {
-            path: PathBuf::from("<transfer thread>"),
-            cause: e,
-        })?;
+        let rt = Runtime::start()
+            .map_err(|e| TransferError::Io(upkeep_fs::at(Path::new("<transfer thread>"))(e)))?;
         Engine::with_runtime(cache, opts, rt)
     }
 
@@ -608,7 +607,7 @@ impl Engine {
     /// Flushes everything committed to the cache to disk (one `syncfs`, instead of an
     /// `fsync` per file). Blocking.
     pub fn sync(&self) -> Result<(), TransferError> {
-        upkeep_fs::syncfs(self.inner.cache.dir()).map_err(|e| io_err(&e.path)(e.source))
+        upkeep_fs::syncfs(self.inner.cache.dir()).map_err(TransferError::from)
     }
 
     /// Downloads `file` from the first mirror that has it (`urls` are full URLs of the same
@@ -637,12 +636,12 @@ impl Engine {
         let r = self
             .fetch_inner(file, urls, priority, progress, abort)
             .await;
-        if let Err(TransferError::Io { cause, .. }) = &r {
+        if let Err(TransferError::Io(cause)) = &r {
             if matches!(cause.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
                 let c = &self.inner.cache;
                 if let Some(k) = key(file) {
-                    let _ = std::fs::remove_file(c.partial_path(&k));
-                    let _ = std::fs::remove_file(c.meta_path(&k));
+                    let _ = upkeep_fs::remove_file(c.partial_path(&k));
+                    let _ = upkeep_fs::remove_file(c.meta_path(&k));
                 }
                 return Err(TransferError::DiskFull {
                     path: file.path.clone(),
@@ -734,7 +733,7 @@ impl Engine {
             if let Some(p) = self.inner.cache.get(file) {
                 // Another transfer finished it while this one waited.
                 if locked.metadata().is_ok_and(|m| m.len() == 0) {
-                    let _ = std::fs::remove_file(self.inner.cache.partial_path(&key));
+                    let _ = upkeep_fs::remove_file(self.inner.cache.partial_path(&key));
                 }
                 report.bytes_done = file.length;
                 progress(report);
@@ -742,7 +741,7 @@ impl Engine {
             }
             let meta = self.inner.cache.meta_path(&key);
             Partial::Disk(DiskPartial {
-                validator: std::fs::read_to_string(&meta)
+                validator: upkeep_fs::read_to_string(&meta)
                     .ok()
                     .filter(|v| !v.is_empty()),
                 file: locked,
@@ -752,8 +751,7 @@ impl Engine {
         };
         let need = file.length.saturating_sub(part.len()?);
         let reserve = self.inner.opts.disk_reserve;
-        let avail =
-            upkeep_fs::free_space(self.inner.cache.dir()).map_err(|e| io_err(&e.path)(e.source))?;
+        let avail = upkeep_fs::free_space(self.inner.cache.dir()).map_err(TransferError::from)?;
         if avail < need.saturating_add(reserve) {
             return Err(TransferError::DiskFull {
                 path: what,
@@ -814,8 +812,8 @@ impl Engine {
             let checked = match (&mut part, digests) {
                 (Partial::Disk(d), Some(digests)) => match digests.check(file) {
                     Ok(()) => {
-                        std::fs::rename(&d.path, &obj).map_err(io_err(&obj))?;
-                        let _ = std::fs::remove_file(&d.meta);
+                        upkeep_fs::rename(&d.path, &obj).map_err(TransferError::from)?;
+                        let _ = upkeep_fs::remove_file(&d.meta);
                         Ok(())
                     }
                     Err(alg) => Err(alg),
@@ -829,7 +827,7 @@ impl Engine {
             };
             match checked {
                 Ok(()) => {
-                    self.inner.cache.stamp(&key).map_err(io_err(&obj))?;
+                    self.inner.cache.stamp(&key).map_err(TransferError::from)?;
                     return Ok(obj);
                 }
                 Err(alg) => {
@@ -856,14 +854,14 @@ impl Engine {
         use std::os::unix::fs::MetadataExt;
         let path = self.inner.cache.partial_path(key);
         loop {
-            let Some(f) = upkeep_fs::try_lock(&path).map_err(|e| io_err(&e.path)(e.source))? else {
+            let Some(f) = upkeep_fs::try_lock(&path).map_err(TransferError::from)? else {
                 sleep(SLICE, abort, what).await?;
                 continue;
             };
             // The holder may have renamed (committed) the file meanwhile: only the file
             // still at the path counts.
             let mine = f.metadata().map_err(io_err(&path))?.ino();
-            if std::fs::metadata(&path).is_ok_and(|m| m.ino() == mine) {
+            if upkeep_fs::metadata(&path).is_ok_and(|m| m.ino() == mine) {
                 return Ok(f);
             }
         }
@@ -1167,9 +1165,9 @@ impl Partial {
                     return Ok(());
                 }
                 match &v {
-                    Some(v) => std::fs::write(&d.meta, v).map_err(io_err(&d.meta))?,
+                    Some(v) => upkeep_fs::write(&d.meta, v).map_err(TransferError::from)?,
                     None => {
-                        let _ = std::fs::remove_file(&d.meta);
+                        let _ = upkeep_fs::remove_file(&d.meta);
                     }
                 }
                 d.validator = v;
@@ -1198,29 +1196,29 @@ async fn commit_from_memory(
 ) -> Result<Result<(), String>, TransferError> {
     let (file, obj) = (file.clone(), obj.to_path_buf());
     let tmp2 = tmp.clone();
-    let work = move || -> std::io::Result<Result<(), String>> {
+    let work = move || -> Result<Result<(), String>, upkeep_fs::PathError> {
         for c in &chunks {
             digests.update(c);
         }
         if let Err(alg) = digests.check(&file) {
             return Ok(Err(alg));
         }
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp2)?;
+        let mut f = upkeep_fs::open_with(
+            std::fs::OpenOptions::new().write(true).create_new(true),
+            &tmp2,
+        )?;
         for c in &chunks {
-            std::io::Write::write_all(&mut f, c)?;
+            std::io::Write::write_all(&mut f, c).map_err(upkeep_fs::at(&tmp2))?;
         }
         drop(f);
-        std::fs::rename(&tmp2, &obj)?;
+        upkeep_fs::rename(&tmp2, &obj)?;
         Ok(Ok(()))
     };
     match tokio::task::spawn_blocking(work).await {
         Ok(Ok(r)) => Ok(r),
         Ok(Err(e)) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(io_err(&tmp)(e))
+            let _ = upkeep_fs::remove_file(&tmp);
+            Err(e.into())
         }
         Err(e) => Err(io_err(&tmp)(std::io::Error::other(format!(
             "a transfer task failed: {e}"

@@ -1,5 +1,6 @@
 //! Every fault the testkit can inject ends in the right bytes in the cache or a precise
 //! error, never in corrupt content.
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -2,6 +2,7 @@
 //! read: a FIFO (never waited on), a symbolic link (never followed), a file of another
 //! hash (nothing left behind), and the right file (one pass, committed and stamped); and
 //! the temporary copy of an import killed mid-way, listed and removed by `remove_partials`.
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 use std::path::Path;
 use std::time::Duration;

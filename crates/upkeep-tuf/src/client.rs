@@ -129,7 +129,7 @@ impl Client {
         if verify {
             TrustedSet::new(root_bytes, jiff::Timestamp::now())?;
         }
-        std::fs::create_dir_all(metadata_dir).map_err(|e| Error::io(metadata_dir, e))?;
+        upkeep_fs::create_dir_all(metadata_dir)?;
         write_atomic(&metadata_dir.join("root.json"), root_bytes)
     }
 
@@ -149,7 +149,7 @@ impl Client {
             cfg.metadata_url.push('/');
         }
         let path = cfg.metadata_dir.join("root.json");
-        let root = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let root = upkeep_fs::read(&path)?;
         let trusted = TrustedSet::new(&root, now)?;
         Ok(Client {
             cfg,
@@ -231,7 +231,7 @@ impl Client {
     }
 
     fn read_local(&self, role: &str) -> Option<Vec<u8>> {
-        std::fs::read(self.local_path(role)).ok()
+        upkeep_fs::read(self.local_path(role)).ok()
     }
 
     /// Stores verified metadata by rename. Root and timestamp are also flushed: a lost root
@@ -320,7 +320,7 @@ impl Client {
         let path = self.local_path(role);
         if self
             .trusted
-            .check_loaded_through(role, delegator, || std::fs::read(&path).ok())?
+            .check_loaded_through(role, delegator, || upkeep_fs::read(&path).ok())?
         {
             return Ok(());
         }
@@ -612,13 +612,13 @@ impl Client {
                 .unwrap_or("target")
         ));
         let result = (|| {
-            let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            let mut f = upkeep_fs::create(&tmp)?;
             reader.copy_to(&mut f)?;
             f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-            std::fs::rename(&tmp, dest).map_err(|e| Error::io(dest, e))
+            Ok(upkeep_fs::rename(&tmp, dest)?)
         })();
         if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = upkeep_fs::remove_file(&tmp);
         }
         result
     }
@@ -703,24 +703,11 @@ pub fn read_limited(mut reader: impl Read, max: u64, what: &str) -> Result<Vec<u
 /// ([`upkeep_fs::write_atomic`]), so readers see the old or the new bytes, and the new
 /// bytes survive a power cut.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    upkeep_fs::write_atomic(path, data).map_err(|e| Error::io(e.path, e.source))
+    Ok(upkeep_fs::write_atomic(path, data)?)
 }
 
 /// Replaces `path` by rename, without flushing (a role lost to a power cut is fetched
 /// again).
 fn write_file(path: &Path, data: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let r = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = r {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
-    Ok(())
+    Ok(upkeep_fs::write_replace(path, |w| w.write_all(data))?)
 }

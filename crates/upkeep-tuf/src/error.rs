@@ -127,13 +127,10 @@ pub enum Error {
         role: String,
     },
     /// Local metadata could not be read or written.
-    #[error("{path}: {cause}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause (said in the message; not a `source()`, so that it is said once).
-        cause: std::io::Error,
-    },
+    /// (The path and its cause are said in the message; not a `source()`, so that they
+    /// are said once.)
+    #[error("{0}")]
+    Io(upkeep_fs::PathError),
     /// A limit of [`crate::Limits`] was reached.
     #[error("{0}")]
     Limit(String),
@@ -151,19 +148,19 @@ impl Error {
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, cause: std::io::Error) -> Error {
-        Error::Io {
-            path: path.into(),
-            cause,
-        }
+        Error::Io(upkeep_fs::at(&path.into())(cause))
     }
 
     /// True when the metadata itself was refused (signatures, versions, expiry, hashes,
     /// format): the repository is not trustworthy right now, as opposed to unreachable.
     pub fn is_verification_failure(&self) -> bool {
-        !matches!(
-            self,
-            Error::Transport(_) | Error::Io { .. } | Error::State(_)
-        )
+        !matches!(self, Error::Transport(_) | Error::Io(_) | Error::State(_))
+    }
+}
+
+impl From<upkeep_fs::PathError> for Error {
+    fn from(e: upkeep_fs::PathError) -> Error {
+        Error::Io(e)
     }
 }
 

@@ -279,9 +279,9 @@ impl Transport for FileTransport {
             .decode_utf8()
             .map_err(|_| TransportError::InvalidUrl { url: url.into() })?
             .into_owned();
-        match std::fs::File::open(&decoded) {
+        match upkeep_fs::open(&decoded) {
             Ok(f) => Ok(Box::new(f)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(TransportError::NotFound {
+            Err(e) if e.is_not_found() => Err(TransportError::NotFound {
                 url: url.into(),
                 status: 404,
             }),

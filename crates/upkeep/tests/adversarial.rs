@@ -1,6 +1,7 @@
 //! Searches against hostile repositories built with the testkit and served over real HTTP
 //! on loopback. Every attack must end in a precise WUA code with the trusted metadata left
 //! exactly as it was.
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,6 +1,7 @@
 //! One agent, many sessions: what they share (the catalog in memory, the transfer queue,
 //! the install lock) and what each keeps (its caller's name, read-only), over a real
 //! loopback repository.
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};

@@ -3,6 +3,7 @@
 //! positive and negative, through search, the update's checks (what `show` prints) and
 //! install; prerequisites ordered within a job; detection; unknown fields ignored; and this
 //! machine's own facts.
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 use std::collections::BTreeSet;
 

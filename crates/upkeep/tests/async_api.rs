@@ -2,6 +2,7 @@
 //! job's result can be awaited and its progress watched as a stream, from `async` code on
 //! a tokio runtime (the work runs on the job's own threads, so no blocking call reaches
 //! the caller's runtime). A real loopback repository, a real install root.
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 use upkeep::{
     Agent, AsyncState, DownloadJob, DownloadResult, InstallationJob, InstallationResult,

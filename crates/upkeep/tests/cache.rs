@@ -3,6 +3,7 @@
 //! failed), a size cap with least-recently-used eviction that spares the job's own content,
 //! old unfinished downloads removed, `clean_cache`, and a `command` update uninstalling from
 //! its pinned copy after its content left the cache.
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};

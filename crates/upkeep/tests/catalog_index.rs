@@ -2,6 +2,7 @@
 //! repository reads it instead of the targets roles (every search result the same), it is
 //! rebuilt when the trusted metadata changes, and a changed table or record is detected —
 //! the search still answers from the verified metadata and the index is rewritten.
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

@@ -1,4 +1,5 @@
 //! The downloader over a real loopback repository: callbacks, results, errors, abort.
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};

@@ -1,5 +1,6 @@
 //! The installer over a real loopback repository: files and command handlers, results,
 //! history, state in search, every per-update code, busy across installers.
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 use std::sync::{Arc, Mutex};
 

@@ -4,6 +4,7 @@
 //! neither read nor run a backup of a replaced setuid file,
 //! nor read the state, nor take the install lock; and no payload may write into the state
 //! directory when it lies inside the install root.
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;

@@ -1,5 +1,6 @@
 //! Property tests: the criteria parser and the metadata parser never panic, report
 //! positions inside the input, and accept everything the grammar generates.
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 use proptest::prelude::*;
 use upkeep::criteria::Criteria;

@@ -1,4 +1,5 @@
 //! `begin_search` / `end_search` over a real loopback repository.
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 use std::sync::mpsc;
 use std::sync::Arc;

@@ -3,6 +3,7 @@
 //! service's trust is its own (one cannot sign for another's ids, nor replace an update
 //! installed from another); registration errors leave nothing behind; a service that
 //! cannot be reached is a warning while the others are searched.
+#![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
 use upkeep::{HResult, OperationResultCode, ServerSelection, UpdateCollection, UpdateSession};
 use upkeep_testkit::{tar_zst, RepoSim};

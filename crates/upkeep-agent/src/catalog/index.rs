@@ -52,7 +52,7 @@ impl Key {
     /// The key of the metadata trusted in `dir` now; `None` without a snapshot.
     pub(crate) fn of(dir: &Path) -> Option<Key> {
         let h = |name: &str| {
-            std::fs::read(dir.join(name))
+            upkeep_fs::read(dir.join(name))
                 .ok()
                 .map(|b| hex::encode(sha2::Sha256::digest(&b)))
         };
@@ -343,17 +343,17 @@ fn encode(
 /// Opens the index at `path` if it was built under `key` and its table is intact: the
 /// catalog (entries read as needed) — `None` otherwise (a damaged one is removed).
 pub(crate) fn open(path: &Path, key: &Key) -> Option<Catalog> {
-    let file = std::fs::File::open(path).ok()?;
+    let file = upkeep_fs::open(path).ok()?;
     let refuse = |why: &str| {
         tracing::warn!(index = %path.display(), "catalog index refused ({why}); rebuilding it from the verified metadata");
-        let _ = std::fs::remove_file(path);
+        let _ = upkeep_fs::remove_file(path);
         None
     };
     let mut head = [0u8; 16];
     if file.read_exact_at(&mut head, 0).is_ok() && head[..6] == MAGIC[..6] && head[..8] != *MAGIC {
         // Written by another version of the agent: simply rebuilt.
         tracing::debug!(index = %path.display(), "catalog index of another format; rebuilding it");
-        let _ = std::fs::remove_file(path);
+        let _ = upkeep_fs::remove_file(path);
         return None;
     }
     if file.read_exact_at(&mut head, 0).is_err() || &head[..8] != MAGIC {
@@ -475,7 +475,7 @@ impl Lazy {
             None => {
                 if !self.tampered.swap(true, Ordering::SeqCst) {
                     tracing::warn!(index = %self.path.display(), update = %s.id, "a record of the catalog index was changed; rebuilding the catalog from the verified metadata");
-                    let _ = std::fs::remove_file(&self.path);
+                    let _ = upkeep_fs::remove_file(&self.path);
                 }
                 None
             }

@@ -66,7 +66,7 @@ fn run() -> Result<(), String> {
                 .as_ref()
                 .ok_or("--metadata-dir is required")?;
             let root = a.positional.first().ok_or("init needs TRUSTED_ROOT")?;
-            let bytes = std::fs::read(root).map_err(|e| format!("{root}: {e}"))?;
+            let bytes = upkeep_fs::read(root).map_err(|e| e.to_string())?;
             Client::init_trusted_root(dir, &bytes, false).map_err(|e| e.to_string())
         }
         Some("refresh") => client(&a)?.refresh().map_err(|e| e.to_string()),
@@ -87,7 +87,7 @@ fn run() -> Result<(), String> {
                     .map_err(|e| e.to_string())?
                     .ok_or_else(|| format!("{name}: not found in the repository"))?;
                 let dest = dir.join(encode_role(name));
-                if let Ok(f) = std::fs::File::open(&dest) {
+                if let Ok(f) = upkeep_fs::open(&dest) {
                     if let Ok(mut r) = TargetReader::new(name, &info, f) {
                         if r.copy_to(&mut std::io::sink()).is_ok() {
                             continue;
