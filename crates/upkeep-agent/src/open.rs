@@ -294,6 +294,7 @@ impl AgentBuilder {
         if !self.no_recovery {
             agent.recover()?;
         }
+        tracing::debug!(state_dir = %agent.config().state_dir.display(), "agent opened");
         Ok(agent)
     }
 }

@@ -165,7 +165,8 @@ pub fn select(
             .collect::<Vec<_>>()
             .join(" or "),
     };
-    let (_session, result) = global.search(&criteria, offline, !ids.is_empty(), json)?;
+    let scope = crate::search_cmd::Scope::naming(offline, !ids.is_empty());
+    let (_session, result) = crate::search_cmd::run(global, &criteria, scope, json)?;
     let found = result.updates().clone();
     let named = |r: &UpdateRef, u: &upkeep::Update| {
         r.names(&u.identity().update_id.to_string(), u.kb_article_ids())

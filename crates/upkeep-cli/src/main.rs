@@ -3,6 +3,7 @@
 //! terminals; libraries report through types and `tracing`.
 
 mod cache_cmd;
+mod completions;
 #[cfg(feature = "publisher")]
 mod demo;
 mod download_cmd;
@@ -13,6 +14,7 @@ mod manual;
 mod output;
 #[cfg(feature = "publisher")]
 mod repo_cmd;
+mod search_cmd;
 mod service_cmd;
 
 use std::path::PathBuf;
@@ -55,7 +57,7 @@ struct Logging {
 /// Settings of the agent commands (they override the configuration file and `UPKEEP_*`
 /// variables): given before the command, or after an agent command — not offered where
 /// they would mean nothing (`repo`, `demo`, `completions`, `man`).
-#[derive(Args, Debug, Clone, Default)]
+#[derive(Args, Debug, Clone, Default, PartialEq, Eq)]
 pub struct Global {
     /// Repository base URL (serves <URL>/metadata/ and <URL>/targets/), or a local
     /// directory.
@@ -101,45 +103,9 @@ impl Global {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Find updates matching WUA search criteria (default: IsInstalled=0 and IsHidden=0).
-    Search {
-        #[command(flatten)]
-        here: Global,
-        /// Criteria, e.g. "IsInstalled=0 and Type='Software'".
-        criteria: Option<String>,
-        /// Print JSON for scripts.
-        #[arg(long)]
-        json: bool,
-        /// Search only the metadata already trusted locally (no network).
-        #[arg(long)]
-        offline: bool,
-        /// Include updates superseded by others in the result.
-        #[arg(long)]
-        include_superseded: bool,
-        /// Include updates that do not apply to this machine (flag N; `show ID` says why).
-        #[arg(long)]
-        include_not_applicable: bool,
-        /// Search only this update service (`service list`); default: every one.
-        #[arg(long, value_name = "NAME")]
-        service: Option<String>,
-        #[command(flatten)]
-        filter: output::Filter,
-    },
+    Search(search_cmd::SearchArgs),
     /// Show every field of one update.
-    Show {
-        #[command(flatten)]
-        here: Global,
-        /// The update id.
-        id: uuid::Uuid,
-        /// Print JSON for scripts.
-        #[arg(long)]
-        json: bool,
-        /// Use only local metadata.
-        #[arg(long)]
-        offline: bool,
-        /// Print the update's license terms (with --json: as "eula_text").
-        #[arg(long)]
-        eula: bool,
-    },
+    Show(search_cmd::ShowArgs),
     /// Download updates' content into the verified cache (bars on a terminal; Ctrl-C aborts
     /// and keeps partial files for resuming).
     Download(download_cmd::DownloadArgs),
@@ -242,9 +208,20 @@ enum Command {
 }
 
 impl Global {
-    /// A session from these settings.
+    /// A session from these settings, over the process's one agent: the first call opens
+    /// it (configuration, trusted metadata, recovery), every later one with the same
+    /// settings is another session over it — `install` selects and installs with one
+    /// catalog in memory, one transfer queue and one store.
     pub fn session(&self) -> Result<UpdateSession, Error> {
-        self.builder().build()
+        static OPEN: std::sync::Mutex<Vec<(Global, UpdateSession)>> =
+            std::sync::Mutex::new(Vec::new());
+        let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, s)) = open.iter().find(|(g, _)| g == self) {
+            return Ok(s.clone());
+        }
+        let session = self.builder().build()?;
+        open.push((self.clone(), session.clone()));
+        Ok(session)
     }
 
     /// A session builder with these settings.
@@ -268,83 +245,7 @@ impl Global {
         }
         b
     }
-
-    /// Runs one search with these settings; errors are reported (as JSON with `json`).
-    fn search(
-        &self,
-        criteria: &str,
-        offline: bool,
-        include_superseded: bool,
-        json: bool,
-    ) -> Result<(UpdateSession, upkeep::SearchResult), Exit> {
-        // Naming an update (superseded included) finds it even where it does not apply,
-        // so that `show` says why and `install` refuses with the rule that failed.
-        self.search_with(
-            criteria,
-            offline,
-            include_superseded,
-            include_superseded,
-            None,
-            json,
-        )
-    }
-
-    /// [`search`](Self::search), also returning updates that do not apply here when
-    /// `include_not_applicable`.
-    fn search_with(
-        &self,
-        criteria: &str,
-        offline: bool,
-        include_superseded: bool,
-        include_not_applicable: bool,
-        service: Option<&str>,
-        json: bool,
-    ) -> Result<(UpdateSession, upkeep::SearchResult), Exit> {
-        let session = self.session().map_err(|e| Exit::from_error(&e, json))?;
-        let mut searcher = session.create_update_searcher();
-        searcher.set_online(!offline);
-        searcher.set_include_potentially_superseded_updates(include_superseded);
-        searcher.set_include_not_applicable(include_not_applicable);
-        if let Some(s) = service {
-            searcher.set_server_selection(upkeep::ServerSelection::Others);
-            searcher.set_service_id(s);
-        }
-        let result = searcher
-            .search(criteria)
-            .map_err(|e| Exit::from_error(&e, json))?;
-        Ok((session, result))
-    }
 }
-
-/// Added to the bash completion script: where a command takes update ids, the ids and KB
-/// ids of the trusted metadata (`upkeep __ids`, offline, with the line's own
-/// `--state-dir` and `--config`) are offered beside the options.
-const BASH_IDS: &str = r#"
-_upkeep_ids() {
-    _upkeep "$@"
-    local i w cur="${COMP_WORDS[COMP_CWORD]}" here=()
-    for ((i = 1; i < COMP_CWORD; i++)); do
-        case "${COMP_WORDS[i]}" in
-            --state-dir|--config) here+=("${COMP_WORDS[i]}" "${COMP_WORDS[i+1]}") ;;
-        esac
-    done
-    for ((i = 1; i < COMP_CWORD; i++)); do
-        w="${COMP_WORDS[i]}"
-        case "$w" in
-            show|download|install|uninstall|hide|unhide|verify)
-                if [[ "$cur" != -* ]]; then
-                    COMPREPLY+=($(compgen -W "$(upkeep __ids "${here[@]}" 2>/dev/null)" -- "$cur"))
-                fi
-                return 0 ;;
-        esac
-    done
-}
-if [[ "${BASH_VERSINFO[0]}" -eq 4 && "${BASH_VERSINFO[1]}" -ge 4 || "${BASH_VERSINFO[0]}" -gt 4 ]]; then
-    complete -F _upkeep_ids -o nosort -o bashdefault -o default upkeep
-else
-    complete -F _upkeep_ids -o bashdefault -o default upkeep
-fi
-"#;
 
 /// Whether `c` uses the agent settings (`--repo`, `--state-dir`, …).
 fn takes_agent_settings(c: &Command) -> bool {
@@ -362,73 +263,8 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
         return Err(Exit::Usage);
     }
     match cli.command {
-        Command::Search {
-            here,
-            criteria,
-            json,
-            offline,
-            include_superseded,
-            include_not_applicable,
-            service,
-            filter,
-        } => {
-            let criteria = criteria.as_deref().unwrap_or("");
-            let (session, result) = cli.global.with(&here).search_with(
-                criteria,
-                offline,
-                include_superseded,
-                include_not_applicable,
-                service.as_deref(),
-                json,
-            )?;
-            output::print_search_filtered(&result, json, &filter);
-            let code = Exit::for_result(result.result_code());
-            // The process exits next: skip freeing what may be a 100,000-update catalog.
-            std::mem::forget((session, result));
-            Ok(code)
-        }
-        Command::Show {
-            here,
-            id,
-            json,
-            offline,
-            eula,
-        } => {
-            let criteria = format!("UpdateID='{id}' and DeploymentAction=*");
-            let (session, result) = cli
-                .global
-                .with(&here)
-                .search(&criteria, offline, true, json)?;
-            // An installed revision is listed beside a newer published one: show the newest
-            // (it says which revision is installed).
-            let newest = result
-                .updates()
-                .iter()
-                .max_by_key(|u| u.identity().revision_number);
-            let Some(u) = newest else {
-                let e = Error::new(
-                    HResult::WU_E_UNKNOWN_ID,
-                    format!("update {id} is not in the repository"),
-                );
-                return Err(Exit::from_error(&e, json));
-            };
-            if eula {
-                let text = session
-                    .eula_text(u)
-                    .map_err(|e| Exit::from_error(&e, json))?;
-                if json {
-                    println!("{}", serde_json::json!({ "id": id, "eula_text": text }));
-                } else {
-                    print!("{text}");
-                    if !text.ends_with('\n') {
-                        println!();
-                    }
-                }
-                return Ok(Exit::Success);
-            }
-            output::print_update(u, json);
-            Ok(Exit::Success)
-        }
+        Command::Search(a) => search_cmd::search(&cli.global.with(&a.here), a),
+        Command::Show(a) => search_cmd::show(&cli.global.with(&a.here), a),
         Command::Download(args) => download_cmd::run(&cli.global.with(&args.here), args),
         Command::Install(a) => install_cmd::install(&cli.global.with(&a.here), a),
         Command::Uninstall(a) => install_cmd::uninstall(&cli.global.with(&a.here), a),
@@ -449,34 +285,10 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
         Command::Cache(c) => cache_cmd::run(&cli.global, c),
         Command::Service(c) => service_cmd::run(&cli.global, c),
         Command::Completions { shell } => {
-            use clap::CommandFactory;
-            clap_complete::generate(shell, &mut Cli::command(), "upkeep", &mut std::io::stdout());
-            if shell == clap_complete::Shell::Bash {
-                print!("{BASH_IDS}");
-            }
+            completions::print(shell);
             Ok(Exit::Success)
         }
-        Command::Ids { here } => {
-            let (_, r) = cli.global.with(&here).search_with(
-                "IsInstalled=0 or IsInstalled=1",
-                true,
-                true,
-                false,
-                None,
-                false,
-            )?;
-            let mut seen = std::collections::BTreeSet::new();
-            for u in r.updates() {
-                seen.insert(u.identity().update_id.to_string());
-                for kb in u.kb_article_ids() {
-                    seen.insert(format!("KB{}", kb.trim_start_matches("KB")));
-                }
-            }
-            for w in seen {
-                println!("{w}");
-            }
-            Ok(Exit::Success)
-        }
+        Command::Ids { here } => search_cmd::ids(&cli.global.with(&here)),
         Command::Man { out } => {
             manual::run(out.as_deref()).map_err(|e| {
                 crate::logs::error!("writing the manual: {e}");

@@ -1532,3 +1532,40 @@ fn bash_completion_offers_update_ids_and_kb_ids_from_the_trusted_catalog() {
     let got = complete(&format!("upkeep --state-dir {st} install --acc"));
     assert_eq!(got, ["--accept-eula"], "{got:?}");
 }
+
+#[test]
+fn a_command_opens_one_agent_and_selects_and_runs_its_job_through_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = published_repo(tmp.path());
+    let root = dir.join("metadata/root.json");
+    let state = tmp.path().join("state");
+    let install_root = tmp.path().join("root");
+    let tools = "11111111-1111-4111-8111-111111111111";
+    let repo = dir.to_str().unwrap();
+    let common = agent_args(repo, &root, &state);
+    let opened = |err: &str| err.matches("agent opened").count();
+    // install: selects (a search), downloads and installs; hide: selects and records.
+    for verb in [
+        vec![
+            "--root",
+            install_root.to_str().unwrap(),
+            "-vv",
+            "install",
+            tools,
+        ],
+        vec!["-vv", "hide", "22222222-2222-4222-8222-222222222222"],
+        vec!["-vv", "download", "--all"],
+    ] {
+        let (code, _, err) = run_env(&[&common[..], &verb[..]].concat(), &[], None);
+        assert_eq!(code, 0, "{verb:?}: {err}");
+        assert_eq!(opened(&err), 1, "{verb:?} opened one agent: {err}");
+        // And built the catalog once (or opened its index once).
+        let built =
+            err.matches("catalog built").count() + err.matches("catalog index opened").count();
+        assert!(
+            built <= 1,
+            "{verb:?} built the catalog {built} times: {err}"
+        );
+    }
+    assert!(install_root.join("opt/tools/run").exists());
+}
