@@ -1,4 +1,18 @@
-//! The install engine: install, upgrade and uninstall as plan → check → apply → commit.
+//! The install engine: install, upgrade and uninstall in phases, each a function whose
+//! result is a value the next one takes:
+//!
+//! 1. [`Engine::plan_install`]: every check that needs only the request and the state
+//!    database; an [`InstallPlan`] (install or upgrade, the revision and updates it
+//!    replaces, the content it stages) or [`Decision::Nothing`]. Nothing is written.
+//! 2. stage: the content unpacked into the transaction's stage directory (payloads
+//!    re-hashed against their signed hashes) or pinned; the root untouched.
+//! 3. changes: ownership checked against the staged entries (another installed update's
+//!    path, dpkg's), local changes found, the root's change set computed; still untouched.
+//! 4. apply: the change set applied in the transaction (backups kept), a command run.
+//! 5. commit: the record, what it owns, history, in one database transaction.
+//!
+//! An uninstall plans (its checks and change set) before its transaction begins, then
+//! applies and commits the same way.
 //!
 //! **Install.** An update whose id is not installed, and which supersedes nothing
 //! installed, is a first install. An update whose id is installed at a lower revision, or
@@ -33,7 +47,7 @@ use upkeep_types::{
 };
 
 use crate::command::{self, Invocation, RunFile};
-use crate::files::{Known, Payload, Policy, Staged, Stager};
+use crate::files::{Known, Payload, Policy, Staged, StagedEntry, Stager};
 use crate::tx::{pinned_rel, Op, Planned, Tx};
 use crate::{checkpoint, InstallError, Layout, Reporter, Result, Step};
 
@@ -99,6 +113,142 @@ impl Done {
         self.reboot_required |= out.reboot_required;
         self.exit_code = out.exit_code;
     }
+}
+
+/// What [`Engine::plan_install`] decided.
+#[derive(Debug)]
+pub enum Decision<'r> {
+    /// Nothing to do (this revision or a later one is installed, or it was detected
+    /// installed): the result as it is.
+    Nothing(Done),
+    /// An install or upgrade, every check that needs no content passed.
+    Go(Box<InstallPlan<'r>>),
+}
+
+/// An install or upgrade as decided before anything is written: which update, whether it
+/// installs or upgrades, what it replaces, the content it stages, and what the updates it
+/// replaces and the other installed updates own (for the ownership check once staged).
+#[derive(Debug)]
+pub struct InstallPlan<'r> {
+    record: &'r UpdateRecord,
+    id: String,
+    what: String,
+    op: TxOperation,
+    prev: Option<Installed>,
+    replaced: Vec<Installed>,
+    paths: Vec<PathBuf>,
+    content_bytes: u64,
+    /// Paths the leaving updates (the previous revision, the superseded ones) own.
+    old: HashMap<String, OwnedPath>,
+    /// Files and symlinks other installed updates own: path → owner.
+    others: HashMap<String, String>,
+    /// Every installed update's title, by id.
+    titles: HashMap<String, String>,
+    /// Directories other installed updates use.
+    dirs_in_use: HashSet<String>,
+    forced: bool,
+}
+
+impl InstallPlan<'_> {
+    /// Install, or upgrade (a previous revision or superseded updates leave).
+    pub fn operation(&self) -> TxOperation {
+        self.op
+    }
+    /// The update's id.
+    pub fn update_id(&self) -> &str {
+        &self.id
+    }
+    /// The installed revision this one replaces.
+    pub fn previous_revision(&self) -> Option<u32> {
+        self.prev.as_ref().map(|p| p.revision)
+    }
+    /// Other installed updates it replaces (it supersedes them): id and title.
+    pub fn replaces(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.replaced
+            .iter()
+            .map(|r| (r.update_id.as_str(), r.title.as_str()))
+    }
+    /// Bytes of content it stages from the cache.
+    pub fn content_bytes(&self) -> u64 {
+        self.content_bytes
+    }
+}
+
+/// The root's changes of one install, computed from its staged content: nothing applied.
+#[derive(Debug, Default)]
+struct ChangeSet {
+    /// In order: take-backs, new entries, directories removed (deepest first).
+    plan: Vec<Planned>,
+    /// What the update will own.
+    owned: Vec<OwnedPath>,
+    /// Local changes kept, each said in a sentence.
+    kept: Vec<String>,
+    /// Paths holding a local change (no stamp: their bytes are not the digest's).
+    diverted: HashSet<String>,
+}
+
+impl ChangeSet {
+    /// An upgrade's new content for a path the leaving revision owns: when the path was
+    /// changed since it was installed (a local change), the change stays and the new
+    /// content goes beside it as `PATH.upkeep-new` (said in `kept`); the update still
+    /// owns the path, so `verify` reports the change and uninstall keeps it. Returns what
+    /// to put at the path itself.
+    fn divert(
+        &mut self,
+        root: &crate::root::RootDir,
+        prior: Option<&OwnedPath>,
+        rel: &str,
+        staged: Option<PathBuf>,
+    ) -> Result<Option<PathBuf>> {
+        let (Some(s), Some(o)) = (&staged, prior.filter(|o| o.kind != OwnedKind::Dir)) else {
+            return Ok(staged);
+        };
+        let crate::verify::PathState::Changed { what } = crate::verify::check_quick(root, o)?
+        else {
+            return Ok(staged);
+        };
+        let shown = crate::escape_controls(rel);
+        self.kept.push(format!(
+            "kept {shown}, changed since it was installed ({what}); the new revision's file is {shown}.upkeep-new"
+        ));
+        self.diverted.insert(rel.to_string());
+        self.plan.push(Planned {
+            rel: format!("{rel}.upkeep-new"),
+            op: Op::Put {
+                staged: s.clone(),
+                keep_backup: false,
+            },
+        });
+        Ok(None)
+    }
+
+    /// Plans a staged file or symlink (nothing to do when unchanged: `staged` is `None`)
+    /// and records what the update will own at its path. What is there now is kept as the
+    /// original when no leaving update owned the path (`new_path`).
+    fn put(&mut self, staged: Option<PathBuf>, new_path: bool, record: OwnedPath) {
+        if let Some(s) = staged {
+            self.plan.push(Planned {
+                rel: record.path.clone(),
+                op: Op::Put {
+                    staged: s,
+                    keep_backup: new_path,
+                },
+            });
+        }
+        self.owned.push(record);
+    }
+}
+
+/// An uninstall as decided before anything is written.
+#[derive(Debug)]
+struct UninstallPlan {
+    /// A command update's uninstall command.
+    command: Option<Invocation>,
+    /// The root's changes, in order.
+    changes: Vec<Planned>,
+    /// The result once they are applied (a restart its record asks for, local changes
+    /// kept).
+    done: Done,
 }
 
 /// The install engine over one install root and state database.
@@ -196,41 +346,6 @@ fn take_back_checked(
     })
 }
 
-/// An upgrade's new content for a path the leaving revision owns: when the path was
-/// changed since it was installed (a local change), the change stays and the new content
-/// goes beside it as `PATH.upkeep-new` (said in `kept`); the update still owns the path,
-/// so `verify` reports the change and uninstall keeps it. Returns what to put at the path
-/// itself.
-fn divert(
-    root: &crate::root::RootDir,
-    prior: Option<&OwnedPath>,
-    rel: &str,
-    staged: Option<PathBuf>,
-    plan: &mut Vec<Planned>,
-    kept: &mut Vec<String>,
-    diverted: &mut HashSet<String>,
-) -> Result<Option<PathBuf>> {
-    let (Some(s), Some(o)) = (&staged, prior.filter(|o| o.kind != OwnedKind::Dir)) else {
-        return Ok(staged);
-    };
-    let crate::verify::PathState::Changed { what } = crate::verify::check_quick(root, o)? else {
-        return Ok(staged);
-    };
-    let shown = crate::escape_controls(rel);
-    kept.push(format!(
-        "kept {shown}, changed since it was installed ({what}); the new revision's file is {shown}.upkeep-new"
-    ));
-    diverted.insert(rel.to_string());
-    plan.push(Planned {
-        rel: format!("{rel}.upkeep-new"),
-        op: Op::Put {
-            staged: s.clone(),
-            keep_backup: false,
-        },
-    });
-    Ok(None)
-}
-
 /// The files dpkg owns in the install root, from `var/lib/dpkg/info/*.list` (one absolute
 /// path a line; directories are listed too, and are shared freely): path (relative,
 /// canonical) → package. Empty when the root has no dpkg database.
@@ -297,28 +412,6 @@ fn rmdir_plan(mut dirs: Vec<&OwnedPath>) -> impl Iterator<Item = Planned> + '_ {
         rel: o.path.clone(),
         op: Op::Rmdir(o.mode),
     })
-}
-
-/// Plans a staged file or symlink (nothing to do when unchanged: `staged` is `None`) and
-/// records what the update will own at its path. What is there now is kept as the
-/// original when no leaving update owned the path (`new_path`).
-fn put(
-    plan: &mut Vec<Planned>,
-    owned: &mut Vec<OwnedPath>,
-    staged: Option<PathBuf>,
-    new_path: bool,
-    record: OwnedPath,
-) {
-    if let Some(s) = staged {
-        plan.push(Planned {
-            rel: record.path.clone(),
-            op: Op::Put {
-                staged: s,
-                keep_backup: new_path,
-            },
-        });
-    }
-    owned.push(record);
 }
 
 fn always_reboot(b: &upkeep_types::InstallationBehavior) -> bool {
@@ -394,6 +487,31 @@ impl<'a> Engine<'a> {
     }
 
     fn try_install(&self, req: &InstallRequest<'_>, reporter: &dyn Reporter) -> Result<Done> {
+        let plan = match self.plan_install(req)? {
+            Decision::Nothing(done) => return Ok(done),
+            Decision::Go(plan) => plan,
+        };
+        let started = std::time::Instant::now();
+        let mut tx = Tx::begin(self.store, self.layout, &plan.id, plan.op)?;
+        let staged = self.stage(&plan, &tx, reporter)?;
+        checkpoint(&format!("{}:staged", plan.op.as_str()));
+        tracing::debug!(elapsed = ?started.elapsed(), entries = staged.len(), "staged");
+        let changes = self.changes(&plan, staged)?;
+        tracing::debug!(elapsed = ?started.elapsed(), changes = changes.plan.len(), "planned");
+        let (done, owned) = self.apply(&plan, changes, &mut tx, reporter)?;
+        tracing::debug!(elapsed = ?started.elapsed(), "applied");
+        let done = self.commit(&plan, done, owned, tx)?;
+        tracing::debug!(elapsed = ?started.elapsed(), "committed");
+        Ok(done)
+    }
+
+    /// Phase 1 of an install: every check that needs only the request and the state
+    /// database — applicability, what is installed (this revision already is: nothing to
+    /// do), supersedence within the update's own service, the license, the content cached,
+    /// free space for it — and what the install will replace. Nothing is written. The plan
+    /// is what a dry run or an authorisation prompt can show
+    /// ([`InstallPlan::operation`], [`InstallPlan::replaces`], …).
+    pub fn plan_install<'r>(&self, req: &InstallRequest<'r>) -> Result<Decision<'r>> {
         let record = req.update;
         let m = &record.metadata;
         let id = m.id.to_string();
@@ -407,18 +525,18 @@ impl<'a> Engine<'a> {
         let installed = self.store.installed()?;
         let prev = installed.iter().find(|i| i.update_id == id);
         if req.detected && prev.is_none() && !req.forced {
-            return Ok(Done {
+            return Ok(Decision::Nothing(Done {
                 already_installed: true,
                 ..Done::default()
-            });
+            }));
         }
         if let Some(p) = prev {
             if !req.forced && p.revision >= m.revision {
-                return Ok(Done {
+                return Ok(Decision::Nothing(Done {
                     reboot_required: p.reboot_required,
                     already_installed: true,
                     ..Done::default()
-                });
+                }));
             }
         }
         // Supersedence, followed through what the installed records of the same service
@@ -447,9 +565,10 @@ impl<'a> Engine<'a> {
             sup.extend(more);
         }
         sup.remove(&id);
-        let replaced: Vec<&Installed> = installed
+        let replaced: Vec<Installed> = installed
             .iter()
             .filter(|i| i.update_id != id && sup.contains(&i.update_id))
+            .cloned()
             .collect();
         if let Some(other) = replaced.iter().find(|i| service_of(i) != service) {
             return Err(InstallError::new(
@@ -463,7 +582,6 @@ impl<'a> Engine<'a> {
             ));
         }
 
-        // Checks that need no I/O on the root.
         if m.eula.is_some() && !req.eula_accepted {
             return Err(InstallError::new(
                 HResult::WU_E_EULAS_DECLINED,
@@ -499,7 +617,8 @@ impl<'a> Engine<'a> {
             content_bytes.max(m.installed_size.unwrap_or(0)),
         )?;
 
-        let leaving: Vec<&Installed> = prev.into_iter().chain(replaced.iter().copied()).collect();
+        let prev = prev.cloned();
+        let leaving: Vec<&Installed> = prev.iter().chain(replaced.iter()).collect();
         let leaving_ids: HashSet<&str> = leaving.iter().map(|i| i.update_id.as_str()).collect();
         let op = if leaving.is_empty() {
             TxOperation::Install
@@ -530,13 +649,40 @@ impl<'a> Engine<'a> {
                 others.insert(path, owner);
             }
         }
+        Ok(Decision::Go(Box::new(InstallPlan {
+            record,
+            id,
+            what,
+            op,
+            prev,
+            replaced,
+            paths,
+            content_bytes,
+            old,
+            others,
+            titles: installed
+                .iter()
+                .map(|i| (i.update_id.clone(), title_of(i).to_string()))
+                .collect(),
+            dirs_in_use,
+            forced: req.forced,
+        })))
+    }
 
-        let started = std::time::Instant::now();
-        let mut tx = Tx::begin(self.store, self.layout, &id, op)?;
-        // Stage (files) or pin (command): content verified, the root untouched.
-        let staged = match &m.handler {
+    /// Phase 2: the content staged (files: unpacked into the transaction's stage directory,
+    /// every payload re-hashed against its signed hashes; command: pinned), the root
+    /// untouched.
+    fn stage(
+        &self,
+        plan: &InstallPlan<'_>,
+        tx: &Tx<'_>,
+        reporter: &dyn Reporter,
+    ) -> Result<Vec<StagedEntry>> {
+        let (record, m) = (plan.record, &plan.record.metadata);
+        match &m.handler {
             Handler::Files => {
-                let known: HashMap<String, Known> = old
+                let known: HashMap<String, Known> = plan
+                    .old
                     .iter()
                     .filter_map(|(p, o)| {
                         let digest = o.digest.clone()?;
@@ -555,7 +701,7 @@ impl<'a> Engine<'a> {
                 let policy = Policy {
                     setid: m.setid_paths.clone(),
                     max_bytes: Some(m.installed_size.unwrap_or_else(|| {
-                        content_bytes
+                        plan.content_bytes
                             .saturating_mul(upkeep_types::DEFAULT_EXPANSION)
                             .max(upkeep_types::MIN_EXPANSION_BOUND)
                     })),
@@ -568,10 +714,10 @@ impl<'a> Engine<'a> {
                         ),
                     },
                 };
-                let mut stager = Stager::new(self.layout, tx.stage_dir(), &known, req.forced)
+                let mut stager = Stager::new(self.layout, tx.stage_dir(), &known, plan.forced)
                     .with_policy(policy);
-                let n = paths.len() as f64;
-                for (i, (p, f)) in paths.iter().zip(&record.content).enumerate() {
+                let n = plan.paths.len() as f64;
+                for (i, (p, f)) in plan.paths.iter().zip(&record.content).enumerate() {
                     let payload = Payload {
                         path: p.clone(),
                         length: f.length,
@@ -584,22 +730,26 @@ impl<'a> Engine<'a> {
                     };
                     stager.stage(&payload, &step)?;
                 }
-                stager.finish()?
+                stager.finish()
             }
             Handler::Command { .. } => {
                 let dir = tx.pinned_dir();
                 crate::create_private_dir(&dir)?;
-                for (i, f) in run_files(record, &paths).iter().enumerate() {
+                for (i, f) in run_files(record, &plan.paths).iter().enumerate() {
                     let mode = if i == 0 { 0o700 } else { 0o600 };
                     command::copy_in(f, &dir.join(&f.name), mode)?;
                 }
-                Vec::new()
+                Ok(Vec::new())
             }
-        };
-        checkpoint(&format!("{}:staged", op.as_str()));
-        tracing::debug!(elapsed = ?started.elapsed(), entries = staged.len(), "staged");
+        }
+    }
 
-        // Ownership: other installed updates', and dpkg's.
+    /// Phase 3: the root's changes, from the staged entries — ownership checked (another
+    /// installed update's path, or dpkg's, is refused), local changes found and kept —
+    /// with nothing applied yet.
+    fn changes(&self, plan: &InstallPlan<'_>, staged: Vec<StagedEntry>) -> Result<ChangeSet> {
+        let m = &plan.record.metadata;
+        let what = &plan.what;
         let dpkg = if staged.is_empty() {
             HashMap::new()
         } else {
@@ -611,7 +761,7 @@ impl<'a> Engine<'a> {
             }
             if let Some(pkg) = dpkg.get(&e.rel) {
                 if !m.takes_over_dpkg.iter().any(|p| p == pkg)
-                    && !prev.is_some_and(|p| {
+                    && !plan.prev.as_ref().is_some_and(|p| {
                         p.record
                             .as_ref()
                             .is_some_and(|r| r.metadata.takes_over_dpkg.contains(pkg))
@@ -626,11 +776,8 @@ impl<'a> Engine<'a> {
                     ));
                 }
             }
-            if let Some(owner) = others.get(&e.rel) {
-                let title = installed
-                    .iter()
-                    .find(|i| &i.update_id == owner)
-                    .map_or("", title_of);
+            if let Some(owner) = plan.others.get(&e.rel) {
+                let title = plan.titles.get(owner).map_or("", String::as_str);
                 return Err(InstallError::new(
                     HResult::E_FILE_EXISTS,
                     format!(
@@ -641,37 +788,37 @@ impl<'a> Engine<'a> {
             }
         }
 
-        // The plan: removals of what only the leaving updates had, then the new entries,
-        // then directories no one uses any more (deepest first).
-        let root = &self.layout.root;
-        let mut plan = Vec::new();
-        let mut owned_new: Vec<OwnedPath> = Vec::with_capacity(staged.len());
+        // Removals of what only the leaving updates had, then the new entries, then
+        // directories no one uses any more (deepest first).
+        let root = &self.layout.dir;
+        let mut cs = ChangeSet::default();
         let new_paths: HashSet<&str> = staged.iter().map(|e| e.rel.as_str()).collect();
-        let mut leaving_files: Vec<&OwnedPath> = old
+        let mut leaving_files: Vec<&OwnedPath> = plan
+            .old
             .values()
             .filter(|o| o.kind != OwnedKind::Dir && !new_paths.contains(o.path.as_str()))
             .collect();
         leaving_files.sort_by(|a, b| b.path.cmp(&a.path));
-        let mut kept = Vec::new(); // local changes kept, said in the result
-        let mut diverted: HashSet<String> = HashSet::new(); // paths holding a local change
         for o in leaving_files {
-            plan.extend(take_back_checked(&self.layout.dir, o, &mut kept)?);
+            let step = take_back_checked(root, o, &mut cs.kept)?;
+            cs.plan.extend(step);
         }
+        cs.owned.reserve(staged.len());
         for e in staged {
-            let prior = old.get(&e.rel);
+            let prior = plan.old.get(&e.rel);
             let original = prior
                 .filter(|o| o.kind != OwnedKind::Dir)
                 .and_then(|o| o.original.clone());
             match e.what {
                 Staged::Dir(mode) => {
-                    let on_disk = self.layout.dir.stat(&e.rel)?.is_some();
+                    let on_disk = root.stat(&e.rel)?.is_some();
                     if !on_disk {
-                        plan.push(Planned {
+                        cs.plan.push(Planned {
                             rel: e.rel.clone(),
                             op: Op::Dir(mode),
                         });
                     }
-                    owned_new.push(OwnedPath {
+                    cs.owned.push(OwnedPath {
                         path: e.rel,
                         kind: OwnedKind::Dir,
                         mode,
@@ -679,7 +826,6 @@ impl<'a> Engine<'a> {
                         digest: None,
                         original: None,
                         created: !on_disk || prior.is_some_and(|o| o.created),
-
                         stamp: None,
                     });
                 }
@@ -689,18 +835,8 @@ impl<'a> Engine<'a> {
                     size,
                     sha256,
                 } => {
-                    let staged = divert(
-                        &self.layout.dir,
-                        prior,
-                        &e.rel,
-                        staged,
-                        &mut plan,
-                        &mut kept,
-                        &mut diverted,
-                    )?;
-                    put(
-                        &mut plan,
-                        &mut owned_new,
+                    let staged = cs.divert(root, prior, &e.rel, staged)?;
+                    cs.put(
                         staged,
                         prior.is_none(),
                         OwnedPath {
@@ -711,24 +847,13 @@ impl<'a> Engine<'a> {
                             digest: Some(sha256),
                             original,
                             created: false,
-
                             stamp: None,
                         },
                     )
                 }
                 Staged::Symlink { staged, target } => {
-                    let staged = divert(
-                        &self.layout.dir,
-                        prior,
-                        &e.rel,
-                        staged,
-                        &mut plan,
-                        &mut kept,
-                        &mut diverted,
-                    )?;
-                    put(
-                        &mut plan,
-                        &mut owned_new,
+                    let staged = cs.divert(root, prior, &e.rel, staged)?;
+                    cs.put(
                         staged,
                         prior.is_none(),
                         OwnedPath {
@@ -739,47 +864,58 @@ impl<'a> Engine<'a> {
                             digest: Some(target),
                             original,
                             created: false,
-
                             stamp: None,
                         },
                     )
                 }
             }
         }
-        let owned_paths: HashSet<&str> = owned_new.iter().map(|o| o.path.as_str()).collect();
-        let rmdirs: Vec<&OwnedPath> = old
+        let owned_paths: HashSet<&str> = cs.owned.iter().map(|o| o.path.as_str()).collect();
+        let rmdirs: Vec<&OwnedPath> = plan
+            .old
             .values()
             .filter(|o| {
                 o.kind == OwnedKind::Dir
                     && o.created
                     && !owned_paths.contains(o.path.as_str())
-                    && !dirs_in_use.contains(&o.path)
+                    && !plan.dirs_in_use.contains(&o.path)
             })
             .collect();
-        plan.extend(rmdir_plan(rmdirs));
+        let rmdirs: Vec<Planned> = rmdir_plan(rmdirs).collect();
+        cs.plan.extend(rmdirs);
+        Ok(cs)
+    }
 
-        // Apply.
+    /// Phase 4: the change set applied to the root in the transaction (backups kept for
+    /// rollback), each installed path stamped, and a command update's command run.
+    fn apply(
+        &self,
+        plan: &InstallPlan<'_>,
+        changes: ChangeSet,
+        tx: &mut Tx<'_>,
+        reporter: &dyn Reporter,
+    ) -> Result<(Done, Vec<OwnedPath>)> {
+        let (record, m) = (plan.record, &plan.record.metadata);
+        let ChangeSet {
+            plan: root_plan,
+            mut owned,
+            kept,
+            diverted,
+        } = changes;
         let command = matches!(m.handler, Handler::Command { .. });
-        let apply_step = if command {
-            Step {
+        let (from, width) = if command { (0.0, 0.1) } else { (0.7, 0.3) };
+        let backups = tx.apply(
+            &root_plan,
+            &Step {
                 parent: reporter,
-                from: 0.0,
-                width: 0.1,
-            }
-        } else {
-            Step {
-                parent: reporter,
-                from: 0.7,
-                width: 0.3,
-            }
-        };
-        tracing::debug!(elapsed = ?started.elapsed(), changes = plan.len(), "planned");
-        let backups = tx.apply(&plan, &apply_step)?;
-        tracing::debug!(elapsed = ?started.elapsed(), "applied");
+                from,
+                width,
+            },
+        )?;
         // Each file's and symlink's stamp as installed: unchanged, a later uninstall knows
-        // it untouched without hashing it.
-        // A path that keeps a local change gets none: it holds other bytes than its digest.
-        for o in owned_new.iter_mut().filter(|o| o.kind != OwnedKind::Dir) {
+        // it untouched without hashing it. A path that keeps a local change gets none: it
+        // holds other bytes than its digest.
+        for o in owned.iter_mut().filter(|o| o.kind != OwnedKind::Dir) {
             o.stamp = match diverted.contains(&o.path) {
                 true => None,
                 false => self.layout.dir.stat_hint(&o.path).map(|st| st.stamp()),
@@ -787,7 +923,7 @@ impl<'a> Engine<'a> {
         }
         if !backups.is_empty() {
             let backups: HashMap<String, String> = backups.into_iter().collect();
-            for o in &mut owned_new {
+            for o in &mut owned {
                 if let Some(b) = backups.get(&o.path) {
                     o.original = Some(b.clone());
                 }
@@ -795,8 +931,8 @@ impl<'a> Engine<'a> {
         }
         let mut done = Done {
             reboot_required: always_reboot(&m.installation_behavior),
-            previous_revision: prev.map(|p| p.revision),
-            replaced: replaced.iter().map(|r| r.update_id.clone()).collect(),
+            previous_revision: plan.prev.as_ref().map(|p| p.revision),
+            replaced: plan.replaced.iter().map(|r| r.update_id.clone()).collect(),
             kept,
             ..Done::default()
         };
@@ -818,14 +954,19 @@ impl<'a> Engine<'a> {
                     files: run_files(record, &pinned),
                     arguments: arguments.clone(),
                     timeout: std::time::Duration::from_secs(*timeout_secs),
-                    operation: if prev.is_some() { "upgrade" } else { "install" }.into(),
+                    operation: if plan.prev.is_some() {
+                        "upgrade"
+                    } else {
+                        "install"
+                    }
+                    .into(),
                     previous_revision: done.previous_revision,
                     success_exit_codes: success_exit_codes.clone(),
                     reboot_exit_codes: reboot_exit_codes.clone(),
-                    install_root: root.clone(),
-                    update_id: id.clone(),
+                    install_root: self.layout.root.clone(),
+                    update_id: plan.id.clone(),
                     revision: m.revision,
-                    run_dir: self.layout.work.join("run").join(&id),
+                    run_dir: self.layout.work.join("run").join(&plan.id),
                 },
                 &Step {
                     parent: reporter,
@@ -835,26 +976,38 @@ impl<'a> Engine<'a> {
             )?;
             done.absorb(out);
         }
+        Ok((done, owned))
+    }
 
-        // Commit: the record, what it owns, the replaced updates gone, history.
+    /// Phase 5: the record, what it owns, the replaced updates gone and history, in one
+    /// database transaction (the transaction's commit point).
+    fn commit(
+        &self,
+        plan: &InstallPlan<'_>,
+        done: Done,
+        owned: Vec<OwnedPath>,
+        tx: Tx<'_>,
+    ) -> Result<Done> {
+        let m = &plan.record.metadata;
+        let command = matches!(m.handler, Handler::Command { .. });
         let rec = Installed {
-            update_id: id.clone(),
+            update_id: plan.id.clone(),
             revision: m.revision,
             title: m.title.clone(),
             handler: m.handler.id().to_string(),
             installed_at: jiff::Timestamp::now(),
             reboot_required: done.reboot_required,
-            record: Some(record.clone()),
+            record: Some(plan.record.clone()),
             pinned: command.then(|| pinned_rel(tx.id)),
         };
         let mut history = vec![self.history(
             UpdateOperation::Installation,
-            &id,
+            &plan.id,
             m.revision,
             &m.title,
             Ok(&done),
         )];
-        for r in &replaced {
+        for r in &plan.replaced {
             let mut h = self.history(
                 UpdateOperation::Uninstallation,
                 &r.update_id,
@@ -862,16 +1015,15 @@ impl<'a> Engine<'a> {
                 &r.title,
                 Ok(&Done::default()),
             );
-            h.replaced_by = Some(id.clone());
+            h.replaced_by = Some(plan.id.clone());
             history.push(h);
         }
         tx.commit(&Commit {
-            installed: Some((&rec, &owned_new)),
+            installed: Some((&rec, &owned)),
             removed: &done.replaced,
             history: &history,
             reboot_required: done.reboot_required,
         })?;
-        tracing::debug!(elapsed = ?started.elapsed(), "committed");
         Ok(done)
     }
 
@@ -904,6 +1056,59 @@ impl<'a> Engine<'a> {
         rec: &Installed,
         reporter: &dyn Reporter,
     ) -> Result<Done> {
+        let id = &rec.update_id;
+        let UninstallPlan {
+            command: command_run,
+            changes: plan,
+            mut done,
+        } = self.plan_uninstall(req, rec)?;
+        let mut tx = Tx::begin(self.store, self.layout, id, TxOperation::Uninstall)?;
+        if let Some(inv) = &command_run {
+            let out = command::run(
+                inv,
+                &Step {
+                    parent: reporter,
+                    from: 0.0,
+                    width: 0.9,
+                },
+            )?;
+            done.absorb(out);
+        }
+        let step = if command_run.is_some() {
+            Step {
+                parent: reporter,
+                from: 0.9,
+                width: 0.1,
+            }
+        } else {
+            Step {
+                parent: reporter,
+                from: 0.0,
+                width: 1.0,
+            }
+        };
+        tx.apply(&plan, &step)?;
+        let history = [self.history(
+            UpdateOperation::Uninstallation,
+            id,
+            rec.revision,
+            &rec.title,
+            Ok(&done),
+        )];
+        tx.commit(&Commit {
+            installed: None,
+            removed: std::slice::from_ref(id),
+            history: &history,
+            reboot_required: done.reboot_required,
+        })?;
+        Ok(done)
+    }
+
+    /// Every check of an uninstall (uninstallable, a command update's uninstall command
+    /// and its pinned content) and its changes to the root — each path taken back unless
+    /// another update owns it now or it was changed since (kept), the directories it
+    /// created that no one else uses — with nothing written.
+    fn plan_uninstall(&self, req: &UninstallRequest<'_>, rec: &Installed) -> Result<UninstallPlan> {
         let id = &rec.update_id;
         let what = format!("update {id} ({})", rec.title);
         let (record, from_record) = match (&rec.record, req.fallback) {
@@ -1014,50 +1219,15 @@ impl<'a> Engine<'a> {
                 .clone()
                 .unwrap_or_else(|| r.metadata.installation_behavior.clone())
         });
-        let mut done = Done {
+        let done = Done {
             reboot_required: behavior.as_ref().is_some_and(always_reboot),
             kept,
             ..Done::default()
         };
-        let mut tx = Tx::begin(self.store, self.layout, id, TxOperation::Uninstall)?;
-        if let Some(inv) = &command_run {
-            let out = command::run(
-                inv,
-                &Step {
-                    parent: reporter,
-                    from: 0.0,
-                    width: 0.9,
-                },
-            )?;
-            done.absorb(out);
-        }
-        let step = if command_run.is_some() {
-            Step {
-                parent: reporter,
-                from: 0.9,
-                width: 0.1,
-            }
-        } else {
-            Step {
-                parent: reporter,
-                from: 0.0,
-                width: 1.0,
-            }
-        };
-        tx.apply(&plan, &step)?;
-        let history = [self.history(
-            UpdateOperation::Uninstallation,
-            id,
-            rec.revision,
-            &rec.title,
-            Ok(&done),
-        )];
-        tx.commit(&Commit {
-            installed: None,
-            removed: std::slice::from_ref(id),
-            history: &history,
-            reboot_required: done.reboot_required,
-        })?;
-        Ok(done)
+        Ok(UninstallPlan {
+            command: command_run,
+            changes: plan,
+            done,
+        })
     }
 }

@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
-use upkeep_install::engine::{Done, Engine, InstallRequest, UninstallRequest};
+use upkeep_install::engine::{Decision, Done, Engine, InstallRequest, UninstallRequest};
 use upkeep_install::files::{Payload, Staged, Stager};
 use upkeep_install::tx::{recover, Op, Planned, Tx};
 use upkeep_install::{Layout, Reporter, Silent};
@@ -1468,4 +1468,70 @@ fn every_signed_hash_of_a_payload_is_checked_and_none_is_refused() {
         assert_eq!(e.hresult, HResult::WU_E_DM_UNKNOWNALGORITHM, "{e}");
         assert!(!other.layout.root.join("b").exists());
     }
+}
+
+#[test]
+fn a_plan_says_what_an_install_will_do_and_writes_nothing() {
+    let fx = fx();
+    let p1 = payload(
+        &fx,
+        "a1.tar",
+        &tar(&[E::File("opt/a/x", b"one", 0o644)]),
+        "",
+    );
+    let a1 = update("A", 1, &[&p1]);
+    let e = engine(&fx);
+    // A first install: planned as an install, replacing nothing.
+    match e.plan_install(&request(&a1, &[&p1])).unwrap() {
+        Decision::Go(plan) => {
+            assert_eq!(plan.operation(), TxOperation::Install);
+            assert_eq!(plan.previous_revision(), None);
+            assert_eq!(plan.replaces().count(), 0);
+            assert_eq!(plan.content_bytes(), p1.length);
+        }
+        Decision::Nothing(d) => panic!("nothing to do? {d:?}"),
+    }
+    assert!(
+        !fx.layout.root.join("opt").exists(),
+        "planning wrote the root"
+    );
+    assert!(fx.store.installed().unwrap().is_empty());
+    assert_eq!(
+        fx.store.history_count().unwrap(),
+        0,
+        "planning wrote history"
+    );
+    install_rec(&fx, &a1, &[&p1]).unwrap();
+
+    // The same revision again: nothing to do, said as the result.
+    match e.plan_install(&request(&a1, &[&p1])).unwrap() {
+        Decision::Nothing(d) => assert!(d.already_installed),
+        Decision::Go(_) => panic!("planned a reinstall of the installed revision"),
+    }
+    // B supersedes A and is revision 2 of nothing installed: an upgrade replacing A.
+    let pb = payload(&fx, "b.tar", &tar(&[E::File("opt/a/x", b"two", 0o644)]), "");
+    let mut b = update("B", 1, &[&pb]);
+    b.metadata.supersedes = vec![uid("A")];
+    let before = snapshot(&fx.layout.root);
+    let history = fx.store.history_count().unwrap();
+    match e.plan_install(&request(&b, &[&pb])).unwrap() {
+        Decision::Go(plan) => {
+            assert_eq!(plan.operation(), TxOperation::Upgrade);
+            let replaces: Vec<_> = plan.replaces().map(|(id, _)| id.to_string()).collect();
+            assert_eq!(replaces, [uid("A").to_string()]);
+            assert_eq!(plan.update_id(), uid("B").to_string());
+        }
+        Decision::Nothing(d) => panic!("nothing to do? {d:?}"),
+    }
+    // Checks refuse at the plan: content not downloaded, license declined.
+    let mut missing = request(&b, &[&pb]);
+    missing.cached = vec![None];
+    let err = e.plan_install(&missing).unwrap_err();
+    assert_eq!(err.hresult, HResult::WU_E_DM_NOTDOWNLOADED, "{err}");
+    assert_eq!(snapshot(&fx.layout.root), before, "a plan changed the root");
+    assert_eq!(fx.store.history_count().unwrap(), history);
+    assert!(
+        fx.store.unfinished_txs().unwrap().is_empty(),
+        "a plan began a transaction"
+    );
 }
