@@ -60,6 +60,9 @@ type Inner = Job<DownloadProgress, Result<DownloadResult>>;
 /// }
 /// let result = job.result().await?; // what end_download returns
 /// println!("{:?}", result.result_code());
+/// // Or await the job itself: its result, taken as end_download takes it.
+/// let again = downloader.begin_download((), (), upkeep::AsyncState::none())?;
+/// println!("{:?}", again.await?.result_code());
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]

@@ -85,6 +85,16 @@ macro_rules! job_handle {
                 self.job.subscribe()
             }
         }
+
+        #[doc = concat!("`job.await`: the job's result, as [`", stringify!($handle), "::result`] gives it (taken once; `", $end, "` afterwards is `WU_E_INVALID_OPERATION`). Clone the handle first to keep watching it.")]
+        impl std::future::IntoFuture for $handle {
+            type Output = Result<$result>;
+            type IntoFuture =
+                std::pin::Pin<Box<dyn std::future::Future<Output = Result<$result>> + Send>>;
+            fn into_future(self) -> Self::IntoFuture {
+                Box::pin(async move { self.result().await })
+            }
+        }
     };
 }
 

@@ -62,6 +62,17 @@ impl SearchJob {
     }
 }
 
+/// `job.await`: the search's result, as [`SearchJob::result`] gives it (taken once;
+/// `end_search` afterwards is `WU_E_INVALID_OPERATION`).
+impl std::future::IntoFuture for SearchJob {
+    type Output = Result<SearchResult>;
+    type IntoFuture =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<SearchResult>> + Send>>;
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move { self.result().await })
+    }
+}
+
 fn aborted() -> SearchResult {
     SearchResult::new(OperationResultCode::Aborted, Default::default(), Vec::new())
 }

@@ -39,6 +39,8 @@ fn every_public_handle_and_value_is_send_and_sync() {
         send(&d.result());
         send(&i.result());
         send(&s.wait());
+        send(&std::future::IntoFuture::into_future(d));
+        send(&std::future::IntoFuture::into_future(i));
     }
     let _ = futures;
 }
@@ -134,6 +136,33 @@ async fn search_download_and_install_are_driven_from_async_code() {
     assert!(
         installer.end_install(&job).is_err(),
         "end_install after the awaited result: already taken"
+    );
+    // `job.await` is the same result: an uninstall awaited directly, on another worker.
+    let job = installer
+        .begin_uninstall((), (), AsyncState::none())
+        .unwrap();
+    let watcher = job.clone();
+    let r = tokio::spawn(async move { job.await })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.result_code(), OperationResultCode::Succeeded);
+    assert!(watcher.is_completed());
+    assert!(
+        !dir.path().join("root/etc/tools.conf").exists(),
+        "uninstalled"
+    );
+    assert!(
+        installer.end_uninstall(&watcher).is_err(),
+        "the awaited result was taken"
+    );
+    let job = searcher
+        .begin_search("IsInstalled=1", (), AsyncState::none())
+        .unwrap();
+    assert_eq!(
+        job.await.unwrap().updates().len(),
+        0,
+        "nothing is installed now"
     );
     // The last session (and its agent, with the transfer engine's runtime) goes away off
     // the runtime, as any blocking resource must.
