@@ -110,6 +110,31 @@ impl HttpTransport {
     }
 }
 
+/// Waits on this thread for `f`, which a task on the HTTP runtime completes. Unlike
+/// tokio's `blocking_recv`, this works on any thread — a plain one, or one inside async
+/// code (a `#[tokio::test]`, a D-Bus method) — as long as that thread is not the one
+/// driving the HTTP runtime: the calling thread parks until the task's wake.
+fn wait<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark()
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark()
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        match f.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(v) => return v,
+            std::task::Poll::Pending => std::thread::park(),
+        }
+    }
+}
+
 /// The reading end of a body streamed by the runtime: blocks for the next chunk. Dropping
 /// it stops the transfer (the task's next send fails).
 struct ChannelBody {
@@ -120,7 +145,7 @@ struct ChannelBody {
 impl Read for ChannelBody {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.chunk.is_empty() {
-            match self.rx.blocking_recv() {
+            match wait(self.rx.recv()) {
                 Some(Ok(c)) => self.chunk = c,
                 Some(Err(e)) => return Err(e),
                 None => return Ok(0),
@@ -218,7 +243,7 @@ impl Transport for HttpTransport {
                 }
             }
         });
-        let status = match head_rx.blocking_recv() {
+        let status = match wait(head_rx) {
             Ok(Ok(status)) => status,
             Ok(Err(message)) => {
                 return Err(TransportError::Connection {

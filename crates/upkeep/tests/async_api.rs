@@ -170,3 +170,49 @@ async fn search_download_and_install_are_driven_from_async_code() {
         .await
         .unwrap();
 }
+
+/// The blocking forms (`search`, `download`, `install`) called straight from async code —
+/// a current-thread runtime, as a `#[tokio::test]` or a D-Bus method handler is — finish
+/// instead of panicking: they block the calling thread (so the async forms are the ones
+/// to prefer there), while the agent's HTTP runs on its own runtime.
+#[tokio::test]
+async fn the_blocking_forms_work_when_called_from_async_code() {
+    let mut sim = RepoSim::new();
+    sim.add_update(
+        "targets",
+        RepoSim::update(1, "Tools"),
+        &tar_zst(&[("etc/tools.conf", b"v1")]),
+    );
+    sim.publish();
+    let server = sim.serve();
+    let dir = tempfile::tempdir().unwrap();
+    let session = UpdateSession::builder()
+        .env(false)
+        .repository(server.base_url())
+        .trusted_root(sim.trusted_root_file())
+        .state_dir(dir.path().join("state"))
+        .install_root(dir.path().join("root"))
+        .build()
+        .unwrap();
+    let found = session
+        .create_update_searcher()
+        .search("IsInstalled=0")
+        .unwrap();
+    assert_eq!(found.updates().len(), 1);
+    let mut downloader = session.create_update_downloader();
+    downloader.set_updates(found.updates().clone());
+    let r = downloader.download().unwrap();
+    assert_eq!(r.result_code(), OperationResultCode::Succeeded);
+    let mut installer = session.create_update_installer();
+    installer.set_updates(found.updates().clone());
+    let r = installer.install().unwrap();
+    assert_eq!(r.result_code(), OperationResultCode::Succeeded);
+    assert_eq!(
+        std::fs::read(dir.path().join("root/etc/tools.conf")).unwrap(),
+        b"v1"
+    );
+    drop((installer, downloader));
+    tokio::task::spawn_blocking(move || drop(session))
+        .await
+        .unwrap();
+}
