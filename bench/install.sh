@@ -101,12 +101,17 @@ echo "warm-up"; fresh_tar w >/dev/null; fresh_upkeep w >/dev/null; upgrade_tar w
 # Check the work was done: revision 2 installed, byte-identical to tar's tree.
 diff -r "$disk/root-uw" "$disk/tar-uw" >/dev/null || { echo "upkeep's upgraded tree differs from tar's"; exit 1; }
 : > "$data/rows"
+# Each round runs upkeep, the baseline (when given) and tar back to back for the same work,
+# in alternating order: upkeep first in odd rounds, last in even ones, so that neither
+# build always follows the same neighbour on the disk.
+fb=0; gb=0
 for r in $(seq 1 "$ROUNDS"); do
-  if [ $((r % 2)) = 1 ]; then fu=$(fresh_upkeep "$r"); ft=$(fresh_tar "$r"); gu=$(upgrade_upkeep "$r"); gt=$(upgrade_tar "$r")
-  else ft=$(fresh_tar "$r"); fu=$(fresh_upkeep "$r"); gt=$(upgrade_tar "$r"); gu=$(upgrade_upkeep "$r"); fi
-  fb=0; gb=0
-  if [ -n "$BASE" ]; then
-    if [ $((r % 2)) = 1 ]; then fb=$(fresh_base "$r"); gb=$(upgrade_base "$r"); else gb=$(upgrade_base "$r"); fb=$(fresh_base "$r"); fi
+  if [ $((r % 2)) = 1 ]; then
+    fu=$(fresh_upkeep "$r"); [ -n "$BASE" ] && fb=$(fresh_base "$r"); ft=$(fresh_tar "$r")
+    gu=$(upgrade_upkeep "$r"); [ -n "$BASE" ] && gb=$(upgrade_base "$r"); gt=$(upgrade_tar "$r")
+  else
+    ft=$(fresh_tar "$r"); [ -n "$BASE" ] && fb=$(fresh_base "$r"); fu=$(fresh_upkeep "$r")
+    gt=$(upgrade_tar "$r"); [ -n "$BASE" ] && gb=$(upgrade_base "$r"); gu=$(upgrade_upkeep "$r")
   fi
   echo "$fu $ft $gu $gt $fb $gb" >> "$data/rows"
   echo "round $r: install upkeep $fu s, tar+sync $ft s | upgrade upkeep $gu s, tar+sync $gt s${BASE:+ | baseline install $fb s, upgrade $gb s}"
