@@ -17,6 +17,7 @@
 #
 # BASELINE=/path/to/an/older/upkeep also times that binary in the same rounds (its own
 # template state), and prints this build against it: a regression check.
+# DISK_DIR=/dev/shm installs into tmpfs instead of /tmp (ext4): the CPU side alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-5}
@@ -26,7 +27,7 @@ command -v zstd >/dev/null || { apt-get update -qq && apt-get install -y -qq zst
 cargo build --release -q -p upkeep-cli
 BIN=$PWD/target/release/upkeep
 data=$(mktemp -d -p /dev/shm upkeep-ibench.XXXXXX)
-disk=$(mktemp -d -p /tmp upkeep-ibench.XXXXXX)
+disk=$(mktemp -d -p "${DISK_DIR:-/tmp}" upkeep-ibench.XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$data" "$disk"; }
 trap cleanup EXIT
