@@ -4,9 +4,11 @@
 //! keys, thresholds, delegations, raw bytes — before writing it to disk, so a test can build
 //! exactly the attack it is about (rollback, freeze, mix-and-match, …). Serve it over real
 //! HTTP on loopback with [`RepoSim::serve`]. [`faults::FaultServer`] serves content with
-//! scripted faults for download tests.
+//! scripted faults for download tests. [`bus`] starts a private system bus and a real
+//! `polkitd` on it for the daemon's tests.
 #![allow(clippy::disallowed_methods)] // fixtures are set up with std::fs directly
 
+pub mod bus;
 pub mod faults;
 pub mod mounts;
 pub mod proxy;
