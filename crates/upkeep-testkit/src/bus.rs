@@ -60,6 +60,7 @@ impl SystemBus {
             .arg("--nopidfile")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .expect("dbus-daemon runs (Debian package dbus-daemon)");
         let bus = SystemBus {

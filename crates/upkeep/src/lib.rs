@@ -103,6 +103,7 @@ mod downloader;
 mod installer;
 mod search_job;
 mod session;
+pub mod view;
 
 /// The library's errors are the agent's.
 pub(crate) mod error {
