@@ -13,13 +13,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A child process stopped (SIGKILL) and reaped when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A private system bus: `dbus-daemon --system`-like configuration on its own socket,
 /// reachable by every user (the directory is 0755), every message allowed (the daemon under
 /// test authorizes through polkit, not through the bus policy).
 pub struct SystemBus {
     dir: tempfile::TempDir,
     address: String,
-    child: Child,
+    child: Guard,
 }
 
 impl SystemBus {
@@ -66,7 +76,7 @@ impl SystemBus {
         let bus = SystemBus {
             address: format!("unix:path={}", socket.display()),
             dir,
-            child,
+            child: Guard(child),
         };
         wait_until("the bus answers", || bus.has_name("org.freedesktop.DBus"));
         bus
@@ -79,7 +89,7 @@ impl SystemBus {
 
     /// The bus daemon's PID.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.0.id()
     }
 
     /// A directory beside the socket for the test's own files (readable by every user).
@@ -112,16 +122,9 @@ impl SystemBus {
     }
 }
 
-impl Drop for SystemBus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `polkitd` serving `org.freedesktop.PolicyKit1` on a [`SystemBus`].
 pub struct Polkit {
-    child: Child,
+    child: Guard,
 }
 
 impl Polkit {
@@ -135,7 +138,9 @@ impl Polkit {
             .stderr(Stdio::null())
             .spawn()
             .expect("polkitd runs (Debian package polkitd)");
-        let p = Polkit { child };
+        let p = Polkit {
+            child: Guard(child),
+        };
         wait_until("polkitd owns org.freedesktop.PolicyKit1", || {
             bus.has_name("org.freedesktop.PolicyKit1")
         });
@@ -144,14 +149,7 @@ impl Polkit {
 
     /// polkitd's PID.
     pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Polkit {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.0.id()
     }
 }
 

@@ -13,22 +13,6 @@ use std::path::Path;
 use upkeep::{HResult, OperationResultCode, UpdateCollection, UpdateSession};
 use upkeep_testkit::RepoSim;
 
-/// The unprivileged user the probes run as: `upkeep-probe`, created for the tests by
-/// `.ci/run` (useradd), else `nobody`.
-fn probe_user() -> (u32, u32) {
-    let id = |flag: &str| -> Option<u32> {
-        let out = std::process::Command::new("id")
-            .args([flag, "upkeep-probe"])
-            .output()
-            .ok()?;
-        String::from_utf8(out.stdout).ok()?.trim().parse().ok()
-    };
-    match (id("-u"), id("-g")) {
-        (Some(u), Some(g)) => (u, g),
-        _ => (65534, 65534),
-    }
-}
-
 fn tar(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (p, d, mode) in files {
@@ -42,7 +26,7 @@ fn tar(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
 
 /// Runs `sh -c script` as the unprivileged probe user; true if it succeeded.
 fn as_other_user(script: &str) -> bool {
-    let (uid, gid) = probe_user();
+    let upkeep_testkit::bus::User { uid, gid, .. } = upkeep_testkit::bus::User::unprivileged();
     assert_ne!(uid, 0);
     std::process::Command::new("/bin/sh")
         .args(["-c", script])
