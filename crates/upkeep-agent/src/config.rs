@@ -109,7 +109,7 @@ impl Config {
     /// Reads a TOML configuration file. Unknown keys are an error.
     pub fn from_file(path: &Path) -> Result<Config> {
         let text = upkeep_fs::read_to_string(path)
-            .map_err(|e| Error::new(HResult::WU_E_INVALID_FILE, e.to_string()))?;
+            .map_err(|e| Error::fs(HResult::WU_E_INVALID_FILE, e))?;
         toml::from_str(&text).map_err(|e| {
             Error::new(
                 HResult::WU_E_INVALID_FILE,

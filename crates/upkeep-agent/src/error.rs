@@ -151,6 +151,17 @@ impl Error {
             cause: None,
         }
     }
+    /// A file-system failure, as `code`: the message is the `PathError`'s (it names the
+    /// path and the cause), the `PathError` is the typed cause, and a full disk is
+    /// `E_DISK_FULL` of kind [`ErrorKind::DiskFull`] whatever `code` says.
+    pub fn fs(code: HResult, e: upkeep_fs::PathError) -> Error {
+        if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
+            return Error::new(HResult::E_DISK_FULL, e.to_string())
+                .with_kind(ErrorKind::DiskFull)
+                .with_cause(e);
+        }
+        Error::new(code, e.to_string()).with_cause(e)
+    }
     /// The same error, converted from `cause` (whose message this one's includes).
     pub fn with_cause(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> Error {
         self.cause = Some(std::sync::Arc::new(cause));
@@ -409,5 +420,26 @@ mod tests {
             s = c.source();
         }
         assert_eq!(chain.len(), 1, "{chain:?}");
+    }
+
+    #[test]
+    fn a_file_system_error_keeps_its_path_its_cause_and_a_full_disk() {
+        let p = std::path::Path::new("/s/services/x");
+        let e = Error::fs(
+            HResult::WU_E_DS_UNEXPECTED,
+            upkeep_fs::at(p)(std::io::Error::from_raw_os_error(libc::EACCES)),
+        );
+        assert_eq!(e.hresult(), HResult::WU_E_DS_UNEXPECTED);
+        assert_eq!(e.message().matches("/s/services/x").count(), 1, "{e}");
+        assert!(e
+            .cause()
+            .and_then(|c| c.downcast_ref::<upkeep_fs::PathError>())
+            .is_some_and(|c| c.raw_os_error() == Some(libc::EACCES)));
+        let full = Error::fs(
+            HResult::WU_E_DS_UNEXPECTED,
+            upkeep_fs::at(p)(std::io::Error::from_raw_os_error(libc::ENOSPC)),
+        );
+        assert_eq!(full.hresult(), HResult::E_DISK_FULL);
+        assert_eq!(full.kind(), ErrorKind::DiskFull);
     }
 }

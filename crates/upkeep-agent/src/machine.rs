@@ -229,8 +229,7 @@ impl Agent {
         // The paths named must be there; what vanishes or cannot be read below them while
         // the walk runs is a report of that file, not the end of the import.
         for p in paths {
-            upkeep_fs::symlink_metadata(p)
-                .map_err(|e| Error::new(HResult::WU_E_INVALID_FILE, e.to_string()))?;
+            upkeep_fs::symlink_metadata(p).map_err(|e| Error::fs(HResult::WU_E_INVALID_FILE, e))?;
         }
         let mut todo: Vec<PathBuf> = paths.to_vec();
         let mut seen_files = 0usize;
@@ -333,8 +332,7 @@ impl Agent {
                 continue; // validated with the record; never a path out of `dir`
             }
             let to = dir.join(&rel);
-            let fail =
-                |e: upkeep_fs::PathError| Error::new(HResult::WU_E_DM_UNEXPECTED, e.to_string());
+            let fail = |e: upkeep_fs::PathError| Error::fs(HResult::WU_E_DM_UNEXPECTED, e);
             if let Some(parent) = to.parent() {
                 upkeep_fs::create_dir_all(parent).map_err(fail)?;
             }
@@ -398,7 +396,7 @@ impl Agent {
     /// when another installer, in this process or another, holds it.
     pub fn try_install_lock(&self) -> Result<Option<std::fs::File>> {
         upkeep_fs::try_lock(&self.inner.cfg.state_dir.join("install.lock"))
-            .map_err(|e| Error::new(HResult::WU_E_DS_UNEXPECTED, e.to_string()))
+            .map_err(|e| Error::fs(HResult::WU_E_DS_UNEXPECTED, e))
     }
 
     /// Recovery: rolls back or finishes install transactions a crash interrupted. Runs
@@ -428,7 +426,7 @@ impl Agent {
     pub fn content_cache(&self) -> Result<upkeep_transfer::ContentCache> {
         let dir = self.config().state_dir.join("cache");
         let cache = upkeep_transfer::ContentCache::open(&dir)
-            .map_err(|e| Error::new(HResult::WU_E_DM_UNEXPECTED, e.to_string()))?;
+            .map_err(|e| Error::fs(HResult::WU_E_DM_UNEXPECTED, e))?;
         let age = std::time::Duration::from_secs(self.config().partial_max_age_days * 86_400);
         let (n, bytes) = cache.remove_partials(Some(age));
         if n > 0 {
@@ -503,7 +501,8 @@ impl Agent {
                     .map_err(|e| unavailable(e.to_string()))?
             }
         };
-        let bytes = upkeep_fs::read(&path).map_err(|e| unavailable(e.to_string()))?;
+        let bytes =
+            upkeep_fs::read(&path).map_err(|e| Error::fs(HResult::WU_E_EULA_UNAVAILABLE, e))?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 }

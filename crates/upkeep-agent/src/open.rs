@@ -243,7 +243,7 @@ impl AgentBuilder {
         // it is the default service's.
         if cfg.repository.is_some() || cfg.trusted_root.is_some() {
             upkeep_fs::create_dir_all(&md)
-                .map_err(|e| Error::new(HResult::WU_E_DS_UNEXPECTED, e.to_string()))?;
+                .map_err(|e| Error::fs(HResult::WU_E_DS_UNEXPECTED, e))?;
         }
         for svc in crate::services::list(&cfg)? {
             if svc.trusted {
@@ -264,10 +264,10 @@ impl AgentBuilder {
                 )
                 .with_kind(crate::ErrorKind::NotInitialized));
             };
-            let bytes = upkeep_fs::read(tr)
-                .map_err(|e| Error::new(HResult::WU_E_INVALID_FILE, e.to_string()))?;
+            let bytes =
+                upkeep_fs::read(tr).map_err(|e| Error::fs(HResult::WU_E_INVALID_FILE, e))?;
             upkeep_fs::create_dir_all(&svc.metadata_dir)
-                .map_err(|e| Error::new(HResult::WU_E_DS_UNEXPECTED, e.to_string()))?;
+                .map_err(|e| Error::fs(HResult::WU_E_DS_UNEXPECTED, e))?;
             Client::init_trusted_root(&svc.metadata_dir, &bytes, true).map_err(|e| {
                 Error::new(
                     HResult::WU_E_INVALID_FILE,
@@ -308,16 +308,16 @@ impl AgentBuilder {
 /// with `E_ACCESSDENIED`: nothing in it could be trusted.
 fn secure_state_dir(dir: &std::path::Path) -> Result<()> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let fail = |what: String| Error::new(HResult::WU_E_DS_UNEXPECTED, what);
+    let fail = |e: upkeep_fs::PathError| Error::fs(HResult::WU_E_DS_UNEXPECTED, e);
     if let Some(parent) = dir.parent() {
-        upkeep_fs::create_dir_all(parent).map_err(|e| fail(e.to_string()))?;
+        upkeep_fs::create_dir_all(parent).map_err(fail)?;
     }
     match upkeep_fs::create_dir_mode(dir, 0o700) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(fail(e.to_string())),
+        Err(e) => return Err(fail(e)),
     }
-    let m = upkeep_fs::symlink_metadata(dir).map_err(|e| fail(e.to_string()))?;
+    let m = upkeep_fs::symlink_metadata(dir).map_err(fail)?;
     let denied = |why: &str| {
         Err(Error::new(
             HResult::E_ACCESSDENIED,
@@ -346,8 +346,7 @@ fn secure_state_dir(dir: &std::path::Path) -> Result<()> {
     }
     if m.mode() & 0o077 != 0 {
         tracing::info!(dir = %dir.display(), mode = format!("{:o}", m.mode() & 0o7777), "making the state directory private (0700)");
-        upkeep_fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| fail(e.to_string()))?;
+        upkeep_fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(fail)?;
     }
     Ok(())
 }

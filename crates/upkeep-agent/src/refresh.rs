@@ -252,7 +252,7 @@ impl Agent {
             ));
         }
         let root = upkeep_fs::read(md.join("root.json"))
-            .map_err(|e| Error::new(HResult::WU_E_NOT_INITIALIZED, e.to_string()))?;
+            .map_err(|e| Error::fs(HResult::WU_E_NOT_INITIALIZED, e))?;
         let root = upkeep_tuf::metadata::parse::<upkeep_tuf::metadata::Root>("root", &root)?;
         let mut bases = Vec::new();
         for b in std::iter::once(repo).chain(&svc.mirrors) {

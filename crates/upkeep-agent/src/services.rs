@@ -200,12 +200,10 @@ fn unpack_bundle(file: &Path, to: &Path) -> Result<()> {
         )
     };
     let len = upkeep_fs::metadata(file)
-        .map_err(|e| bad(e.to_string()))?
+        .map_err(|e| Error::fs(HResult::WU_E_INVALID_FILE, e))?
         .len();
-    upkeep_fs::create_dir_all(to)
-        .map_err(|e| Error::new(HResult::WU_E_DS_UNEXPECTED, e.to_string()))?;
-    let free = upkeep_fs::free_space(to)
-        .map_err(|e| Error::new(HResult::WU_E_DS_UNEXPECTED, e.to_string()))?;
+    upkeep_fs::create_dir_all(to).map_err(|e| Error::fs(HResult::WU_E_DS_UNEXPECTED, e))?;
+    let free = upkeep_fs::free_space(to).map_err(|e| Error::fs(HResult::WU_E_DS_UNEXPECTED, e))?;
     if free < len + (64 << 20) {
         return Err(Error::new(
             HResult::E_DISK_FULL,
@@ -216,7 +214,7 @@ fn unpack_bundle(file: &Path, to: &Path) -> Result<()> {
             ),
         ));
     }
-    let f = upkeep_fs::open(file).map_err(|e| bad(e.to_string()))?;
+    let f = upkeep_fs::open(file).map_err(|e| Error::fs(HResult::WU_E_INVALID_FILE, e))?;
     let mut archive = tar::Archive::new(std::io::BufReader::new(f));
     let mut written = 0u64;
     for entry in archive.entries().map_err(|e| bad(e.to_string()))? {
@@ -256,7 +254,7 @@ fn unpack_bundle(file: &Path, to: &Path) -> Result<()> {
         .map_err(|e| bad(e.to_string()))?;
         std::io::copy(&mut entry, &mut out).map_err(|e| bad(format!("{}: {e}", dest.display())))?;
     }
-    upkeep_fs::syncfs(to).map_err(|e| Error::new(HResult::WU_E_DS_UNEXPECTED, e.to_string()))?;
+    upkeep_fs::syncfs(to).map_err(|e| Error::fs(HResult::WU_E_DS_UNEXPECTED, e))?;
     Ok(())
 }
 
@@ -297,13 +295,13 @@ impl UpdateServiceManager {
                 format!("a service named {name:?} exists already (remove it first)"),
             ));
         }
-        let bytes = upkeep_fs::read(trusted_root)
-            .map_err(|e| Error::new(HResult::WU_E_INVALID_FILE, e.to_string()))?;
+        let bytes =
+            upkeep_fs::read(trusted_root).map_err(|e| Error::fs(HResult::WU_E_INVALID_FILE, e))?;
         if dir.exists() {
             // Metadata left by a removed configuration entry of the same name: its trust
             // is not this registration's.
             upkeep_fs::remove_dir_all(&dir)
-                .map_err(|e| Error::new(HResult::WU_E_DS_UNEXPECTED, e.to_string()))?;
+                .map_err(|e| Error::fs(HResult::WU_E_DS_UNEXPECTED, e))?;
         }
         let result = (|| {
             if let Some(b) = &bundle {
@@ -311,7 +309,7 @@ impl UpdateServiceManager {
             }
             let md = dir.join("metadata");
             upkeep_fs::create_dir_all(&md)
-                .map_err(|e| Error::new(HResult::WU_E_DS_UNEXPECTED, e.to_string()))?;
+                .map_err(|e| Error::fs(HResult::WU_E_DS_UNEXPECTED, e))?;
             Client::init_trusted_root(&md, &bytes, true).map_err(|e| {
                 Error::new(
                     HResult::WU_E_INVALID_FILE,
@@ -328,7 +326,7 @@ impl UpdateServiceManager {
                 &file,
                 &serde_json::to_vec_pretty(&reg).expect("a registration serialises"),
             )
-            .map_err(|e| Error::new(HResult::WU_E_DS_UNEXPECTED, e.to_string()))
+            .map_err(|e| Error::fs(HResult::WU_E_DS_UNEXPECTED, e))
         })();
         if let Err(e) = result {
             let _ = upkeep_fs::remove_dir_all(&dir);
@@ -375,7 +373,7 @@ impl UpdateServiceManager {
             ));
         }
         let (next, check) = (dir.join("bundle.next"), dir.join("metadata.check"));
-        let io = |e: upkeep_fs::PathError| Error::new(HResult::WU_E_DS_UNEXPECTED, e.to_string());
+        let io = |e: upkeep_fs::PathError| Error::fs(HResult::WU_E_DS_UNEXPECTED, e);
         for stale in [&next, &check] {
             if stale.exists() {
                 upkeep_fs::remove_dir_all(stale).map_err(io)?;
@@ -424,11 +422,11 @@ impl UpdateServiceManager {
                 .with_kind(kind)
             })?;
             upkeep_fs::exchange(&next, &current)
-                .map_err(|e| Error::new(HResult::WU_E_DS_UNEXPECTED, e.to_string()))?;
+                .map_err(|e| Error::fs(HResult::WU_E_DS_UNEXPECTED, e))?;
             // The verified metadata becomes the trusted one; a crash before this leaves
             // the old trust, which the next search refreshes from the new bundle.
             upkeep_fs::exchange(&check, &s.metadata_dir)
-                .map_err(|e| Error::new(HResult::WU_E_DS_UNEXPECTED, e.to_string()))
+                .map_err(|e| Error::fs(HResult::WU_E_DS_UNEXPECTED, e))
         })();
         // `next` and `check` hold the old bundle and trust now, or the refused new ones.
         let _ = upkeep_fs::remove_dir_all(&next);
@@ -461,7 +459,7 @@ impl UpdateServiceManager {
         // The registration goes first: a crash after it leaves only unused metadata.
         upkeep_fs::remove_file(dir.join("service.json"))
             .and_then(|()| upkeep_fs::remove_dir_all(&dir))
-            .map_err(|e| Error::new(HResult::WU_E_DS_UNEXPECTED, e.to_string()))?;
+            .map_err(|e| Error::fs(HResult::WU_E_DS_UNEXPECTED, e))?;
         tracing::info!(service = name, "update service removed");
         Ok(())
     }
